@@ -1,0 +1,97 @@
+//! Verification of the gateway's tokens. Services hold only the public key:
+//! they can check a token but never mint one. The user id handlers act on
+//! comes from [`AuthUser`], that is from a verified token and nowhere else.
+
+use std::{future::Ready, sync::Arc};
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use paperclip::actix::Apiv2Security;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::http::ApiError;
+
+pub const ISSUER: &str = "commerce-gateway";
+pub const AUDIENCE: &str = "commerce-api";
+/// Tolerated clock skew between gateway and services, in seconds.
+pub const LEEWAY_SECONDS: u64 = 30;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: Uuid,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Checks signature (EdDSA only), expiry, issuer and audience.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    key: Arc<DecodingKey>,
+    validation: Arc<Validation>,
+}
+
+impl JwtVerifier {
+    /// From the gateway's Ed25519 public key in PEM (SPKI) form.
+    pub fn from_public_pem(pem: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
+        let key = DecodingKey::from_ed_pem(pem)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.leeway = LEEWAY_SECONDS;
+        Ok(Self {
+            key: Arc::new(key),
+            validation: Arc::new(validation),
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+        decode::<Claims>(token, &self.key, &self.validation).map(|data| data.claims)
+    }
+}
+
+/// The authenticated caller. Extracting it fails with 401 unless the request
+/// carries `Authorization: Bearer <valid token>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Apiv2Security)]
+#[openapi(
+    apiKey,
+    in = "header",
+    name = "Authorization",
+    description = "Bearer token from /api/login or /api/register"
+)]
+pub struct AuthUser {
+    pub user_id: Uuid,
+}
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
+    let verifier = req
+        .app_data::<web::Data<JwtVerifier>>()
+        .ok_or_else(|| ApiError::internal("JwtVerifier missing from app data"))?;
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    let claims = verifier.verify(token.trim()).map_err(|e| {
+        tracing::debug!(error = %e, "token rejected");
+        ApiError::unauthorized("invalid or expired token")
+    })?;
+    Ok(AuthUser {
+        user_id: claims.sub,
+    })
+}

@@ -1,0 +1,122 @@
+//! Typed configuration: defaults, then an optional TOML file, then the
+//! environment (`APP__SECTION__KEY`). Validated once at start-up.
+
+use std::fmt;
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
+
+/// Environment variable naming an optional TOML config file.
+pub const CONFIG_FILE_ENV: &str = "APP_CONFIG_FILE";
+
+/// Loads `T` from its defaults, then the file named by `APP_CONFIG_FILE` (if
+/// set), then `APP__...` environment variables (`__` separates sections).
+pub fn load<T>() -> Result<T, Box<figment::Error>>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(Env::prefixed("APP__").split("__"))
+        .extract()
+        .map_err(Box::new)
+}
+
+/// A string that never prints (passwords, keys, database URLs with credentials).
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Where a service listens for HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HttpConfig {
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// A service's own PostgreSQL database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/dbname`
+    pub url: Secret,
+    pub max_connections: usize,
+}
+
+impl DatabaseConfig {
+    pub fn with_url(url: &str) -> Self {
+        Self {
+            url: Secret::new(url),
+            max_connections: 10,
+        }
+    }
+}
+
+/// The Kafka cluster the service consumes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap brokers.
+    pub brokers: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn broker_list(&self) -> Vec<String> {
+        self.brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}

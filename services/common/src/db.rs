@@ -1,0 +1,69 @@
+//! Database plumbing shared by the services: the async diesel pool, embedded
+//! migrations applied at start-up, and the readiness probe.
+
+use diesel::{QueryableByName, sql_query, sql_types::Text};
+use diesel_async::{
+    AsyncPgConnection, RunQueryDsl,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{AsyncDieselConnectionManager, deadpool::Pool},
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+use crate::config::DatabaseConfig;
+
+pub type DbPool = Pool<AsyncPgConnection>;
+
+pub fn pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(config.url.expose());
+    Ok(Pool::builder(manager)
+        .max_size(config.max_connections)
+        .build()?)
+}
+
+/// Applies pending migrations; returns the newest applied version, as the
+/// database records it, for [`ready`] to compare against.
+pub async fn migrate(
+    config: &DatabaseConfig,
+    migrations: EmbeddedMigrations,
+) -> anyhow::Result<String> {
+    let url = config.url.expose().to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        use diesel::Connection;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let applied = conn
+            .run_pending_migrations(migrations)
+            .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
+        for version in applied {
+            tracing::info!(%version, "migration applied");
+        }
+        let applied = conn
+            .applied_migrations()
+            .map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
+        Ok(applied.iter().map(|v| v.to_string()).max().unwrap_or_default())
+    })
+    .await?
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+/// Ready when the database answers and the newest embedded migration is applied.
+pub async fn ready(pool: &DbPool, expected_version: &str) -> Result<(), String> {
+    let mut conn = pool.get().await.map_err(|e| format!("database unreachable: {e}"))?;
+    let rows: Vec<Version> = sql_query(
+        "SELECT coalesce(max(version), '') AS version FROM __diesel_schema_migrations",
+    )
+    .load(&mut conn)
+    .await
+    .map_err(|e| format!("database query failed: {e}"))?;
+    let applied = rows.into_iter().next().map(|v| v.version).unwrap_or_default();
+    match expected_version {
+        applied if applied < expected_version => Err(format!(
+            "migrations pending: applied {applied}, expected {expected_version}"
+        )),
+        _ => Ok(()),
+    }
+}
