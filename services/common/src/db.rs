@@ -60,10 +60,10 @@ pub async fn ready(pool: &DbPool, expected_version: &str) -> Result<(), String> 
     .await
     .map_err(|e| format!("database query failed: {e}"))?;
     let applied = rows.into_iter().next().map(|v| v.version).unwrap_or_default();
-    match expected_version {
-        applied if applied < expected_version => Err(format!(
+    if applied.as_str() < expected_version {
+        return Err(format!(
             "migrations pending: applied {applied}, expected {expected_version}"
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
 }
