@@ -1,1 +1,30 @@
+//! Helpers for tests that exercise the real thing (zero2prod / IOx style):
+//! fresh databases on a real PostgreSQL, the real binaries as child
+//! processes, tokens the services accept, a Kafka reader that copes with
+//! tansu's quirks, a headless browser, and wait-until helpers instead of
+//! sleeps.
+//!
+//! Environment (set by `cargo xtask test`, defaulting to the shared dev
+//! instances): `TEST_DATABASE_URL`, `TEST_KAFKA_BROKERS`, `COMMERCE_BIN_DIR`,
+//! `TEST_LOG` (print child logs live).
 
+mod auth;
+mod browser;
+mod db;
+mod env;
+mod kafka;
+mod process;
+mod wait;
+
+pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
+pub use browser::Browser;
+pub use db::{TestDatabase, admin_client, database_url, fresh_database};
+pub use env::{
+    DEFAULT_DATABASE_URL, DEFAULT_KAFKA_BROKERS, admin_url, bin_dir, bin_path, kafka_brokers,
+    test_log_enabled,
+};
+pub use kafka::{
+    KafkaReader, KafkaRecord, ensure_topics, kafka_client, produce_envelope, read_topic,
+};
+pub use process::{ChildProcess, free_port};
+pub use wait::{wait_for_http_ok, wait_until};

@@ -1,0 +1,105 @@
+//! Fresh databases, one per test, on the cluster of `TEST_DATABASE_URL`.
+
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::env::admin_url;
+
+/// A database created for one test. It is not dropped afterwards: the
+/// throwaway cluster of `cargo xtask test` goes away as a whole.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub name: String,
+    /// Superuser URL of this database.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A plain tokio-postgres connection to this database.
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+/// Creates an empty database named `<prefix>_<random>` (migrations are the
+/// service's job: it applies them at start-up).
+pub async fn fresh_database(prefix: &str) -> TestDatabase {
+    let prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+    let admin = admin_client().await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
+    TestDatabase {
+        url: database_url(&admin_url(), &name),
+        name,
+    }
+}
+
+/// A connection to the admin database of `TEST_DATABASE_URL`.
+pub async fn admin_client() -> Client {
+    connect(&admin_url()).await
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to PostgreSQL at {url}: {e}. Set TEST_DATABASE_URL or run the \
+                 tests through `cargo xtask test`, which starts a cluster"
+            )
+        });
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// `admin` (a `postgres://` URL) with its database name replaced by `name`;
+/// user, password, host, port and query parameters are kept.
+pub fn database_url(admin: &str, name: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (admin, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{name}", &base[..authority_end]);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            database_url("postgres://postgres@127.0.0.1:55999/postgres", "x"),
+            "postgres://postgres@127.0.0.1:55999/x"
+        );
+        assert_eq!(
+            database_url("postgres://u:p@h:1/db?sslmode=disable", "y"),
+            "postgres://u:p@h:1/y?sslmode=disable"
+        );
+        assert_eq!(database_url("postgres://h:1", "z"), "postgres://h:1/z");
+    }
+}
