@@ -1,0 +1,1216 @@
+//! The Kafka consumer runtime: effectively-once event handling on rskafka,
+//! without consumer groups.
+//!
+//! - Position: `consumer_offsets` holds `(group, topic, partition) -> next
+//!   offset` in the service's own database. A fetch is handled in ONE
+//!   transaction that applies the handler's effects, records each event id in
+//!   `inbox` and advances the offset, so effects happen once per offset. The
+//!   stored offset is always the offset after the last record of a completely
+//!   handled fetch (or 0): a batch boundary, which tansu's memory engine needs.
+//! - Repeats: the relay is at-least-once, so the same event can sit at two
+//!   offsets; an event id already in `inbox` is skipped (the offset still
+//!   advances).
+//! - Fencing: the transaction locks the offset row and checks that it still
+//!   holds the offset the fetch started at and that this instance owns the
+//!   lease; otherwise nothing is applied and the partition worker stops. Two
+//!   instances can therefore never both apply the same offset.
+//! - Ownership: `partition_leases` (owner + expiry), renewed every
+//!   `lease_ttl / 3`; instances heartbeat in `consumer_members` and each takes
+//!   its fair share (`ceil(partitions / live instances)`); leases of a dead
+//!   instance expire and are taken over. On shutdown leases are released.
+//! - Poison: a record whose value is not an [`Envelope`], whose type or
+//!   payload is unknown, or whose handler returns [`HandleError::Permanent`]
+//!   is written to `dead_letters` with the reason; the partition moves on.
+//!   [`HandleError::Transient`] rolls the fetch back and retries it with
+//!   exponential backoff.
+//! - Broker calls all carry deadlines; on an error the partition client is
+//!   rebuilt (tansu drops connections instead of answering with errors).
+//! - Metrics: `consumer_lag` (high watermark - next offset) per partition,
+//!   records by outcome, retries, fetch errors, partitions owned.
+//!
+//! Usage (in a service's startup):
+//! ```ignore
+//! let handle = consumer::spawn(pool, config.consumer.clone().for_service(
+//!     kafka.broker_list(), "payment", [topics::ORDERS, topics::USERS]),
+//!     Arc::new(MyHandler), &mut registry, shutdown.clone());
+//! ```
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use diesel::{
+    QueryableByName,
+    sql_types::{Array, BigInt, Bool, Bytea, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid},
+};
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
+pub use futures::future::BoxFuture;
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use rskafka::{
+    BackoffConfig,
+    client::{ClientBuilder, partition::PartitionClient, partition::UnknownTopicHandling},
+    record::RecordAndOffset,
+};
+use serde::{Deserialize, Serialize};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    db::DbPool,
+    events::{Envelope, Event, headers},
+};
+
+/// Tuning and identity of one consumer. In a service's config as section
+/// `consumer`; the service fills `brokers`, `group` and `topics` itself
+/// (see [`ConsumerConfig::for_service`]). Durations accept `"250ms"`, `"5s"`,
+/// `"2m"`, `"1h"`, `"7d"` or a number of milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub brokers: Vec<String>,
+    /// The consuming service's name; offsets, leases and the inbox are per group.
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Unique per running process (default: host, pid and a random suffix).
+    pub instance_id: String,
+    /// How long a partition lease lives without renewal (renewed every third).
+    #[serde(with = "duration_serde")]
+    pub lease_ttl: Duration,
+    /// Fetch `max_wait`. tansu's memory engine always waits this long, so it
+    /// is a latency floor per hop; every fetch costs broker CPU, so not zero.
+    #[serde(with = "duration_serde")]
+    pub fetch_max_wait: Duration,
+    pub fetch_max_bytes: i32,
+    /// Deadline of every broker call (on top of `fetch_max_wait` for fetches).
+    #[serde(with = "duration_serde")]
+    pub broker_timeout: Duration,
+    /// Cap of the exponential backoff between retries.
+    #[serde(with = "duration_serde")]
+    pub max_backoff: Duration,
+    /// Handled event ids are remembered this long.
+    #[serde(with = "duration_serde")]
+    pub inbox_retention: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9092".into()],
+            group: String::new(),
+            topics: Vec::new(),
+            instance_id: default_instance_id(),
+            lease_ttl: Duration::from_secs(10),
+            fetch_max_wait: Duration::from_millis(20),
+            fetch_max_bytes: 1024 * 1024,
+            broker_timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Fills in what the service decides: brokers (from its `kafka` section),
+    /// its group name and the topics it consumes.
+    pub fn for_service<T: Into<String>>(
+        mut self,
+        brokers: Vec<String>,
+        group: &str,
+        topics: impl IntoIterator<Item = T>,
+    ) -> Self {
+        self.brokers = brokers;
+        self.group = group.into();
+        self.topics = topics.into_iter().map(Into::into).collect();
+        self
+    }
+
+    fn renew_interval(&self) -> Duration {
+        (self.lease_ttl / 3).max(Duration::from_millis(50))
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "instance".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Why a handler could not apply an event.
+#[derive(Debug)]
+pub enum HandleError {
+    /// Can never succeed (invalid content, broken invariant): the record goes
+    /// to `dead_letters` with this reason, its effects are rolled back and the
+    /// partition moves on.
+    Permanent(String),
+    /// May succeed later (database trouble, deadlock): the whole fetch is
+    /// rolled back and retried with backoff.
+    Transient(anyhow::Error),
+}
+
+impl fmt::Display for HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandleError::Permanent(reason) => write!(f, "permanent: {reason}"),
+            HandleError::Transient(error) => write!(f, "transient: {error:#}"),
+        }
+    }
+}
+
+impl std::error::Error for HandleError {}
+
+impl From<diesel::result::Error> for HandleError {
+    fn from(error: diesel::result::Error) -> Self {
+        HandleError::Transient(error.into())
+    }
+}
+
+/// What a service does with the events of its topics.
+pub trait EventHandler: Send + Sync + 'static {
+    /// Runs inside the diesel transaction that also advances the partition
+    /// offset and records `envelope.event_id` in the inbox (each record in its
+    /// own savepoint); write effects and outbox rows on `conn`. Events the
+    /// service does not care about: return `Ok(())`.
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>>;
+}
+
+/// Starts the consumer: a coordinator task that holds leases and runs one
+/// worker per owned partition. It stops (releasing its leases) when
+/// `shutdown` is cancelled; aborting the returned handle stops everything
+/// without releasing (as a crash would).
+pub fn spawn(
+    pool: DbPool,
+    config: ConsumerConfig,
+    handler: Arc<dyn EventHandler>,
+    metrics: &mut Registry,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let metrics = Metrics::register(metrics);
+    let coordinator = Coordinator {
+        pool,
+        config: Arc::new(config),
+        handler,
+        metrics,
+        shutdown,
+        workers: HashMap::new(),
+        tasks: JoinSet::new(),
+    };
+    tokio::spawn(coordinator.run())
+}
+
+type Labels = Vec<(String, String)>;
+type PartitionKey = (String, i32);
+
+#[derive(Clone)]
+struct Metrics {
+    lag: Family<Labels, Gauge>,
+    records: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    fetch_errors: Family<Labels, Counter>,
+    owned: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            lag: Family::default(),
+            records: Family::default(),
+            retries: Family::default(),
+            fetch_errors: Family::default(),
+            owned: Family::default(),
+        };
+        registry.register(
+            "consumer_lag",
+            "Records not yet handled: high watermark minus next offset",
+            metrics.lag.clone(),
+        );
+        registry.register(
+            "consumer_records",
+            "Records consumed, by outcome (handled, duplicate, dead_lettered)",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "consumer_retries",
+            "Fetches rolled back after a transient error and retried",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "consumer_fetch_errors",
+            "Failed or timed-out broker calls",
+            metrics.fetch_errors.clone(),
+        );
+        registry.register(
+            "consumer_partitions_owned",
+            "Partitions this instance holds a lease on",
+            metrics.owned.clone(),
+        );
+        metrics
+    }
+
+    fn partition(group: &str, topic: &str, partition: i32) -> Labels {
+        vec![
+            ("group".into(), group.into()),
+            ("topic".into(), topic.into()),
+            ("partition".into(), partition.to_string()),
+        ]
+    }
+
+    fn outcome(group: &str, topic: &str, partition: i32, outcome: &str) -> Labels {
+        let mut labels = Self::partition(group, topic, partition);
+        labels.push(("outcome".into(), outcome.into()));
+        labels
+    }
+}
+
+struct WorkerHandle {
+    cancel: CancellationToken,
+    abort: AbortHandle,
+}
+
+struct Coordinator {
+    pool: DbPool,
+    config: Arc<ConsumerConfig>,
+    handler: Arc<dyn EventHandler>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    workers: HashMap<PartitionKey, WorkerHandle>,
+    /// Owns the worker tasks: dropping the coordinator aborts them all.
+    tasks: JoinSet<()>,
+}
+
+impl Coordinator {
+    async fn run(mut self) {
+        let config = self.config.clone();
+        tracing::info!(
+            group = %config.group, instance = %config.instance_id, topics = ?config.topics,
+            "consumer starting"
+        );
+        let mut client = None;
+        let mut partitions: BTreeSet<PartitionKey> = BTreeSet::new();
+        let mut last_renewal: Option<Instant> = None;
+        let mut last_purge = Instant::now();
+        loop {
+            while self.tasks.try_join_next().is_some() {}
+            self.workers.retain(|_, w| !w.abort.is_finished());
+
+            match discover(&mut client, &config).await {
+                Ok(found) => partitions = found,
+                Err(error) => {
+                    tracing::warn!(group = %config.group, error = %error, "listing topics failed");
+                    client = None;
+                }
+            }
+
+            match self.rebalance(&partitions).await {
+                Ok(held) => {
+                    last_renewal = Some(Instant::now());
+                    for key in held {
+                        if !self.workers.contains_key(&key) {
+                            self.start_worker(key);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(group = %config.group, error = %error, "lease renewal failed");
+                    // Our leases may have lapsed: stop working on them.
+                    if last_renewal.is_none_or(|t| t.elapsed() > config.lease_ttl) {
+                        let keys: Vec<_> = self.workers.keys().cloned().collect();
+                        self.stop_workers(&keys).await;
+                    }
+                }
+            }
+            let owned = self.workers.len() as i64;
+            self.metrics
+                .owned
+                .get_or_create(&vec![("group".to_string(), config.group.clone())])
+                .set(owned);
+
+            if last_purge.elapsed() > Duration::from_secs(600) {
+                last_purge = Instant::now();
+                if let Err(error) = purge_inbox(&self.pool, &config).await {
+                    tracing::warn!(error = %error, "inbox purge failed");
+                }
+            }
+
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(config.renew_interval()) => {}
+            }
+        }
+        let keys: Vec<_> = self.workers.keys().cloned().collect();
+        self.stop_workers(&keys).await;
+        if let Err(error) = leave(&self.pool, &config).await {
+            tracing::warn!(error = %error, "releasing leases failed");
+        }
+        tracing::info!(group = %config.group, instance = %config.instance_id, "consumer stopped");
+    }
+
+    /// Heartbeats, renews this instance's leases, gives back what exceeds its
+    /// fair share and takes free ones up to it. Returns the leases held.
+    async fn rebalance(
+        &mut self,
+        partitions: &BTreeSet<PartitionKey>,
+    ) -> anyhow::Result<BTreeSet<PartitionKey>> {
+        let config = self.config.clone();
+        let mut conn = self.pool.get().await?;
+        let ttl_ms = config.lease_ttl.as_millis() as i64;
+        let group = config.group.as_str();
+        let me = config.instance_id.as_str();
+
+        diesel::sql_query(
+            "INSERT INTO consumer_members (consumer_group, instance_id, expires_at) \
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond') \
+             ON CONFLICT (consumer_group, instance_id) DO UPDATE SET expires_at = excluded.expires_at",
+        )
+        .bind::<Text, _>(group)
+        .bind::<Text, _>(me)
+        .bind::<BigInt, _>(ttl_ms)
+        .execute(&mut conn)
+        .await?;
+        diesel::sql_query(
+            "DELETE FROM consumer_members WHERE consumer_group = $1 AND expires_at < now()",
+        )
+        .bind::<Text, _>(group)
+        .execute(&mut conn)
+        .await?;
+
+        if !partitions.is_empty() {
+            let (topics, numbers): (Vec<String>, Vec<i32>) = partitions.iter().cloned().unzip();
+            for table in ["partition_leases", "consumer_offsets"] {
+                diesel::sql_query(format!(
+                    "INSERT INTO {table} (consumer_group, topic, partition) \
+                     SELECT $1, t, p FROM unnest($2::text[], $3::int[]) AS x(t, p) \
+                     ON CONFLICT DO NOTHING"
+                ))
+                .bind::<Text, _>(group)
+                .bind::<Array<Text>, _>(&topics)
+                .bind::<Array<Integer>, _>(&numbers)
+                .execute(&mut conn)
+                .await?;
+            }
+        }
+
+        let members: Vec<CountRow> = diesel::sql_query(
+            "SELECT count(*) AS n FROM consumer_members \
+             WHERE consumer_group = $1 AND expires_at > now()",
+        )
+        .bind::<Text, _>(group)
+        .load(&mut conn)
+        .await?;
+        let members = <[_]>::first(&members).map_or(1, |r| r.n.max(1)) as usize;
+
+        let topics = config.topics.clone();
+        let renewed: Vec<LeaseRow> = diesel::sql_query(
+            "UPDATE partition_leases SET expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE consumer_group = $1 AND owner = $2 AND topic = ANY($4) \
+             RETURNING topic, partition",
+        )
+        .bind::<Text, _>(group)
+        .bind::<Text, _>(me)
+        .bind::<BigInt, _>(ttl_ms)
+        .bind::<Array<Text>, _>(&topics)
+        .load(&mut conn)
+        .await?;
+        let mut held: BTreeSet<PartitionKey> = renewed
+            .into_iter()
+            .map(|r| (r.topic, r.partition))
+            .collect();
+
+        // Workers whose lease is gone (expired and taken) stop now.
+        let lost: Vec<_> = self
+            .workers
+            .keys()
+            .filter(|k| !held.contains(*k))
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            tracing::warn!(?lost, "leases lost");
+            self.stop_workers(&lost).await;
+        }
+
+        let total = partitions.len().max(held.len());
+        let (release, wanted) = plan(&held, fair_share(total, members));
+        if !release.is_empty() {
+            tracing::info!(?release, "giving partitions back for rebalancing");
+            self.stop_workers(&release).await;
+            let (topics, numbers): (Vec<String>, Vec<i32>) = release.iter().cloned().unzip();
+            diesel::sql_query(
+                "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' \
+                 FROM unnest($3::text[], $4::int[]) AS x(t, p) \
+                 WHERE consumer_group = $1 AND owner = $2 AND topic = x.t AND partition = x.p",
+            )
+            .bind::<Text, _>(group)
+            .bind::<Text, _>(me)
+            .bind::<Array<Text>, _>(&topics)
+            .bind::<Array<Integer>, _>(&numbers)
+            .execute(&mut conn)
+            .await?;
+            for key in &release {
+                held.remove(key);
+            }
+        }
+        if wanted > 0 {
+            let taken: Vec<LeaseRow> = diesel::sql_query(
+                "UPDATE partition_leases l SET owner = $2, \
+                     expires_at = now() + $3 * interval '1 millisecond' \
+                 FROM (SELECT topic, partition FROM partition_leases \
+                       WHERE consumer_group = $1 AND topic = ANY($4) \
+                         AND (owner IS NULL OR expires_at < now()) \
+                       ORDER BY topic, partition LIMIT $5 \
+                       FOR UPDATE SKIP LOCKED) c \
+                 WHERE l.consumer_group = $1 AND l.topic = c.topic AND l.partition = c.partition \
+                 RETURNING l.topic, l.partition",
+            )
+            .bind::<Text, _>(group)
+            .bind::<Text, _>(me)
+            .bind::<BigInt, _>(ttl_ms)
+            .bind::<Array<Text>, _>(&topics)
+            .bind::<BigInt, _>(wanted as i64)
+            .load(&mut conn)
+            .await?;
+            if !taken.is_empty() {
+                tracing::info!(
+                    taken = ?taken.iter().map(|r| (&r.topic, r.partition)).collect::<Vec<_>>(),
+                    "partitions acquired"
+                );
+            }
+            held.extend(taken.into_iter().map(|r| (r.topic, r.partition)));
+        }
+        Ok(held)
+    }
+
+    fn start_worker(&mut self, key: PartitionKey) {
+        let cancel = self.shutdown.child_token();
+        let worker = Worker {
+            pool: self.pool.clone(),
+            config: self.config.clone(),
+            handler: self.handler.clone(),
+            metrics: self.metrics.clone(),
+            topic: key.0.clone(),
+            partition: key.1,
+            cancel: cancel.clone(),
+        };
+        let abort = self.tasks.spawn(worker.run());
+        self.workers.insert(key, WorkerHandle { cancel, abort });
+    }
+
+    /// Cancels the workers and waits (bounded) until they are gone, so no
+    /// lease is given back while its worker still runs.
+    async fn stop_workers(&mut self, keys: &[PartitionKey]) {
+        let handles: Vec<_> = keys.iter().filter_map(|k| self.workers.remove(k)).collect();
+        for handle in &handles {
+            handle.cancel.cancel();
+        }
+        let deadline = Instant::now() + self.config.broker_timeout + Duration::from_secs(5);
+        while handles.iter().any(|h| !h.abort.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for handle in &handles {
+            handle.abort.abort();
+        }
+        for key in keys {
+            self.metrics
+                .lag
+                .remove(&Metrics::partition(&self.config.group, &key.0, key.1));
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct LeaseRow {
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Integer)]
+    partition: i32,
+}
+
+#[derive(QueryableByName)]
+struct OffsetRow {
+    #[diesel(sql_type = BigInt)]
+    next_offset: i64,
+    #[diesel(sql_type = Bool)]
+    owned: bool,
+}
+
+/// Each instance's share of `total` partitions among `members` instances.
+fn fair_share(total: usize, members: usize) -> usize {
+    total.div_ceil(members.max(1))
+}
+
+/// Which held partitions to give back (the last ones beyond `target`) and
+/// how many more to take.
+fn plan(held: &BTreeSet<PartitionKey>, target: usize) -> (Vec<PartitionKey>, usize) {
+    if held.len() > target {
+        (held.iter().skip(target).cloned().collect(), 0)
+    } else {
+        (Vec::new(), target - held.len())
+    }
+}
+
+async fn discover(
+    client: &mut Option<rskafka::client::Client>,
+    config: &ConsumerConfig,
+) -> anyhow::Result<BTreeSet<PartitionKey>> {
+    if client.is_none() {
+        *client = Some(build_client(config).await?);
+    }
+    let topics = tokio::time::timeout(
+        config.broker_timeout,
+        client.as_ref().expect("built above").list_topics(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("list_topics timed out"))??;
+    let mut found = BTreeSet::new();
+    for topic in topics {
+        if config.topics.contains(&topic.name) {
+            for partition in topic.partitions {
+                found.insert((topic.name.clone(), partition));
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn build_client(config: &ConsumerConfig) -> anyhow::Result<rskafka::client::Client> {
+    let builder = ClientBuilder::new(config.brokers.clone())
+        .client_id(format!("{}-{}", config.group, config.instance_id))
+        .backoff_config(BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            base: 2.0,
+            deadline: Some(config.broker_timeout),
+        });
+    Ok(tokio::time::timeout(config.broker_timeout, builder.build())
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))??)
+}
+
+async fn purge_inbox(pool: &DbPool, config: &ConsumerConfig) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    let purged = diesel::sql_query(
+        "DELETE FROM inbox WHERE consumer_group = $1 \
+         AND handled_at < now() - $2 * interval '1 millisecond'",
+    )
+    .bind::<Text, _>(&config.group)
+    .bind::<BigInt, _>(config.inbox_retention.as_millis() as i64)
+    .execute(&mut conn)
+    .await?;
+    tracing::debug!(purged, "inbox purged");
+    Ok(())
+}
+
+async fn leave(pool: &DbPool, config: &ConsumerConfig) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    diesel::sql_query(
+        "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' \
+         WHERE consumer_group = $1 AND owner = $2",
+    )
+    .bind::<Text, _>(&config.group)
+    .bind::<Text, _>(&config.instance_id)
+    .execute(&mut conn)
+    .await?;
+    diesel::sql_query(
+        "DELETE FROM consumer_members WHERE consumer_group = $1 AND instance_id = $2",
+    )
+    .bind::<Text, _>(&config.group)
+    .bind::<Text, _>(&config.instance_id)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// Consumes one partition while this instance holds its lease.
+struct Worker {
+    pool: DbPool,
+    config: Arc<ConsumerConfig>,
+    handler: Arc<dyn EventHandler>,
+    metrics: Metrics,
+    topic: String,
+    partition: i32,
+    cancel: CancellationToken,
+}
+
+enum ApplyError {
+    /// Another instance moved the offset or owns the lease now.
+    Fenced,
+    Transient(anyhow::Error),
+}
+
+impl From<diesel::result::Error> for ApplyError {
+    fn from(error: diesel::result::Error) -> Self {
+        ApplyError::Transient(error.into())
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApplyError {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        ApplyError::Transient(error.into())
+    }
+}
+
+#[derive(Default)]
+struct Outcomes {
+    handled: u64,
+    duplicate: u64,
+    dead_lettered: u64,
+}
+
+impl Worker {
+    async fn run(self) {
+        let labels = Metrics::partition(&self.config.group, &self.topic, self.partition);
+        tracing::info!(topic = %self.topic, partition = self.partition, "partition worker started");
+        let mut backoff = Backoff::new(Duration::from_millis(50), self.config.max_backoff);
+        let mut next = loop {
+            match self.stored_offset().await {
+                Ok(offset) => break offset,
+                Err(error) => {
+                    tracing::warn!(error = %error, "reading the stored offset failed");
+                    if !self.pause(backoff.next()).await {
+                        return;
+                    }
+                }
+            }
+        };
+        backoff.reset();
+        let mut client: Option<PartitionClient> = None;
+        let max_wait_ms = self.config.fetch_max_wait.as_millis() as i32;
+        while !self.cancel.is_cancelled() {
+            if client.is_none() {
+                match self.partition_client().await {
+                    Ok(c) => client = Some(c),
+                    Err(error) => {
+                        self.metrics.fetch_errors.get_or_create(&labels).inc();
+                        tracing::warn!(topic = %self.topic, partition = self.partition,
+                            error = %error, "connecting the partition client failed");
+                        if !self.pause(backoff.next()).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let fetch = client.as_ref().expect("set above").fetch_records(
+                next,
+                1..self.config.fetch_max_bytes,
+                max_wait_ms,
+            );
+            let deadline = self.config.broker_timeout + self.config.fetch_max_wait;
+            let result = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = tokio::time::timeout(deadline, fetch) => r,
+            };
+            let (records, high_watermark) = match result {
+                Ok(Ok(fetched)) => fetched,
+                Ok(Err(error)) => {
+                    self.metrics.fetch_errors.get_or_create(&labels).inc();
+                    tracing::warn!(topic = %self.topic, partition = self.partition, offset = next,
+                        error = %error, "fetch failed");
+                    client = None;
+                    if !self.pause(backoff.next()).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    self.metrics.fetch_errors.get_or_create(&labels).inc();
+                    tracing::warn!(topic = %self.topic, partition = self.partition, "fetch timed out");
+                    client = None;
+                    continue;
+                }
+            };
+            backoff.reset();
+            let Some(last) = records.last() else {
+                self.metrics
+                    .lag
+                    .get_or_create(&labels)
+                    .set((high_watermark - next).max(0));
+                continue;
+            };
+            let new_next = last.offset + 1;
+            loop {
+                match self.apply(&records, next, new_next).await {
+                    Ok(outcomes) => {
+                        self.count(&outcomes);
+                        next = new_next;
+                        self.metrics
+                            .lag
+                            .get_or_create(&labels)
+                            .set((high_watermark - next).max(0));
+                        backoff.reset();
+                        break;
+                    }
+                    Err(ApplyError::Fenced) => {
+                        tracing::warn!(topic = %self.topic, partition = self.partition,
+                            "fenced: another instance owns this partition now");
+                        return;
+                    }
+                    Err(ApplyError::Transient(error)) => {
+                        self.metrics.retries.get_or_create(&labels).inc();
+                        tracing::warn!(topic = %self.topic, partition = self.partition,
+                            offset = next, error = %format!("{error:#}"),
+                            "handling failed, retrying");
+                        if !self.pause(backoff.next()).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps unless cancelled first; false when cancelled.
+    async fn pause(&self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep(duration) => true,
+        }
+    }
+
+    fn count(&self, outcomes: &Outcomes) {
+        let (group, topic, partition) = (&self.config.group, &self.topic, self.partition);
+        for (name, n) in [
+            ("handled", outcomes.handled),
+            ("duplicate", outcomes.duplicate),
+            ("dead_lettered", outcomes.dead_lettered),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .records
+                    .get_or_create(&Metrics::outcome(group, topic, partition, name))
+                    .inc_by(n);
+            }
+        }
+    }
+
+    async fn partition_client(&self) -> anyhow::Result<PartitionClient> {
+        let client = build_client(&self.config).await?;
+        Ok(tokio::time::timeout(
+            self.config.broker_timeout,
+            client.partition_client(
+                self.topic.clone(),
+                self.partition,
+                UnknownTopicHandling::Error,
+            ),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("partition client timed out"))??)
+    }
+
+    async fn stored_offset(&self) -> anyhow::Result<i64> {
+        let mut conn = self.pool.get().await?;
+        let rows: Vec<OffsetRow> = diesel::sql_query(
+            "SELECT next_offset, true AS owned FROM consumer_offsets \
+             WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind::<Text, _>(&self.config.group)
+        .bind::<Text, _>(&self.topic)
+        .bind::<Integer, _>(self.partition)
+        .load(&mut conn)
+        .await?;
+        Ok(<[_]>::first(&rows).map_or(0, |r| r.next_offset))
+    }
+
+    /// Handles a whole fetch in one transaction and moves the offset from
+    /// `expected` to `new_next`.
+    async fn apply(
+        &self,
+        records: &[RecordAndOffset],
+        expected: i64,
+        new_next: i64,
+    ) -> Result<Outcomes, ApplyError> {
+        let mut conn = self.pool.get().await?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        AnsiTransactionManager::begin_transaction(conn).await?;
+        let result = self
+            .apply_in_transaction(conn, records, expected, new_next)
+            .await;
+        match result {
+            Ok(outcomes) => {
+                AnsiTransactionManager::commit_transaction(conn).await?;
+                Ok(outcomes)
+            }
+            Err(error) => {
+                if let Err(rollback) = AnsiTransactionManager::rollback_transaction(conn).await {
+                    tracing::warn!(error = %rollback, "rollback failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply_in_transaction(
+        &self,
+        conn: &mut AsyncPgConnection,
+        records: &[RecordAndOffset],
+        expected: i64,
+        new_next: i64,
+    ) -> Result<Outcomes, ApplyError> {
+        let group = self.config.group.as_str();
+        let position: Vec<OffsetRow> = diesel::sql_query(
+            "SELECT o.next_offset, coalesce(l.owner = $4, false) AS owned \
+             FROM consumer_offsets o JOIN partition_leases l \
+               USING (consumer_group, topic, partition) \
+             WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = $3 \
+             FOR UPDATE OF o",
+        )
+        .bind::<Text, _>(group)
+        .bind::<Text, _>(&self.topic)
+        .bind::<Integer, _>(self.partition)
+        .bind::<Text, _>(&self.config.instance_id)
+        .load(conn)
+        .await?;
+        match <[_]>::first(&position) {
+            Some(row) if row.next_offset == expected && row.owned => {}
+            _ => return Err(ApplyError::Fenced),
+        }
+
+        let mut outcomes = Outcomes::default();
+        for record in records {
+            let envelope = match decode(record) {
+                Ok(envelope) => envelope,
+                Err(reason) => {
+                    self.dead_letter(conn, record, None, &reason).await?;
+                    outcomes.dead_lettered += 1;
+                    continue;
+                }
+            };
+            let span = tracing::info_span!("event",
+                event_id = %envelope.event_id, event_type = %envelope.event_type,
+                aggregate_id = %envelope.aggregate_id, trace_id = %envelope.trace_id);
+            self.apply_record(conn, record, &envelope, &mut outcomes)
+                .instrument(span)
+                .await?;
+        }
+
+        diesel::sql_query(
+            "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
+             WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5",
+        )
+        .bind::<Text, _>(group)
+        .bind::<Text, _>(&self.topic)
+        .bind::<Integer, _>(self.partition)
+        .bind::<BigInt, _>(new_next)
+        .bind::<BigInt, _>(expected)
+        .execute(conn)
+        .await?;
+        Ok(outcomes)
+    }
+
+    /// One record in its own savepoint: inbox entry, then the handler.
+    async fn apply_record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        record: &RecordAndOffset,
+        envelope: &Envelope,
+        outcomes: &mut Outcomes,
+    ) -> Result<(), ApplyError> {
+        AnsiTransactionManager::begin_transaction(conn).await?;
+        let first_time = diesel::sql_query(
+            "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind::<Text, _>(&self.config.group)
+        .bind::<SqlUuid, _>(envelope.event_id)
+        .bind::<Text, _>(&self.topic)
+        .bind::<Integer, _>(self.partition)
+        .bind::<BigInt, _>(record.offset)
+        .execute(conn)
+        .await;
+        match first_time {
+            Ok(0) => {
+                AnsiTransactionManager::commit_transaction(conn).await?;
+                tracing::debug!("duplicate event skipped");
+                outcomes.duplicate += 1;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(error) => {
+                AnsiTransactionManager::rollback_transaction(conn).await?;
+                return Err(error.into());
+            }
+        }
+        let outcome = match envelope.event() {
+            Ok(event) => self.handler.handle(conn, envelope, event).await,
+            Err(error) => Err(HandleError::Permanent(format!(
+                "unknown event type or invalid payload: {error}"
+            ))),
+        };
+        match outcome {
+            Ok(()) => {
+                AnsiTransactionManager::commit_transaction(conn).await?;
+                outcomes.handled += 1;
+            }
+            Err(HandleError::Permanent(reason)) => {
+                AnsiTransactionManager::rollback_transaction(conn).await?;
+                self.dead_letter(conn, record, Some(envelope), &reason)
+                    .await?;
+                outcomes.dead_lettered += 1;
+            }
+            Err(HandleError::Transient(error)) => {
+                AnsiTransactionManager::rollback_transaction(conn).await?;
+                return Err(ApplyError::Transient(error));
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        conn: &mut AsyncPgConnection,
+        record: &RecordAndOffset,
+        envelope: Option<&Envelope>,
+        reason: &str,
+    ) -> Result<(), ApplyError> {
+        let headers = &record.record.headers;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let event_id = envelope
+            .map(|e| e.event_id)
+            .or_else(|| header(headers::EVENT_ID).and_then(|v| v.parse().ok()));
+        let event_type = envelope
+            .map(|e| e.event_type.clone())
+            .or_else(|| header(headers::EVENT_TYPE));
+        let headers_json: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
+            .collect();
+        diesel::sql_query(
+            "INSERT INTO dead_letters (consumer_group, topic, partition, record_offset, \
+                 record_key, record_value, headers, event_id, event_type, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind::<Text, _>(&self.config.group)
+        .bind::<Text, _>(&self.topic)
+        .bind::<Integer, _>(self.partition)
+        .bind::<BigInt, _>(record.offset)
+        .bind::<Nullable<Bytea>, _>(record.record.key.as_deref())
+        .bind::<Nullable<Bytea>, _>(record.record.value.as_deref())
+        .bind::<Jsonb, _>(serde_json::Value::Object(headers_json))
+        .bind::<Nullable<SqlUuid>, _>(event_id)
+        .bind::<Nullable<Text>, _>(event_type)
+        .bind::<Text, _>(reason)
+        .execute(conn)
+        .await?;
+        tracing::warn!(topic = %self.topic, partition = self.partition, offset = record.offset,
+            reason, "record dead-lettered");
+        Ok(())
+    }
+}
+
+/// The envelope of a record, or why it has none.
+fn decode(record: &RecordAndOffset) -> Result<Envelope, String> {
+    let value = record
+        .record
+        .value
+        .as_deref()
+        .ok_or_else(|| "record has no value".to_string())?;
+    serde_json::from_slice(value).map_err(|e| format!("invalid envelope: {e}"))
+}
+
+/// Exponential backoff with jitter, from `initial` up to `max`.
+struct Backoff {
+    initial: Duration,
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            current: initial,
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let jitter = rand::random::<f64>() * 0.25;
+        base.mul_f64(1.0 + jitter).min(self.max)
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// Durations in config: `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"` or a
+/// number of milliseconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let millis = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("invalid duration unit {other:?} in {text:?}")),
+    };
+    Ok(Duration::from_millis(number.saturating_mul(millis)))
+}
+
+mod duration_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", duration.as_millis()))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+            Raw::Text(text) => super::parse_duration(&text).map_err(D::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rskafka::record::Record;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn key(topic: &str, partition: i32) -> PartitionKey {
+        (topic.into(), partition)
+    }
+
+    #[test]
+    fn fair_share_rounds_up() {
+        assert_eq!(fair_share(6, 1), 6);
+        assert_eq!(fair_share(6, 2), 3);
+        assert_eq!(fair_share(6, 4), 2);
+        assert_eq!(fair_share(3, 0), 3);
+        assert_eq!(fair_share(0, 3), 0);
+    }
+
+    #[test]
+    fn plan_releases_the_excess_and_takes_the_missing() {
+        let held: BTreeSet<_> = [key("a", 0), key("a", 1), key("b", 0)].into();
+        assert_eq!(plan(&held, 2), (vec![key("b", 0)], 0));
+        assert_eq!(plan(&held, 3), (vec![], 0));
+        assert_eq!(plan(&held, 5), (vec![], 2));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+    }
+
+    #[test]
+    fn config_round_trips_through_serde() {
+        let config = ConsumerConfig::default();
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["fetch_max_wait"], "20ms");
+        let back: ConsumerConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, config);
+        let partial: ConsumerConfig =
+            serde_json::from_value(serde_json::json!({"lease_ttl": 2000})).unwrap();
+        assert_eq!(partial.lease_ttl, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = backoff.next();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(125));
+        for _ in 0..10 {
+            assert!(backoff.next() <= Duration::from_secs(1));
+        }
+        assert_eq!(backoff.next(), Duration::from_secs(1));
+        backoff.reset();
+        assert!(backoff.next() <= Duration::from_millis(125));
+    }
+
+    fn record(value: Option<&[u8]>) -> RecordAndOffset {
+        RecordAndOffset {
+            record: Record {
+                key: None,
+                value: value.map(<[u8]>::to_vec),
+                headers: BTreeMap::new(),
+                timestamp: chrono::Utc::now(),
+            },
+            offset: 7,
+        }
+    }
+
+    #[test]
+    fn decode_rejects_what_is_not_an_envelope() {
+        assert!(decode(&record(None)).unwrap_err().contains("no value"));
+        assert!(
+            decode(&record(Some(b"{oops")))
+                .unwrap_err()
+                .contains("invalid envelope")
+        );
+        let envelope = Envelope {
+            event_id: Uuid::new_v4(),
+            event_type: "Whatever".into(),
+            aggregate_type: "orders".into(),
+            aggregate_id: "x".into(),
+            occurred_at: chrono::Utc::now(),
+            schema_version: 1,
+            trace_id: "t".into(),
+            payload: serde_json::json!({}),
+        };
+        let bytes = serde_json::to_vec(&envelope).unwrap();
+        let decoded = decode(&record(Some(&bytes))).unwrap();
+        assert_eq!(decoded, envelope);
+        assert!(
+            decoded.event().is_err(),
+            "unknown type is left to the caller"
+        );
+    }
+}

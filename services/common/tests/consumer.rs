@@ -1,0 +1,314 @@
+//! The consumer runtime against a real broker and PostgreSQL: repeats are
+//! applied once, poison goes to `dead_letters` without blocking, and two
+//! instances split partitions and take over from each other.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use commerce_common::{
+    config::DatabaseConfig,
+    consumer::{self, BoxFuture, ConsumerConfig, EventHandler, HandleError},
+    db::{self, DbPool},
+    events::{Envelope, Event, PaymentFailed},
+};
+use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use prometheus_client::registry::Registry;
+use rskafka::{
+    client::partition::{Compression, UnknownTopicHandling},
+    record::Record,
+};
+use test_support::{
+    TestDatabase, ensure_topics, fresh_database, kafka_brokers, kafka_client, produce_envelope,
+    wait_until,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/payment");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Records every event it sees in `effects`; a `PaymentFailed` with reason
+/// `POISON` is a permanent failure.
+struct Recorder {
+    instance: String,
+}
+
+impl EventHandler for Recorder {
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            if let Event::PaymentFailed(failed) = &event
+                && failed.reason == "POISON"
+            {
+                return Err(HandleError::Permanent("poison payload".into()));
+            }
+            diesel::sql_query("INSERT INTO effects (event_id, instance) VALUES ($1, $2)")
+                .bind::<SqlUuid, _>(envelope.event_id)
+                .bind::<Text, _>(&self.instance)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+struct Setup {
+    database: TestDatabase,
+    pool: DbPool,
+    topic: String,
+}
+
+async fn setup(partitions: i32) -> Setup {
+    let database = fresh_database("consumer_rt").await;
+    let config = DatabaseConfig::with_url(&database.url);
+    db::migrate(&config, MIGRATIONS).await.expect("migrations");
+    database
+        .client()
+        .await
+        .batch_execute("CREATE TABLE effects (event_id uuid NOT NULL, instance text NOT NULL)")
+        .await
+        .unwrap();
+    let topic = format!("rt-{}", Uuid::new_v4().simple());
+    ensure_topics(&kafka_brokers(), &[&topic], partitions).await;
+    Setup {
+        pool: db::pool(&config).unwrap(),
+        database,
+        topic,
+    }
+}
+
+fn config(topic: &str, instance: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        instance_id: instance.into(),
+        lease_ttl: Duration::from_millis(1500),
+        ..ConsumerConfig::default()
+    }
+    .for_service(
+        kafka_brokers().split(',').map(String::from).collect(),
+        "test",
+        [topic],
+    )
+}
+
+fn start(setup: &Setup, instance: &str) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let handle = consumer::spawn(
+        setup.pool.clone(),
+        config(&setup.topic, instance),
+        Arc::new(Recorder {
+            instance: instance.into(),
+        }),
+        &mut Registry::default(),
+        shutdown.clone(),
+    );
+    (handle, shutdown)
+}
+
+fn envelope(reason: &str) -> Envelope {
+    let order_id = Uuid::new_v4();
+    let event = Event::PaymentFailed(PaymentFailed {
+        order_id,
+        customer_id: Uuid::new_v4(),
+        amount_cents: 100,
+        reason: reason.into(),
+    });
+    let (event_type, payload) = event.into_parts();
+    Envelope {
+        event_id: Uuid::now_v7(),
+        event_type,
+        aggregate_type: "payments".into(),
+        aggregate_id: order_id.to_string(),
+        occurred_at: chrono::Utc::now(),
+        schema_version: 1,
+        trace_id: "test".into(),
+        payload,
+    }
+}
+
+async fn produce_raw(topic: &str, partition: i32, value: &[u8]) {
+    let client = kafka_client(&kafka_brokers()).await;
+    let partition = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .unwrap();
+    let record = Record {
+        key: Some(b"k".to_vec()),
+        value: Some(value.to_vec()),
+        headers: BTreeMap::new(),
+        timestamp: chrono::Utc::now(),
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        partition.produce(vec![record], Compression::NoCompression),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+async fn query_i64(database: &TestDatabase, sql: &str) -> i64 {
+    database
+        .client()
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
+    let setup = setup(1).await;
+    let brokers = kafka_brokers();
+    let (_handle, shutdown) = start(&setup, "only");
+
+    let first = envelope("OK");
+    let key = first.aggregate_id.clone();
+    produce_envelope(&brokers, &setup.topic, 0, &key, &first).await;
+    produce_envelope(&brokers, &setup.topic, 0, &key, &first).await;
+    produce_raw(&setup.topic, 0, b"{not json").await;
+    let mut unknown = envelope("OK");
+    unknown.event_type = "SomethingNew".into();
+    produce_envelope(&brokers, &setup.topic, 0, &key, &unknown).await;
+    produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("POISON")).await;
+    let last = envelope("OK");
+    produce_envelope(&brokers, &setup.topic, 0, &key, &last).await;
+    // Delivered again after everything else (the relay's at-least-once).
+    produce_envelope(&brokers, &setup.topic, 0, &key, &first).await;
+
+    let database = &setup.database;
+    wait_until(WAIT, "the partition to be consumed to its end", || async {
+        (query_i64(
+            database,
+            "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
+        )
+        .await
+            == 7)
+            .then_some(())
+    })
+    .await;
+    let client = database.client().await;
+    let effects: Vec<Uuid> = client
+        .query("SELECT event_id FROM effects ORDER BY event_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        effects,
+        vec![first.event_id, last.event_id],
+        "each event applied once"
+    );
+    let dead: Vec<(i64, Option<String>, String)> = client
+        .query(
+            "SELECT record_offset, event_type, reason FROM dead_letters ORDER BY record_offset",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead[0].0, 2);
+    assert!(dead[0].2.contains("invalid envelope"), "{dead:?}");
+    assert_eq!(dead[1].1.as_deref(), Some("SomethingNew"));
+    assert!(dead[2].2.contains("poison"), "{dead:?}");
+    assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 2);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn two_instances_split_partitions_and_one_takes_over_from_a_dead_one() {
+    let setup = setup(4).await;
+    let brokers = kafka_brokers();
+    let database = &setup.database;
+    let owned_by = |instance: &'static str| async move {
+        query_i64(
+            database,
+            &format!("SELECT count(*) FROM partition_leases WHERE owner = '{instance}' AND expires_at > now()"),
+        )
+        .await
+    };
+
+    let (a, _a_shutdown) = start(&setup, "a");
+    wait_until(WAIT, "instance a to own all partitions", || async {
+        (owned_by("a").await == 4).then_some(())
+    })
+    .await;
+    let (_b, b_shutdown) = start(&setup, "b");
+    wait_until(WAIT, "a and b to own two partitions each", || async {
+        (owned_by("a").await == 2 && owned_by("b").await == 2).then_some(())
+    })
+    .await;
+
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let envelope = envelope("OK");
+        produce_envelope(
+            &brokers,
+            &setup.topic,
+            i % 4,
+            &envelope.aggregate_id,
+            &envelope,
+        )
+        .await;
+        sent.push(envelope.event_id);
+    }
+    wait_until(WAIT, "the first 40 events to be handled", || async {
+        (query_i64(database, "SELECT count(*) FROM effects").await == 40).then_some(())
+    })
+    .await;
+    let by_a = query_i64(
+        database,
+        "SELECT count(*) FROM effects WHERE instance = 'a'",
+    )
+    .await;
+    assert_eq!(by_a, 20, "a handled its two partitions");
+
+    // Instance a dies without releasing anything; events keep coming.
+    a.abort();
+    for i in 0..40 {
+        let envelope = envelope("OK");
+        produce_envelope(
+            &brokers,
+            &setup.topic,
+            i % 4,
+            &envelope.aggregate_id,
+            &envelope,
+        )
+        .await;
+        sent.push(envelope.event_id);
+    }
+    wait_until(WAIT, "b to take over and handle all 80 events", || async {
+        (query_i64(database, "SELECT count(*) FROM effects").await == 80).then_some(())
+    })
+    .await;
+    assert_eq!(
+        query_i64(database, "SELECT count(DISTINCT event_id) FROM effects").await,
+        80,
+        "no event applied twice"
+    );
+    assert_eq!(owned_by("b").await, 4);
+    assert_eq!(
+        query_i64(
+            database,
+            "SELECT sum(next_offset)::bigint FROM consumer_offsets"
+        )
+        .await,
+        80
+    );
+
+    // A graceful stop gives the leases back at once.
+    b_shutdown.cancel();
+    wait_until(WAIT, "b to release its leases", || async {
+        (owned_by("b").await == 0).then_some(())
+    })
+    .await;
+}
