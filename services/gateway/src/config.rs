@@ -1,0 +1,209 @@
+//! The gateway's typed configuration (defaults -> `APP_CONFIG_FILE` TOML ->
+//! `APP__SECTION__KEY` environment), and its validation at start-up.
+
+use std::{path::PathBuf, time::Duration};
+
+use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub upstreams: UpstreamsConfig,
+    pub proxy: ProxyConfig,
+    pub login_throttle: ThrottleConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig::with_port(8084),
+            database: DatabaseConfig::with_url(
+                "postgres://postgres@127.0.0.1:55432/commerce_gateway",
+            ),
+            auth: AuthConfig::default(),
+            upstreams: UpstreamsConfig::default(),
+            proxy: ProxyConfig::default(),
+            login_throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load() -> anyhow::Result<Self> {
+        let config: Self = commerce_common::config::load()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; the message names the offending key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (4..=31).contains(&self.auth.bcrypt_cost),
+            "auth.bcrypt_cost must be between 4 and 31"
+        );
+        anyhow::ensure!(
+            self.auth.token_ttl_seconds > 0,
+            "auth.token_ttl_seconds must be positive"
+        );
+        anyhow::ensure!(
+            self.auth.private_key_pem.is_some() || self.auth.private_key_file.is_some(),
+            "auth.private_key_pem or auth.private_key_file is required (Ed25519, PKCS#8 PEM)"
+        );
+        for (name, url) in self.upstreams.all() {
+            let uri: awc::http::Uri = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("upstreams.{name} is not a URL: {e}"))?;
+            anyhow::ensure!(
+                uri.scheme_str() == Some("http") && uri.host().is_some(),
+                "upstreams.{name} must be an http://host:port base URL"
+            );
+        }
+        anyhow::ensure!(
+            self.proxy.body_limit_bytes > 0,
+            "proxy.body_limit_bytes must be positive"
+        );
+        anyhow::ensure!(
+            self.login_throttle.window_seconds > 0,
+            "login_throttle.window_seconds must be positive"
+        );
+        Ok(())
+    }
+}
+
+/// Token issuing. Keys are Ed25519: the private key (PKCS#8 PEM) signs, the
+/// public key (SPKI PEM) verifies; when no public key is configured it is
+/// derived from the private one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub private_key_pem: Option<Secret>,
+    pub private_key_file: Option<PathBuf>,
+    pub public_key_pem: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub token_ttl_seconds: u64,
+    /// bcrypt work factor (4..=31); 12 in production, tests lower it.
+    pub bcrypt_cost: u32,
+    /// Reject requests to the services with a missing or invalid token at
+    /// the edge (the services verify again either way).
+    pub verify_at_edge: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            private_key_pem: None,
+            private_key_file: None,
+            public_key_pem: None,
+            public_key_file: None,
+            token_ttl_seconds: 3600,
+            bcrypt_cost: 12,
+            verify_at_edge: true,
+        }
+    }
+}
+
+/// Base URLs of the services the gateway routes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsConfig {
+    pub order: String,
+    pub payment: String,
+    pub delivery: String,
+}
+
+impl Default for UpstreamsConfig {
+    fn default() -> Self {
+        Self {
+            order: "http://127.0.0.1:8081".into(),
+            payment: "http://127.0.0.1:8082".into(),
+            delivery: "http://127.0.0.1:8083".into(),
+        }
+    }
+}
+
+impl UpstreamsConfig {
+    pub fn all(&self) -> [(&'static str, &str); 3] {
+        [
+            ("order", &self.order),
+            ("payment", &self.payment),
+            ("delivery", &self.delivery),
+        ]
+    }
+}
+
+/// Forwarding limits and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Largest request body forwarded; larger ones get 413.
+    pub body_limit_bytes: u64,
+    /// TCP connect to a service.
+    pub connect_timeout_ms: u64,
+    /// From sending the request until the service's response head arrived.
+    pub request_timeout_ms: u64,
+    /// Idle pooled connections are closed after this; keep it below the
+    /// services' keep-alive (actix: 5 s) so a reused connection is never stale.
+    pub pool_idle_timeout_ms: u64,
+    /// Connections per worker and service.
+    pub pool_max_connections: usize,
+    /// Per-service `/ready` and `/openapi.json` fetches.
+    pub probe_timeout_ms: u64,
+    /// How long a fetched service OpenAPI document is reused.
+    pub spec_cache_seconds: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 30_000,
+            pool_idle_timeout_ms: 4_000,
+            pool_max_connections: 256,
+            probe_timeout_ms: 2_000,
+            spec_cache_seconds: 30,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn pool_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_idle_timeout_ms)
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+    pub fn spec_cache(&self) -> Duration {
+        Duration::from_secs(self.spec_cache_seconds)
+    }
+}
+
+/// Failed-login throttling: a sliding window per email and per client address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    pub window_seconds: u64,
+    pub max_failures_per_email: usize,
+    pub max_failures_per_address: usize,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            window_seconds: 900,
+            max_failures_per_email: 5,
+            max_failures_per_address: 20,
+        }
+    }
+}

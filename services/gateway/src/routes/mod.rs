@@ -1,0 +1,28 @@
+//! HTTP routes by resource, and the state they share.
+
+pub mod auth;
+pub mod docs;
+pub mod health;
+pub mod me;
+pub mod proxy;
+
+use std::sync::Arc;
+
+use commerce_common::db::DbPool;
+
+use crate::{
+    auth::{password::PasswordHasher, throttle::LoginThrottle, tokens::TokenIssuer},
+    config::UpstreamsConfig,
+    metrics::Metrics,
+};
+
+/// What the gateway's own handlers need; shared by all workers.
+pub struct AppState {
+    pub pool: DbPool,
+    pub migration_version: String,
+    pub hasher: PasswordHasher,
+    pub issuer: TokenIssuer,
+    pub throttle: LoginThrottle,
+    pub upstreams: UpstreamsConfig,
+    pub metrics: Arc<Metrics>,
+}

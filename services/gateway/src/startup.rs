@@ -1,0 +1,170 @@
+//! Building the application: keys, database (migrations applied), the HTTP
+//! server with its routes; `Application::build` binds (port 0 works) and
+//! `run_until_stopped` serves until SIGINT/SIGTERM.
+
+use std::{net::TcpListener, rc::Rc, sync::Arc};
+
+use actix_web::{
+    App, HttpResponse, HttpServer, dev::Server, dev::Service, guard, http::StatusCode, web as aweb,
+};
+use commerce_common::{
+    db,
+    http::{ApiError, json_config, path_config, query_config},
+};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use paperclip::{
+    actix::{OpenApiExt, web},
+    v2::models::{DefaultApiRaw, Info},
+};
+use tracing::Instrument;
+
+use crate::{
+    auth::{password::PasswordHasher, throttle::LoginThrottle, tokens::TokenIssuer},
+    config::Config,
+    metrics::Metrics,
+    request_id::{self, X_REQUEST_ID},
+    routes::{
+        AppState, auth, docs,
+        docs::ApiDocs,
+        health, me,
+        proxy::{self, ProxyClient, Upstream},
+    },
+};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/gateway");
+
+/// Largest JSON body the gateway's own endpoints read.
+const JSON_LIMIT: usize = 16 * 1024;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let (issuer, verifier) = TokenIssuer::from_config(&config.auth)?;
+        let migration_version = db::migrate(&config.database, MIGRATIONS).await?;
+        let pool = db::pool(&config.database)?;
+        let hasher = PasswordHasher::new(config.auth.bcrypt_cost).await?;
+        let metrics = Arc::new(Metrics::default());
+        let state = aweb::Data::new(AppState {
+            pool,
+            migration_version,
+            hasher,
+            issuer,
+            throttle: LoginThrottle::new(&config.login_throttle),
+            upstreams: config.upstreams.clone(),
+            metrics: metrics.clone(),
+        });
+        let metrics = aweb::Data::from(metrics);
+        let verifier = aweb::Data::new(verifier);
+        let docs = aweb::Data::new(ApiDocs::new(&config.upstreams, config.proxy.spec_cache()));
+
+        let listener = TcpListener::bind(config.http.address())?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            let proxy_client = ProxyClient::new(&config.proxy, config.auth.verify_at_edge);
+            let mut app = App::new()
+                .app_data(json_config(JSON_LIMIT))
+                .app_data(query_config())
+                .app_data(path_config())
+                .app_data(state.clone())
+                .app_data(metrics.clone())
+                .app_data(verifier.clone())
+                .app_data(docs.clone())
+                .app_data(proxy_client);
+            for (prefix, name) in proxy::ROUTES {
+                let base = config.upstreams.all().into_iter().find(|(n, _)| *n == name);
+                let base = base.expect("every route names a configured upstream").1;
+                let upstream = Upstream {
+                    name,
+                    base: Rc::from(base.trim_end_matches('/')),
+                };
+                app = app.service(
+                    aweb::resource([prefix.to_owned(), format!("{prefix}/{{tail:.*}}")])
+                        .app_data(upstream)
+                        .to(proxy::forward),
+                );
+            }
+            app.service(
+                // paperclip's asset handler panics on unknown names: stop them here.
+                aweb::resource([
+                    docs::SWAGGER_ASSETS.to_owned(),
+                    format!("{}/{{file:.*}}", docs::SWAGGER_ASSETS),
+                ])
+                .guard(guard::fn_guard(|ctx| {
+                    !docs::is_swagger_asset(ctx.head().uri.path())
+                }))
+                .to(|| async { route_not_found() }),
+            )
+            .route("/health", aweb::get().to(health::health))
+            .route("/ready", aweb::get().to(health::ready))
+            .route("/metrics", aweb::get().to(health::metrics))
+            .route("/openapi.json", aweb::get().to(docs::openapi))
+            .route("/swagger-ui.html", aweb::get().to(docs::swagger_ui))
+            .wrap_api_with_spec(gateway_spec())
+            .service(web::resource("/api/register").route(web::post().to(auth::register)))
+            .service(web::resource("/api/login").route(web::post().to(auth::login)))
+            .service(web::resource("/api/me").route(web::get().to(me::me)))
+            .service(web::resource("/api/health").route(web::get().to(health::api_health)))
+            .with_raw_json_spec_v3(|app, spec| {
+                docs.set_gateway(spec);
+                app
+            })
+            .with_json_spec_v3_at("/openapi/gateway.json")
+            .with_swagger_ui_at(docs::SWAGGER_ASSETS)
+            .default_service(aweb::to(|| async { route_not_found() }))
+            .wrap_fn(|mut req, srv| {
+                let id = request_id::resolve(req.headers().get(X_REQUEST_ID));
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                let span = tracing::info_span!(
+                    "request",
+                    request_id = id.to_str().unwrap_or_default(),
+                    method = %req.method(),
+                    path = req.path(),
+                );
+                let call = srv.call(req);
+                async move {
+                    let mut response = call.await?;
+                    response.headers_mut().insert(X_REQUEST_ID, id);
+                    tracing::debug!(status = response.status().as_u16(), "answered");
+                    Ok(response)
+                }
+                .instrument(span)
+            })
+            .build()
+        })
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn route_not_found() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such route",
+    ))
+}
+
+fn gateway_spec() -> DefaultApiRaw {
+    DefaultApiRaw {
+        info: Info {
+            title: "Commerce API".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
