@@ -1,0 +1,167 @@
+//! The SQL side of a source, over a normal connection: checks (and creates)
+//! the publication, inspects the slot, and probes the server's WAL position
+//! for exact slot lag. Used at session start and, while someone watches or
+//! events flow, for the lag probe; never while the relay is idle.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::replication::{Lsn, connection::quote_ident};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(
+        "publication {publication} is missing and could not be created ({reason}); \
+         create it as the table owner: CREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish = 'insert')"
+    )]
+    PublicationMissing {
+        publication: String,
+        table: String,
+        reason: String,
+    },
+    #[error("publication {publication} does not publish {table}")]
+    PublicationWithoutTable { publication: String, table: String },
+    #[error("unexpected answer from the database: {0}")]
+    Unexpected(String),
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub wal_status: Option<String>,
+    pub confirmed_flush: Option<Lsn>,
+}
+
+pub struct Catalog {
+    client: Client,
+    timeout: Duration,
+}
+
+impl Catalog {
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CatalogError> {
+        let (client, connection) = within(timeout, tokio_postgres::connect(url, NoTls)).await?;
+        // The connection task ends when `client` is dropped.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "catalog connection closed");
+            }
+        });
+        Ok(Self { client, timeout })
+    }
+
+    /// Creates the publication when it is missing; checks it covers the table.
+    pub async fn ensure_publication(
+        &self,
+        publication: &str,
+        schema: &str,
+        table: &str,
+    ) -> Result<(), CatalogError> {
+        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let exists = within(
+            self.timeout,
+            self.client.query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            ),
+        )
+        .await?
+        .is_some();
+        if !exists {
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {qualified} WITH (publish = 'insert')",
+                quote_ident(publication)
+            );
+            within(self.timeout, self.client.batch_execute(&sql))
+                .await
+                .map_err(|e| CatalogError::PublicationMissing {
+                    publication: publication.to_owned(),
+                    table: qualified.clone(),
+                    reason: e.to_string(),
+                })?;
+            tracing::info!(publication, table = %qualified, "created publication");
+            return Ok(());
+        }
+        let covers = within(
+            self.timeout,
+            self.client.query_opt(
+                "SELECT 1 FROM pg_publication_tables \
+                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&publication, &schema, &table],
+            ),
+        )
+        .await?
+        .is_some();
+        if covers {
+            Ok(())
+        } else {
+            Err(CatalogError::PublicationWithoutTable {
+                publication: publication.to_owned(),
+                table: qualified,
+            })
+        }
+    }
+
+    pub async fn slot(&self, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
+        let row = within(
+            self.timeout,
+            self.client.query_opt(
+                "SELECT plugin::text, database::text, wal_status, confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            ),
+        )
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let confirmed: Option<String> = row.try_get(3)?;
+        Ok(Some(SlotInfo {
+            plugin: row.try_get(0)?,
+            database: row.try_get(1)?,
+            wal_status: row.try_get(2)?,
+            confirmed_flush: confirmed.and_then(|lsn| lsn.parse().ok()),
+        }))
+    }
+
+    pub async fn current_database(&self) -> Result<String, CatalogError> {
+        let row = within(
+            self.timeout,
+            self.client
+                .query_one("SELECT current_database()::text", &[]),
+        )
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// `pg_current_wal_lsn()`: where the server's WAL ends now.
+    pub async fn current_wal_lsn(&self) -> Result<Lsn, CatalogError> {
+        let row = within(
+            self.timeout,
+            self.client
+                .query_one("SELECT pg_current_wal_lsn()::text", &[]),
+        )
+        .await?;
+        let text: String = row.try_get(0)?;
+        text.parse()
+            .map_err(|e: crate::replication::lsn::InvalidLsn| {
+                CatalogError::Unexpected(e.to_string())
+            })
+    }
+}
+
+async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, CatalogError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| CatalogError::Timeout(timeout))?
+        .map_err(CatalogError::from)
+}

@@ -1,0 +1,293 @@
+//! Typed configuration: defaults, then the TOML file named by
+//! `APP_CONFIG_FILE`, then `APP__SECTION__KEY` environment variables, e.g.
+//! `APP__SOURCES__ORDER__URL=postgres://...` adds the source `order`.
+//! Validated once at start-up.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub const CONFIG_FILE_ENV: &str = "APP_CONFIG_FILE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration of source {source_name}: {message}")]
+    Invalid {
+        source_name: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub replication: ReplicationConfig,
+    /// Databases to stream, by name (the name labels metrics and the dashboard).
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8090,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap brokers.
+    pub brokers: String,
+    /// Partitions of topics the relay creates.
+    pub partitions: i32,
+    /// Comma-separated topics created at start-up when missing (others are
+    /// created when their first event arrives).
+    pub topics: String,
+    /// Deadline of every broker request.
+    pub produce_timeout_ms: u64,
+    /// Records (per source) sent but not yet acknowledged before the relay
+    /// stops reading WAL; bounds memory.
+    pub max_in_flight_records: usize,
+    /// Largest record published; bigger rows go to the dead-letter topic.
+    /// Keep it at or below the broker's `message.max.bytes`.
+    pub max_record_bytes: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            partitions: 3,
+            topics: "users,orders,payments,deliveries".into(),
+            produce_timeout_ms: 10_000,
+            max_in_flight_records: 20_000,
+            max_record_bytes: 1_000_000,
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn broker_list(&self) -> Vec<String> {
+        split_list(&self.brokers)
+    }
+
+    pub fn topic_list(&self) -> Vec<String> {
+        split_list(&self.topics)
+    }
+
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Interval of standby status updates.
+    pub status_interval_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// First and longest pause between reconnect attempts (jittered).
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// How long shutdown waits for in-flight acknowledgements.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            status_interval_ms: 1_000,
+            connect_timeout_ms: 5_000,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 30_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user:password@host:port/dbname` (the role needs the
+    /// REPLICATION attribute; creating the publication needs table ownership).
+    pub url: Secret,
+    /// Replication slot; defaults to `outbox_relay_<source name>`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// `table` or `schema.table`; schema defaults to `public`.
+    #[serde(default = "default_table")]
+    pub table: String,
+}
+
+fn default_publication() -> String {
+    "outbox_relay".into()
+}
+
+fn default_table() -> String {
+    "outbox".into()
+}
+
+impl SourceConfig {
+    pub fn slot_name(&self, source: &str) -> String {
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("outbox_relay_{source}"))
+    }
+
+    /// `(schema, table)` of the outbox table.
+    pub fn qualified_table(&self) -> (&str, &str) {
+        self.table
+            .split_once('.')
+            .unwrap_or(("public", &self.table))
+    }
+}
+
+/// A string that never prints (database URLs carry passwords).
+#[derive(Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+impl RelayConfig {
+    /// Loads and validates the configuration.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RelayConfig::default()));
+        if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: RelayConfig = figment
+            .merge(Env::prefixed("APP__").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, source) in &self.sources {
+            let invalid = |message: String| ConfigError::Invalid {
+                source_name: name.clone(),
+                message,
+            };
+            let slot = source.slot_name(name);
+            if slot.is_empty()
+                || slot.len() > 63
+                || !slot
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(invalid(format!(
+                    "slot name {slot:?} must be 1-63 characters of a-z, 0-9 and _"
+                )));
+            }
+            if !source.url.expose().starts_with("postgres") {
+                return Err(invalid("url must be a postgres:// URL".into()));
+            }
+        }
+        if self.kafka.broker_list().is_empty() {
+            return Err(ConfigError::Invalid {
+                source_name: "kafka".into(),
+                message: "no brokers".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn http_address(&self) -> String {
+        format!("{}:{}", self.http.host, self.http.port)
+    }
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP__SOURCES__ORDER__URL", "postgres://u@h/db");
+            jail.set_env("APP__SOURCES__PAYMENT__URL", "postgres://u@h/pay");
+            jail.set_env("APP__SOURCES__PAYMENT__SLOT", "custom_slot");
+            jail.set_env("APP__KAFKA__BROKERS", "a:1, b:2");
+            let config = RelayConfig::load().expect("loads");
+            let order = &config.sources["order"];
+            assert_eq!(order.slot_name("order"), "outbox_relay_order");
+            assert_eq!(order.qualified_table(), ("public", "outbox"));
+            assert_eq!(
+                config.sources["payment"].slot_name("payment"),
+                "custom_slot"
+            );
+            assert_eq!(config.kafka.broker_list(), vec!["a:1", "b:2"]);
+            assert_eq!(config.kafka.partitions, 3);
+            assert_eq!(config.http.port, 8090);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_bad_slot_names() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP__SOURCES__ORDER__URL", "postgres://u@h/db");
+            jail.set_env("APP__SOURCES__ORDER__SLOT", "Bad-Slot");
+            assert!(matches!(
+                RelayConfig::load(),
+                Err(ConfigError::Invalid { .. })
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("pw")), "Secret(***)");
+    }
+}

@@ -1,0 +1,25 @@
+//! The outbox relay: streams each source database's outbox inserts from a
+//! logical replication slot (pgoutput) to Kafka, and confirms WAL to
+//! PostgreSQL only after the broker acknowledged (at-least-once, nothing
+//! lost). Generic CDC: it knows the outbox table's columns, not the events.
+//!
+//! - [`replication`]: replication protocol client and pgoutput decoder
+//! - [`catalog`]: publication/slot checks and the lag probe (plain SQL)
+//! - [`source`]: one source's connect/reconnect loop; [`pipeline`]: its stream
+//! - [`inflight`]: ordered acknowledgement of in-flight transactions
+//! - [`outbox`]: row -> Kafka record (or dead letter); [`publisher`]: rskafka
+//! - [`metrics`], [`http`]: Prometheus, JSON status, dashboard
+
+pub mod backoff;
+pub mod catalog;
+pub mod config;
+pub mod http;
+pub mod inflight;
+pub mod metrics;
+pub mod outbox;
+pub mod pipeline;
+pub mod publisher;
+pub mod replication;
+pub mod source;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,484 @@
+//! What operators see: per source state, slot lag, throughput and
+//! commit-to-ack latency, as Prometheus metrics and as a JSON snapshot for
+//! the dashboard. State changes are logged here, once each.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram as Hdr;
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::replication::Lsn;
+
+/// Percentiles are computed over the last one or two windows of this length.
+const LATENCY_WINDOW: Duration = Duration::from_secs(10);
+/// A viewer counts as watching for this long after a request.
+const WATCH_TIMEOUT_MS: i64 = 5_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    Connecting,
+    Streaming,
+    Reconnecting,
+    /// Needs an operator (lost slot, missing publication, bad config); retried slowly.
+    Error,
+    Stopped,
+}
+
+impl SourceState {
+    const ALL: [SourceState; 5] = [
+        SourceState::Connecting,
+        SourceState::Streaming,
+        SourceState::Reconnecting,
+        SourceState::Error,
+        SourceState::Stopped,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Connecting => "connecting",
+            SourceState::Streaming => "streaming",
+            SourceState::Reconnecting => "reconnecting",
+            SourceState::Error => "error",
+            SourceState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    source: String,
+    state: &'static str,
+}
+
+/// The registry and every source's metrics.
+pub struct Metrics {
+    registry: Registry,
+    families: Families,
+    sources: Mutex<BTreeMap<String, Arc<SourceMetrics>>>,
+    last_watched_ms: AtomicI64,
+}
+
+#[derive(Clone)]
+struct Families {
+    state: Family<StateLabel, Gauge>,
+    lag_bytes: Family<SourceLabel, Gauge>,
+    lag_seconds: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    confirmed_lsn: Family<SourceLabel, Gauge>,
+    events: Family<SourceLabel, Counter>,
+    transactions: Family<SourceLabel, Counter>,
+    dead_letters: Family<SourceLabel, Counter>,
+    reconnects: Family<SourceLabel, Counter>,
+    errors: Family<SourceLabel, Counter>,
+    latency: Family<SourceLabel, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("relay");
+        let families = Families {
+            state: Family::default(),
+            lag_bytes: Family::default(),
+            lag_seconds: Family::default(),
+            confirmed_lsn: Family::default(),
+            events: Family::default(),
+            transactions: Family::default(),
+            dead_letters: Family::default(),
+            reconnects: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+            }),
+        };
+        let f = families.clone();
+        registry.register("source_state", "1 for the source's current state", f.state);
+        registry.register(
+            "slot_lag_bytes",
+            "WAL bytes between the server's position and the confirmed LSN",
+            f.lag_bytes,
+        );
+        registry.register(
+            "lag_seconds",
+            "Age of the newest confirmed transaction while work is pending, else 0",
+            f.lag_seconds,
+        );
+        registry.register(
+            "confirmed_lsn",
+            "LSN confirmed to PostgreSQL",
+            f.confirmed_lsn,
+        );
+        registry.register(
+            "events_published",
+            "Outbox events acknowledged by the broker",
+            f.events,
+        );
+        registry.register(
+            "transactions_confirmed",
+            "Transactions confirmed to PostgreSQL",
+            f.transactions,
+        );
+        registry.register(
+            "dead_letters",
+            "Rows that could not be published and went to a dead-letter topic",
+            f.dead_letters,
+        );
+        registry.register(
+            "reconnects",
+            "Replication sessions restarted after a failure",
+            f.reconnects,
+        );
+        registry.register(
+            "errors",
+            "Errors that ended a replication session",
+            f.errors,
+        );
+        registry.register(
+            "commit_to_ack_seconds",
+            "Time from the PostgreSQL commit to the broker's acknowledgement",
+            f.latency,
+        );
+        Self {
+            registry,
+            families,
+            sources: Mutex::new(BTreeMap::new()),
+            last_watched_ms: AtomicI64::new(i64::MIN / 2),
+        }
+    }
+
+    /// The metrics handle of `source`, created on first use.
+    pub fn source(&self, source: &str) -> Arc<SourceMetrics> {
+        let mut sources = lock(&self.sources);
+        sources
+            .entry(source.to_owned())
+            .or_insert_with(|| Arc::new(SourceMetrics::new(source, &self.families)))
+            .clone()
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        self.mark_watched();
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn snapshot(&self) -> Vec<SourceSnapshot> {
+        self.mark_watched();
+        lock(&self.sources).values().map(|s| s.snapshot()).collect()
+    }
+
+    /// Someone looked at metrics or the dashboard recently, so exact slot lag
+    /// (which costs a query) is worth measuring.
+    pub fn is_watched(&self) -> bool {
+        now_ms() - self.last_watched_ms.load(Ordering::Relaxed) < WATCH_TIMEOUT_MS
+    }
+
+    fn mark_watched(&self) {
+        self.last_watched_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// JSON view of one source, served at `/api/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSnapshot {
+    pub name: String,
+    pub state: SourceState,
+    pub state_since: chrono::DateTime<chrono::Utc>,
+    pub last_error: Option<String>,
+    pub confirmed_lsn: String,
+    pub slot_lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub events_published: u64,
+    pub transactions_confirmed: u64,
+    pub dead_letters: u64,
+    pub reconnects: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+}
+
+struct Status {
+    state: SourceState,
+    state_since: chrono::DateTime<chrono::Utc>,
+    last_error: Option<String>,
+    confirmed: Lsn,
+    lag_bytes: u64,
+    lag_seconds: f64,
+    latency: LatencyWindow,
+}
+
+/// One source's metrics; cheap to update from the replication loop.
+pub struct SourceMetrics {
+    name: String,
+    status: Mutex<Status>,
+    state: Vec<(SourceState, Gauge)>,
+    lag_bytes: Gauge,
+    lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    confirmed_lsn: Gauge,
+    events: Counter,
+    transactions: Counter,
+    dead_letters: Counter,
+    reconnects: Counter,
+    errors: Counter,
+    latency: Histogram,
+}
+
+impl SourceMetrics {
+    fn new(name: &str, f: &Families) -> Self {
+        let label = SourceLabel {
+            source: name.to_owned(),
+        };
+        let state = SourceState::ALL
+            .iter()
+            .map(|s| {
+                let gauge = f
+                    .state
+                    .get_or_create(&StateLabel {
+                        source: name.to_owned(),
+                        state: s.as_str(),
+                    })
+                    .clone();
+                (*s, gauge)
+            })
+            .collect();
+        let metrics = Self {
+            name: name.to_owned(),
+            status: Mutex::new(Status {
+                state: SourceState::Connecting,
+                state_since: chrono::Utc::now(),
+                last_error: None,
+                confirmed: Lsn(0),
+                lag_bytes: 0,
+                lag_seconds: 0.0,
+                latency: LatencyWindow::new(),
+            }),
+            state,
+            lag_bytes: f.lag_bytes.get_or_create(&label).clone(),
+            lag_seconds: f.lag_seconds.get_or_create(&label).clone(),
+            confirmed_lsn: f.confirmed_lsn.get_or_create(&label).clone(),
+            events: f.events.get_or_create(&label).clone(),
+            transactions: f.transactions.get_or_create(&label).clone(),
+            dead_letters: f.dead_letters.get_or_create(&label).clone(),
+            reconnects: f.reconnects.get_or_create(&label).clone(),
+            errors: f.errors.get_or_create(&label).clone(),
+            latency: f.latency.get_or_create(&label).clone(),
+        };
+        metrics.show_state(SourceState::Connecting);
+        metrics
+    }
+
+    /// Moves to `state`; logs once per change. `error` becomes the last error.
+    pub fn set_state(&self, state: SourceState, error: Option<String>) {
+        let mut status = lock(&self.status);
+        let changed = status.state != state;
+        if let Some(message) = &error {
+            self.errors.inc();
+            if changed || status.last_error.as_ref() != Some(message) {
+                tracing::error!(source = %self.name, state = state.as_str(), error = %message, "source failed");
+            }
+            status.last_error = error;
+        } else if changed {
+            tracing::info!(source = %self.name, state = state.as_str(), "source state changed");
+        }
+        if changed {
+            status.state = state;
+            status.state_since = chrono::Utc::now();
+            self.show_state(state);
+        }
+    }
+
+    fn show_state(&self, current: SourceState) {
+        for (state, gauge) in &self.state {
+            gauge.set(i64::from(*state == current));
+        }
+    }
+
+    pub fn reconnecting(&self) {
+        self.reconnects.inc();
+    }
+
+    pub fn dead_lettered(&self) {
+        self.dead_letters.inc();
+    }
+
+    /// A transaction of `events` records was acknowledged and confirmed.
+    pub fn confirmed(&self, lsn: Lsn, events: usize, commit_to_ack: Option<Duration>) {
+        self.transactions.inc();
+        self.events.inc_by(events as u64);
+        let lsn_gauge = i64::try_from(lsn.0).unwrap_or(i64::MAX);
+        self.confirmed_lsn.set(lsn_gauge);
+        let mut status = lock(&self.status);
+        status.confirmed = lsn;
+        if let Some(latency) = commit_to_ack {
+            self.latency.observe(latency.as_secs_f64());
+            status.latency.record(latency);
+        }
+    }
+
+    /// The position confirmed without events (idle keepalive).
+    pub fn confirmed_idle(&self, lsn: Lsn) {
+        self.confirmed_lsn
+            .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+        lock(&self.status).confirmed = lsn;
+    }
+
+    pub fn set_lag(&self, bytes: u64, seconds: f64) {
+        self.lag_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.lag_seconds.set(seconds);
+        let mut status = lock(&self.status);
+        status.lag_bytes = bytes;
+        status.lag_seconds = seconds;
+    }
+
+    pub fn snapshot(&self) -> SourceSnapshot {
+        let mut status = lock(&self.status);
+        let (p50, p99, max) = status.latency.percentiles();
+        SourceSnapshot {
+            name: self.name.clone(),
+            state: status.state,
+            state_since: status.state_since,
+            last_error: status.last_error.clone(),
+            confirmed_lsn: status.confirmed.to_string(),
+            slot_lag_bytes: status.lag_bytes,
+            lag_seconds: status.lag_seconds,
+            events_published: self.events.get(),
+            transactions_confirmed: self.transactions.get(),
+            dead_letters: self.dead_letters.get(),
+            reconnects: self.reconnects.get(),
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            latency_max_ms: max,
+        }
+    }
+}
+
+/// Commit-to-ack latencies of the current and the previous window.
+struct LatencyWindow {
+    current: Hdr<u64>,
+    previous: Hdr<u64>,
+    started: Instant,
+}
+
+impl LatencyWindow {
+    fn new() -> Self {
+        let new = || {
+            Hdr::new_with_bounds(1, 3_600_000_000, 2)
+                .unwrap_or_else(|_| Hdr::new(2).expect("2 significant digits is valid"))
+        };
+        Self {
+            current: new(),
+            previous: new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn rotate(&mut self) {
+        let elapsed = self.started.elapsed();
+        if elapsed < LATENCY_WINDOW {
+            return;
+        }
+        if elapsed < 2 * LATENCY_WINDOW {
+            std::mem::swap(&mut self.current, &mut self.previous);
+        } else {
+            self.previous.reset();
+        }
+        self.current.reset();
+        self.started = Instant::now();
+    }
+
+    fn record(&mut self, latency: Duration) {
+        self.rotate();
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.current.saturating_record(micros);
+    }
+
+    /// p50, p99 and max in milliseconds, `None` without samples.
+    fn percentiles(&mut self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        self.rotate();
+        let mut merged = self.previous.clone();
+        if merged.add(&self.current).is_err() || merged.is_empty() {
+            return (None, None, None);
+        }
+        let ms = |micros: u64| Some(micros as f64 / 1000.0);
+        (
+            ms(merged.value_at_quantile(0.5)),
+            ms(merged.value_at_quantile(0.99)),
+            ms(merged.max()),
+        )
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain numbers; keep serving them.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_per_source_metrics() {
+        let metrics = Metrics::new();
+        let order = metrics.source("order");
+        order.set_state(SourceState::Streaming, None);
+        order.confirmed(Lsn(42), 3, Some(Duration::from_millis(4)));
+        order.set_lag(1024, 0.5);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"relay_events_published_total{source="order"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"relay_source_state{source="order",state="streaming"} 1"#));
+        assert!(text.contains(r#"relay_slot_lag_bytes{source="order"} 1024"#));
+        let snapshot = &metrics.snapshot()[0];
+        assert_eq!(snapshot.confirmed_lsn, "0/2A");
+        assert_eq!(snapshot.events_published, 3);
+        let p50 = snapshot.latency_p50_ms.unwrap();
+        assert!((3.9..4.1).contains(&p50), "{p50}");
+        assert!(metrics.is_watched());
+    }
+
+    #[test]
+    fn keeps_the_last_error() {
+        let metrics = Metrics::new();
+        let source = metrics.source("pay");
+        source.set_state(SourceState::Error, Some("replication slot is lost".into()));
+        source.set_state(SourceState::Connecting, None);
+        let snapshot = source.snapshot();
+        assert_eq!(snapshot.state, SourceState::Connecting);
+        assert_eq!(
+            snapshot.last_error.as_deref(),
+            Some("replication slot is lost")
+        );
+    }
+}

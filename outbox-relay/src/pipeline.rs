@@ -1,0 +1,318 @@
+//! The streaming loop of one replication session: decode pgoutput, turn
+//! outbox inserts into records, hand them to the publisher as they arrive,
+//! and confirm WAL positions to PostgreSQL only over transactions whose
+//! records the broker acknowledged, in commit order.
+//!
+//! With nothing in flight, a keepalive's WAL position is confirmed, so an
+//! idle outbox (or a database busy with other tables) never retains WAL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::inflight::{Completed, InFlight, TxnId};
+use crate::metrics::{Metrics, SourceMetrics};
+use crate::outbox::{self, OutboxColumns, RowError};
+use crate::publisher::{Ack, Publisher};
+use crate::replication::connection::pg_now;
+use crate::replication::pgoutput::{
+    self, Insert, LogicalMessage, PgTimestamp, Relation, RelationCache,
+};
+use crate::replication::{Lsn, ReplicationError, ReplicationStream, StreamMessage};
+use crate::source::SourceError;
+
+/// The exact-lag probe (`pg_current_wal_lsn()`) runs at most this often.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct PipelineSettings {
+    pub source: String,
+    pub schema: String,
+    pub table: String,
+    pub max_in_flight_records: usize,
+    pub max_record_bytes: usize,
+    pub status_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+pub struct Pipeline {
+    settings: PipelineSettings,
+    metrics: Arc<SourceMetrics>,
+    registry: Arc<Metrics>,
+    relations: RelationCache,
+    /// Outbox column positions of relations that are the outbox table.
+    outbox_relations: HashMap<u32, Result<OutboxColumns, RowError>>,
+    in_flight: InFlight,
+    open: Option<Open>,
+    confirmed: Lsn,
+    /// Newest WAL position the server reported (stream or probe).
+    server_position: Lsn,
+    events_since_probe: bool,
+    last_probe: Option<Instant>,
+}
+
+/// The transaction being received (between Begin and Commit).
+struct Open {
+    txn: TxnId,
+    final_lsn: Lsn,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: PipelineSettings,
+        confirmed: Lsn,
+        metrics: Arc<SourceMetrics>,
+        registry: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            metrics,
+            registry,
+            relations: RelationCache::default(),
+            outbox_relations: HashMap::new(),
+            in_flight: InFlight::default(),
+            open: None,
+            confirmed,
+            server_position: confirmed,
+            events_since_probe: false,
+            last_probe: None,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut stream: ReplicationStream,
+        mut publisher: Publisher,
+        mut acks: mpsc::UnboundedReceiver<Ack>,
+        catalog: Catalog,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut ticker = tokio::time::interval(self.settings.status_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            let can_read = drain_until.is_none()
+                && self.in_flight.pending_records() < self.settings.max_in_flight_records;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if drain_until.is_none() => {
+                    drain_until = Some(Instant::now() + self.settings.shutdown_grace);
+                }
+                Some(ack) = acks.recv() => self.on_ack(ack)?,
+                message = stream.next(), if can_read => {
+                    self.on_message(message?, &mut publisher, &mut stream).await?;
+                }
+                _ = ticker.tick() => self.on_tick(&mut stream, &catalog).await?,
+            }
+            let drained = drain_until.is_some_and(|deadline| {
+                self.in_flight.pending_records() == 0 || Instant::now() >= deadline
+            });
+            if drained {
+                stream.send_status(self.confirmed, false).await?;
+                tracing::info!(source = %self.settings.source, confirmed = %self.confirmed, "stopped streaming");
+                stream.close().await;
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        message: StreamMessage,
+        publisher: &mut Publisher,
+        stream: &mut ReplicationStream,
+    ) -> Result<(), SourceError> {
+        match message {
+            StreamMessage::XLogData { wal_end, data } => {
+                self.server_position = self.server_position.max(wal_end);
+                self.on_logical(pgoutput::decode(data)?, publisher).await
+            }
+            StreamMessage::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
+                self.server_position = self.server_position.max(wal_end);
+                // The server sent everything before `wal_end`; with nothing
+                // of ours pending, that whole range is done.
+                if self.open.is_none() && self.in_flight.is_empty() && wal_end > self.confirmed {
+                    self.confirmed = wal_end;
+                    self.metrics.confirmed_idle(wal_end);
+                }
+                if reply_requested {
+                    stream.send_status(self.confirmed, false).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_logical(
+        &mut self,
+        message: LogicalMessage,
+        publisher: &mut Publisher,
+    ) -> Result<(), SourceError> {
+        match message {
+            LogicalMessage::Begin(begin) => {
+                let txn = self.in_flight.begin(begin.commit_time);
+                self.open = Some(Open {
+                    txn,
+                    final_lsn: begin.final_lsn,
+                });
+            }
+            LogicalMessage::Relation(relation) => self.on_relation(relation),
+            LogicalMessage::Insert(insert) => self.on_insert(insert, publisher).await?,
+            LogicalMessage::Commit(commit) => {
+                let open = self
+                    .open
+                    .take()
+                    .ok_or_else(|| unexpected("Commit without Begin"))?;
+                self.in_flight.commit(open.txn, commit.end_lsn);
+                self.confirm_completed();
+            }
+            LogicalMessage::Skipped(_) => {}
+        }
+        Ok(())
+    }
+
+    fn on_relation(&mut self, relation: Relation) {
+        if relation.namespace == self.settings.schema && relation.name == self.settings.table {
+            let columns = OutboxColumns::resolve(&relation);
+            if let Err(e) = &columns {
+                tracing::error!(source = %self.settings.source, error = %e, "outbox table cannot be published; its rows go to the dead-letter topic");
+            }
+            self.outbox_relations.insert(relation.id, columns);
+        }
+        self.relations.insert(relation);
+    }
+
+    async fn on_insert(
+        &mut self,
+        insert: Insert,
+        publisher: &mut Publisher,
+    ) -> Result<(), SourceError> {
+        let open = self
+            .open
+            .as_ref()
+            .ok_or_else(|| unexpected("Insert outside a transaction"))?;
+        let Some(columns) = self.outbox_relations.get(&insert.relation_id) else {
+            // Another table in the publication: not ours to publish.
+            return Ok(());
+        };
+        let record = match columns {
+            Ok(columns) => {
+                outbox::to_record(columns, &insert.values, self.settings.max_record_bytes)
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let record = match record {
+            Ok(record) => record,
+            Err(reason) => self.dead_letter(&insert, &reason, open.final_lsn)?,
+        };
+        let txn = open.txn;
+        self.in_flight.add_record(txn);
+        self.events_since_probe = true;
+        publisher.dispatch(txn, record).await?;
+        Ok(())
+    }
+
+    /// The dead-letter record of a row that can never be published. The
+    /// row is not lost: its columns (long values cut) and the reason go to
+    /// `<topic>.dlq`, with an error log and the `relay_dead_letters` metric.
+    fn dead_letter(
+        &self,
+        insert: &Insert,
+        reason: &RowError,
+        lsn: Lsn,
+    ) -> Result<outbox::OutgoingRecord, SourceError> {
+        let relation = self
+            .relations
+            .get(insert.relation_id)
+            .ok_or_else(|| unexpected("Insert of an unknown relation"))?;
+        let record = outbox::dead_letter(
+            relation,
+            &insert.values,
+            reason,
+            &self.settings.source,
+            &lsn.to_string(),
+        );
+        tracing::error!(
+            source = %self.settings.source,
+            %lsn,
+            error = %reason,
+            topic = %record.topic,
+            "outbox row cannot be published; sent to the dead-letter topic"
+        );
+        self.metrics.dead_lettered();
+        Ok(record)
+    }
+
+    fn on_ack(&mut self, ack: Ack) -> Result<(), SourceError> {
+        ack.result?;
+        self.in_flight.ack(ack.txn, ack.records);
+        self.confirm_completed();
+        Ok(())
+    }
+
+    fn confirm_completed(&mut self) {
+        while let Some(Completed {
+            end_lsn,
+            commit_time,
+            records,
+        }) = self.in_flight.pop_completed()
+        {
+            self.confirmed = self.confirmed.max(end_lsn);
+            let latency = (records > 0).then(|| micros_since(commit_time));
+            self.metrics.confirmed(self.confirmed, records, latency);
+        }
+    }
+
+    async fn on_tick(
+        &mut self,
+        stream: &mut ReplicationStream,
+        catalog: &Catalog,
+    ) -> Result<(), SourceError> {
+        stream.send_status(self.confirmed, false).await?;
+        self.probe_server_position(catalog).await;
+        let lag_seconds = self
+            .in_flight
+            .oldest_commit_time()
+            .map_or(0.0, |t| micros_since(t).as_secs_f64());
+        self.metrics.set_lag(
+            self.server_position.bytes_since(self.confirmed),
+            lag_seconds,
+        );
+        Ok(())
+    }
+
+    /// Asks the server for its WAL end, but only while someone watches or
+    /// events flow: an idle, unobserved relay sends no queries at all.
+    async fn probe_server_position(&mut self, catalog: &Catalog) {
+        let due = self
+            .last_probe
+            .is_none_or(|t| t.elapsed() >= PROBE_INTERVAL);
+        if !due || !(self.events_since_probe || self.registry.is_watched()) {
+            return;
+        }
+        self.last_probe = Some(Instant::now());
+        self.events_since_probe = false;
+        match catalog.current_wal_lsn().await {
+            Ok(lsn) => self.server_position = self.server_position.max(lsn),
+            Err(e) => {
+                tracing::debug!(source = %self.settings.source, error = %e, "lag probe failed")
+            }
+        }
+    }
+}
+
+fn micros_since(pg_time: PgTimestamp) -> Duration {
+    let micros = pg_now() - pg_time;
+    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+fn unexpected(what: &str) -> SourceError {
+    SourceError::Replication(ReplicationError::Protocol(what.to_owned()))
+}

@@ -1,0 +1,204 @@
+//! One source database: connect, check the publication and the slot, start
+//! streaming, and on failure reconnect with backoff. The streaming itself is
+//! [`crate::pipeline`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{KafkaConfig, ReplicationConfig, SourceConfig};
+use crate::metrics::{Metrics, SourceMetrics, SourceState};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::publisher::{PublishError, Publisher};
+use crate::replication::pgoutput::DecodeError;
+use crate::replication::{ConnectParams, Lsn, ReplicationConnection, ReplicationError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("replication: {0}")]
+    Replication(#[from] ReplicationError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(
+        "replication slot {0} is lost (wal_status = lost): PostgreSQL removed WAL it still needed; \
+         events in that gap must be recovered by hand, then drop the slot so the relay recreates it"
+    )]
+    SlotLost(String),
+    #[error("replication slot {slot} is not a pgoutput slot of this database ({detail})")]
+    ForeignSlot { slot: String, detail: String },
+    #[error("publishing: {0}")]
+    Publish(#[from] PublishError),
+    #[error("decoding: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl SourceError {
+    /// Errors that retrying will not fix without an operator.
+    fn needs_operator(&self) -> bool {
+        match self {
+            SourceError::SlotLost(_)
+            | SourceError::ForeignSlot { .. }
+            | SourceError::Catalog(
+                CatalogError::PublicationMissing { .. }
+                | CatalogError::PublicationWithoutTable { .. },
+            )
+            | SourceError::Replication(
+                ReplicationError::InvalidUrl(_) | ReplicationError::Auth(_),
+            ) => true,
+            SourceError::Replication(e) => {
+                // invalid_authorization_specification, invalid_password, insufficient_privilege
+                matches!(e.sqlstate(), Some("28000" | "28P01" | "42501"))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A configured source and what it reports to.
+pub struct Source {
+    name: String,
+    config: SourceConfig,
+    kafka: KafkaConfig,
+    replication: ReplicationConfig,
+    metrics: Arc<SourceMetrics>,
+    registry: Arc<Metrics>,
+}
+
+impl Source {
+    pub fn new(
+        name: &str,
+        config: SourceConfig,
+        kafka: KafkaConfig,
+        replication: ReplicationConfig,
+        registry: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            metrics: registry.source(name),
+            config,
+            kafka,
+            replication,
+            registry,
+        }
+    }
+
+    /// Streams until `shutdown`, reconnecting after every failure.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.replication.backoff_initial_ms),
+            Duration::from_millis(self.replication.backoff_max_ms),
+        );
+        loop {
+            let error = match self.session(&shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            let operator = error.needs_operator();
+            let state = if operator {
+                SourceState::Error
+            } else {
+                SourceState::Reconnecting
+            };
+            self.metrics.set_state(state, Some(error.to_string()));
+            self.metrics.reconnecting();
+            let delay = if operator {
+                Duration::from_millis(self.replication.backoff_max_ms)
+            } else {
+                backoff.next_delay()
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => break,
+            }
+            if !operator {
+                self.metrics.set_state(SourceState::Connecting, None);
+            }
+        }
+        self.metrics.set_state(SourceState::Stopped, None);
+    }
+
+    /// One replication session, from connecting to an error or shutdown.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), SourceError> {
+        let timeout = Duration::from_millis(self.replication.connect_timeout_ms);
+        let url = self.config.url.expose();
+        let slot = self.config.slot_name(&self.name);
+        let (schema, table) = self.config.qualified_table();
+
+        let catalog = Catalog::connect(url, timeout).await?;
+        catalog
+            .ensure_publication(&self.config.publication, schema, table)
+            .await?;
+        let existing = self.check_slot(&catalog, &slot).await?;
+
+        let params = ConnectParams::from_url(url, &format!("outbox-relay/{}", self.name))?;
+        let mut connection = ReplicationConnection::connect(&params, timeout).await?;
+        let server_lsn = connection.identify_system().await?;
+        let confirmed = match existing {
+            Some(lsn) => lsn,
+            None => {
+                let start = connection.create_slot(&slot).await?;
+                tracing::info!(source = %self.name, slot, %start, "created replication slot");
+                start
+            }
+        };
+
+        let (mut publisher, acks) = Publisher::connect(&self.kafka).await?;
+        publisher.prepare(&self.kafka.topic_list()).await?;
+
+        let stream = connection
+            .start_replication(&slot, &self.config.publication)
+            .await?;
+        tracing::info!(source = %self.name, slot, %confirmed, server = %server_lsn, "streaming");
+        self.metrics.set_state(SourceState::Streaming, None);
+        self.metrics.confirmed_idle(confirmed);
+        backoff.reset();
+
+        let settings = PipelineSettings {
+            source: self.name.clone(),
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            max_in_flight_records: self.kafka.max_in_flight_records.max(1),
+            max_record_bytes: self.kafka.max_record_bytes,
+            status_interval: Duration::from_millis(self.replication.status_interval_ms),
+            shutdown_grace: Duration::from_millis(self.replication.shutdown_grace_ms),
+        };
+        Pipeline::new(
+            settings,
+            confirmed,
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.registry),
+        )
+        .run(stream, publisher, acks, catalog, shutdown)
+        .await
+    }
+
+    /// The confirmed position of an existing, usable slot; `None` if missing.
+    async fn check_slot(&self, catalog: &Catalog, slot: &str) -> Result<Option<Lsn>, SourceError> {
+        let Some(info) = catalog.slot(slot).await? else {
+            return Ok(None);
+        };
+        if info.wal_status.as_deref() == Some("lost") {
+            return Err(SourceError::SlotLost(slot.to_owned()));
+        }
+        let database = catalog.current_database().await?;
+        if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(&database)
+        {
+            return Err(SourceError::ForeignSlot {
+                slot: slot.to_owned(),
+                detail: format!(
+                    "plugin {:?}, database {:?}",
+                    info.plugin.unwrap_or_default(),
+                    info.database.unwrap_or_default()
+                ),
+            });
+        }
+        Ok(Some(info.confirmed_flush.unwrap_or_default()))
+    }
+}

@@ -1,0 +1,89 @@
+//! Builds the relay from its configuration and runs it until SIGINT/SIGTERM:
+//! one task per source, the HTTP server, then an orderly stop (sources drain
+//! in-flight acknowledgements and send a final status update).
+
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::http;
+use crate::metrics::Metrics;
+use crate::source::Source;
+
+pub struct Application {
+    config: RelayConfig,
+    metrics: Arc<Metrics>,
+    server: Server,
+    port: u16,
+}
+
+impl Application {
+    /// Binds the HTTP port (0 picks a free one); sources start in `run_until_stopped`.
+    pub fn build(config: RelayConfig) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        for name in config.sources.keys() {
+            metrics.source(name);
+        }
+        let (server, port) = http::serve(&config.http_address(), Arc::clone(&metrics))?;
+        Ok(Self {
+            config,
+            metrics,
+            server,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let shutdown = CancellationToken::new();
+        let mut sources = JoinSet::new();
+        for (name, source) in &self.config.sources {
+            let source = Source::new(
+                name,
+                source.clone(),
+                self.config.kafka.clone(),
+                self.config.replication.clone(),
+                Arc::clone(&self.metrics),
+            );
+            sources.spawn(source.run(shutdown.clone()));
+        }
+        tracing::info!(
+            port = self.port,
+            sources = self.config.sources.len(),
+            "relay running"
+        );
+
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        while sources.join_next().await.is_some() {}
+        handle.stop(true).await;
+        server.await.map_err(std::io::Error::other)?
+    }
+}
+
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
