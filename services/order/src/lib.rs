@@ -1,0 +1,11 @@
+//! The order service: places and validates orders, owns the order state
+//! machine, and follows the saga from the payment and delivery events.
+
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod routes;
+pub mod saga;
+pub mod schema;
+pub mod startup;
+pub mod store;

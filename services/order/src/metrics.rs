@@ -1,0 +1,77 @@
+//! Prometheus metrics of the order service. The consumer runtime registers
+//! its own (lag per partition, records by outcome) in the same registry.
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::domain::OrderStatus;
+
+type StatusLabel = [(&'static str, &'static str); 1];
+
+/// Metrics the service itself updates.
+#[derive(Clone, Default)]
+pub struct OrderMetrics {
+    /// Orders created (idempotent replays not counted).
+    pub orders_placed: Counter,
+    /// Orders in the database per status, refreshed on every scrape.
+    orders_by_status: Family<StatusLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    /// Status changes made by the saga, per target status.
+    pub status_changes: Family<StatusLabel, Counter<u64, AtomicU64>>,
+}
+
+impl OrderMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "orders_placed",
+            "Orders created through POST /api/orders",
+            metrics.orders_placed.clone(),
+        );
+        registry.register(
+            "orders",
+            "Orders in the database by status",
+            metrics.orders_by_status.clone(),
+        );
+        registry.register(
+            "order_status_changes",
+            "Order status changes applied by the saga, by new status",
+            metrics.status_changes.clone(),
+        );
+        metrics
+    }
+
+    pub fn status_changed(&self, status: OrderStatus) {
+        self.status_changes
+            .get_or_create(&[("status", status.as_str())])
+            .inc();
+    }
+
+    pub fn set_counts(&self, counts: &[(String, i64)]) {
+        for status in OrderStatus::ALL {
+            let count = counts
+                .iter()
+                .find(|(name, _)| name == status.as_str())
+                .map_or(0, |(_, count)| *count);
+            self.orders_by_status
+                .get_or_create(&[("status", status.as_str())])
+                .set(count);
+        }
+    }
+}
+
+/// The finished registry, shared with the `/metrics` handler.
+#[derive(Clone)]
+pub struct MetricsRegistry(pub Arc<Registry>);
+
+impl MetricsRegistry {
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.0).expect("writing to a String cannot fail");
+        text
+    }
+}

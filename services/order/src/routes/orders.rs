@@ -1,0 +1,282 @@
+//! `/api/orders`: place, read, list and cancel one's own orders.
+
+use actix_web::{HttpRequest, http::StatusCode};
+use commerce_common::{
+    auth::AuthUser,
+    db::DbPool,
+    http::{ApiError, FieldError},
+};
+use paperclip::actix::{AcceptedJson, api_v2_operation, web};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    extract::{IdempotencyKeyHeader, OptionalJson, PlacedOrder},
+    schemas::{CancelRequest, ListQuery, Order, OrderPage, PlaceOrderRequest},
+};
+use crate::{
+    domain::{
+        Cents, FieldProblem, NewOrder, NewOrderLine, Quantity, RawAddress, ShippingAddress, Sku,
+        check_line_count,
+    },
+    metrics::OrderMetrics,
+    store::{self, CancelError, IdempotencyKey, PlaceError, Placed},
+};
+
+pub const DEFAULT_PAGE_SIZE: i64 = 20;
+pub const MAX_PAGE_SIZE: i64 = 100;
+const MAX_PAGE: i64 = 1_000_000;
+const MAX_NOTE_CHARS: usize = 500;
+
+/// The trace id put on the events a request causes: the caller's
+/// `X-Request-Id` when it sent a sane one, otherwise a new id.
+fn trace_id(req: &HttpRequest) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned)
+}
+
+fn field(path: impl Into<String>, problem: FieldProblem) -> FieldError {
+    FieldError {
+        field: path.into(),
+        code: problem.code.into(),
+        message: problem.message,
+    }
+}
+
+/// Parses the body into a [`NewOrder`], collecting every field problem.
+pub fn parse_new_order(body: &PlaceOrderRequest) -> Result<NewOrder, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut lines = Vec::new();
+    match &body.items.0 {
+        None => errors.push(field("items", FieldProblem::required())),
+        Some(items) => match check_line_count(items.len()) {
+            Err(problem) => errors.push(field("items", problem)),
+            Ok(()) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = |name: &str| format!("items[{i}].{name}");
+                    let sku = item
+                        .sku
+                        .0
+                        .as_deref()
+                        .map_or_else(|| Err(FieldProblem::required()), Sku::parse);
+                    let quantity = item
+                        .quantity
+                        .0
+                        .map_or_else(|| Err(FieldProblem::required()), Quantity::parse);
+                    let unit_price = item
+                        .unit_price_cents
+                        .0
+                        .map_or_else(|| Err(FieldProblem::required()), Cents::parse_unit_price);
+                    match (sku, quantity, unit_price) {
+                        (Ok(sku), Ok(quantity), Ok(unit_price)) => lines.push(NewOrderLine {
+                            sku,
+                            quantity,
+                            unit_price,
+                        }),
+                        (sku, quantity, unit_price) => {
+                            errors.extend(sku.err().map(|p| field(at("sku"), p)));
+                            errors.extend(quantity.err().map(|p| field(at("quantity"), p)));
+                            errors
+                                .extend(unit_price.err().map(|p| field(at("unit_price_cents"), p)));
+                        }
+                    }
+                }
+            }
+        },
+    }
+    let address = match &body.shipping_address.0 {
+        None => {
+            errors.push(field("shipping_address", FieldProblem::required()));
+            None
+        }
+        Some(a) => match ShippingAddress::parse(RawAddress {
+            name: a.name.0.as_deref(),
+            street: a.street.0.as_deref(),
+            city: a.city.0.as_deref(),
+            postal_code: a.postal_code.0.as_deref(),
+            country: a.country.0.as_deref(),
+        }) {
+            Ok(address) => Some(address),
+            Err(problems) => {
+                errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(name, p)| field(format!("shipping_address.{name}"), p)),
+                );
+                None
+            }
+        },
+    };
+    match address {
+        Some(address) if errors.is_empty() => {
+            NewOrder::new(lines, address).map_err(|problem| vec![field("items", problem)])
+        }
+        _ => Err(errors),
+    }
+}
+
+/// SHA-256 of the request re-serialized: the same order written with other
+/// whitespace or key order is the same request.
+fn request_hash(body: &PlaceOrderRequest) -> String {
+    let canonical = serde_json::to_vec(body).expect("request bodies serialize");
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Place an order
+///
+/// Validates the order, computes its total and stores it as PENDING; the
+/// payment service picks it up from the `OrderCreated` event.
+#[api_v2_operation(tags(Orders))]
+pub async fn place_order(
+    user: AuthUser,
+    key: IdempotencyKeyHeader,
+    body: web::Json<PlaceOrderRequest>,
+    pool: web::Data<DbPool>,
+    metrics: web::Data<OrderMetrics>,
+    req: HttpRequest,
+) -> Result<PlacedOrder, ApiError> {
+    let new_order = parse_new_order(&body).map_err(ApiError::validation)?;
+    let idempotency = key.0.map(|key| IdempotencyKey {
+        key,
+        request_hash: request_hash(&body),
+    });
+    let mut conn = pool.get().await?;
+    let placed = store::place_order(
+        &mut conn,
+        user.user_id,
+        &new_order,
+        idempotency.as_ref(),
+        &trace_id(&req),
+    )
+    .await
+    .map_err(|error| match error {
+        PlaceError::KeyReused => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was already used with a different request body",
+        ),
+        PlaceError::Store(e) => ApiError::internal(e),
+    })?;
+    Ok(match placed {
+        Placed::Created(view) => {
+            metrics.orders_placed.inc();
+            tracing::info!(order_id = %view.order.id, total_cents = view.order.total_cents, "order placed");
+            PlacedOrder {
+                order: view.into(),
+                replayed: false,
+            }
+        }
+        Placed::Replayed(view) => PlacedOrder {
+            order: view.into(),
+            replayed: true,
+        },
+    })
+}
+
+/// Get one of your orders
+#[api_v2_operation(tags(Orders))]
+pub async fn get_order(
+    user: AuthUser,
+    path: web::Path<Uuid>,
+    pool: web::Data<DbPool>,
+) -> Result<web::Json<Order>, ApiError> {
+    let mut conn = pool.get().await?;
+    store::find_order(&mut conn, path.into_inner(), user.user_id)
+        .await?
+        .map(|view| web::Json(view.into()))
+        .ok_or_else(|| ApiError::not_found("order"))
+}
+
+/// List your orders, newest first
+#[api_v2_operation(tags(Orders))]
+pub async fn list_orders(
+    user: AuthUser,
+    query: web::Query<ListQuery>,
+    pool: web::Data<DbPool>,
+) -> Result<web::Json<OrderPage>, ApiError> {
+    let page = query.page.unwrap_or(1);
+    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+    let mut errors = Vec::new();
+    if !(1..=MAX_PAGE).contains(&page) {
+        errors.push(FieldError {
+            field: "page".into(),
+            code: "out_of_range".into(),
+            message: format!("must be between 1 and {MAX_PAGE}"),
+        });
+    }
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        errors.push(FieldError {
+            field: "page_size".into(),
+            code: "out_of_range".into(),
+            message: format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let mut conn = pool.get().await?;
+    let (views, total_items) = store::list_orders(&mut conn, user.user_id, page, page_size).await?;
+    Ok(web::Json(OrderPage {
+        items: views.into_iter().map(Order::from).collect(),
+        page,
+        page_size,
+        total_items,
+        total_pages: (total_items + page_size - 1) / page_size,
+    }))
+}
+
+/// Cancel one of your orders
+///
+/// Allowed once the order is PAID or DELIVERY_SCHEDULED: answers 202 and
+/// the order becomes CANCELLED when the refund is confirmed. A PENDING order
+/// (payment in progress) answers 409 ORDER_NOT_CANCELLABLE: retry shortly.
+#[api_v2_operation(tags(Orders))]
+pub async fn cancel_order(
+    user: AuthUser,
+    path: web::Path<Uuid>,
+    body: OptionalJson<CancelRequest>,
+    pool: web::Data<DbPool>,
+    req: HttpRequest,
+) -> Result<AcceptedJson<Order>, ApiError> {
+    let note = body
+        .0
+        .and_then(|b| b.reason)
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if let Some(note) = &note
+        && (note.chars().count() > MAX_NOTE_CHARS || note.chars().any(char::is_control))
+    {
+        return Err(ApiError::validation(vec![FieldError {
+            field: "reason".into(),
+            code: "invalid".into(),
+            message: format!("at most {MAX_NOTE_CHARS} characters, no control characters"),
+        }]));
+    }
+    let mut conn = pool.get().await?;
+    let view = store::request_cancellation(
+        &mut conn,
+        path.into_inner(),
+        user.user_id,
+        note.as_deref(),
+        &trace_id(&req),
+    )
+    .await
+    .map_err(|error| match error {
+        CancelError::NotFound => ApiError::not_found("order"),
+        CancelError::NotCancellable(why) => ApiError::conflict("ORDER_NOT_CANCELLABLE", why),
+        CancelError::AlreadyRequested => ApiError::conflict(
+            "CANCELLATION_ALREADY_REQUESTED",
+            "cancellation was already requested; the refund is under way",
+        ),
+        CancelError::Store(e) => ApiError::internal(e),
+    })?;
+    tracing::info!(order_id = %view.order.id, "cancellation requested");
+    Ok(AcceptedJson(view.into()))
+}

@@ -1,0 +1,502 @@
+//! The order tables: every read and write of orders goes through here, and
+//! every write that announces something enqueues its event in the same
+//! transaction. [`change_status`] is the one place a status is written.
+
+use chrono::{DateTime, Utc};
+use commerce_common::{
+    events::{self, Event},
+    outbox,
+};
+use diesel::{prelude::*, result::Error as DieselError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        DeliveryState, IllegalTransition, NewOrder, OrderStatus, StatusChange,
+        order_status::UnknownStatus,
+    },
+    schema::{idempotency_keys, order_items, orders},
+};
+
+/// The reason the order service puts on `OrderCancellationRequested`; the
+/// payment service refunds with it and the order ends CANCELLED with it.
+pub const CUSTOMER_CANCELLED: &str = "CUSTOMER_CANCELLED";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Database(#[from] DieselError),
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    #[error("order {order_id} holds a status this code does not know: {source}")]
+    CorruptStatus {
+        order_id: Uuid,
+        source: UnknownStatus,
+    },
+    #[error("order {0} changed status concurrently")]
+    LostUpdate(Uuid),
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = orders)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub total_cents: i64,
+    pub shipping_name: String,
+    pub shipping_street: String,
+    pub shipping_city: String,
+    pub shipping_postal_code: String,
+    pub shipping_country: String,
+    pub cancellation_requested_at: Option<DateTime<Utc>>,
+    pub cancellation_note: Option<String>,
+    pub payment_status: Option<String>,
+    pub payment_id: Option<Uuid>,
+    pub payment_amount_cents: Option<i64>,
+    pub payment_reason: Option<String>,
+    pub delivery_status: Option<String>,
+    pub delivery_id: Option<Uuid>,
+    pub delivery_window_start: Option<DateTime<Utc>>,
+    pub delivery_window_end: Option<DateTime<Utc>>,
+    pub tracking_number: Option<String>,
+    pub delivery_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    pub fn status(&self) -> Result<OrderStatus, StoreError> {
+        self.status
+            .parse()
+            .map_err(|source| StoreError::CorruptStatus {
+                order_id: self.id,
+                source,
+            })
+    }
+}
+
+/// What payment and delivery said about an order, written back as a whole.
+#[derive(Debug, Clone, PartialEq, Default, AsChangeset)]
+#[diesel(table_name = orders, treat_none_as_null = true)]
+pub struct SagaFacts {
+    pub payment_status: Option<String>,
+    pub payment_id: Option<Uuid>,
+    pub payment_amount_cents: Option<i64>,
+    pub payment_reason: Option<String>,
+    pub delivery_status: Option<String>,
+    pub delivery_id: Option<Uuid>,
+    pub delivery_window_start: Option<DateTime<Utc>>,
+    pub delivery_window_end: Option<DateTime<Utc>>,
+    pub tracking_number: Option<String>,
+    pub delivery_reason: Option<String>,
+}
+
+impl SagaFacts {
+    pub fn of(row: &OrderRow) -> Self {
+        Self {
+            payment_status: row.payment_status.clone(),
+            payment_id: row.payment_id,
+            payment_amount_cents: row.payment_amount_cents,
+            payment_reason: row.payment_reason.clone(),
+            delivery_status: row.delivery_status.clone(),
+            delivery_id: row.delivery_id,
+            delivery_window_start: row.delivery_window_start,
+            delivery_window_end: row.delivery_window_end,
+            tracking_number: row.tracking_number.clone(),
+            delivery_reason: row.delivery_reason.clone(),
+        }
+    }
+
+    fn copy_into(self, row: &mut OrderRow) {
+        row.payment_status = self.payment_status;
+        row.payment_id = self.payment_id;
+        row.payment_amount_cents = self.payment_amount_cents;
+        row.payment_reason = self.payment_reason;
+        row.delivery_status = self.delivery_status;
+        row.delivery_id = self.delivery_id;
+        row.delivery_window_start = self.delivery_window_start;
+        row.delivery_window_end = self.delivery_window_end;
+        row.tracking_number = self.tracking_number;
+        row.delivery_reason = self.delivery_reason;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = order_items)]
+pub struct ItemRow {
+    pub order_id: Uuid,
+    pub line_no: i32,
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+/// An order with its lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderView {
+    pub order: OrderRow,
+    pub items: Vec<ItemRow>,
+}
+
+/// `Idempotency-Key` of a request and the hash of its canonical body.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+#[derive(Debug)]
+pub enum Placed {
+    Created(OrderView),
+    /// The key was seen before with the same body: the order it created.
+    Replayed(OrderView),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("the idempotency key was used with another request body")]
+    KeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DieselError> for PlaceError {
+    fn from(error: DieselError) -> Self {
+        PlaceError::Store(error.into())
+    }
+}
+
+/// Stores a new PENDING order and its `OrderCreated` event, or with a known
+/// idempotency key returns the order that key created.
+pub async fn place_order(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    order: &NewOrder,
+    idempotency: Option<&IdempotencyKey>,
+    trace_id: &str,
+) -> Result<Placed, PlaceError> {
+    let order_id = Uuid::now_v7();
+    conn.transaction::<_, PlaceError, _>(async |conn| {
+        if let Some(idem) = idempotency {
+            // A concurrent request with the same key waits here on the
+            // primary key until the first one commits, then sees its row.
+            let claimed = diesel::insert_into(idempotency_keys::table)
+                .values((
+                    idempotency_keys::customer_id.eq(customer_id),
+                    idempotency_keys::key.eq(&idem.key),
+                    idempotency_keys::request_hash.eq(&idem.request_hash),
+                    idempotency_keys::order_id.eq(order_id),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?;
+            if claimed == 0 {
+                let (hash, existing): (String, Uuid) = idempotency_keys::table
+                    .find((customer_id, &idem.key))
+                    .select((idempotency_keys::request_hash, idempotency_keys::order_id))
+                    .first(conn)
+                    .await?;
+                if hash != idem.request_hash {
+                    return Err(PlaceError::KeyReused);
+                }
+                let view = find_order(conn, existing, customer_id)
+                    .await?
+                    .ok_or(DieselError::NotFound)?;
+                return Ok(Placed::Replayed(view));
+            }
+        }
+        insert_order(conn, order_id, customer_id, order, trace_id).await?;
+        let view = find_order(conn, order_id, customer_id)
+            .await?
+            .ok_or(DieselError::NotFound)?;
+        Ok(Placed::Created(view))
+    })
+    .await
+}
+
+async fn insert_order(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    customer_id: Uuid,
+    order: &NewOrder,
+    trace_id: &str,
+) -> Result<(), DieselError> {
+    let address = order.address();
+    diesel::insert_into(orders::table)
+        .values((
+            orders::id.eq(order_id),
+            orders::customer_id.eq(customer_id),
+            orders::status.eq(OrderStatus::Pending.as_str()),
+            orders::total_cents.eq(order.total().get()),
+            orders::shipping_name.eq(&address.name),
+            orders::shipping_street.eq(&address.street),
+            orders::shipping_city.eq(&address.city),
+            orders::shipping_postal_code.eq(&address.postal_code),
+            orders::shipping_country.eq(&address.country),
+        ))
+        .execute(conn)
+        .await?;
+    let items: Vec<_> = order
+        .lines()
+        .iter()
+        .enumerate()
+        .map(|(line_no, line)| {
+            (
+                order_items::order_id.eq(order_id),
+                order_items::line_no.eq(line_no as i32),
+                order_items::sku.eq(line.sku.as_str()),
+                order_items::quantity.eq(line.quantity.get()),
+                order_items::unit_price_cents.eq(line.unit_price.get()),
+            )
+        })
+        .collect();
+    diesel::insert_into(order_items::table)
+        .values(&items)
+        .execute(conn)
+        .await?;
+    let event = Event::OrderCreated(events::OrderCreated {
+        order_id,
+        customer_id,
+        items: order
+            .lines()
+            .iter()
+            .map(|line| events::OrderLine {
+                sku: line.sku.as_str().to_owned(),
+                quantity: line.quantity.get(),
+                unit_price_cents: line.unit_price.get(),
+            })
+            .collect(),
+        total_cents: order.total().get(),
+        shipping_address: events::Address {
+            name: address.name.clone(),
+            street: address.street.clone(),
+            city: address.city.clone(),
+            postal_code: address.postal_code.clone(),
+            country: address.country.clone(),
+        },
+    });
+    outbox::enqueue(conn, &event, trace_id).await?;
+    Ok(())
+}
+
+/// One of `customer_id`'s orders; someone else's order is `None`, like a
+/// missing one.
+pub async fn find_order(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    customer_id: Uuid,
+) -> Result<Option<OrderView>, DieselError> {
+    let Some(order) = orders::table
+        .find(order_id)
+        .filter(orders::customer_id.eq(customer_id))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let items = order_items::table
+        .filter(order_items::order_id.eq(order_id))
+        .order(order_items::line_no)
+        .select(ItemRow::as_select())
+        .load(conn)
+        .await?;
+    Ok(Some(OrderView { order, items }))
+}
+
+/// A page (1-based) of a customer's orders, newest first, and the number of
+/// all their orders.
+pub async fn list_orders(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    page: i64,
+    page_size: i64,
+) -> Result<(Vec<OrderView>, i64), DieselError> {
+    let total: i64 = orders::table
+        .filter(orders::customer_id.eq(customer_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    let rows: Vec<OrderRow> = orders::table
+        .filter(orders::customer_id.eq(customer_id))
+        .order((orders::created_at.desc(), orders::id.desc()))
+        .limit(page_size)
+        .offset((page - 1).saturating_mul(page_size))
+        .select(OrderRow::as_select())
+        .load(conn)
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let mut items: Vec<ItemRow> = order_items::table
+        .filter(order_items::order_id.eq_any(&ids))
+        .order((order_items::order_id, order_items::line_no))
+        .select(ItemRow::as_select())
+        .load(conn)
+        .await?;
+    let views = rows
+        .into_iter()
+        .map(|order| {
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                items.drain(..).partition(|item| item.order_id == order.id);
+            items = rest;
+            OrderView { order, items: mine }
+        })
+        .collect();
+    Ok((views, total))
+}
+
+/// Locks an order for the rest of the transaction.
+pub async fn lock_order(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+) -> Result<Option<OrderRow>, DieselError> {
+    orders::table
+        .find(order_id)
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Moves a (locked) order along the state machine and writes its
+/// `OrderStatusChanged` event, in the caller's transaction.
+pub async fn change_status(
+    conn: &mut AsyncPgConnection,
+    row: &mut OrderRow,
+    change: StatusChange,
+    trace_id: &str,
+) -> Result<OrderStatus, StoreError> {
+    let from = row.status()?;
+    let to = from.apply(&change)?;
+    let reason = change.reason().map(str::to_owned);
+    let now = Utc::now();
+    let updated = diesel::update(
+        orders::table
+            .find(row.id)
+            .filter(orders::status.eq(from.as_str())),
+    )
+    .set((
+        orders::status.eq(to.as_str()),
+        orders::status_reason.eq(&reason),
+        orders::updated_at.eq(now),
+    ))
+    .execute(conn)
+    .await?;
+    if updated != 1 {
+        return Err(StoreError::LostUpdate(row.id));
+    }
+    let event = Event::OrderStatusChanged(events::OrderStatusChanged {
+        order_id: row.id,
+        customer_id: row.customer_id,
+        status: to.as_str().to_owned(),
+        reason: reason.clone(),
+    });
+    outbox::enqueue(conn, &event, trace_id).await?;
+    row.status = to.as_str().to_owned();
+    row.status_reason = reason;
+    row.updated_at = now;
+    Ok(to)
+}
+
+/// Writes what payment and delivery said about a (locked) order.
+pub async fn record_facts(
+    conn: &mut AsyncPgConnection,
+    row: &mut OrderRow,
+    facts: SagaFacts,
+) -> Result<(), DieselError> {
+    let now = Utc::now();
+    diesel::update(orders::table.find(row.id))
+        .set((&facts, orders::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    facts.copy_into(row);
+    row.updated_at = now;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("order not found")]
+    NotFound,
+    #[error("{0}")]
+    NotCancellable(&'static str),
+    #[error("cancellation already requested")]
+    AlreadyRequested,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DieselError> for CancelError {
+    fn from(error: DieselError) -> Self {
+        CancelError::Store(error.into())
+    }
+}
+
+/// The customer asks to cancel: allowed once paid and before the order
+/// ends; writes `OrderCancellationRequested`. The order becomes CANCELLED
+/// when the refund arrives.
+pub async fn request_cancellation(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    customer_id: Uuid,
+    note: Option<&str>,
+    trace_id: &str,
+) -> Result<OrderView, CancelError> {
+    conn.transaction::<_, CancelError, _>(async |conn| {
+        let row = lock_order(conn, order_id)
+            .await?
+            .filter(|row| row.customer_id == customer_id)
+            .ok_or(CancelError::NotFound)?;
+        let status = row.status()?;
+        if status == OrderStatus::Pending {
+            return Err(CancelError::NotCancellable(
+                "payment is in progress; retry in a moment",
+            ));
+        }
+        if !status.accepts_cancellation() {
+            return Err(CancelError::NotCancellable("the order has already ended"));
+        }
+        if row.cancellation_requested_at.is_some() {
+            return Err(CancelError::AlreadyRequested);
+        }
+        if row.delivery_status.as_deref() == Some(DeliveryState::Failed.as_str()) {
+            return Err(CancelError::NotCancellable(
+                "no delivery window was found; the order is being cancelled and refunded already",
+            ));
+        }
+        let now = Utc::now();
+        diesel::update(orders::table.find(order_id))
+            .set((
+                orders::cancellation_requested_at.eq(now),
+                orders::cancellation_note.eq(note),
+                orders::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+        let event = Event::OrderCancellationRequested(events::OrderCancellationRequested {
+            order_id,
+            customer_id,
+            reason: CUSTOMER_CANCELLED.to_owned(),
+        });
+        outbox::enqueue(conn, &event, trace_id).await?;
+        find_order(conn, order_id, customer_id)
+            .await?
+            .ok_or(CancelError::NotFound)
+    })
+    .await
+}
+
+/// Number of orders per status, for the metrics endpoint.
+pub async fn count_by_status(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<(String, i64)>, DieselError> {
+    orders::table
+        .group_by(orders::status)
+        .select((orders::status, diesel::dsl::count_star()))
+        .load(conn)
+        .await
+}

@@ -1,0 +1,533 @@
+//! The orders HTTP API against the real app and a fresh database.
+
+mod common;
+
+use common::{Customer, OutboxTap, VALID_TOTAL, assert_error, spawn_app, valid_order};
+use reqwest::{Method, header};
+use serde_json::{Value, json};
+use test_support::{claims_for, mint_token_with};
+use uuid::Uuid;
+
+#[tokio::test]
+async fn operational_endpoints_answer() {
+    let app = spawn_app().await;
+    for path in ["/health", "/ready"] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let customer = Customer::new();
+    app.place_ok(&customer).await;
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("orders_placed_total 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"orders{status="PENDING"} 1"#),
+        "{metrics}"
+    );
+
+    let spec: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/api/orders", "/api/orders/{id}", "/api/orders/{id}/cancel"] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the spec: {}",
+            spec["paths"]
+        );
+    }
+    let post = &spec["paths"]["/api/orders"]["post"];
+    assert!(post["responses"]["202"].is_object());
+    assert!(post["responses"]["422"].is_object());
+    assert!(
+        post["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")
+    );
+    assert!(!spec["securityDefinitions"].as_object().unwrap().is_empty());
+    assert!(spec["definitions"]["Order"].is_object());
+
+    let unknown = app
+        .http
+        .get(format!("{}/nope", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, 404, "NOT_FOUND", &[]).await;
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_unauthorized() {
+    let app = spawn_app().await;
+    let url = format!("{}/api/orders", app.address);
+    let no_token = app.http.get(&url).send().await.unwrap();
+    assert_error(no_token, 401, "UNAUTHORIZED", &[]).await;
+
+    let garbage = app
+        .http
+        .get(&url)
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_error(garbage, 401, "UNAUTHORIZED", &[]).await;
+
+    let expired = mint_token_with(&claims_for(Uuid::new_v4(), chrono::Duration::hours(-2)));
+    let expired = app
+        .http
+        .get(&url)
+        .bearer_auth(expired)
+        .send()
+        .await
+        .unwrap();
+    assert_error(expired, 401, "UNAUTHORIZED", &[]).await;
+
+    let mut foreign = claims_for(Uuid::new_v4(), chrono::Duration::hours(1));
+    foreign.aud = "someone-else".into();
+    let foreign = app
+        .http
+        .post(&url)
+        .bearer_auth(mint_token_with(&foreign))
+        .json(&valid_order())
+        .send()
+        .await
+        .unwrap();
+    assert_error(foreign, 401, "UNAUTHORIZED", &[]).await;
+}
+
+#[tokio::test]
+async fn placing_an_order_answers_202_with_a_pending_order_and_the_server_total() {
+    let app = spawn_app().await;
+    let tap = OutboxTap::start(&app.db).await;
+    let customer = Customer::new();
+    let mut body = valid_order();
+    // A client-sent total is ignored: the server computes it.
+    body["total_cents"] = json!(1);
+    let response = app.place(&customer, &body).await;
+    assert_eq!(response.status(), 202);
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["status"], "PENDING");
+    assert_eq!(order["total_cents"], VALID_TOTAL);
+    assert_eq!(order["reason"], Value::Null);
+    assert_eq!(order["payment"], Value::Null);
+    assert_eq!(order["delivery"], Value::Null);
+    assert_eq!(order["items"][0]["sku"], "BOOK-1");
+    assert_eq!(order["items"][0]["subtotal_cents"], 2500);
+    assert_eq!(order["items"][1]["quantity"], 3);
+    assert_eq!(order["shipping_address"]["city"], "London");
+
+    let fetched = app
+        .order_json(&customer, order["id"].as_str().unwrap())
+        .await;
+    assert_eq!(fetched, order);
+
+    let events = tap.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (event_type, payload) = &events[0];
+    assert_eq!(event_type, "OrderCreated");
+    assert_eq!(payload["order_id"], order["id"]);
+    assert_eq!(payload["customer_id"], customer.id.to_string());
+    assert_eq!(payload["total_cents"], VALID_TOTAL);
+    assert_eq!(payload["items"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn every_validation_rule_reports_its_field() {
+    let app = spawn_app().await;
+    let customer = Customer::new();
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut body = valid_order();
+        edit(&mut body);
+        body
+    };
+    let cases: Vec<(Value, Vec<(&str, &str)>)> = vec![
+        (with(&|b| b["items"] = json!([])), vec![("items", "empty")]),
+        (
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("items");
+            }),
+            vec![("items", "required")],
+        ),
+        (
+            with(&|b| {
+                b["items"] = json!(vec![
+                    json!({"sku": "A", "quantity": 1, "unit_price_cents": 1});
+                    101
+                ])
+            }),
+            vec![("items", "too_many")],
+        ),
+        (
+            with(&|b| b["items"][0]["quantity"] = json!(0)),
+            vec![("items[0].quantity", "must_be_positive")],
+        ),
+        (
+            with(&|b| b["items"][1]["quantity"] = json!(-5)),
+            vec![("items[1].quantity", "must_be_positive")],
+        ),
+        (
+            with(&|b| b["items"][0]["quantity"] = json!(10_001)),
+            vec![("items[0].quantity", "too_large")],
+        ),
+        (
+            with(&|b| b["items"][0]["unit_price_cents"] = json!(-1)),
+            vec![("items[0].unit_price_cents", "must_not_be_negative")],
+        ),
+        (
+            with(&|b| b["items"][0]["unit_price_cents"] = json!(1_000_000_001_i64)),
+            vec![("items[0].unit_price_cents", "too_large")],
+        ),
+        (
+            with(&|b| b["items"][0]["sku"] = json!("  ")),
+            vec![("items[0].sku", "required")],
+        ),
+        (
+            with(&|b| b["items"][0]["sku"] = json!("x".repeat(65))),
+            vec![("items[0].sku", "too_long")],
+        ),
+        (
+            with(&|b| b["items"][0]["sku"] = json!("no spaces")),
+            vec![("items[0].sku", "invalid_characters")],
+        ),
+        (
+            with(&|b| b["items"][1] = json!({})),
+            vec![
+                ("items[1].sku", "required"),
+                ("items[1].quantity", "required"),
+                ("items[1].unit_price_cents", "required"),
+            ],
+        ),
+        (
+            with(&|b| {
+                b["items"] = json!([
+                    {"sku": "A", "quantity": 10_000, "unit_price_cents": 1_000_000_000},
+                    {"sku": "B", "quantity": 10_000, "unit_price_cents": 1_000_000_000}
+                ])
+            }),
+            vec![("items", "total_too_large")],
+        ),
+        (
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("shipping_address");
+            }),
+            vec![("shipping_address", "required")],
+        ),
+        (
+            with(&|b| {
+                b["shipping_address"] =
+                    json!({"name": "", "street": " ", "country": "GB", "postal_code": "1"})
+            }),
+            vec![
+                ("shipping_address.name", "required"),
+                ("shipping_address.street", "required"),
+                ("shipping_address.city", "required"),
+            ],
+        ),
+        (
+            with(&|b| b["shipping_address"]["postal_code"] = json!("1".repeat(17))),
+            vec![("shipping_address.postal_code", "too_long")],
+        ),
+        (
+            with(&|b| b["shipping_address"]["name"] = json!("x".repeat(201))),
+            vec![("shipping_address.name", "too_long")],
+        ),
+        (
+            with(&|b| b["shipping_address"]["city"] = json!("Lon\ndon")),
+            vec![("shipping_address.city", "invalid_characters")],
+        ),
+        (
+            with(&|b| {
+                b["items"][0]["quantity"] = json!(0);
+                b["shipping_address"]["country"] = json!(null);
+            }),
+            vec![
+                ("items[0].quantity", "must_be_positive"),
+                ("shipping_address.country", "required"),
+            ],
+        ),
+    ];
+    for (body, fields) in cases {
+        let response = app.place(&customer, &body).await;
+        assert_error(response, 422, "VALIDATION_FAILED", &fields).await;
+    }
+    let list: Value = app
+        .request(&customer, Method::GET, "/api/orders")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total_items"], 0, "no invalid order was stored");
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_json_4xx_never_500() {
+    let app = spawn_app().await;
+    let customer = Customer::new();
+    let post = |body: &'static str| {
+        app.request(&customer, Method::POST, "/api/orders")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+    };
+    assert_error(
+        post("{not json").send().await.unwrap(),
+        400,
+        "MALFORMED_JSON",
+        &[],
+    )
+    .await;
+    assert_error(post("").send().await.unwrap(), 400, "MALFORMED_JSON", &[]).await;
+    assert_error(
+        post(r#"{"items": "many"}"#).send().await.unwrap(),
+        422,
+        "INVALID_BODY",
+        &[],
+    )
+    .await;
+    assert_error(
+        post("[1, 2]").send().await.unwrap(),
+        422,
+        "INVALID_BODY",
+        &[],
+    )
+    .await;
+    let huge = r#"{"items":[{"sku":"A","quantity":1e400,"unit_price_cents":1}]}"#;
+    assert!(post(huge).send().await.unwrap().status().is_client_error());
+    let too_big =
+        r#"{"items":[{"sku":"A","quantity":99999999999999999999999,"unit_price_cents":1}]}"#;
+    assert_error(
+        post(too_big).send().await.unwrap(),
+        422,
+        "INVALID_BODY",
+        &[],
+    )
+    .await;
+    let fraction = r#"{"items":[{"sku":"A","quantity":1.5,"unit_price_cents":1}]}"#;
+    assert_error(
+        post(fraction).send().await.unwrap(),
+        422,
+        "INVALID_BODY",
+        &[],
+    )
+    .await;
+
+    let text = app
+        .request(&customer, Method::POST, "/api/orders")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_error(text, 415, "UNSUPPORTED_MEDIA_TYPE", &[]).await;
+
+    let mut big = valid_order();
+    big["items"][0]["sku"] = json!("x".repeat(100_000));
+    assert_error(
+        app.place(&customer, &big).await,
+        413,
+        "PAYLOAD_TOO_LARGE",
+        &[],
+    )
+    .await;
+
+    for path in ["/api/orders/not-a-uuid", "/api/orders/123/cancel"] {
+        let method = if path.ends_with("cancel") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let response = app.request(&customer, method, path).send().await.unwrap();
+        assert_error(response, 404, "NOT_FOUND", &[]).await;
+    }
+    for query in ["page=abc", "page_size=1e99", "page=99999999999999999999999"] {
+        let response = app
+            .request(&customer, Method::GET, &format!("/api/orders?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "INVALID_QUERY", &[]).await;
+    }
+    let bad_key = app
+        .request(&customer, Method::POST, "/api/orders")
+        .header("Idempotency-Key", "k".repeat(256))
+        .json(&valid_order())
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad_key, 400, "INVALID_IDEMPOTENCY_KEY", &[]).await;
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_order_for_the_same_body_only() {
+    let app = spawn_app().await;
+    let tap = OutboxTap::start(&app.db).await;
+    let alice = Customer::new();
+    let bob = Customer::new();
+    let send = |customer: &Customer, key: &str, body: String| {
+        app.request(customer, Method::POST, "/api/orders")
+            .header("Idempotency-Key", key)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+    };
+    let body = valid_order();
+    let first = send(&alice, "key-1", body.to_string()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("Idempotent-Replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    // Same body, other formatting and key order: the same order, 200.
+    let reordered = json!({
+        "shipping_address": body["shipping_address"],
+        "items": body["items"],
+    });
+    let replay = send(
+        &alice,
+        "key-1",
+        serde_json::to_string_pretty(&reordered).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.headers()["Idempotent-Replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["id"], first["id"]);
+
+    let mut other = body.clone();
+    other["items"][0]["quantity"] = json!(5);
+    let reused = send(&alice, "key-1", other.to_string()).await.unwrap();
+    assert_error(reused, 422, "IDEMPOTENCY_KEY_REUSED", &[]).await;
+
+    // Keys are per user.
+    let bobs = send(&bob, "key-1", body.to_string()).await.unwrap();
+    assert_eq!(bobs.status(), 202);
+    let bobs: Value = bobs.json().await.unwrap();
+    assert_ne!(bobs["id"], first["id"]);
+
+    // Concurrent retries with a fresh key create one order.
+    let racers = (0..8).map(|_| send(&alice, "key-2", body.to_string()));
+    let responses = futures::future::join_all(racers).await;
+    let mut ids = Vec::new();
+    for response in responses {
+        let response = response.unwrap();
+        assert!([200, 202].contains(&response.status().as_u16()));
+        ids.push(response.json::<Value>().await.unwrap()["id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    let created = tap
+        .event_types()
+        .await
+        .into_iter()
+        .filter(|t| t == "OrderCreated")
+        .count();
+    assert_eq!(created, 3, "one OrderCreated per order, none for replays");
+}
+
+#[tokio::test]
+async fn listing_is_paginated_newest_first_and_private() {
+    let app = spawn_app().await;
+    let alice = Customer::new();
+    let bob = Customer::new();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.place_ok(&alice).await["id"].clone());
+    }
+    app.place_ok(&bob).await;
+    ids.reverse();
+
+    let page = |customer: &Customer, query: &str| {
+        app.request(customer, Method::GET, &format!("/api/orders?{query}"))
+            .send()
+    };
+    let first: Value = page(&alice, "page=1&page_size=2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["page"], 1);
+    assert_eq!(first["page_size"], 2);
+    assert_eq!(first["total_items"], 5);
+    assert_eq!(first["total_pages"], 3);
+    let got: Vec<_> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].clone())
+        .collect();
+    assert_eq!(got, ids[0..2]);
+    assert_eq!(first["items"][0]["items"].as_array().unwrap().len(), 2);
+
+    let last: Value = page(&alice, "page=3&page_size=2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<_> = last["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].clone())
+        .collect();
+    assert_eq!(got, ids[4..5]);
+    let beyond: Value = page(&alice, "page=9&page_size=2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(beyond["items"], json!([]));
+
+    let defaults: Value = page(&alice, "").await.unwrap().json().await.unwrap();
+    assert_eq!(defaults["page"], 1);
+    assert_eq!(defaults["page_size"], 20);
+    assert_eq!(defaults["items"].as_array().unwrap().len(), 5);
+
+    let bobs: Value = page(&bob, "").await.unwrap().json().await.unwrap();
+    assert_eq!(bobs["total_items"], 1);
+
+    for (query, field) in [
+        ("page_size=0", "page_size"),
+        ("page_size=101", "page_size"),
+        ("page=0", "page"),
+    ] {
+        let response = page(&alice, query).await.unwrap();
+        assert_error(
+            response,
+            422,
+            "VALIDATION_FAILED",
+            &[(field, "out_of_range")],
+        )
+        .await;
+    }
+
+    // Someone else's order is not found, as is a missing one.
+    let alices = ids[0].as_str().unwrap();
+    assert_error(app.get_order(&bob, alices).await, 404, "NOT_FOUND", &[]).await;
+    assert_error(app.cancel(&bob, alices, None).await, 404, "NOT_FOUND", &[]).await;
+    let missing = Uuid::new_v4().to_string();
+    assert_error(app.get_order(&alice, &missing).await, 404, "NOT_FOUND", &[]).await;
+}
