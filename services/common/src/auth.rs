@@ -85,7 +85,10 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
     let claims = verifier.verify(token.trim()).map_err(|e| {
         tracing::debug!(error = %e, "token rejected");

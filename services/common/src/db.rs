@@ -39,7 +39,11 @@ pub async fn migrate(
         let applied = conn
             .applied_migrations()
             .map_err(|e| anyhow::anyhow!("reading applied migrations: {e}"))?;
-        Ok(applied.iter().map(|v| v.to_string()).max().unwrap_or_default())
+        Ok(applied
+            .iter()
+            .map(|v| v.to_string())
+            .max()
+            .unwrap_or_default())
     })
     .await?
 }
@@ -52,14 +56,20 @@ struct Version {
 
 /// Ready when the database answers and the newest embedded migration is applied.
 pub async fn ready(pool: &DbPool, expected_version: &str) -> Result<(), String> {
-    let mut conn = pool.get().await.map_err(|e| format!("database unreachable: {e}"))?;
-    let rows: Vec<Version> = sql_query(
-        "SELECT coalesce(max(version), '') AS version FROM __diesel_schema_migrations",
-    )
-    .load(&mut conn)
-    .await
-    .map_err(|e| format!("database query failed: {e}"))?;
-    let applied = rows.into_iter().next().map(|v| v.version).unwrap_or_default();
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| format!("database unreachable: {e}"))?;
+    let rows: Vec<Version> =
+        sql_query("SELECT coalesce(max(version), '') AS version FROM __diesel_schema_migrations")
+            .load(&mut conn)
+            .await
+            .map_err(|e| format!("database query failed: {e}"))?;
+    let applied = rows
+        .into_iter()
+        .next()
+        .map(|v| v.version)
+        .unwrap_or_default();
     if applied.as_str() < expected_version {
         return Err(format!(
             "migrations pending: applied {applied}, expected {expected_version}"

@@ -167,7 +167,10 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn from_parts(event_type: &str, payload: serde_json::Value) -> Result<Self, serde_json::Error> {
+    pub fn from_parts(
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> Result<Self, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "event_type": event_type, "payload": payload }))
     }
 
@@ -189,9 +192,9 @@ impl Event {
             Event::PaymentConfirmed(_) | Event::PaymentFailed(_) | Event::PaymentRefunded(_) => {
                 topics::PAYMENTS
             }
-            Event::DeliveryScheduled(_) | Event::DeliveryFailed(_) | Event::DeliveryCancelled(_) => {
-                topics::DELIVERIES
-            }
+            Event::DeliveryScheduled(_)
+            | Event::DeliveryFailed(_)
+            | Event::DeliveryCancelled(_) => topics::DELIVERIES,
         }
     }
 

@@ -31,13 +31,20 @@ pub struct ErrorBody {
 /// The error every handler returns. Internal causes are logged where they
 /// happen; clients only ever see `code` and `message`.
 #[api_v2_errors(
-    code = 400, description = "Malformed request",
-    code = 401, description = "Missing or invalid bearer token",
-    code = 404, description = "Not found (or not yours)",
-    code = 409, description = "Conflict with the current state",
-    code = 422, description = "Validation failed",
-    code = 429, description = "Too many requests",
-    code = 503, description = "A dependency is unavailable"
+    code = 400,
+    description = "Malformed request",
+    code = 401,
+    description = "Missing or invalid bearer token",
+    code = 404,
+    description = "Not found (or not yours)",
+    code = 409,
+    description = "Conflict with the current state",
+    code = 422,
+    description = "Validation failed",
+    code = 429,
+    description = "Too many requests",
+    code = 503,
+    description = "A dependency is unavailable"
 )]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -66,7 +73,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("{what} not found"),
+        )
     }
 
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
@@ -100,7 +111,13 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.body.code, self.body.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.body.code,
+            self.body.message
+        )
     }
 }
 
@@ -148,9 +165,11 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
                     "UNSUPPORTED_MEDIA_TYPE",
                     "expected Content-Type: application/json",
                 ),
-                E::Deserialize(e) if e.is_data() => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY", e.to_string())
-                }
+                E::Deserialize(e) if e.is_data() => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "INVALID_BODY",
+                    e.to_string(),
+                ),
                 _ => ApiError::bad_request("MALFORMED_JSON", error.to_string()),
             };
             api.into()
@@ -164,8 +183,7 @@ pub fn query_config() -> web::QueryConfig {
 }
 
 pub fn path_config() -> web::PathConfig {
-    web::PathConfig::default()
-        .error_handler(|_error, _req| ApiError::not_found("resource").into())
+    web::PathConfig::default().error_handler(|_error, _req| ApiError::not_found("resource").into())
 }
 
 /// Default service for unknown routes: 404 in the common shape.
