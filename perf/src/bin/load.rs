@@ -1,0 +1,19 @@
+//! `cargo run --release -p perf --bin load -- <light|saturation|saga|mixed> [options]`
+
+use clap::Parser;
+use perf::cli::Cli;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = std::iter::once("load".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (report, html) = perf::run::execute(&cli, command).await?;
+    println!("{}", report.to_markdown());
+    println!("report: {}", html.display());
+    println!("        {}", html.with_extension("md").display());
+    println!("        {}", html.with_extension("json").display());
+    Ok(())
+}
