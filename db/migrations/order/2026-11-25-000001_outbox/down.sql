@@ -1,1 +1,2 @@
+DROP PUBLICATION IF EXISTS outbox_relay;
 DROP TABLE outbox;

@@ -11,3 +11,7 @@ CREATE TABLE outbox (
     occurred_at     timestamptz NOT NULL,
     payload         jsonb       NOT NULL
 );
+
+-- What the relay streams: inserts into the outbox, nothing else. Created
+-- here, by the table's owner, so the relay's role needs only REPLICATION.
+CREATE PUBLICATION outbox_relay FOR TABLE outbox WITH (publish = 'insert');
