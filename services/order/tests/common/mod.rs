@@ -29,7 +29,23 @@ impl Drop for TestApp {
     }
 }
 
+/// The app without the saga consumer: HTTP only, no broker needed.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The app consuming `payments` and `deliveries` from the test broker.
+pub async fn spawn_consuming_app() -> TestApp {
+    spawn_app_with(|settings| {
+        settings.saga.enabled = true;
+        settings.kafka.brokers = test_support::kafka_brokers();
+        settings.consumer.fetch_max_wait = Duration::from_millis(20);
+        settings.consumer.lease_ttl = Duration::from_secs(3);
+    })
+    .await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     if test_support::test_log_enabled() {
         commerce_common::telemetry::init("order-service-test");
     }
@@ -44,6 +60,7 @@ pub async fn spawn_app() -> TestApp {
     };
     settings.auth.public_key_pem = Some(Secret::new(jwt_keys().public_pem.clone()));
     settings.saga.enabled = false;
+    configure(&mut settings);
     let app = Application::build(settings).await.expect("build the app");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();

@@ -1,0 +1,108 @@
+//! The saga handler wired to the consumer runtime: events produced to the
+//! test broker move the order, a record published twice applies once, and
+//! the runtime's lag shows in /metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use commerce_common::events::{
+    DeliveryScheduled, Envelope, Event, PaymentConfirmed, SCHEMA_VERSION, topics,
+};
+use common::{Customer, OutboxTap, VALID_TOTAL, spawn_consuming_app};
+use serde_json::Value;
+use test_support::{ensure_topics, kafka_brokers, produce_envelope, wait_until};
+use uuid::Uuid;
+
+fn envelope(event: &Event) -> Envelope {
+    let (event_type, payload) = event.into_parts();
+    Envelope {
+        event_id: Uuid::now_v7(),
+        event_type,
+        aggregate_type: event.topic().into(),
+        aggregate_id: event.aggregate_id().to_string(),
+        occurred_at: Utc::now(),
+        schema_version: SCHEMA_VERSION,
+        trace_id: "consumer-test".into(),
+        payload,
+    }
+}
+
+async fn publish(envelope: &Envelope) {
+    produce_envelope(
+        &kafka_brokers(),
+        &envelope.aggregate_type,
+        0,
+        &envelope.aggregate_id,
+        envelope,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn payment_and_delivery_events_from_the_broker_move_the_order_once() {
+    ensure_topics(&kafka_brokers(), &[topics::PAYMENTS, topics::DELIVERIES], 3).await;
+    let app = spawn_consuming_app().await;
+    let tap = OutboxTap::start(&app.db).await;
+    let customer = Customer::new();
+    let placed = app.place_ok(&customer).await;
+    let order_id: Uuid = placed["id"].as_str().unwrap().parse().unwrap();
+
+    let confirmed = envelope(&Event::PaymentConfirmed(PaymentConfirmed {
+        payment_id: Uuid::new_v4(),
+        order_id,
+        customer_id: customer.id,
+        amount_cents: VALID_TOTAL,
+    }));
+    // At-least-once: the same event at two offsets.
+    publish(&confirmed).await;
+    publish(&confirmed).await;
+    let start = Utc::now();
+    publish(&envelope(&Event::DeliveryScheduled(DeliveryScheduled {
+        delivery_id: Uuid::new_v4(),
+        order_id,
+        customer_id: customer.id,
+        window_start: start,
+        window_end: start + chrono::Duration::hours(4),
+        tracking_number: "TRK-C1".into(),
+    })))
+    .await;
+
+    let id = order_id.to_string();
+    let order: Value = wait_until(
+        Duration::from_secs(30),
+        "the order to be DELIVERY_SCHEDULED",
+        || async {
+            let order = app.order_json(&customer, &id).await;
+            (order["status"] == "DELIVERY_SCHEDULED").then_some(order)
+        },
+    )
+    .await;
+    assert_eq!(order["delivery"]["tracking_number"], "TRK-C1");
+    assert_eq!(order["payment"]["status"], "CONFIRMED");
+
+    let events: Vec<_> = tap
+        .events()
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "OrderStatusChanged")
+        .map(|(_, payload)| payload["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["PAID", "DELIVERY_SCHEDULED"]);
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("consumer_lag"), "{metrics}");
+    assert!(
+        metrics.contains(r#"order_status_changes_total{status="PAID"} 1"#),
+        "{metrics}"
+    );
+}
