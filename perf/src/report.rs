@@ -114,7 +114,13 @@ impl Table {
         for row in &self.rows {
             out.push_str("<tr>");
             for cell in row {
-                let _ = write!(out, "<td>{}</td>", escape(cell));
+                // Numbers right-aligned, text left-aligned.
+                let class = if cell.parse::<f64>().is_ok() {
+                    ""
+                } else {
+                    " class=\"text\""
+                };
+                let _ = write!(out, "<td{class}>{}</td>", escape(cell));
             }
             out.push_str("</tr>");
         }
@@ -550,7 +556,7 @@ impl Report {
              body{{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}}\
              table{{border-collapse:collapse;margin:8px 0 20px}}\
              th,td{{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}}\
-             th{{background:#f3f3f3}} td:first-child,th:first-child{{text-align:left}}\
+             th{{background:#f3f3f3}} td.text,th{{text-align:left}}\
              pre{{background:#f6f6f6;padding:10px}} .charts svg{{display:block;margin:10px 0}}\
              </style></head><body>",
             escape(&self.scenario)

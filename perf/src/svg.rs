@@ -53,14 +53,11 @@ pub fn nice_ticks(max: f64, target: usize) -> Vec<f64> {
 }
 
 fn label(value: f64) -> String {
-    if value == 0.0 {
-        "0".into()
-    } else if value.abs() >= 1000.0 || value.fract() == 0.0 {
+    if value.abs() >= 100.0 || value.fract() == 0.0 {
         format!("{value:.0}")
-    } else if value.abs() >= 1.0 {
-        format!("{value:.1}")
     } else {
-        format!("{value:.2}")
+        let text = format!("{value:.2}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -213,6 +210,15 @@ mod tests {
         assert!(svg.contains("p99 &lt;latency&gt;"));
         assert!(svg.contains("a&amp;b"));
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn labels_are_short() {
+        assert_eq!(label(0.0), "0");
+        assert_eq!(label(0.5), "0.5");
+        assert_eq!(label(1.25), "1.25");
+        assert_eq!(label(2500.0), "2500");
+        assert_eq!(label(123.456), "123");
     }
 
     #[test]
