@@ -45,8 +45,14 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CatalogError> {
-        let (client, connection) = within(timeout, tokio_postgres::connect(url, NoTls)).await?;
+    pub async fn connect(
+        url: &str,
+        application_name: &str,
+        timeout: Duration,
+    ) -> Result<Self, CatalogError> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        config.application_name(application_name);
+        let (client, connection) = within(timeout, config.connect(NoTls)).await?;
         // The connection task ends when `client` is dropped.
         tokio::spawn(async move {
             if let Err(e) = connection.await {

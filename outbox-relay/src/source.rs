@@ -131,7 +131,8 @@ impl Source {
         let slot = self.config.slot_name(&self.name);
         let (schema, table) = self.config.qualified_table();
 
-        let catalog = Catalog::connect(url, timeout).await?;
+        let catalog =
+            Catalog::connect(url, &format!("outbox-relay/{}/catalog", self.name), timeout).await?;
         catalog
             .ensure_publication(&self.config.publication, schema, table)
             .await?;

@@ -1,0 +1,265 @@
+//! Shared set-up: outbox databases, the relay process, event inserts and
+//! reading back from Kafka.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use test_support::{ChildProcess, KafkaRecord, TestDatabase, bin_path, free_port, wait_until};
+use tokio_postgres::Client;
+
+const OUTBOX_MIGRATION: &str =
+    include_str!("../../../db/migrations/order/2026-11-25-000001_outbox/up.sql");
+
+/// A short random suffix for slot, topic and role names (cluster-global).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A fresh database with the outbox table (as the services create it) and
+/// an unrelated table `other`.
+pub async fn outbox_database(prefix: &str) -> (TestDatabase, Client) {
+    let db = test_support::fresh_database(prefix).await;
+    let client = db.client().await;
+    client
+        .batch_execute(OUTBOX_MIGRATION)
+        .await
+        .expect("outbox migration");
+    client
+        .batch_execute("CREATE TABLE other (id bigserial PRIMARY KEY, body text NOT NULL)")
+        .await
+        .expect("other table");
+    (db, client)
+}
+
+/// One source of a relay under test.
+pub struct SourceSpec {
+    pub name: String,
+    pub url: String,
+    pub slot: String,
+}
+
+impl SourceSpec {
+    pub fn new(name: &str, db: &TestDatabase) -> Self {
+        Self {
+            name: name.to_owned(),
+            url: db.url.clone(),
+            slot: unique("relay_test"),
+        }
+    }
+}
+
+/// The relay binary as a child process. Dropping it kills the process and
+/// drops the test's replication slots, so no slot is left retaining WAL.
+pub struct Relay {
+    pub process: ChildProcess,
+    pub port: u16,
+    slots: Vec<(String, String)>,
+    http: reqwest::Client,
+}
+
+impl Relay {
+    pub async fn start(sources: &[&SourceSpec]) -> Relay {
+        Self::start_with(sources, &[]).await
+    }
+
+    /// Starts the relay with `extra` environment settings and waits until
+    /// its HTTP port answers.
+    pub async fn start_with(sources: &[&SourceSpec], extra: &[(&str, String)]) -> Relay {
+        let port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("APP__HTTP__PORT".into(), port.to_string()),
+            ("APP__KAFKA__BROKERS".into(), test_support::kafka_brokers()),
+            ("APP__KAFKA__TOPICS".into(), String::new()),
+            ("APP__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()),
+            ("APP__REPLICATION__BACKOFF_MAX_MS".into(), "2000".into()),
+            ("APP__REPLICATION__STATUS_INTERVAL_MS".into(), "200".into()),
+            ("RUST_LOG".into(), "info,rskafka=error".into()),
+            ("LOG_FORMAT".into(), "pretty".into()),
+        ];
+        for source in sources {
+            let key = source.name.to_uppercase();
+            env.push((format!("APP__SOURCES__{key}__URL"), source.url.clone()));
+            env.push((format!("APP__SOURCES__{key}__SLOT"), source.slot.clone()));
+        }
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let process = ChildProcess::spawn("relay", bin_path("outbox-relay"), env);
+        let relay = Relay {
+            process,
+            port,
+            slots: sources
+                .iter()
+                .map(|s| (s.url.clone(), s.slot.clone()))
+                .collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("http client"),
+        };
+        test_support::wait_for_http_ok(&relay.url("/health"), Duration::from_secs(20)).await;
+        relay
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn get_text(&self, path: &str) -> Option<String> {
+        let response = self.http.get(self.url(path)).send().await.ok()?;
+        response.text().await.ok()
+    }
+
+    /// `/api/status` of one source.
+    pub async fn source_status(&self, source: &str) -> Option<Value> {
+        let status: Value = serde_json::from_str(&self.get_text("/api/status").await?).ok()?;
+        status["sources"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == source)
+            .cloned()
+    }
+
+    /// Waits until `source` reports `state`; returns its status.
+    pub async fn wait_for_state(&self, source: &str, state: &str, timeout: Duration) -> Value {
+        wait_until(
+            timeout,
+            &format!("source {source} to be {state}"),
+            || async {
+                self.source_status(source)
+                    .await
+                    .filter(|s| s["state"] == state)
+            },
+        )
+        .await
+    }
+
+    pub async fn events_published(&self, source: &str) -> u64 {
+        self.source_status(source)
+            .await
+            .and_then(|s| s["events_published"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.process.kill_hard();
+        let slots = std::mem::take(&mut self.slots);
+        // Drop is synchronous; a small runtime on a helper thread does the SQL.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                for (url, slot) in slots {
+                    drop_slot(&url, &slot).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn drop_slot(url: &str, slot: &str) {
+    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+        return;
+    };
+    tokio::spawn(connection);
+    // The walsender may take a moment to notice its client died.
+    for _ in 0..50 {
+        let dropped = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND NOT active",
+                &[&slot],
+            )
+            .await;
+        let gone = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map(|row| row.is_none())
+            .unwrap_or(true);
+        if dropped.is_err() || gone {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Inserts `count` events for `key` into the outbox in one transaction;
+/// payload `{"key": key, "seq": first..}`.
+pub async fn insert_events(client: &Client, topic: &str, key: &str, first: i64, count: i64) {
+    client
+        .execute(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version, \
+                                 trace_id, occurred_at, payload) \
+             SELECT gen_random_uuid(), $1, $2, 'TestEvent', 1, 'trace-' || s, now(), \
+                    jsonb_build_object('key', $2::text, 'seq', s) \
+             FROM generate_series($3::bigint, $3::bigint + $4::bigint - 1) AS s",
+            &[&topic, &key, &first, &count],
+        )
+        .await
+        .expect("insert events");
+}
+
+/// Polls `reader` until `expected` distinct event ids were seen; returns
+/// every record read (duplicates included).
+pub async fn read_until_distinct(
+    reader: &mut test_support::KafkaReader,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<KafkaRecord> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut all: Vec<KafkaRecord> = Vec::new();
+    let mut distinct = std::collections::HashSet::new();
+    loop {
+        for record in reader.poll().await {
+            distinct.insert(record.header("event_id").unwrap_or_default().to_owned());
+            all.push(record);
+        }
+        if distinct.len() >= expected {
+            return all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?}: {} of {expected} events in Kafka",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Number of records per event id that occur more than once.
+pub fn duplicates(records: &[KafkaRecord]) -> HashMap<String, usize> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for record in records {
+        *counts
+            .entry(record.header("event_id").unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    counts.retain(|_, n| *n > 1);
+    counts
+}
+
+/// Bytes between the server's WAL end and the slot's confirmed position.
+pub async fn slot_lag(client: &Client, slot: &str) -> Option<i64> {
+    client
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.get::<_, Option<i64>>(0))
+}

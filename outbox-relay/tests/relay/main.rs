@@ -1,0 +1,8 @@
+//! End-to-end tests of the relay binary against real PostgreSQL and a real
+//! Kafka-protocol broker (tansu). Each test owns its databases, slots and
+//! topics (random names) and starts its own relay process.
+
+mod dashboard;
+mod helpers;
+mod publishing;
+mod resilience;
