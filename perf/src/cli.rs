@@ -50,7 +50,7 @@ pub struct Cli {
     #[arg(long)]
     pub duration: Option<f64>,
 
-    /// Registered users the load is spread over (light: 10; others: 50).
+    /// Registered users the load is spread over (light: 10; others: 20).
     #[arg(long)]
     pub users: Option<usize>,
 
@@ -138,7 +138,7 @@ impl Cli {
     pub fn users(&self) -> usize {
         self.users.unwrap_or(match self.scenario {
             Scenario::Light => 10,
-            _ => 50,
+            _ => 20,
         })
     }
 
@@ -176,7 +176,7 @@ mod tests {
         let saga = Cli::parse_from(["load", "saga"]);
         assert_eq!(saga.rate(), 200.0);
         assert_eq!(saga.duration(), Duration::from_secs(60));
-        assert_eq!(saga.users(), 50);
+        assert_eq!(saga.users(), 20);
         let light = Cli::parse_from(["load", "light"]);
         assert_eq!(light.users(), 10);
         let sat = Cli::parse_from(["load", "saturation"]);

@@ -160,6 +160,15 @@ pub async fn place_random_order(
     Ok((placed, sent))
 }
 
+/// The wait before the next poll: `poll_interval`, or a tenth of the time
+/// already waited when that is longer (at most 1 s), so slow sagas are not
+/// drowned in polls while the resolution stays within about 10%.
+pub fn next_poll(poll_interval: Duration, waited: Duration) -> Duration {
+    poll_interval
+        .max(waited / 10)
+        .min(Duration::from_secs(1).max(poll_interval))
+}
+
 /// Polls an order until it is final or `timeout` passed since `sent`; records
 /// the saga's completion time (POST sent to the first answer showing a final status).
 pub async fn follow_saga(
@@ -172,7 +181,7 @@ pub async fn follow_saga(
 ) -> Option<OrderState> {
     let mut last = "PENDING".to_string();
     loop {
-        tokio::time::sleep(poll_interval).await;
+        tokio::time::sleep(next_poll(poll_interval, sent.elapsed())).await;
         if let Ok(state) = api.get_order(&customer.user, id).await {
             if is_final(&state.status) {
                 api.recorder()
@@ -209,4 +218,28 @@ pub async fn wait_all(tasks: &mut JoinSet<()>, limit: Duration) -> usize {
 pub fn has_room(tasks: &mut JoinSet<()>, max_in_flight: usize) -> bool {
     while tasks.try_join_next().is_some() {}
     tasks.len() < max_in_flight
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_slow_down_for_slow_sagas() {
+        let base = Duration::from_millis(50);
+        assert_eq!(next_poll(base, Duration::ZERO), base);
+        assert_eq!(next_poll(base, Duration::from_millis(250)), base);
+        assert_eq!(
+            next_poll(base, Duration::from_secs(2)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            next_poll(base, Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            next_poll(Duration::from_secs(2), Duration::ZERO),
+            Duration::from_secs(2)
+        );
+    }
 }

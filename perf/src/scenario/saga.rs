@@ -92,7 +92,9 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
     }
     outcomes.notes.push(format!(
         "completion is measured from sending POST /api/orders to receiving the first GET /api/orders/{{id}} \
-         that shows a final status; polls are {} ms apart, so figures overstate the true time by up to that much",
+         that shows a final status; polls are {} ms apart (or a tenth of the time waited, if longer), \
+         so figures overstate the true time by up to one poll interval; the server-side row \
+         (updated_at - created_at of the final order) does not",
         cli.poll_interval_ms
     ));
     Ok(outcomes)
