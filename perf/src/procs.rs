@@ -272,6 +272,8 @@ pub struct Sampler {
     previous: HashMap<u32, u64>,
     /// Ticks since boot when sampling began: processes born later count from 0.
     boot_ticks_at_start: u64,
+    /// Looking for listeners walks every process's fds: not more than every few seconds.
+    last_resolve: Instant,
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -321,6 +323,7 @@ impl Sampler {
             last_sample: Instant::now(),
             previous: HashMap::new(),
             boot_ticks_at_start: uptime_ticks(ticks_per_s),
+            last_resolve: Instant::now(),
         };
         let stats = all_stats();
         sampler.resolve_roots(&stats);
@@ -354,11 +357,13 @@ impl Sampler {
         self.last_sample = now;
         let t_s = now.duration_since(self.started).as_secs_f64();
         let stats = all_stats();
-        if self.groups.iter().any(|g| {
+        let root_missing = self.groups.iter().any(|g| {
             g.matched_by != "self"
                 && g.spec.port.is_some()
                 && !g.root.is_some_and(|p| stats.contains_key(&p))
-        }) {
+        });
+        if root_missing && now.duration_since(self.last_resolve) >= Duration::from_secs(5) {
+            self.last_resolve = now;
             self.resolve_roots(&stats);
         }
         let parents: HashMap<u32, u32> = stats.iter().map(|(pid, s)| (*pid, s.ppid)).collect();
