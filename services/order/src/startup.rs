@@ -3,7 +3,7 @@
 
 use std::{net::TcpListener, sync::Arc};
 
-use actix_web::{App, HttpServer, dev::Server, web as actix};
+use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web as actix};
 use anyhow::Context;
 use commerce_common::{consumer, db, events::topics, http};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{CONSUMER_GROUP, SERVICE, Settings},
     metrics::{MetricsRegistry, OrderMetrics},
-    routes::{self, ExpectedMigration, orders},
+    routes::{self, ExpectedMigration, orders, request_trace::trace_requests},
     saga::SagaHandler,
 };
 
@@ -82,6 +82,7 @@ impl Application {
                 .route("/health", actix::get().to(routes::health))
                 .route("/ready", actix::get().to(routes::ready))
                 .route("/metrics", actix::get().to(routes::metrics))
+                .wrap(from_fn(trace_requests))
                 .wrap_api_with_spec(api_spec())
                 .service(
                     web::resource("/api/orders")

@@ -122,8 +122,15 @@ async fn placing_an_order_answers_202_with_a_pending_order_and_the_server_total(
     let mut body = valid_order();
     // A client-sent total is ignored: the server computes it.
     body["total_cents"] = json!(1);
-    let response = app.place(&customer, &body).await;
+    let response = app
+        .request(&customer, Method::POST, "/api/orders")
+        .header("X-Request-Id", "req-place-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], "req-place-1");
     let order: Value = response.json().await.unwrap();
     assert_eq!(order["status"], "PENDING");
     assert_eq!(order["total_cents"], VALID_TOTAL);
@@ -140,10 +147,14 @@ async fn placing_an_order_answers_202_with_a_pending_order_and_the_server_total(
         .await;
     assert_eq!(fetched, order);
 
-    let events = tap.events().await;
+    let events = tap.traced_events().await;
     assert_eq!(events.len(), 1, "{events:?}");
-    let (event_type, payload) = &events[0];
+    let (event_type, payload, trace_id) = &events[0];
     assert_eq!(event_type, "OrderCreated");
+    assert_eq!(
+        trace_id, "req-place-1",
+        "the request id is the event's trace id"
+    );
     assert_eq!(payload["order_id"], order["id"]);
     assert_eq!(payload["customer_id"], customer.id.to_string());
     assert_eq!(payload["total_cents"], VALID_TOTAL);

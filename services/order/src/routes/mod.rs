@@ -3,6 +3,7 @@
 
 mod extract;
 pub mod orders;
+pub mod request_trace;
 pub mod schemas;
 
 use actix_web::{HttpResponse, web};

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{
     extract::{IdempotencyKeyHeader, OptionalJson, PlacedOrder},
+    request_trace::RequestId,
     schemas::{CancelRequest, ListQuery, Order, OrderPage, PlaceOrderRequest},
 };
 use crate::{
@@ -28,15 +29,9 @@ pub const MAX_PAGE_SIZE: i64 = 100;
 const MAX_PAGE: i64 = 1_000_000;
 const MAX_NOTE_CHARS: usize = 500;
 
-/// The trace id put on the events a request causes: the caller's
-/// `X-Request-Id` when it sent a sane one, otherwise a new id.
+/// The trace id put on the events a request causes: its request id.
 fn trace_id(req: &HttpRequest) -> String {
-    req.headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
-        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned)
+    RequestId::get(req)
 }
 
 fn field(path: impl Into<String>, problem: FieldProblem) -> FieldError {

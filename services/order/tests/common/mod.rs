@@ -217,6 +217,15 @@ impl OutboxTap {
 
     /// The outbox events committed since the last call.
     pub async fn events(&self) -> Vec<(String, Value)> {
+        self.traced_events()
+            .await
+            .into_iter()
+            .map(|(event_type, payload, _)| (event_type, payload))
+            .collect()
+    }
+
+    /// As [`Self::events`], with each event's trace id.
+    pub async fn traced_events(&self) -> Vec<(String, Value, String)> {
         let client = self.db.client().await;
         let rows = client
             .query(
@@ -263,8 +272,8 @@ impl Drop for OutboxTap {
 }
 
 /// `table public.outbox: INSERT: id[uuid]:'..' ... event_type[text]:'X' ...
-/// payload[jsonb]:'{..}'` -> `(X, payload)`.
-fn parse_outbox_insert(line: &str) -> (String, Value) {
+/// payload[jsonb]:'{..}'` -> `(X, payload, trace_id)`.
+fn parse_outbox_insert(line: &str) -> (String, Value, String) {
     let column = |name: &str| -> String {
         let marker = format!("{name}[");
         let start = line
@@ -288,5 +297,5 @@ fn parse_outbox_insert(line: &str) -> (String, Value) {
         value
     };
     let payload = serde_json::from_str(&column("payload")).expect("payload is JSON");
-    (column("event_type"), payload)
+    (column("event_type"), payload, column("trace_id"))
 }
