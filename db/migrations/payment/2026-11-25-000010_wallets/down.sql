@@ -1,0 +1,3 @@
+DROP TABLE wallet_entries;
+DROP TABLE payments;
+DROP TABLE wallets;

@@ -1,0 +1,111 @@
+//! The payment service's configuration: defaults, then the `APP_CONFIG_FILE`
+//! TOML file, then `APP__SECTION__KEY` environment variables.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use commerce_common::{
+    auth::JwtVerifier,
+    config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret},
+    consumer::ConsumerConfig,
+};
+use serde::{Deserialize, Serialize};
+
+pub const SERVICE: &str = "payment-service";
+/// The consumer group: offsets, leases and the inbox are kept under it.
+pub const CONSUMER_GROUP: &str = "payment";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub auth: AuthConfig,
+    /// Tuning of the consumer runtime. Brokers and group are filled in by
+    /// the service; `topics` defaults to users, orders and deliveries.
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+    #[serde(default)]
+    pub wallet: WalletConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig::with_port(8082),
+            database: DatabaseConfig::with_url(
+                "postgres://postgres@127.0.0.1:55432/commerce_payment",
+            ),
+            kafka: KafkaConfig::default(),
+            auth: AuthConfig::default(),
+            consumer: ConsumerConfig::default(),
+            wallet: WalletConfig::default(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn load() -> anyhow::Result<Self> {
+        let settings: Self = commerce_common::config::load()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.wallet.validate()?;
+        Ok(settings)
+    }
+}
+
+/// The gateway's Ed25519 public key, inline or from a file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub public_key_pem: Option<Secret>,
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    pub fn verifier(&self) -> anyhow::Result<JwtVerifier> {
+        let pem = match (&self.public_key_pem, &self.public_key_file) {
+            (Some(pem), _) if !pem.expose().trim().is_empty() => pem.expose().as_bytes().to_vec(),
+            (_, Some(path)) => std::fs::read(path)
+                .with_context(|| format!("reading auth.public_key_file {}", path.display()))?,
+            _ => anyhow::bail!("set auth.public_key_pem or auth.public_key_file"),
+        };
+        JwtVerifier::from_public_pem(&pem).context("auth: not an Ed25519 public key in PEM form")
+    }
+}
+
+/// Wallet rules (integer cents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalletConfig {
+    /// What a new wallet starts with (default 100000 = 1000.00).
+    pub initial_credit_cents: i64,
+    /// Largest single top-up.
+    pub max_top_up_cents: i64,
+    /// A top-up may not raise the balance above this.
+    pub max_balance_cents: i64,
+}
+
+impl Default for WalletConfig {
+    fn default() -> Self {
+        Self {
+            initial_credit_cents: 100_000,
+            max_top_up_cents: 10_000_000,
+            max_balance_cents: 1_000_000_000_000,
+        }
+    }
+}
+
+impl WalletConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (0..=self.max_balance_cents).contains(&self.initial_credit_cents),
+            "wallet.initial_credit_cents must be between 0 and wallet.max_balance_cents"
+        );
+        anyhow::ensure!(
+            self.max_top_up_cents > 0,
+            "wallet.max_top_up_cents must be positive"
+        );
+        Ok(())
+    }
+}

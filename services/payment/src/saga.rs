@@ -1,0 +1,97 @@
+//! The payment side of the saga: where an order is charged (OrderCreated)
+//! and where money goes back (DeliveryFailed, OrderCancellationRequested).
+//! Runs inside the consumer runtime's transaction.
+
+use commerce_common::{
+    consumer::{BoxFuture, EventHandler, HandleError},
+    events::{Envelope, Event},
+};
+use diesel_async::AsyncPgConnection;
+
+use crate::{
+    config::WalletConfig,
+    domain::{ChargeAmount, RefundReason},
+    metrics::PaymentMetrics,
+    store::{self, ChargeOutcome},
+};
+
+pub struct PaymentSaga {
+    wallet: WalletConfig,
+    metrics: PaymentMetrics,
+}
+
+impl PaymentSaga {
+    pub fn new(wallet: WalletConfig, metrics: PaymentMetrics) -> Self {
+        Self { wallet, metrics }
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AsyncPgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), HandleError> {
+        let trace_id = envelope.trace_id.as_str();
+        match event {
+            Event::UserRegistered(user) => {
+                store::open_wallet(conn, user.user_id, self.wallet.initial_credit_cents).await?;
+            }
+            Event::OrderCreated(order) => {
+                let amount =
+                    ChargeAmount::parse(order.total_cents).map_err(HandleError::Permanent)?;
+                let outcome = store::charge(
+                    conn,
+                    &order,
+                    amount,
+                    self.wallet.initial_credit_cents,
+                    trace_id,
+                )
+                .await?;
+                match outcome {
+                    ChargeOutcome::Confirmed => self.metrics.outcome("confirmed"),
+                    ChargeOutcome::Failed => self.metrics.outcome("failed"),
+                    ChargeOutcome::AlreadyCharged => {}
+                }
+            }
+            Event::DeliveryFailed(failed) => {
+                self.refund(conn, failed.order_id, RefundReason::NoCapacity, trace_id)
+                    .await?;
+            }
+            Event::OrderCancellationRequested(cancel) => {
+                self.refund(
+                    conn,
+                    cancel.order_id,
+                    RefundReason::CustomerCancelled,
+                    trace_id,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn refund(
+        &self,
+        conn: &mut AsyncPgConnection,
+        order_id: uuid::Uuid,
+        reason: RefundReason,
+        trace_id: &str,
+    ) -> Result<(), HandleError> {
+        if store::refund(conn, order_id, reason, trace_id).await? {
+            self.metrics.outcome("refunded");
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for PaymentSaga {
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(self.apply(conn, envelope, event))
+    }
+}

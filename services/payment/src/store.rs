@@ -1,0 +1,345 @@
+//! Where money moves: opening wallets, charging orders, refunds and
+//! top-ups, each with its ledger entry and (for the saga) its outbox event
+//! in the caller's transaction.
+
+use chrono::{DateTime, Utc};
+use commerce_common::{
+    events::{Event, OrderCreated, PaymentConfirmed, PaymentFailed, PaymentRefunded},
+    outbox,
+};
+use diesel::{dsl::now, prelude::*};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::{
+    domain::{ChargeAmount, EntryKind, FailureReason, PaymentStatus, RefundReason, TopUpAmount},
+    schema::{payments, wallet_entries, wallets},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = wallets)]
+pub struct Wallet {
+    pub customer_id: Uuid,
+    pub balance_cents: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = payments)]
+pub struct Payment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub amount_cents: i64,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+/// What happened to an order's charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Confirmed,
+    Failed,
+    /// The order already has a payment: nothing was done.
+    AlreadyCharged,
+}
+
+async fn add_entry(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    kind: EntryKind,
+    amount_cents: i64,
+    order_id: Option<Uuid>,
+) -> QueryResult<()> {
+    diesel::insert_into(wallet_entries::table)
+        .values((
+            wallet_entries::id.eq(Uuid::now_v7()),
+            wallet_entries::customer_id.eq(customer_id),
+            wallet_entries::kind.eq(kind.as_str()),
+            wallet_entries::amount_cents.eq(amount_cents),
+            wallet_entries::order_id.eq(order_id),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Opens the customer's wallet with `initial_credit_cents` unless it exists;
+/// true when it was opened now.
+pub async fn open_wallet(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    initial_credit_cents: i64,
+) -> QueryResult<bool> {
+    let opened = diesel::insert_into(wallets::table)
+        .values((
+            wallets::customer_id.eq(customer_id),
+            wallets::balance_cents.eq(initial_credit_cents),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?
+        > 0;
+    if opened {
+        add_entry(
+            conn,
+            customer_id,
+            EntryKind::InitialCredit,
+            initial_credit_cents,
+            None,
+        )
+        .await?;
+        tracing::info!(%customer_id, initial_credit_cents, "wallet opened");
+    }
+    Ok(opened)
+}
+
+/// Charges the order's total to the customer's wallet (opened first if
+/// needed): PaymentConfirmed, or PaymentFailed{INSUFFICIENT_FUNDS} with the
+/// balance untouched. An order is charged at most once.
+pub async fn charge(
+    conn: &mut AsyncPgConnection,
+    order: &OrderCreated,
+    amount: ChargeAmount,
+    initial_credit_cents: i64,
+    trace_id: &str,
+) -> QueryResult<ChargeOutcome> {
+    open_wallet(conn, order.customer_id, initial_credit_cents).await?;
+    let existing: Option<Uuid> = payments::table
+        .filter(payments::order_id.eq(order.order_id))
+        .select(payments::id)
+        .first(conn)
+        .await
+        .optional()?;
+    if existing.is_some() {
+        return Ok(ChargeOutcome::AlreadyCharged);
+    }
+
+    // Conditional: never below zero (the CHECK constraint backs this up).
+    let charged = diesel::update(
+        wallets::table
+            .find(order.customer_id)
+            .filter(wallets::balance_cents.ge(amount.cents())),
+    )
+    .set((
+        wallets::balance_cents.eq(wallets::balance_cents - amount.cents()),
+        wallets::updated_at.eq(now),
+    ))
+    .execute(conn)
+    .await?
+        > 0;
+
+    let payment_id = Uuid::now_v7();
+    let (status, reason, event, outcome) = if charged {
+        add_entry(
+            conn,
+            order.customer_id,
+            EntryKind::Charge,
+            -amount.cents(),
+            Some(order.order_id),
+        )
+        .await?;
+        let event = Event::PaymentConfirmed(PaymentConfirmed {
+            payment_id,
+            order_id: order.order_id,
+            customer_id: order.customer_id,
+            amount_cents: amount.cents(),
+        });
+        (
+            PaymentStatus::Confirmed,
+            None,
+            event,
+            ChargeOutcome::Confirmed,
+        )
+    } else {
+        let reason = FailureReason::InsufficientFunds.as_str();
+        let event = Event::PaymentFailed(PaymentFailed {
+            order_id: order.order_id,
+            customer_id: order.customer_id,
+            amount_cents: amount.cents(),
+            reason: reason.into(),
+        });
+        (
+            PaymentStatus::Failed,
+            Some(reason),
+            event,
+            ChargeOutcome::Failed,
+        )
+    };
+    diesel::insert_into(payments::table)
+        .values((
+            payments::id.eq(payment_id),
+            payments::order_id.eq(order.order_id),
+            payments::customer_id.eq(order.customer_id),
+            payments::amount_cents.eq(amount.cents()),
+            payments::status.eq(status.as_str()),
+            payments::reason.eq(reason),
+        ))
+        .execute(conn)
+        .await?;
+    outbox::enqueue(conn, &event, trace_id).await?;
+    tracing::info!(order_id = %order.order_id, status = status.as_str(), amount_cents = amount.cents(), "order charged");
+    Ok(outcome)
+}
+
+/// Gives a confirmed payment's money back (PaymentRefunded). Nothing
+/// happens when the order has no confirmed payment (failed, or refunded
+/// already); returns whether a refund was made.
+pub async fn refund(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    reason: RefundReason,
+    trace_id: &str,
+) -> QueryResult<bool> {
+    let refunded: Option<Payment> = diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id))
+            .filter(payments::status.eq(PaymentStatus::Confirmed.as_str())),
+    )
+    .set((
+        payments::status.eq(PaymentStatus::Refunded.as_str()),
+        payments::reason.eq(reason.as_str()),
+        payments::refunded_at.eq(now),
+        payments::updated_at.eq(now),
+    ))
+    .returning(Payment::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some(payment) = refunded else {
+        tracing::info!(%order_id, reason = reason.as_str(), "nothing to refund");
+        return Ok(false);
+    };
+    diesel::update(wallets::table.find(payment.customer_id))
+        .set((
+            wallets::balance_cents.eq(wallets::balance_cents + payment.amount_cents),
+            wallets::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    add_entry(
+        conn,
+        payment.customer_id,
+        EntryKind::Refund,
+        payment.amount_cents,
+        Some(order_id),
+    )
+    .await?;
+    let event = Event::PaymentRefunded(PaymentRefunded {
+        payment_id: payment.id,
+        order_id,
+        customer_id: payment.customer_id,
+        amount_cents: payment.amount_cents,
+        reason: reason.as_str().into(),
+    });
+    outbox::enqueue(conn, &event, trace_id).await?;
+    tracing::info!(%order_id, reason = reason.as_str(), amount_cents = payment.amount_cents, "payment refunded");
+    Ok(true)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopUpError {
+    #[error("the balance would exceed {0} cents")]
+    BalanceLimit(i64),
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+}
+
+/// Adds `amount` to the customer's wallet (opening it first if needed).
+pub async fn top_up(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    amount: TopUpAmount,
+    initial_credit_cents: i64,
+    max_balance_cents: i64,
+) -> Result<Wallet, TopUpError> {
+    conn.transaction::<_, TopUpError, _>(async |conn| {
+        open_wallet(conn, customer_id, initial_credit_cents).await?;
+        let wallet: Option<Wallet> = diesel::update(
+            wallets::table
+                .find(customer_id)
+                .filter(wallets::balance_cents.le(max_balance_cents - amount.cents())),
+        )
+        .set((
+            wallets::balance_cents.eq(wallets::balance_cents + amount.cents()),
+            wallets::updated_at.eq(now),
+        ))
+        .returning(Wallet::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        let wallet = wallet.ok_or(TopUpError::BalanceLimit(max_balance_cents))?;
+        add_entry(conn, customer_id, EntryKind::TopUp, amount.cents(), None).await?;
+        Ok(wallet)
+    })
+    .await
+}
+
+/// The customer's wallet, opened with the initial credit if this is the
+/// first time the customer is seen.
+pub async fn wallet(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    initial_credit_cents: i64,
+) -> QueryResult<Wallet> {
+    let found = wallets::table
+        .find(customer_id)
+        .select(Wallet::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    if let Some(wallet) = found {
+        return Ok(wallet);
+    }
+    conn.transaction(async |conn| {
+        open_wallet(conn, customer_id, initial_credit_cents).await?;
+        wallets::table
+            .find(customer_id)
+            .select(Wallet::as_select())
+            .first(conn)
+            .await
+    })
+    .await
+}
+
+/// The payment of one of the customer's orders.
+pub async fn payment(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    order_id: Uuid,
+) -> QueryResult<Option<Payment>> {
+    payments::table
+        .filter(payments::order_id.eq(order_id))
+        .filter(payments::customer_id.eq(customer_id))
+        .select(Payment::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A page of the customer's payments, newest first, and their total count.
+pub async fn list_payments(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    page: i64,
+    page_size: i64,
+) -> QueryResult<(Vec<Payment>, i64)> {
+    let items = payments::table
+        .filter(payments::customer_id.eq(customer_id))
+        .order((payments::created_at.desc(), payments::id.desc()))
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+        .select(Payment::as_select())
+        .load(conn)
+        .await?;
+    let total = payments::table
+        .filter(payments::customer_id.eq(customer_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok((items, total))
+}
