@@ -14,7 +14,9 @@ use diesel::{
     result::{DatabaseErrorKind, Error as DieselError},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use paperclip::actix::{Apiv2Schema, CreatedJson, api_v2_errors, api_v2_operation, web};
+use paperclip::actix::{
+    Apiv2Schema, CreatedJson, api_v2_errors, api_v2_errors_overlay, api_v2_operation, web,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -151,14 +153,47 @@ fn field(name: &str, invalid: Invalid) -> FieldError {
     }
 }
 
+/// The errors registration can answer with (documentation only).
+#[api_v2_errors_overlay(401, 429)]
+#[derive(Debug)]
+pub struct RegisterError(AuthError);
+
+/// The errors login can answer with (documentation only).
+#[api_v2_errors_overlay(409)]
+#[derive(Debug)]
+pub struct LoginError(AuthError);
+
 /// Create an account; answers with a token for it.
 #[api_v2_operation(operation_id = "register", tags(Auth))]
 pub async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<RegisterRequest>,
-) -> Result<CreatedJson<TokenResponse>, AuthError> {
-    let body = body.into_inner();
+) -> Result<CreatedJson<TokenResponse>, RegisterError> {
+    register_user(&req, &state, body.into_inner())
+        .await
+        .map(CreatedJson)
+        .map_err(RegisterError)
+}
+
+/// Exchange email and password for a token.
+#[api_v2_operation(operation_id = "login", tags(Auth))]
+pub async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<LoginRequest>,
+) -> Result<web::Json<TokenResponse>, LoginError> {
+    check_credentials(&req, &state, body.into_inner())
+        .await
+        .map(web::Json)
+        .map_err(LoginError)
+}
+
+async fn register_user(
+    req: &HttpRequest,
+    state: &AppState,
+    body: RegisterRequest,
+) -> Result<TokenResponse, AuthError> {
     let email = Email::parse(&body.email).map_err(|e| field("email", e));
     let password = Password::parse(body.password).map_err(|e| field("password", e));
     let name = UserName::parse(&body.name).map_err(|e| field("name", e));
@@ -179,7 +214,7 @@ pub async fn register(
         email: email.as_str().to_owned(),
         name: name.as_str().to_owned(),
     };
-    let trace_id = request_id::of(&req);
+    let trace_id = request_id::of(req);
     let mut conn = state.pool.get().await.map_err(ApiError::from)?;
     let inserted = conn
         .transaction(async |conn| {
@@ -213,17 +248,14 @@ pub async fn register(
     }
     state.metrics.registration("ok");
     tracing::info!(user_id = %user.id, "user registered");
-    Ok(CreatedJson(token_response(&state, user)?))
+    token_response(state, user)
 }
 
-/// Exchange email and password for a token.
-#[api_v2_operation(operation_id = "login", tags(Auth))]
-pub async fn login(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: web::Json<LoginRequest>,
-) -> Result<web::Json<TokenResponse>, AuthError> {
-    let body = body.into_inner();
+async fn check_credentials(
+    req: &HttpRequest,
+    state: &AppState,
+    body: LoginRequest,
+) -> Result<TokenResponse, AuthError> {
     // The throttle key is the normalized email even when it is not a valid
     // address, so spelling variants share one budget.
     let email_key = body.email.trim().to_lowercase();
@@ -254,7 +286,7 @@ pub async fn login(
         Some(user) if valid => {
             state.throttle.record_success(&email_key);
             state.metrics.login("ok");
-            Ok(web::Json(token_response(&state, user)?))
+            token_response(state, user)
         }
         _ => {
             state.throttle.record_failure(&email_key, address);

@@ -291,6 +291,21 @@ pub fn merge(mut doc: Value, services: &[(&str, Value)], missing: &[&str]) -> Va
     schemas.insert("ErrorBody".into(), error_body_schema());
     schemas.insert("FieldError".into(), field_error_schema());
 
+    for (path, method, code, schema) in NON_ERROR_BODIES {
+        if let Some(response) = root
+            .get_mut("paths")
+            .and_then(|paths| paths.get_mut(path))
+            .and_then(|item| item.get_mut(method))
+            .and_then(|operation| operation.pointer_mut(&format!("/responses/{code}")))
+            .and_then(Value::as_object_mut)
+        {
+            let schema = format!("#/components/schemas/{schema}");
+            response.insert(
+                "content".into(),
+                json!({"application/json": {"schema": {"$ref": schema}}}),
+            );
+        }
+    }
     if let Some(paths) = root.get_mut("paths").and_then(Value::as_object_mut) {
         for item in paths.values_mut() {
             for operation in operations(item) {
@@ -353,6 +368,10 @@ fn field_error_schema() -> Value {
         }
     })
 }
+
+/// Error statuses whose body is not an `ErrorBody`: (path, method, status, schema).
+const NON_ERROR_BODIES: [(&str, &str, &str, &str); 1] =
+    [("/api/health", "get", "503", "HealthReport")];
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",

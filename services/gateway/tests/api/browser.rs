@@ -1,0 +1,357 @@
+//! Swagger UI in a real headless Chromium: the page loads from the gateway
+//! alone, lists every operation of the merged document, and a user can
+//! register, log in, authorize, place an order and read it back through
+//! "Try it out" (against the real order-service binary when it is built).
+
+use std::{path::PathBuf, time::Duration};
+
+use fantoccini::{Client, Locator, elements::Element, key::Key};
+use serde_json::{Value, json};
+use test_support::{Browser, ChildProcess, bin_path, free_port, fresh_database, jwt_keys};
+
+use crate::helpers::spawn_app_with;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn swagger_ui_lists_every_operation_and_drives_the_order_flow() {
+    let order_bin = bin_path("order-service");
+    let order = if order_bin.is_file() {
+        Some(start_order_service(&order_bin).await)
+    } else {
+        eprintln!(
+            "{} not built: only the listing is checked (build it for the order flow)",
+            order_bin.display()
+        );
+        None
+    };
+    let order_url = order.as_ref().map(|(_, url)| url.clone());
+    let app = spawn_app_with(|c| {
+        if let Some(url) = order_url {
+            c.upstreams.order = url;
+        }
+    })
+    .await;
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut expected: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    expected.sort();
+
+    let (_browser, client) = Browser::start().await;
+    let result = drive(&client, &app.address, &expected, order.is_some()).await;
+    let shot = save_screenshot(&client).await;
+    client.close().await.ok();
+    if let Err(error) = result {
+        if let Some((process, _)) = &order {
+            eprintln!("order-service logs:\n{}", process.logs().join("\n"));
+        }
+        panic!("{error} (screenshot: {})", shot.display());
+    }
+    println!("screenshot: {}", shot.display());
+}
+
+async fn start_order_service(bin: &std::path::Path) -> (ChildProcess, String) {
+    let db = fresh_database("gateway_ui_order").await;
+    let port = free_port();
+    let process = ChildProcess::spawn(
+        "order-service",
+        bin,
+        [
+            ("APP__HTTP__PORT", port.to_string()),
+            ("APP__DATABASE__URL", db.url.clone()),
+            ("APP__AUTH__PUBLIC_KEY_PEM", jwt_keys().public_pem.clone()),
+            ("APP__KAFKA__BROKERS", test_support::kafka_brokers()),
+            // Only the HTTP API is exercised: no saga consumers.
+            ("APP__SAGA__ENABLED", "false".to_owned()),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    test_support::wait_for_http_ok(&format!("{url}/ready"), Duration::from_secs(30)).await;
+    (process, url)
+}
+
+type Outcome = Result<(), String>;
+
+async fn drive(
+    client: &Client,
+    address: &str,
+    expected: &[(String, String)],
+    with_orders: bool,
+) -> Outcome {
+    client
+        .set_window_size(1400, 2400)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .goto(&format!("{address}/swagger-ui.html"))
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(".opblock"))
+        .await
+        .map_err(|e| format!("no operation rendered: {e}"))?;
+
+    // Every operation of the document is on the page.
+    let listed = client
+        .execute(
+            "return Array.from(document.querySelectorAll('.opblock')).map(o => [
+                o.querySelector('.opblock-summary-method').textContent.trim(),
+                o.querySelector('.opblock-summary-path').getAttribute('data-path')]);",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut listed: Vec<(String, String)> =
+        serde_json::from_value(listed).map_err(|e| e.to_string())?;
+    listed.sort();
+    if listed != expected {
+        return Err(format!("listed {listed:?}, document has {expected:?}"));
+    }
+    // Nothing was fetched from anywhere but the gateway.
+    let resources = client
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name);",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let foreign: Vec<&Value> = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|url| !url.as_str().unwrap_or_default().starts_with(address))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(format!("the page loaded foreign resources: {foreign:?}"));
+    }
+    if !with_orders {
+        return Ok(());
+    }
+
+    let credentials = json!({"email": "swagger@example.com", "password": "correct horse battery"});
+    let registration = json!({"email": "swagger@example.com", "password": "correct horse battery", "name": "Swagger"});
+    let (status, body) =
+        try_it_out(client, "post", "/api/register", &[], Some(&registration)).await?;
+    expect_status(status, 201, "register", &body)?;
+    let (status, body) = try_it_out(client, "post", "/api/login", &[], Some(&credentials)).await?;
+    expect_status(status, 200, "login", &body)?;
+    let token = body["token"]
+        .as_str()
+        .ok_or("login answered no token")?
+        .to_owned();
+
+    authorize(client, &token).await?;
+
+    let order = json!({
+        "items": [{"sku": "BOOK-1", "quantity": 2, "unit_price_cents": 1250}],
+        "shipping_address": {"name": "Ada", "street": "1 Main St", "city": "London",
+                             "postal_code": "N1 9GU", "country": "GB"}
+    });
+    let (status, placed) = try_it_out(
+        client,
+        "post",
+        "/api/orders",
+        &[("Idempotency-Key", "swagger-ui-test-1")],
+        Some(&order),
+    )
+    .await?;
+    if !(200..300).contains(&status) {
+        return Err(format!("place order answered {status}: {placed}"));
+    }
+    let order_id = placed["id"]
+        .as_str()
+        .ok_or(format!("no order id in {placed}"))?
+        .to_owned();
+
+    let (status, fetched) = try_it_out(
+        client,
+        "get",
+        "/api/orders/{id}",
+        &[("id", &order_id)],
+        None,
+    )
+    .await?;
+    expect_status(status, 200, "get order", &fetched)?;
+    if fetched["id"] != order_id.as_str() || fetched["total_cents"] != 2500 {
+        return Err(format!("unexpected order {fetched}"));
+    }
+    Ok(())
+}
+
+fn expect_status(status: u16, expected: u16, what: &str, body: &Value) -> Outcome {
+    if status == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} answered {status}, expected {expected}: {body}"
+        ))
+    }
+}
+
+/// Expands an operation, presses "Try it out", fills parameters and body,
+/// executes, and reads the live response (status and JSON body).
+async fn try_it_out(
+    client: &Client,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let what = format!("{method} {path}");
+    let block = client
+        .find(Locator::XPath(&format!(
+            "//div[contains(@class,'opblock-{method}')][.//*[@data-path='{path}']]"
+        )))
+        .await
+        .map_err(|e| format!("{what}: operation not found: {e}"))?;
+    let summary = block
+        .find(Locator::Css(".opblock-summary"))
+        .await
+        .map_err(|e| e.to_string())?;
+    summary
+        .click()
+        .await
+        .map_err(|e| format!("{what}: expand: {e}"))?;
+    let try_out = wait_in(&block, ".try-out__btn", &what).await?;
+    try_out
+        .click()
+        .await
+        .map_err(|e| format!("{what}: try it out: {e}"))?;
+
+    for (name, value) in params {
+        let input = wait_in(
+            &block,
+            &format!("tr[data-param-name='{name}'] input"),
+            &what,
+        )
+        .await?;
+        input
+            .send_keys(value)
+            .await
+            .map_err(|e| format!("{what}: {name}: {e}"))?;
+    }
+    if let Some(body) = body {
+        let textarea = wait_in(&block, "textarea.body-param__text", &what).await?;
+        textarea
+            .send_keys(&(Key::Control + "a"))
+            .await
+            .map_err(|e| e.to_string())?;
+        textarea
+            .send_keys(&Key::Backspace.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        textarea
+            .send_keys(&body.to_string())
+            .await
+            .map_err(|e| format!("{what}: body: {e}"))?;
+    }
+    let execute = wait_in(&block, "button.execute", &what).await?;
+    execute
+        .click()
+        .await
+        .map_err(|e| format!("{what}: execute: {e}"))?;
+
+    // The live response renders in steps: wait until status and body are filled in.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (status, text) = loop {
+        let status = text_of(&block, ".live-responses-table tbody .response-col_status").await;
+        let text = text_of(
+            &block,
+            ".live-responses-table tbody .response-col_description pre",
+        )
+        .await;
+        if let (Ok(status), false) = (status.parse::<u16>(), text.is_empty()) {
+            break (status, text);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{what}: no response shown (status {status:?})"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, body))
+}
+
+/// Enters the token in the Authorize dialog (http bearer scheme).
+async fn authorize(client: &Client, token: &str) -> Outcome {
+    let open = client
+        .find(Locator::Css(".auth-wrapper .authorize"))
+        .await
+        .map_err(|e| format!("no Authorize button: {e}"))?;
+    open.click().await.map_err(|e| e.to_string())?;
+    let input = client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(".modal-ux input"))
+        .await
+        .map_err(|e| format!("no token input in the Authorize dialog: {e}"))?;
+    input.send_keys(token).await.map_err(|e| e.to_string())?;
+    let confirm = client
+        .find(Locator::Css(".modal-ux .auth-btn-wrapper .authorize"))
+        .await
+        .map_err(|e| e.to_string())?;
+    confirm.click().await.map_err(|e| e.to_string())?;
+    let close = client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(".modal-ux .btn-done, .modal-ux .close-modal"))
+        .await
+        .map_err(|e| e.to_string())?;
+    close.click().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The trimmed text of the first match; empty when it is absent.
+async fn text_of(scope: &Element, css: &str) -> String {
+    match scope.find(Locator::Css(css)).await {
+        Ok(element) => element.text().await.unwrap_or_default().trim().to_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn wait_in(scope: &Element, css: &str, what: &str) -> Result<Element, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(element) = scope.find(Locator::Css(css)).await {
+            return Ok(element);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{what}: `{css}` did not appear"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `target/test-artifacts/swagger-ui.png` (next to this test's target tmp dir).
+async fn save_screenshot(client: &Client) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    let path = dir.join("gateway-swagger-ui.png");
+    match client.screenshot().await {
+        Ok(png) => std::fs::write(&path, png).expect("write screenshot"),
+        Err(error) => eprintln!("no screenshot: {error}"),
+    }
+    path
+}

@@ -1,0 +1,333 @@
+//! Forwarding to the services: path, query, headers and body through, the
+//! hop-by-hop headers out, request ids, limits, and each failure mode.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use test_support::mint_token;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use crate::helpers::{FakeUpstream, TestApp, spawn_app_with, spawn_upstream};
+
+async fn app_with_upstream(
+    customize: impl FnOnce(&mut gateway::config::Config),
+) -> (TestApp, FakeUpstream) {
+    let upstream = spawn_upstream().await;
+    let base = upstream.base.clone();
+    let app = spawn_app_with(|c| {
+        c.upstreams.order = base.clone();
+        c.upstreams.payment = base.clone();
+        c.upstreams.delivery = base;
+        customize(c);
+    })
+    .await;
+    (app, upstream)
+}
+
+fn bearer() -> String {
+    format!("Bearer {}", mint_token(Uuid::new_v4()))
+}
+
+#[tokio::test]
+async fn each_prefix_is_forwarded_with_method_path_query_headers_and_body() {
+    let (app, upstream) = app_with_upstream(|_| {}).await;
+    let token = bearer();
+    for (method, path) in [
+        ("POST", "/api/orders"),
+        ("GET", "/api/orders?page=2&page_size=5"),
+        ("POST", "/api/orders/0b6f/cancel"),
+        ("GET", "/api/wallet"),
+        ("POST", "/api/wallet/top-up"),
+        ("GET", "/api/payments/abc?x=%20y"),
+        ("GET", "/api/deliveries"),
+    ] {
+        let request = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .header("Authorization", &token)
+            .header("Idempotency-Key", "key-1")
+            .header("X-Forwarded-For", "203.0.113.9");
+        let request = if method == "POST" {
+            request
+                .header("Content-Type", "application/json")
+                .body(r#"{"amount_cents":500}"#)
+        } else {
+            request
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method} {path}");
+        assert_eq!(response.headers()["x-upstream"], "echo");
+        let echo: Value = response.json().await.unwrap();
+        let (expected_path, expected_query) = path.split_once('?').unwrap_or((path, ""));
+        assert_eq!(echo["method"], method);
+        assert_eq!(echo["path"], expected_path);
+        assert_eq!(echo["query"], expected_query);
+        assert_eq!(echo["headers"]["authorization"], token.as_str());
+        assert_eq!(echo["headers"]["idempotency-key"], "key-1");
+        assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        if method == "POST" {
+            assert_eq!(echo["body"], r#"{"amount_cents":500}"#);
+            assert_eq!(echo["headers"]["content-length"], "20");
+        }
+    }
+    assert_eq!(upstream.hits(), 7);
+}
+
+#[tokio::test]
+async fn unknown_paths_are_not_forwarded() {
+    let (app, upstream) = app_with_upstream(|_| {}).await;
+    for path in ["/api/ordersx", "/api/other", "/internal"] {
+        let response = app
+            .http
+            .get(app.url(path))
+            .header("Authorization", bearer())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "NOT_FOUND");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn invalid_tokens_are_refused_at_the_edge() {
+    let (app, upstream) = app_with_upstream(|_| {}).await;
+    let missing = app.http.get(app.url("/api/orders")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    let garbage = app
+        .http
+        .get(app.url("/api/orders"))
+        .header("Authorization", "Bearer x.y.z")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_both_ways() {
+    let (app, _upstream) = app_with_upstream(|_| {}).await;
+    let response = app
+        .http
+        .get(app.url("/api/orders"))
+        .header("Authorization", bearer())
+        .header("Connection", "keep-alive, X-Hop-Secret")
+        .header("X-Hop-Secret", "must not pass")
+        .header("Keep-Alive", "timeout=30")
+        .header("Proxy-Authorization", "Basic c2VjcmV0")
+        .header("TE", "trailers")
+        .header("Trailer", "x-checksum")
+        .header("X-End-To-End", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    for name in ["proxy-authenticate", "keep-alive", "trailer"] {
+        assert!(!response.headers().contains_key(name), "{name} came back");
+    }
+    let echo: Value = response.json().await.unwrap();
+    let seen = echo["headers"].as_object().unwrap();
+    for name in [
+        "x-hop-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+    ] {
+        assert!(!seen.contains_key(name), "{name} was forwarded: {seen:?}");
+    }
+    assert_eq!(seen["x-end-to-end"], "kept");
+    assert_ne!(
+        seen["host"].as_str(),
+        Some(app.address.trim_start_matches("http://"))
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_propagated_or_generated() {
+    let (app, _upstream) = app_with_upstream(|_| {}).await;
+    let given = app
+        .http
+        .get(app.url("/api/wallet"))
+        .header("Authorization", bearer())
+        .header("X-Request-Id", "req-12345")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "req-12345");
+    let echo: Value = given.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-request-id"], "req-12345");
+
+    let generated = app
+        .http
+        .get(app.url("/api/wallet"))
+        .header("Authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(Uuid::parse_str(&id).is_ok(), "{id}");
+    let echo: Value = generated.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-request-id"], id.as_str());
+
+    // The gateway's own answers carry one too, errors included.
+    let own = app
+        .http
+        .get(app.url("/api/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert!(own.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_with_or_without_a_length() {
+    let (app, upstream) = app_with_upstream(|c| c.proxy.body_limit_bytes = 1024).await;
+    let token = bearer();
+    let within = app
+        .http
+        .post(app.url("/api/orders"))
+        .header("Authorization", &token)
+        .body(vec![b'a'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(within.status(), StatusCode::OK);
+    let echo: Value = within.json().await.unwrap();
+    assert_eq!(echo["body_len"], 1024);
+
+    let over = app
+        .http
+        .post(app.url("/api/orders"))
+        .header("Authorization", &token)
+        .body(vec![b'a'; 1025])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = over.json().await.unwrap();
+    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE");
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "a body with a length over the limit is never forwarded"
+    );
+
+    // Chunked: no length up front, cut off while streaming.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let chunk = "b".repeat(600);
+    let request = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: {address}\r\nAuthorization: {token}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer to the chunked request")
+        .ok();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_service_that_is_down_is_503() {
+    // Upstreams point at ports where nothing listens.
+    let app = spawn_app_with(|_| {}).await;
+    let response = app
+        .http
+        .get(app.url("/api/deliveries"))
+        .header("Authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "UPSTREAM_UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn a_service_that_does_not_answer_in_time_is_504() {
+    let (app, _upstream) = app_with_upstream(|c| c.proxy.request_timeout_ms = 300).await;
+    let response = app
+        .http
+        .get(app.url("/api/orders/123/slow"))
+        .header("Authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "UPSTREAM_TIMEOUT");
+}
+
+#[tokio::test]
+async fn health_reports_every_service() {
+    let (app, _upstream) = app_with_upstream(|_| {}).await;
+    let response = app.http.get(app.url("/api/health")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    let names: Vec<&str> = body["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gateway", "order", "payment", "delivery"]);
+
+    let down = spawn_app_with(|_| {}).await;
+    let response = down.http.get(down.url("/api/health")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "degraded");
+    let services = body["services"].as_array().unwrap();
+    assert_eq!(services[0]["status"], "ok");
+    assert!(
+        services[1..].iter().all(|s| s["status"] == "unavailable"),
+        "{services:?}"
+    );
+
+    // The gateway's own probes.
+    assert_eq!(
+        down.http
+            .get(down.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        down.http
+            .get(down.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    down.login("nobody@example.com", "some password").await;
+    let metrics = down
+        .http
+        .get(down.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"gateway_login_attempts_total{outcome="invalid"} 1"#),
+        "{metrics}"
+    );
+}
