@@ -1,1 +1,55 @@
-fn main() {}
+//! Developer commands for the workspace (`cargo xtask <command>`).
+//!
+//! - `up`: the whole system natively: a private PostgreSQL cluster, the
+//!   tansu broker, the relay and the four services, until Ctrl-C.
+//! - `test`: every test of the workspace against a throwaway PostgreSQL
+//!   cluster and broker.
+
+mod broker;
+mod http;
+mod keys;
+mod paths;
+mod ports;
+mod postgres;
+mod process;
+mod signals;
+mod test;
+mod up;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  up [--kafka HOST:PORT] [--partitions N] [--broker-storage sqlite|memory]
+      Start PostgreSQL (port 55432, data in .data/postgres), the tansu broker
+      (port 9092) unless --kafka names an existing one, the outbox relay
+      (dashboard 8090) and the services (gateway 8084, order 8081,
+      payment 8082, delivery 8083). Ctrl-C stops everything.
+  test [-- <test runner args>]
+      Build the binaries, start a throwaway PostgreSQL cluster and broker on
+      free ports (unless TEST_DATABASE_URL / TEST_KAFKA_BROKERS are set), run
+      every test of the workspace, tear everything down, exit with the tests'
+      status.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("up") => up::Args::parse(&args[1..]).and_then(up::run),
+        Some("test") => test::run(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! `cargo xtask up`: the whole system on this machine. PostgreSQL and the
+//! broker keep their data in `.data/`; the services and the relay run from
+//! the workspace's debug build. Every process logs into this terminal with
+//! its name as prefix. Ctrl-C (or SIGTERM) stops everything in order:
+//! services, relay, broker, PostgreSQL. A child that dies on its own stops
+//! the whole stack (fail fast: a half-running saga is more confusing than a
+//! clear error).
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+use crate::{
+    broker::{self, Storage},
+    http, keys, paths, ports,
+    postgres::{self, Cluster},
+    process::{self, Options, Proc, say},
+    signals,
+};
+
+pub const POSTGRES_PORT: u16 = 55432;
+pub const BROKER_PORT: u16 = 9092;
+pub const RELAY_PORT: u16 = 8090;
+/// The relay's login: replication and connect rights only (db/bootstrap).
+const RELAY_ROLE: &str = "commerce_relay:commerce_relay";
+
+/// One service of the stack: binary, port, database, whether it consumes.
+struct Service {
+    binary: &'static str,
+    port: u16,
+    database: &'static str,
+    /// Relay source name (`APP__SOURCES__<NAME>__URL`).
+    source: &'static str,
+}
+
+const SERVICES: [Service; 4] = [
+    Service {
+        binary: "gateway",
+        port: 8084,
+        database: "commerce_gateway",
+        source: "gateway",
+    },
+    Service {
+        binary: "order-service",
+        port: 8081,
+        database: "commerce_order",
+        source: "order",
+    },
+    Service {
+        binary: "payment-service",
+        port: 8082,
+        database: "commerce_payment",
+        source: "payment",
+    },
+    Service {
+        binary: "delivery-service",
+        port: 8083,
+        database: "commerce_delivery",
+        source: "delivery",
+    },
+];
+
+pub struct Args {
+    kafka: Option<String>,
+    partitions: u32,
+    storage: StorageChoice,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StorageChoice {
+    Sqlite,
+    Memory,
+}
+
+impl Args {
+    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut options = Self {
+            kafka: None,
+            partitions: 3,
+            storage: StorageChoice::Sqlite,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, Some(value.to_owned())),
+                None => (arg.as_str(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next().cloned())
+                    .with_context(|| format!("{flag} needs a value"))
+            };
+            match flag {
+                "--kafka" => options.kafka = Some(value()?),
+                "--partitions" => {
+                    options.partitions = value()?
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .context("--partitions needs a positive number")?;
+                }
+                "--broker-storage" => {
+                    options.storage = match value()?.as_str() {
+                        "sqlite" => StorageChoice::Sqlite,
+                        "memory" => StorageChoice::Memory,
+                        other => anyhow::bail!("--broker-storage is sqlite or memory, not {other}"),
+                    }
+                }
+                other => anyhow::bail!("unknown option {other} (see `cargo xtask --help`)"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// Everything started so far; stopped in order when dropped.
+#[derive(Default)]
+struct Stack {
+    postgres: Option<Proc>,
+    broker: Option<Proc>,
+    services: Vec<Proc>,
+    relay: Option<Proc>,
+}
+
+impl Stack {
+    fn shutdown(&mut self) {
+        let any = self.postgres.is_some() || self.broker.is_some();
+        if any {
+            say("stopping: services, relay, broker, PostgreSQL");
+        }
+        // Services first so the relay can publish their last outbox rows.
+        for service in &mut self.services {
+            service.begin_stop();
+        }
+        for mut service in self.services.drain(..) {
+            service.stop();
+        }
+        for mut proc in [self.relay.take(), self.broker.take(), self.postgres.take()]
+            .into_iter()
+            .flatten()
+        {
+            proc.stop();
+        }
+        if any {
+            say("stopped");
+        }
+    }
+
+    /// The first child that exited, with its status.
+    fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        let all = self
+            .postgres
+            .iter_mut()
+            .chain(self.broker.iter_mut())
+            .chain(self.services.iter_mut())
+            .chain(self.relay.iter_mut());
+        for proc in all {
+            if let Some(status) = proc.exited() {
+                return Some((proc.name().to_owned(), status));
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn run(options: Args) -> anyhow::Result<ExitCode> {
+    signals::install();
+    let started = Instant::now();
+    let root = paths::workspace_root();
+
+    // Everything that can be checked before starting anything.
+    postgres::check_binaries()?;
+    let needed_ports = needed_ports(&options);
+    ports::ensure_free(&needed_ports)?;
+    let account = postgres::server_account()?;
+    let (pg_dir, pg_note) = postgres_location(&root, account)?;
+    if options.kafka.is_none() {
+        broker::ensure_installed()?;
+    }
+
+    say("building the services and the relay (cargo build)");
+    let mut build = Command::new(paths::cargo());
+    build.arg("build").current_dir(&root);
+    for service in &SERVICES {
+        build.args(["-p", service.binary]);
+    }
+    build.args(["-p", "outbox-relay"]);
+    process::run_inherited(build).context("building the binaries failed (see the errors above)")?;
+    let bin_dir = paths::target_dir()?.join("debug");
+    // The build may have taken a while.
+    ports::ensure_free(&needed_ports)?;
+
+    let keys = keys::ensure(paths::data_dir().join("keys"))?;
+    let mut stack = Stack::default();
+
+    // PostgreSQL.
+    if let Some(note) = pg_note {
+        say(&note);
+    }
+    let cluster = Cluster {
+        socket_dir: pg_dir.join("socket"),
+        data_dir: pg_dir.join("data"),
+        port: POSTGRES_PORT,
+        run_as: account,
+        log_file: None,
+    };
+    if cluster.init(false)? {
+        say(&format!(
+            "created a PostgreSQL cluster in {}",
+            cluster.data_dir.display()
+        ));
+    }
+    stack.postgres = Some(cluster.start()?);
+    bootstrap(&cluster, &root.join("db").join("bootstrap"))?;
+
+    // The broker.
+    let brokers = match &options.kafka {
+        Some(brokers) => {
+            say(&format!("using the broker at {brokers}"));
+            brokers.clone()
+        }
+        None => {
+            let storage = match options.storage {
+                StorageChoice::Sqlite => Storage::Sqlite(paths::data_dir().join("tansu")),
+                StorageChoice::Memory => Storage::Memory,
+            };
+            stack.broker = Some(broker::start(BROKER_PORT, storage, None)?);
+            format!("127.0.0.1:{BROKER_PORT}")
+        }
+    };
+
+    // The services (they apply their migrations), then the relay, whose
+    // publications need the outbox tables.
+    let pg = format!("127.0.0.1:{POSTGRES_PORT}");
+    for service in &SERVICES {
+        let mut command = Command::new(bin_dir.join(service.binary));
+        base_env(&mut command);
+        command
+            .env("APP__HTTP__PORT", service.port.to_string())
+            .env(
+                "APP__DATABASE__URL",
+                format!("postgres://postgres@{pg}/{}", service.database),
+            )
+            .env("APP__AUTH__PUBLIC_KEY_FILE", &keys.public);
+        if service.binary == "gateway" {
+            command.env("APP__AUTH__PRIVATE_KEY_FILE", &keys.private);
+            for upstream in &SERVICES[1..] {
+                command.env(
+                    format!("APP__UPSTREAMS__{}", upstream.source.to_uppercase()),
+                    format!("http://127.0.0.1:{}", upstream.port),
+                );
+            }
+        } else {
+            command.env("APP__KAFKA__BROKERS", &brokers);
+        }
+        let proc = Proc::spawn(
+            service.binary,
+            command,
+            Options::term(Duration::from_secs(10)),
+        )?;
+        stack.services.push(proc);
+    }
+    for service in &SERVICES {
+        wait_ready(&mut stack, service.binary, service.port, "/ready")?;
+    }
+    for service in &SERVICES {
+        ensure_publication(&cluster, service.database)?;
+    }
+
+    let mut relay = Command::new(bin_dir.join("outbox-relay"));
+    base_env(&mut relay);
+    relay
+        .env("APP__HTTP__PORT", RELAY_PORT.to_string())
+        .env("APP__KAFKA__BROKERS", &brokers)
+        .env("APP__KAFKA__PARTITIONS", options.partitions.to_string());
+    for service in &SERVICES {
+        relay.env(
+            format!("APP__SOURCES__{}__URL", service.source.to_uppercase()),
+            format!("postgres://{RELAY_ROLE}@{pg}/{}", service.database),
+        );
+    }
+    stack.relay = Some(Proc::spawn(
+        "outbox-relay",
+        relay,
+        Options::term(Duration::from_secs(10)),
+    )?);
+    wait_ready(&mut stack, "outbox-relay", RELAY_PORT, "/health")?;
+    wait_streaming(&mut stack)?;
+
+    summary(&brokers, started.elapsed(), &cluster);
+    supervise(&mut stack)
+}
+
+fn needed_ports(options: &Args) -> Vec<(u16, &'static str)> {
+    let mut ports = vec![(POSTGRES_PORT, "PostgreSQL")];
+    if options.kafka.is_none() {
+        ports.push((BROKER_PORT, "broker"));
+    }
+    ports.extend(SERVICES.iter().map(|s| (s.port, s.binary)));
+    ports.push((RELAY_PORT, "outbox-relay dashboard"));
+    ports
+}
+
+/// Where the cluster lives: `.data/postgres`, unless the server's account
+/// cannot reach the clone (e.g. under a 0700 home directory), then a
+/// directory under /var/tmp named after the clone. Returns a note to show
+/// in that case.
+fn postgres_location(
+    root: &Path,
+    account: Option<process::RunAs>,
+) -> anyhow::Result<(PathBuf, Option<String>)> {
+    let preferred = paths::data_dir().join("postgres");
+    let Some(account) = account else {
+        return Ok((preferred, None));
+    };
+    std::fs::create_dir_all(&preferred)?;
+    std::os::unix::fs::chown(&preferred, Some(account.uid), Some(account.gid))?;
+    if postgres::reachable_by(&preferred, account) {
+        return Ok((preferred, None));
+    }
+    let hash = root
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let fallback = PathBuf::from(format!("/var/tmp/cdc-commerce-{hash:016x}"));
+    std::fs::create_dir_all(&fallback)?;
+    std::os::unix::fs::chown(&fallback, Some(account.uid), Some(account.gid))?;
+    let note = format!(
+        "{} is not reachable by the PostgreSQL account (a parent directory is private), \
+         so the cluster lives in {} instead",
+        preferred.display(),
+        fallback.display()
+    );
+    Ok((fallback, Some(note)))
+}
+
+/// Roles and databases (db/bootstrap/*.sql, idempotent, every `up`).
+fn bootstrap(cluster: &Cluster, dir: &Path) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    for file in files {
+        cluster.psql_file("postgres", &file)?;
+    }
+    Ok(())
+}
+
+/// The relay's role may not create publications (it owns no table), so the
+/// superuser creates each database's `outbox_relay` publication once the
+/// service has migrated (a no-op when a migration already did).
+fn ensure_publication(cluster: &Cluster, database: &str) -> anyhow::Result<()> {
+    cluster.psql_command(
+        database,
+        "DO $$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'outbox_relay') \
+              AND to_regclass('public.outbox') IS NOT NULL THEN \
+             CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert'); \
+           END IF; \
+         END $$",
+    )
+}
+
+/// Pretty logs; strips inherited `APP__*` settings (the configs reject
+/// unknown keys, and the stack must not depend on the caller's shell).
+fn base_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("APP__") || key == "APP_CONFIG_FILE" {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command
+        .env("LOG_FORMAT", "pretty")
+        .env("APP__HTTP__HOST", "127.0.0.1");
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "info");
+    }
+    if !std::io::stdout().is_terminal() {
+        command.env("NO_COLOR", "1");
+    }
+}
+
+/// Waits until `GET path` answers 200; fails if the child exits first, on
+/// Ctrl-C, or after 120 s.
+fn wait_ready(stack: &mut Stack, name: &str, port: u16, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        check_children(stack, "during start-up")?;
+        let last = match http::get(port, path) {
+            Ok((200, _)) => {
+                say(&format!("{name} is ready on http://127.0.0.1:{port}"));
+                return Ok(());
+            }
+            Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} did not become ready within 120 s (GET http://127.0.0.1:{port}{path}: {last})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (up to 30 s) for every relay source to stream; only warns if one
+/// does not, since the relay keeps retrying and the dashboard says why.
+fn wait_streaming(stack: &mut Stack) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        check_children(stack, "during start-up")?;
+        let body = http::get(RELAY_PORT, "/api/status")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let sources = status["sources"].as_array().cloned().unwrap_or_default();
+        let waiting: Vec<String> = sources
+            .iter()
+            .filter(|s| s["state"] != "streaming")
+            .map(|s| {
+                format!(
+                    "{} is {}{}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["state"].as_str().unwrap_or("?"),
+                    s["last_error"]
+                        .as_str()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        if !sources.is_empty() && waiting.is_empty() {
+            say(&format!("outbox-relay streams {} sources", sources.len()));
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            say(&format!(
+                "WARNING: the relay is not streaming every source yet: {}",
+                if waiting.is_empty() {
+                    "no sources reported".to_owned()
+                } else {
+                    waiting.join("; ")
+                }
+            ));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn check_children(stack: &mut Stack, when: &str) -> anyhow::Result<()> {
+    if let Some(signal) = signals::received() {
+        anyhow::bail!("interrupted by {}", signals::name(signal));
+    }
+    if let Some((name, status)) = stack.exited() {
+        anyhow::bail!(
+            "{name} exited {when} ({}); its log is above",
+            process::describe(status)
+        );
+    }
+    Ok(())
+}
+
+fn summary(brokers: &str, elapsed: Duration, cluster: &Cluster) {
+    let lines = [
+        format!("the stack is ready ({:.1} s)", elapsed.as_secs_f64()),
+        "  gateway     http://127.0.0.1:8084   (curl http://127.0.0.1:8084/api/health)".into(),
+        "  Swagger UI  http://127.0.0.1:8084/swagger-ui.html".into(),
+        format!(
+            "  dashboard   http://127.0.0.1:{RELAY_PORT}/   (relay metrics: /metrics, /api/status)"
+        ),
+        "  services    order :8081, payment :8082, delivery :8083".into(),
+        format!(
+            "  PostgreSQL  {}  (data: {})",
+            cluster.admin_url(),
+            cluster.data_dir.display()
+        ),
+        format!("  broker      {brokers}"),
+        "Ctrl-C stops everything.".into(),
+    ];
+    for line in lines {
+        say(&line);
+    }
+}
+
+/// Runs until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1).
+fn supervise(stack: &mut Stack) -> anyhow::Result<ExitCode> {
+    loop {
+        if let Some(signal) = signals::received() {
+            say(&format!("{} received", signals::name(signal)));
+            stack.shutdown();
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some((name, status)) = stack.exited() {
+            say(&format!(
+                "ERROR: {name} exited unexpectedly ({}); stopping the stack. Its log is above.",
+                process::describe(status)
+            ));
+            stack.shutdown();
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
