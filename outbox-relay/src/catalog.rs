@@ -11,7 +11,7 @@ use crate::replication::{Lsn, connection::quote_ident};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("database: {0}")]
+    #[error("database: {}", with_causes(.0))]
     Database(#[from] tokio_postgres::Error),
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
@@ -89,7 +89,10 @@ impl Catalog {
                 .map_err(|e| CatalogError::PublicationMissing {
                     publication: publication.to_owned(),
                     table: qualified.clone(),
-                    reason: e.to_string(),
+                    reason: match e {
+                        CatalogError::Database(e) => with_causes(&e),
+                        other => other.to_string(),
+                    },
                 })?;
             tracing::info!(publication, table = %qualified, "created publication");
             return Ok(());
@@ -160,6 +163,21 @@ impl Catalog {
                 CatalogError::Unexpected(e.to_string())
             })
     }
+}
+
+/// An error and its causes, `outer: inner: ...` (tokio-postgres keeps the
+/// useful part, like "Connection refused", in the source).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text = format!("{text}: {inner_text}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 async fn within<T>(

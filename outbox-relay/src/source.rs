@@ -109,12 +109,11 @@ impl Source {
             } else {
                 backoff.next_delay()
             };
+            // The state stays reconnecting/error until a session streams
+            // again: one log line per change, not per attempt.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => break,
-            }
-            if !operator {
-                self.metrics.set_state(SourceState::Connecting, None);
             }
         }
         self.metrics.set_state(SourceState::Stopped, None);

@@ -1,1 +1,96 @@
-//! The dashboard in a real (headless) browser with no network.
+//! The dashboard in a real (headless) browser: it renders from the relay
+//! alone (no network) and shows live state, numbers and charts.
+
+use std::time::Duration;
+
+use fantoccini::{Client, Locator};
+use test_support::{Browser, wait_until};
+
+use crate::helpers::{Relay, SourceSpec, insert_events, outbox_database, unique};
+
+async fn text_of(browser: &Client, css: &str) -> Option<String> {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+#[tokio::test]
+async fn dashboard_shows_live_source_state_in_headless_chromium() {
+    let (db, client) = outbox_database("relay_dash").await;
+    let source = SourceSpec::new("dash", &db);
+    let broken = SourceSpec {
+        name: "broken".into(),
+        url: format!(
+            "postgres://postgres@127.0.0.1:{}/nowhere",
+            test_support::free_port()
+        ),
+        slot: unique("relay_test"),
+    };
+    let relay = Relay::start(&[&source, &broken]).await;
+    let (_browser, browser) = Browser::start().await;
+    browser.goto(&relay.url("/")).await.expect("open dashboard");
+
+    wait_until(
+        Duration::from_secs(20),
+        "the dash source to show streaming",
+        || async {
+            text_of(&browser, "#source-dash .state")
+                .await
+                .filter(|s| s == "streaming")
+        },
+    )
+    .await;
+    let topic = unique("rt_dash");
+    insert_events(&client, &topic, "k", 0, 250).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the event count to reach 250",
+        || async {
+            text_of(&browser, "#source-dash .events")
+                .await
+                .filter(|s| s.replace(',', "") == "250")
+        },
+    )
+    .await;
+    let error = wait_until(
+        Duration::from_secs(20),
+        "the broken source's error",
+        || async {
+            text_of(&browser, "#source-broken .error")
+                .await
+                .filter(|s| s.contains("last error"))
+        },
+    )
+    .await;
+    assert!(error.contains("database"), "{error}");
+    assert_eq!(
+        text_of(&browser, "#source-broken .state").await.as_deref(),
+        Some("reconnecting")
+    );
+
+    // Four charts per source, drawn (not blank) on real canvases.
+    let charts = browser
+        .find_all(Locator::Css("#source-dash canvas.chart"))
+        .await
+        .expect("charts");
+    assert_eq!(charts.len(), 4);
+    let drawn = browser
+        .execute(
+            "const c = document.querySelector('#source-dash canvas[data-chart=\"eps\"]');
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             return d.some((v, i) => i % 4 === 3 && v !== 0);",
+            vec![],
+        )
+        .await
+        .expect("inspect canvas");
+    assert_eq!(drawn, serde_json::Value::Bool(true));
+    let png = browser.screenshot().await.expect("screenshot");
+    let path = std::env::temp_dir().join("relay-dashboard.png");
+    std::fs::write(&path, png).expect("write screenshot");
+    println!("dashboard screenshot: {}", path.display());
+    browser.close().await.expect("close browser");
+}

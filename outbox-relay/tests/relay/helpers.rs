@@ -57,6 +57,7 @@ impl SourceSpec {
 pub struct Relay {
     pub process: ChildProcess,
     pub port: u16,
+    env: Vec<(String, String)>,
     slots: Vec<(String, String)>,
     http: reqwest::Client,
 }
@@ -86,10 +87,11 @@ impl Relay {
             env.push((format!("APP__SOURCES__{key}__SLOT"), source.slot.clone()));
         }
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        let process = ChildProcess::spawn("relay", bin_path("outbox-relay"), env);
+        let process = ChildProcess::spawn("relay", bin_path("outbox-relay"), env.clone());
         let relay = Relay {
             process,
             port,
+            env,
             slots: sources
                 .iter()
                 .map(|s| (s.url.clone(), s.slot.clone()))
@@ -101,6 +103,14 @@ impl Relay {
         };
         test_support::wait_for_http_ok(&relay.url("/health"), Duration::from_secs(20)).await;
         relay
+    }
+
+    /// Kills the relay (SIGKILL, if still running) and starts it again with
+    /// the same configuration, slots included.
+    pub async fn restart(&mut self) {
+        self.process.kill_hard();
+        self.process = ChildProcess::spawn("relay", bin_path("outbox-relay"), self.env.clone());
+        test_support::wait_for_http_ok(&self.url("/health"), Duration::from_secs(20)).await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -248,6 +258,28 @@ pub fn duplicates(records: &[KafkaRecord]) -> HashMap<String, usize> {
     }
     counts.retain(|_, n| *n > 1);
     counts
+}
+
+/// The server's WAL position now, in bytes.
+pub async fn current_wal_lsn(client: &Client) -> i64 {
+    client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get(0)
+}
+
+/// The slot's confirmed position, in bytes.
+pub async fn confirmed_flush_lsn(client: &Client, slot: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("slot exists")
+        .get(0)
 }
 
 /// Bytes between the server's WAL end and the slot's confirmed position.
