@@ -1,0 +1,61 @@
+//! Response bodies of the deliveries API.
+
+use chrono::{DateTime, Utc};
+use paperclip::actix::Apiv2Schema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store;
+
+/// The delivery of one order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
+pub struct Delivery {
+    pub delivery_id: Uuid,
+    pub order_id: Uuid,
+    /// `SCHEDULED`, `FAILED` or `CANCELLED`.
+    pub status: String,
+    pub window_start: Option<DateTime<Utc>>,
+    pub window_end: Option<DateTime<Utc>>,
+    pub tracking_number: Option<String>,
+    /// `NO_CAPACITY` (failed) or `CUSTOMER_CANCELLED` (cancelled).
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::Delivery> for Delivery {
+    fn from(d: store::Delivery) -> Self {
+        Self {
+            delivery_id: d.id,
+            order_id: d.order_id,
+            status: d.status,
+            window_start: d.window_start,
+            window_end: d.window_end,
+            tracking_number: d.tracking_number,
+            reason: d.reason,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            cancelled_at: d.cancelled_at,
+        }
+    }
+}
+
+/// `GET /api/deliveries` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Apiv2Schema)]
+pub struct ListQuery {
+    /// 1-based page number (default 1).
+    pub page: Option<i64>,
+    /// Deliveries per page, 1 to 100 (default 20).
+    pub page_size: Option<i64>,
+}
+
+/// A page of the caller's deliveries, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
+pub struct DeliveryPage {
+    pub items: Vec<Delivery>,
+    pub page: i64,
+    pub page_size: i64,
+    pub total_items: i64,
+    pub total_pages: i64,
+}

@@ -1,0 +1,67 @@
+//! The delivery side of the saga: where a paid order gets its window
+//! (PaymentConfirmed) and where a cancelled order gives it back
+//! (OrderCancellationRequested). Runs inside the consumer runtime's
+//! transaction.
+
+use commerce_common::{
+    consumer::{BoxFuture, EventHandler, HandleError},
+    events::{Envelope, Event},
+};
+use diesel_async::AsyncPgConnection;
+
+use crate::{
+    config::WindowsConfig,
+    domain::WindowPlan,
+    metrics::DeliveryMetrics,
+    store::{self, BookingOutcome, CancelOutcome},
+};
+
+pub struct DeliverySaga {
+    windows: WindowsConfig,
+    metrics: DeliveryMetrics,
+}
+
+impl DeliverySaga {
+    pub fn new(windows: WindowsConfig, metrics: DeliveryMetrics) -> Self {
+        Self { windows, metrics }
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AsyncPgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), HandleError> {
+        let trace_id = envelope.trace_id.as_str();
+        match event {
+            Event::PaymentConfirmed(paid) => {
+                let plan = WindowPlan::for_day(chrono::Utc::now().date_naive(), &self.windows);
+                match store::book(conn, &paid, &plan, self.windows.capacity, trace_id).await? {
+                    BookingOutcome::Scheduled => self.metrics.outcome("scheduled"),
+                    BookingOutcome::NoCapacity => self.metrics.outcome("no_capacity"),
+                    BookingOutcome::AlreadyHandled => {}
+                }
+            }
+            Event::OrderCancellationRequested(request) => {
+                match store::cancel(conn, &request, trace_id).await? {
+                    CancelOutcome::Released => self.metrics.outcome("cancelled"),
+                    CancelOutcome::Remembered => self.metrics.outcome("cancelled_before_booking"),
+                    CancelOutcome::NothingToDo => {}
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for DeliverySaga {
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(self.apply(conn, envelope, event))
+    }
+}

@@ -1,0 +1,291 @@
+//! Where windows are booked and released: each change with its outbox
+//! event in the caller's transaction. Everything about one order runs under
+//! a transaction-scoped advisory lock on the order id, so a booking and a
+//! cancellation of the same order (arriving on different topics) never
+//! interleave.
+
+use chrono::{DateTime, Utc};
+use commerce_common::{
+    events::{
+        DeliveryCancelled, DeliveryFailed, DeliveryScheduled, Event, OrderCancellationRequested,
+        PaymentConfirmed,
+    },
+    outbox,
+};
+use diesel::{
+    dsl::now,
+    prelude::*,
+    sql_types::{Array, BigInt, Int4, Timestamptz},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::{
+    domain::{DeliveryStatus, Reason, TrackingNumber, WindowPlan},
+    schema::{deliveries, delivery_windows},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = deliveries)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub status: String,
+    pub window_id: Option<i64>,
+    pub window_start: Option<DateTime<Utc>>,
+    pub window_end: Option<DateTime<Utc>>,
+    pub tracking_number: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookingOutcome {
+    Scheduled,
+    NoCapacity,
+    /// The order already has a delivery (handled, or cancelled first).
+    AlreadyHandled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// A booked window was given back.
+    Released,
+    /// Nothing was booked yet: remembered, a later booking does nothing.
+    Remembered,
+    /// Failed or cancelled already.
+    NothingToDo,
+}
+
+#[derive(QueryableByName)]
+struct BookedWindow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    starts_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    ends_at: DateTime<Utc>,
+}
+
+/// Serializes all work on one order within this database.
+async fn lock_order(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
+    let key = i64::from_be_bytes(order_id.as_bytes()[..8].try_into().expect("8 bytes"));
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<BigInt, _>(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Creates the plan's windows that do not exist yet.
+async fn ensure_windows(
+    conn: &mut AsyncPgConnection,
+    plan: &WindowPlan,
+    capacity: i32,
+) -> QueryResult<()> {
+    let starts: Vec<DateTime<Utc>> = plan.windows.iter().map(|w| w.starts_at).collect();
+    let ends: Vec<DateTime<Utc>> = plan.windows.iter().map(|w| w.ends_at).collect();
+    diesel::sql_query(
+        "INSERT INTO delivery_windows (starts_at, ends_at, capacity) \
+         SELECT s, e, $3 FROM unnest($1::timestamptz[], $2::timestamptz[]) AS w(s, e) \
+         ON CONFLICT (starts_at) DO NOTHING",
+    )
+    .bind::<Array<Timestamptz>, _>(starts)
+    .bind::<Array<Timestamptz>, _>(ends)
+    .bind::<Int4, _>(capacity)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Books the earliest window with free capacity in the plan's range for a
+/// paid order: DeliveryScheduled, or DeliveryFailed{NO_CAPACITY}.
+pub async fn book(
+    conn: &mut AsyncPgConnection,
+    paid: &PaymentConfirmed,
+    plan: &WindowPlan,
+    capacity: i32,
+    trace_id: &str,
+) -> QueryResult<BookingOutcome> {
+    lock_order(conn, paid.order_id).await?;
+    let existing: Option<String> = deliveries::table
+        .filter(deliveries::order_id.eq(paid.order_id))
+        .select(deliveries::status)
+        .first(conn)
+        .await
+        .optional()?;
+    if let Some(status) = existing {
+        tracing::info!(order_id = %paid.order_id, %status, "delivery exists, nothing booked");
+        return Ok(BookingOutcome::AlreadyHandled);
+    }
+    ensure_windows(conn, plan, capacity).await?;
+
+    // The row lock makes concurrent bookings queue; one that finds the
+    // window full after waiting moves on to the next (and the CHECK
+    // constraint would refuse an overbooking anyway).
+    let window: Option<BookedWindow> = diesel::sql_query(
+        "UPDATE delivery_windows SET booked = booked + 1 \
+         WHERE id = (SELECT id FROM delivery_windows \
+                     WHERE starts_at >= $1 AND starts_at < $2 AND booked < capacity \
+                     ORDER BY starts_at LIMIT 1 FOR UPDATE) \
+         RETURNING id, starts_at, ends_at",
+    )
+    .bind::<Timestamptz, _>(plan.from)
+    .bind::<Timestamptz, _>(plan.until)
+    .get_result(conn)
+    .await
+    .optional()?;
+
+    let delivery_id = Uuid::now_v7();
+    let (event, outcome) = match window {
+        Some(window) => {
+            let tracking = TrackingNumber::generate();
+            diesel::insert_into(deliveries::table)
+                .values((
+                    deliveries::id.eq(delivery_id),
+                    deliveries::order_id.eq(paid.order_id),
+                    deliveries::customer_id.eq(paid.customer_id),
+                    deliveries::status.eq(DeliveryStatus::Scheduled.as_str()),
+                    deliveries::window_id.eq(window.id),
+                    deliveries::window_start.eq(window.starts_at),
+                    deliveries::window_end.eq(window.ends_at),
+                    deliveries::tracking_number.eq(tracking.as_str()),
+                ))
+                .execute(conn)
+                .await?;
+            tracing::info!(order_id = %paid.order_id, window_start = %window.starts_at, "delivery scheduled");
+            let event = Event::DeliveryScheduled(DeliveryScheduled {
+                delivery_id,
+                order_id: paid.order_id,
+                customer_id: paid.customer_id,
+                window_start: window.starts_at,
+                window_end: window.ends_at,
+                tracking_number: tracking.as_str().into(),
+            });
+            (event, BookingOutcome::Scheduled)
+        }
+        None => {
+            let reason = Reason::NoCapacity.as_str();
+            diesel::insert_into(deliveries::table)
+                .values((
+                    deliveries::id.eq(delivery_id),
+                    deliveries::order_id.eq(paid.order_id),
+                    deliveries::customer_id.eq(paid.customer_id),
+                    deliveries::status.eq(DeliveryStatus::Failed.as_str()),
+                    deliveries::reason.eq(reason),
+                ))
+                .execute(conn)
+                .await?;
+            tracing::info!(order_id = %paid.order_id, "no delivery window left");
+            let event = Event::DeliveryFailed(DeliveryFailed {
+                order_id: paid.order_id,
+                customer_id: paid.customer_id,
+                reason: reason.into(),
+            });
+            (event, BookingOutcome::NoCapacity)
+        }
+    };
+    outbox::enqueue(conn, &event, trace_id).await?;
+    Ok(outcome)
+}
+
+/// The customer cancelled: release the booked window (DeliveryCancelled),
+/// or remember the cancellation when nothing is booked yet.
+pub async fn cancel(
+    conn: &mut AsyncPgConnection,
+    request: &OrderCancellationRequested,
+    trace_id: &str,
+) -> QueryResult<CancelOutcome> {
+    lock_order(conn, request.order_id).await?;
+    let released: Option<Delivery> = diesel::update(
+        deliveries::table
+            .filter(deliveries::order_id.eq(request.order_id))
+            .filter(deliveries::status.eq(DeliveryStatus::Scheduled.as_str())),
+    )
+    .set((
+        deliveries::status.eq(DeliveryStatus::Cancelled.as_str()),
+        deliveries::reason.eq(Reason::CustomerCancelled.as_str()),
+        deliveries::cancelled_at.eq(now),
+        deliveries::updated_at.eq(now),
+    ))
+    .returning(Delivery::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(delivery) = released {
+        if let Some(window_id) = delivery.window_id {
+            diesel::update(delivery_windows::table.find(window_id))
+                .set(delivery_windows::booked.eq(delivery_windows::booked - 1))
+                .execute(conn)
+                .await?;
+        }
+        let event = Event::DeliveryCancelled(DeliveryCancelled {
+            delivery_id: delivery.id,
+            order_id: delivery.order_id,
+            customer_id: delivery.customer_id,
+        });
+        outbox::enqueue(conn, &event, trace_id).await?;
+        tracing::info!(order_id = %request.order_id, "delivery cancelled, window released");
+        return Ok(CancelOutcome::Released);
+    }
+    let remembered = diesel::insert_into(deliveries::table)
+        .values((
+            deliveries::id.eq(Uuid::now_v7()),
+            deliveries::order_id.eq(request.order_id),
+            deliveries::customer_id.eq(request.customer_id),
+            deliveries::status.eq(DeliveryStatus::Cancelled.as_str()),
+            deliveries::reason.eq(Reason::CustomerCancelled.as_str()),
+            deliveries::cancelled_at.eq(now),
+        ))
+        .on_conflict(deliveries::order_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    if remembered > 0 {
+        tracing::info!(order_id = %request.order_id, "cancelled before booking: remembered");
+        Ok(CancelOutcome::Remembered)
+    } else {
+        Ok(CancelOutcome::NothingToDo)
+    }
+}
+
+/// The delivery of one of the customer's orders.
+pub async fn delivery(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    order_id: Uuid,
+) -> QueryResult<Option<Delivery>> {
+    deliveries::table
+        .filter(deliveries::order_id.eq(order_id))
+        .filter(deliveries::customer_id.eq(customer_id))
+        .select(Delivery::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A page of the customer's deliveries, newest first, and their total count.
+pub async fn list_deliveries(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    page: i64,
+    page_size: i64,
+) -> QueryResult<(Vec<Delivery>, i64)> {
+    let items = deliveries::table
+        .filter(deliveries::customer_id.eq(customer_id))
+        .order((deliveries::created_at.desc(), deliveries::id.desc()))
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+        .select(Delivery::as_select())
+        .load(conn)
+        .await?;
+    let total = deliveries::table
+        .filter(deliveries::customer_id.eq(customer_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok((items, total))
+}
