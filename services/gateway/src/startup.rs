@@ -5,7 +5,13 @@
 use std::{net::TcpListener, rc::Rc, sync::Arc};
 
 use actix_web::{
-    App, HttpResponse, HttpServer, dev::Server, dev::Service, guard, http::StatusCode, web as aweb,
+    App, HttpResponse, HttpServer,
+    body::{BodySize, MessageBody},
+    dev::{Server, Service, ServiceResponse},
+    guard,
+    http::{StatusCode, header},
+    middleware::{ErrorHandlerResponse, ErrorHandlers},
+    web as aweb,
 };
 use commerce_common::{
     db,
@@ -116,6 +122,7 @@ impl Application {
             .with_json_spec_v3_at("/openapi/gateway.json")
             .with_swagger_ui_at(docs::SWAGGER_ASSETS)
             .default_service(aweb::to(|| async { route_not_found() }))
+            .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
             .wrap_fn(|mut req, srv| {
                 let id = request_id::resolve(req.headers().get(X_REQUEST_ID));
                 req.headers_mut().insert(X_REQUEST_ID, id.clone());
@@ -148,6 +155,29 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// actix answers a wrong method with an empty 405; give it the common shape.
+fn method_not_allowed<B: MessageBody>(
+    response: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    if response.response().body().size() != BodySize::Sized(0) {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
+    let (req, res) = response.into_parts();
+    let mut json = actix_web::ResponseError::error_response(&ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this route",
+    ));
+    if let Some(allow) = res.headers().get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, json).map_into_right_body(),
+    ))
 }
 
 fn route_not_found() -> HttpResponse {

@@ -90,6 +90,11 @@ async fn unknown_paths_are_not_forwarded() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["code"], "NOT_FOUND");
     }
+    let wrong_method = app.http.get(app.url("/api/register")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    let body: Value = wrong_method.json().await.unwrap();
+    assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
     assert_eq!(upstream.hits(), 0);
 }
 
