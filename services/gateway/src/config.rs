@@ -6,8 +6,9 @@ use std::{path::PathBuf, time::Duration};
 use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
 use serde::{Deserialize, Serialize};
 
+/// Unknown top-level sections are ignored (the compose file gives every
+/// service the same `kafka` section); unknown keys inside a section are errors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
     pub database: DatabaseConfig,
@@ -205,5 +206,21 @@ impl Default for ThrottleConfig {
             max_failures_per_email: 5,
             max_failures_per_address: 20,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignores_other_services_sections_but_not_typos_inside_its_own() {
+        let base = serde_json::to_value(Config::default()).unwrap();
+        let mut shared = base.clone();
+        shared["kafka"] = serde_json::json!({"brokers": "kafka:9092"});
+        assert!(serde_json::from_value::<Config>(shared).is_ok());
+        let mut typo = base;
+        typo["proxy"]["body_limit"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<Config>(typo).is_err());
     }
 }
