@@ -206,3 +206,101 @@ pub async fn try_query_i64(database: &TestDatabase, sql: &str) -> Option<i64> {
         .ok()
         .map(|r| r.get(0))
 }
+
+/// The outbox-relay binary streaming one test database's outbox to Kafka,
+/// through its own replication slot (dropped again afterwards: a forgotten
+/// slot pins WAL forever).
+pub struct Relay {
+    process: test_support::ChildProcess,
+    url: String,
+    slot: String,
+}
+
+impl Relay {
+    pub async fn start(database: &TestDatabase) -> Relay {
+        let port = test_support::free_port();
+        let slot = format!(
+            "delivery_test_{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        let env = vec![
+            ("APP__HTTP__PORT".to_owned(), port.to_string()),
+            ("APP__KAFKA__BROKERS".to_owned(), kafka_brokers()),
+            (
+                "APP__REPLICATION__STATUS_INTERVAL_MS".to_owned(),
+                "200".to_owned(),
+            ),
+            (
+                "APP__SOURCES__DELIVERY__URL".to_owned(),
+                database.url.clone(),
+            ),
+            ("APP__SOURCES__DELIVERY__SLOT".to_owned(), slot.clone()),
+            ("RUST_LOG".to_owned(), "info,rskafka=error".to_owned()),
+        ];
+        let process = test_support::ChildProcess::spawn(
+            "outbox-relay",
+            test_support::bin_path("outbox-relay"),
+            env,
+        );
+        let http = reqwest::Client::new();
+        let status_url = format!("http://127.0.0.1:{port}/api/status");
+        test_support::wait_until(WAIT, "the relay to stream", || async {
+            let status: serde_json::Value =
+                http.get(&status_url).send().await.ok()?.json().await.ok()?;
+            let sources = status["sources"].as_array()?;
+            sources
+                .iter()
+                .all(|s| s["state"] == "streaming")
+                .then_some(())
+        })
+        .await;
+        Relay {
+            process,
+            url: database.url.clone(),
+            slot,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.process.kill_hard();
+        let (url, slot) = (self.url.clone(), self.slot.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                for _ in 0..100 {
+                    let _ = client
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                             WHERE slot_name = $1 AND NOT active",
+                            &[&slot],
+                        )
+                        .await;
+                    let gone = client
+                        .query_opt(
+                            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                            &[&slot],
+                        )
+                        .await
+                        .map(|row| row.is_none())
+                        .unwrap_or(true);
+                    if gone {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        })
+        .join();
+    }
+}
