@@ -312,7 +312,14 @@ impl Coordinator {
             while self.tasks.try_join_next().is_some() {}
             self.workers.retain(|_, w| !w.abort.is_finished());
 
-            match discover(&mut client, &config).await {
+            // Bounded well below the lease TTL: a hanging broker must not
+            // delay the lease renewal below.
+            let discovery =
+                tokio::time::timeout(config.renew_interval() / 2, discover(&mut client, &config));
+            match discovery
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+            {
                 Ok(found) => partitions = found,
                 Err(error) => {
                     tracing::warn!(group = %config.group, error = %error, "listing topics failed");
