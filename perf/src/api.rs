@@ -316,6 +316,18 @@ impl Api {
         OrderState::from_json(&v).ok_or_else(|| Outcome::Body("order without id/status".into()))
     }
 
+    /// Customer cancellation of a PAID or DELIVERY_SCHEDULED order (202; final once refunded).
+    pub async fn cancel_order(&self, user: &User, id: &str) -> Result<Value, Outcome> {
+        let path = format!("/api/orders/{id}/cancel");
+        let body = json!({ "reason": "load test: frees the delivery window" });
+        self.call(Req {
+            token: Some(&user.token),
+            body: Some(&body),
+            ..Req::new("cancel_order", Method::POST, &path)
+        })
+        .await
+    }
+
     pub async fn list_orders(
         &self,
         user: &User,

@@ -74,6 +74,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 30.0)]
     pub saga_timeout: f64,
 
+    /// saga: cancel each order once it is DELIVERY_SCHEDULED, which frees its delivery
+    /// window, so long runs do not use up the windows (adds a request and a refund per order).
+    #[arg(long)]
+    pub cancel_scheduled: bool,
+
     /// saturation: rate increment per step, orders/s.
     #[arg(long, default_value_t = 50.0)]
     pub step: f64,

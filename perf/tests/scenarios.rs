@@ -61,6 +61,9 @@ fn route(fake: &Mutex<Fake>, method: &str, path: &str, token: &str) -> (u16, Val
             let page_one = path.contains("page=1&") || !path.contains("page=");
             (200, json!({"items": if page_one { items } else { vec![] }}))
         }
+        ("POST", cancel) if cancel.ends_with("/cancel") => {
+            (202, json!({"id": "x", "status": "DELIVERY_SCHEDULED"}))
+        }
         ("GET", "/api/wallet") => (200, json!({"balance_cents": 100000})),
         ("POST", "/api/wallet/top-up") => (200, json!({"balance_cents": 200000})),
         ("GET", order) => match order
@@ -180,8 +183,10 @@ async fn saga_follows_every_order_to_its_end() {
         "3",
         "--poll-interval-ms",
         "10",
+        "--cancel-scheduled",
     ])
     .await;
+    assert_eq!(kind(&report, "cancel_order").ok, 200);
     assert_eq!(report.sagas_started, Some(200));
     assert_eq!(report.measured.saga.finished, 200);
     assert_eq!(

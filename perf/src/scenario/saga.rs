@@ -33,10 +33,14 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
         }
         let customer = customers[i as usize % customers.len()].clone();
         let api = api.clone();
-        let top_up = cli.top_up_cents;
+        let (top_up, cancel) = (cli.top_up_cents, cli.cancel_scheduled);
         tasks.spawn(async move {
-            if let Ok((placed, sent)) = place_random_order(&api, &customer, top_up).await {
-                follow_saga(&api, &customer, &placed.id, sent, poll, saga_timeout).await;
+            let Ok((placed, sent)) = place_random_order(&api, &customer, top_up).await else {
+                return;
+            };
+            let end = follow_saga(&api, &customer, &placed.id, sent, poll, saga_timeout).await;
+            if cancel && end.is_some_and(|order| order.status == "DELIVERY_SCHEDULED") {
+                let _ = api.cancel_order(&customer.user, &placed.id).await;
             }
         });
     })
@@ -68,6 +72,7 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
         ("users".to_string(), json!(customers.len())),
         ("poll_interval_ms".to_string(), json!(cli.poll_interval_ms)),
         ("saga_timeout_s".to_string(), json!(cli.saga_timeout)),
+        ("cancel_scheduled".to_string(), json!(cli.cancel_scheduled)),
     ]);
     outcomes.checks.push(Check {
         name: "every saga completes".into(),
@@ -85,6 +90,13 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
             saga.completion.p99_ms, cli.poll_interval_ms
         ),
     });
+    if cli.cancel_scheduled {
+        outcomes.notes.push(
+            "each DELIVERY_SCHEDULED order was then cancelled (cancel_order) to free its delivery window; \
+             the completion figures end at DELIVERY_SCHEDULED and do not include the cancellation"
+                .into(),
+        );
+    }
     if abandoned > 0 {
         outcomes.notes.push(format!(
             "{abandoned} saga tasks were still running at the deadline and were aborted"
