@@ -733,6 +733,21 @@ impl Worker {
             };
             let (records, high_watermark) = match result {
                 Ok(Ok(fetched)) => fetched,
+                Ok(Err(error)) if is_out_of_range(&error) => {
+                    // Kafka's answer to an offset past the end; the end
+                    // decides below whether the partition was recreated.
+                    let client = client.as_ref().expect("set above");
+                    match self.probe_end(client).await {
+                        Some(end) => (Vec::new(), end),
+                        None => {
+                            self.metrics.fetch_errors.get_or_create(&labels).inc();
+                            if !self.pause(backoff.next()).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 Ok(Err(error)) => {
                     self.metrics.fetch_errors.get_or_create(&labels).inc();
                     tracing::warn!(topic = %self.topic, partition = self.partition, offset = next,
@@ -752,6 +767,27 @@ impl Worker {
             };
             backoff.reset();
             let Some(last) = records.last() else {
+                if high_watermark < next {
+                    // The partition ends before our position: the topic was
+                    // recreated or the broker lost its data (tansu answers
+                    // such a fetch with nothing instead of an error).
+                    // Everything in it is new to us: start it over (the
+                    // inbox still skips events handled before).
+                    tracing::error!(topic = %self.topic, partition = self.partition,
+                        stored = next, end = high_watermark,
+                        "partition ends before the stored offset; starting over from 0");
+                    match self.apply(&[], next, 0).await {
+                        Ok(_) => next = 0,
+                        Err(ApplyError::Fenced) => return,
+                        Err(ApplyError::Transient(error)) => {
+                            tracing::warn!(error = %format!("{error:#}"), "resetting the offset failed");
+                            if !self.pause(backoff.next()).await {
+                                return;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 self.metrics
                     .lag
                     .get_or_create(&labels)
@@ -826,6 +862,20 @@ impl Worker {
         )
         .await
         .map_err(|_| anyhow::anyhow!("partition client timed out"))??)
+    }
+
+    /// The partition's end (high watermark), from a fetch at offset 0.
+    async fn probe_end(&self, client: &PartitionClient) -> Option<i64> {
+        let probe = client.fetch_records(0, 1..self.config.fetch_max_bytes, 0);
+        match tokio::time::timeout(self.config.broker_timeout, probe).await {
+            Ok(Ok((_, end))) => Some(end),
+            Ok(Err(error)) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition,
+                    error = %error, "probing the end of the partition failed");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     async fn stored_offset(&self) -> anyhow::Result<i64> {
@@ -1030,6 +1080,16 @@ impl Worker {
             reason, "record dead-lettered");
         Ok(())
     }
+}
+
+fn is_out_of_range(error: &rskafka::client::error::Error) -> bool {
+    matches!(
+        error,
+        rskafka::client::error::Error::ServerError {
+            protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+            ..
+        }
+    )
 }
 
 /// The envelope of a record, or why it has none.

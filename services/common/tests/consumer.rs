@@ -312,3 +312,35 @@ async fn two_instances_split_partitions_and_one_takes_over_from_a_dead_one() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stored_offset_beyond_the_end_of_a_recreated_partition_starts_over() {
+    let setup = setup(1).await;
+    let database = &setup.database;
+    // As if the broker had lost its data after 50 records were handled.
+    database
+        .client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) \
+             VALUES ('test', '{}', 0, 50)",
+            setup.topic
+        ))
+        .await
+        .unwrap();
+    let brokers = kafka_brokers();
+    let (first, second) = (envelope("OK"), envelope("OK"));
+    produce_envelope(&brokers, &setup.topic, 0, &first.aggregate_id, &first).await;
+    produce_envelope(&brokers, &setup.topic, 0, &second.aggregate_id, &second).await;
+    let (_handle, shutdown) = start(&setup, "only");
+
+    wait_until(WAIT, "the partition to be consumed from 0", || async {
+        (query_i64(database, "SELECT count(*) FROM effects").await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        query_i64(database, "SELECT next_offset FROM consumer_offsets").await,
+        2
+    );
+    shutdown.cancel();
+}
