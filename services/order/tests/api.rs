@@ -65,6 +65,8 @@ async fn operational_endpoints_answer() {
     );
     assert!(!spec["securityDefinitions"].as_object().unwrap().is_empty());
     assert!(spec["definitions"]["Order"].is_object());
+    let required = &spec["definitions"]["PlaceOrderRequest"]["required"];
+    assert_eq!(required, &json!(["items", "shipping_address"]), "{spec}");
 
     let unknown = app
         .http
