@@ -168,7 +168,9 @@ impl From<ItemRow> for OrderItem {
             sku: item.sku,
             quantity: item.quantity,
             unit_price_cents: item.unit_price_cents,
-            subtotal_cents: item.unit_price_cents * i64::from(item.quantity),
+            subtotal_cents: item
+                .unit_price_cents
+                .saturating_mul(i64::from(item.quantity)),
         }
     }
 }
