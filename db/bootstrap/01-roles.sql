@@ -1,13 +1,18 @@
--- The relay's login: it may open replication connections and connect to
--- the service databases, nothing else (no table access, no DDL). Its slots
--- stream the outbox publications, which the databases' owner creates.
--- Idempotent: run on every `cargo xtask up` and by the compose PostgreSQL
--- container on first start (psql, as the superuser).
+-- Roles of the native dev stack (`cargo xtask up` runs every *.sql here, in
+-- order, as the superuser, on each start: keep it idempotent). The same
+-- roles as the compose container's docker-init.sh:
+--   commerce      the services: owns the four databases and, through the
+--                 migrations, their tables and the outbox publications;
+--   outbox_relay  the relay: REPLICATION and CONNECT only, no table access.
+-- The passwords are the compose defaults; the native cluster trusts
+-- 127.0.0.1 connections anyway (it listens nowhere else).
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'commerce_relay') THEN
-        CREATE ROLE commerce_relay WITH LOGIN REPLICATION PASSWORD 'commerce_relay';
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'commerce') THEN
+        CREATE ROLE commerce LOGIN PASSWORD 'commerce';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_relay') THEN
+        CREATE ROLE outbox_relay LOGIN REPLICATION PASSWORD 'relay';
     END IF;
 END
 $$;
--- Local dev password; a deployment sets its own (ALTER ROLE ... PASSWORD).

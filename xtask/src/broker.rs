@@ -102,6 +102,9 @@ pub fn start(port: u16, storage: Storage, log_file: Option<PathBuf>) -> anyhow::
     ] {
         command.env_remove(var);
     }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        command.env("NO_COLOR", "1");
+    }
     let options = Options {
         run_as: None,
         death_signal: libc::SIGINT,

@@ -32,6 +32,9 @@ commands:
       free ports (unless TEST_DATABASE_URL / TEST_KAFKA_BROKERS are set), run
       every test of the workspace, tear everything down, exit with the tests'
       status.
+  install-broker
+      Install the tansu broker into ~/.cache/cdc-commerce unless it is there
+      (`up` and `test` do this on demand too) and print its path.
 ";
 
 fn main() -> ExitCode {
@@ -39,6 +42,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("up") => up::Args::parse(&args[1..]).and_then(up::run),
         Some("test") => test::run(&args[1..]),
+        Some("install-broker") => broker::ensure_installed().map(|bin| {
+            println!("{}", bin.display());
+            ExitCode::SUCCESS
+        }),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

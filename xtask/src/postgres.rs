@@ -182,13 +182,6 @@ impl Cluster {
         process::run("psql", command, None).with_context(|| format!("running {}", file.display()))
     }
 
-    /// Runs SQL with psql as the superuser, stopping at the first error.
-    pub fn psql_command(&self, database: &str, sql: &str) -> anyhow::Result<()> {
-        let mut command = self.psql(database);
-        command.arg("-c").arg(sql);
-        process::run("psql", command, None)
-    }
-
     fn psql(&self, database: &str) -> Command {
         let mut command = Command::new(paths::pg_bin_dir().join("psql"));
         command

@@ -26,8 +26,10 @@ use crate::{
 pub const POSTGRES_PORT: u16 = 55432;
 pub const BROKER_PORT: u16 = 9092;
 pub const RELAY_PORT: u16 = 8090;
-/// The relay's login: replication and connect rights only (db/bootstrap).
-const RELAY_ROLE: &str = "commerce_relay:commerce_relay";
+/// Logins from db/bootstrap: the services own their databases; the relay
+/// has replication and connect rights only.
+const SERVICE_LOGIN: &str = "commerce:commerce";
+const RELAY_LOGIN: &str = "outbox_relay:relay";
 
 /// One service of the stack: binary, port, database, whether it consumes.
 struct Service {
@@ -241,8 +243,8 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         }
     };
 
-    // The services (they apply their migrations), then the relay, whose
-    // publications need the outbox tables.
+    // The services (their migrations create the outbox tables and the
+    // relay's publications), then the relay.
     let pg = format!("127.0.0.1:{POSTGRES_PORT}");
     for service in &SERVICES {
         let mut command = Command::new(bin_dir.join(service.binary));
@@ -251,7 +253,7 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
             .env("APP__HTTP__PORT", service.port.to_string())
             .env(
                 "APP__DATABASE__URL",
-                format!("postgres://postgres@{pg}/{}", service.database),
+                format!("postgres://{SERVICE_LOGIN}@{pg}/{}", service.database),
             )
             .env("APP__AUTH__PUBLIC_KEY_FILE", &keys.public);
         if service.binary == "gateway" {
@@ -275,9 +277,6 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     for service in &SERVICES {
         wait_ready(&mut stack, service.binary, service.port, "/ready")?;
     }
-    for service in &SERVICES {
-        ensure_publication(&cluster, service.database)?;
-    }
 
     let mut relay = Command::new(bin_dir.join("outbox-relay"));
     base_env(&mut relay);
@@ -288,7 +287,7 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     for service in &SERVICES {
         relay.env(
             format!("APP__SOURCES__{}__URL", service.source.to_uppercase()),
-            format!("postgres://{RELAY_ROLE}@{pg}/{}", service.database),
+            format!("postgres://{RELAY_LOGIN}@{pg}/{}", service.database),
         );
     }
     stack.relay = Some(Proc::spawn(
@@ -362,21 +361,6 @@ fn bootstrap(cluster: &Cluster, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The relay's role may not create publications (it owns no table), so the
-/// superuser creates each database's `outbox_relay` publication once the
-/// service has migrated (a no-op when a migration already did).
-fn ensure_publication(cluster: &Cluster, database: &str) -> anyhow::Result<()> {
-    cluster.psql_command(
-        database,
-        "DO $$ BEGIN \
-           IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'outbox_relay') \
-              AND to_regclass('public.outbox') IS NOT NULL THEN \
-             CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert'); \
-           END IF; \
-         END $$",
-    )
-}
-
 /// Pretty logs; strips inherited `APP__*` settings (the configs reject
 /// unknown keys, and the stack must not depend on the caller's shell).
 fn base_env(command: &mut Command) {
@@ -390,7 +374,8 @@ fn base_env(command: &mut Command) {
         .env("LOG_FORMAT", "pretty")
         .env("APP__HTTP__HOST", "127.0.0.1");
     if std::env::var_os("RUST_LOG").is_none() {
-        command.env("RUST_LOG", "info");
+        // rskafka narrates every connection at info.
+        command.env("RUST_LOG", "info,rskafka=warn");
     }
     if !std::io::stdout().is_terminal() {
         command.env("NO_COLOR", "1");
