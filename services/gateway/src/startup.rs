@@ -71,7 +71,8 @@ impl Application {
         let listener = TcpListener::bind(config.http.address())?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
-            let proxy_client = ProxyClient::new(&config.proxy, config.auth.verify_at_edge);
+            let edge_verifier = config.auth.verify_at_edge.then(|| (**verifier).clone());
+            let proxy_client = ProxyClient::new(&config.proxy, edge_verifier);
             let mut app = App::new()
                 .app_data(json_config(JSON_LIMIT))
                 .app_data(query_config())

@@ -15,7 +15,7 @@ use std::{
 };
 
 use actix_web::{
-    FromRequest, HttpRequest, HttpResponse,
+    HttpRequest, HttpResponse,
     body::{BodyStream, SizedStream},
     error::PayloadError,
     http::{
@@ -26,10 +26,10 @@ use actix_web::{
 };
 use awc::error::SendRequestError;
 use bytes::Bytes;
-use commerce_common::{auth::AuthUser, http::ApiError};
+use commerce_common::{auth::JwtVerifier, http::ApiError};
 use futures::Stream;
 
-use crate::{config::ProxyConfig, metrics::Metrics};
+use crate::{auth::edge::EdgeAuth, config::ProxyConfig, metrics::Metrics};
 
 /// The path prefixes each service owns.
 pub const ROUTES: [(&str, &str); 4] = [
@@ -48,16 +48,16 @@ pub struct Upstream {
 }
 
 /// The per-worker HTTP client (awc is single-threaded) and its settings.
-#[derive(Clone)]
 pub struct ProxyClient {
     pub client: awc::Client,
     pub body_limit: u64,
     pub probe_timeout: Duration,
-    pub verify_at_edge: bool,
+    /// `None` when `auth.verify_at_edge` is off.
+    pub edge_auth: Option<EdgeAuth>,
 }
 
 impl ProxyClient {
-    pub fn new(config: &ProxyConfig, verify_at_edge: bool) -> Self {
+    pub fn new(config: &ProxyConfig, edge_verifier: Option<JwtVerifier>) -> Self {
         let connector = awc::Connector::new()
             .timeout(config.connect_timeout())
             .conn_keep_alive(config.pool_idle_timeout())
@@ -72,7 +72,7 @@ impl ProxyClient {
             client,
             body_limit: config.body_limit_bytes,
             probe_timeout: config.probe_timeout(),
-            verify_at_edge,
+            edge_auth: edge_verifier.map(EdgeAuth::new),
         }
     }
 
@@ -134,8 +134,8 @@ pub async fn forward(
     metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, ApiError> {
     let proxy = ProxyClient::of(&req);
-    if proxy.verify_at_edge {
-        AuthUser::extract(&req).await?;
+    if let Some(edge_auth) = &proxy.edge_auth {
+        edge_auth.check(&req)?;
     }
     let upstream = req
         .app_data::<Upstream>()

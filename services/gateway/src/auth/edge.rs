@@ -1,0 +1,127 @@
+//! The token check in front of forwarded requests. The services verify every
+//! token themselves; the gateway checks too, so that requests without a valid
+//! token never reach them. An Ed25519 verification costs about as much as the
+//! rest of forwarding a request, and clients send the same token again and
+//! again, so each worker remembers the tokens it has verified until they
+//! expire (keyed by the whole token: a different token is verified afresh).
+
+use std::{cell::RefCell, collections::HashMap};
+
+use actix_web::{HttpRequest, http::header};
+use commerce_common::{
+    auth::{JwtVerifier, LEEWAY_SECONDS},
+    http::ApiError,
+};
+
+/// Verified tokens kept per worker; the cache is emptied when full.
+const CAPACITY: usize = 10_000;
+
+pub struct EdgeAuth {
+    verifier: JwtVerifier,
+    /// token -> its `exp`
+    verified: RefCell<HashMap<Box<str>, i64>>,
+}
+
+impl EdgeAuth {
+    pub fn new(verifier: JwtVerifier) -> Self {
+        Self {
+            verifier,
+            verified: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Ok when the request carries a valid bearer token; the same answers as
+    /// `commerce_common::auth::AuthUser` otherwise.
+    pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let token =
+            bearer_token(req).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let now = chrono::Utc::now().timestamp();
+        let leeway = LEEWAY_SECONDS as i64;
+        let mut verified = self.verified.borrow_mut();
+        if let Some(exp) = verified.get(token) {
+            if now <= exp + leeway {
+                return Ok(());
+            }
+            verified.remove(token);
+        }
+        let claims = self.verifier.verify(token).map_err(|e| {
+            tracing::debug!(error = %e, "token rejected at the edge");
+            ApiError::unauthorized("invalid or expired token")
+        })?;
+        if verified.len() >= CAPACITY {
+            verified.clear();
+        }
+        verified.insert(token.into(), claims.exp);
+        Ok(())
+    }
+}
+
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{auth::tokens::TokenIssuer, config::AuthConfig};
+
+    fn issuer_with_ttl(seconds: u64) -> (TokenIssuer, JwtVerifier) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        let config = AuthConfig {
+            private_key_pem: Some(commerce_common::config::Secret::new(pem)),
+            token_ttl_seconds: seconds,
+            ..AuthConfig::default()
+        };
+        TokenIssuer::from_config(&config).unwrap()
+    }
+
+    fn request(token: &str) -> HttpRequest {
+        TestRequest::default()
+            .insert_header(("Authorization", format!("Bearer {token}")))
+            .to_http_request()
+    }
+
+    #[test]
+    fn remembers_valid_tokens_and_never_bad_ones() {
+        let (issuer, verifier) = issuer_with_ttl(60);
+        let edge = EdgeAuth::new(verifier);
+        let token = issuer.issue(Uuid::new_v4()).unwrap().token;
+        assert!(edge.check(&request(&token)).is_ok());
+        assert!(edge.check(&request(&token)).is_ok());
+        assert_eq!(edge.verified.borrow().len(), 1);
+
+        let mut tampered = token.clone();
+        tampered.insert(tampered.len() - 2, 'x');
+        assert!(edge.check(&request(&tampered)).is_err());
+        assert!(edge.check(&request("garbage")).is_err());
+        assert_eq!(edge.verified.borrow().len(), 1);
+        assert!(
+            edge.check(&TestRequest::default().to_http_request())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_remembered_token_expires() {
+        let keys = test_support::jwt_keys();
+        let edge = EdgeAuth::new(JwtVerifier::from_public_pem(keys.public_pem.as_bytes()).unwrap());
+        let claims = test_support::claims_for(Uuid::new_v4(), chrono::Duration::seconds(-40));
+        let token = test_support::mint_token_with(&claims);
+        // Remembered when it was still valid; now past exp + leeway.
+        edge.verified
+            .borrow_mut()
+            .insert(token.as_str().into(), claims.exp);
+        assert!(edge.check(&request(&token)).is_err());
+        assert!(edge.verified.borrow().is_empty());
+    }
+}

@@ -1,0 +1,103 @@
+//! The `gateway` container of compose.yaml, checked against this crate: its
+//! environment loads with the real `Config::load` (a misspelled key would
+//! fail), names the port the healthcheck uses and the host publishes, the
+//! `commerce_gateway` database, upstreams that are the other containers'
+//! ports, and the key files the `keys` job writes; the healthcheck path
+//! answers 200 on the real app. And docs/configuration.md documents every
+//! key of `Config` with its default.
+
+use std::time::Duration;
+
+use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
+use gateway::{config::Config, startup::Application};
+use test_support::{
+    compose::{Compose, assert_rejects_misspelled_key, with_exact_env},
+    config_doc::assert_config_documented,
+    fresh_database, jwt_keys,
+};
+
+const SERVICE: &str = "gateway";
+
+#[tokio::test]
+async fn the_compose_environment_configures_the_gateway() {
+    let compose = Compose::load();
+    let container = compose.service(SERVICE);
+    let environment = container.environment();
+    let config = with_exact_env(&environment, Config::load)
+        .unwrap_or_else(|e| panic!("compose.yaml's {SERVICE} environment: {e}"));
+    assert_rejects_misspelled_key(&environment, "APP__HTTP__PROT", Config::load);
+
+    assert_eq!(
+        config.http.host, "0.0.0.0",
+        "reachable through the published port"
+    );
+    let (health_port, health_path) = container.healthcheck_http().expect("an HTTP healthcheck");
+    assert_eq!(health_port, config.http.port);
+    assert!(
+        container
+            .published_ports()
+            .contains(&(config.http.port, config.http.port)),
+        "the gateway is published on its own port"
+    );
+    assert!(
+        config
+            .database
+            .url
+            .expose()
+            .ends_with("@postgres:5432/commerce_gateway")
+    );
+    for (name, url) in config.upstreams.all() {
+        let port = compose
+            .service(name)
+            .environment()
+            .remove("APP__HTTP__PORT")
+            .expect("the upstream sets its port");
+        assert_eq!(url, format!("http://{name}:{port}"), "upstreams.{name}");
+        assert!(
+            container.depends_on().get(name).map(String::as_str) == Some("service_healthy"),
+            "the gateway starts after {name} is healthy"
+        );
+    }
+    let private = config
+        .auth
+        .private_key_file
+        .clone()
+        .expect("a private key file");
+    compose.assert_reads_jwt_key(SERVICE, &private, "jwt.pem");
+    let public = config
+        .auth
+        .public_key_file
+        .clone()
+        .expect("a public key file");
+    compose.assert_reads_jwt_key(SERVICE, &public, "jwt.pub.pem");
+
+    // The healthcheck path is a route of the real app and answers 200 once
+    // the database is migrated.
+    let db = fresh_database("gateway_compose").await;
+    let mut local = config;
+    local.http = HttpConfig::with_port(0);
+    local.database = DatabaseConfig {
+        max_connections: 2,
+        ..DatabaseConfig::with_url(&db.url)
+    };
+    local.auth.private_key_file = None;
+    local.auth.public_key_file = None;
+    local.auth.private_key_pem = Some(Secret::new(jwt_keys().private_pem.clone()));
+    let app = Application::build(local).await.expect("the gateway builds");
+    let url = format!("http://127.0.0.1:{}{health_path}", app.port());
+    let server = tokio::spawn(app.run_until_stopped());
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the healthcheck path answers");
+    assert_eq!(response.status(), 200, "GET {health_path}");
+    server.abort();
+}
+
+#[test]
+fn every_setting_is_documented() {
+    let defaults = serde_json::to_value(Config::default()).unwrap();
+    assert_config_documented(SERVICE, &defaults, &[]);
+}
