@@ -21,15 +21,6 @@ use crate::{
     signals,
 };
 
-/// The binaries the end-to-end tests start (`test_support::bin_path`).
-const BINARIES: [&str; 5] = [
-    "gateway",
-    "order-service",
-    "payment-service",
-    "delivery-service",
-    "outbox-relay",
-];
-
 /// Started infrastructure; stopped and deleted when dropped.
 struct Environment {
     dir: PathBuf,
@@ -72,11 +63,12 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     }
 
     say("building the binaries the tests start (cargo build)");
+    // The workspace's feature set, as the test build uses, so the two
+    // builds share their artifacts.
     let mut build = Command::new(paths::cargo());
-    build.arg("build").current_dir(&root);
-    for binary in BINARIES {
-        build.args(["-p", binary]);
-    }
+    build
+        .args(["build", "--workspace", "--bins"])
+        .current_dir(&root);
     process::run_inherited(build).context("building the binaries failed (see the errors above)")?;
     let bin_dir = paths::target_dir()?.join("debug");
 
@@ -180,6 +172,14 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         code = run_tests(doc)?;
     }
 
+    if let Some(signal) = signals::received() {
+        drop(env);
+        say(&format!(
+            "interrupted by {}; everything is stopped and removed",
+            signals::name(signal)
+        ));
+        return Ok(ExitCode::from(130));
+    }
     if code != 0 {
         for log in ["postgres.log", "tansu.log"] {
             print_tail(&dir.join(log), 15);
