@@ -38,6 +38,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -47,6 +48,7 @@ use diesel::{
     sql_types::{Array, BigInt, Bool, Bytea, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use futures::FutureExt;
 pub use futures::future::BoxFuture;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -1012,7 +1014,21 @@ impl Worker {
             }
         }
         let outcome = match envelope.event() {
-            Ok(event) => self.handler.handle(conn, envelope, event).await,
+            // A panicking handler would fail the same record forever: its
+            // record is dead-lettered like any permanent failure.
+            Ok(event) => AssertUnwindSafe(self.handler.handle(conn, envelope, event))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(HandleError::Permanent(format!(
+                        "handler panicked: {message}"
+                    )))
+                }),
             Err(error) => Err(HandleError::Permanent(format!(
                 "unknown event type or invalid payload: {error}"
             ))),

@@ -42,10 +42,12 @@ impl EventHandler for Recorder {
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
-            if let Event::PaymentFailed(failed) = &event
-                && failed.reason == "POISON"
-            {
-                return Err(HandleError::Permanent("poison payload".into()));
+            if let Event::PaymentFailed(failed) = &event {
+                match failed.reason.as_str() {
+                    "POISON" => return Err(HandleError::Permanent("poison payload".into())),
+                    "PANIC" => panic!("the handler met a bug"),
+                    _ => {}
+                }
             }
             diesel::sql_query("INSERT INTO effects (event_id, instance) VALUES ($1, $2)")
                 .bind::<SqlUuid, _>(envelope.event_id)
@@ -176,6 +178,7 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
     unknown.event_type = "SomethingNew".into();
     produce_envelope(&brokers, &setup.topic, 0, &key, &unknown).await;
     produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("POISON")).await;
+    produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("PANIC")).await;
     let last = envelope("OK");
     produce_envelope(&brokers, &setup.topic, 0, &key, &last).await;
     // Delivered again after everything else (the relay's at-least-once).
@@ -188,7 +191,7 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
             "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
         )
         .await
-            == 7)
+            == 8)
             .then_some(())
     })
     .await;
@@ -215,11 +218,17 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead.len(), 4, "{dead:?}");
     assert_eq!(dead[0].0, 2);
     assert!(dead[0].2.contains("invalid envelope"), "{dead:?}");
     assert_eq!(dead[1].1.as_deref(), Some("SomethingNew"));
     assert!(dead[2].2.contains("poison"), "{dead:?}");
+    assert!(
+        dead[3]
+            .2
+            .contains("handler panicked: the handler met a bug"),
+        "{dead:?}"
+    );
     assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 2);
     shutdown.cancel();
 }
