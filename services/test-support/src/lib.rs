@@ -10,6 +10,8 @@
 
 mod auth;
 mod browser;
+pub mod compose;
+pub mod config_doc;
 mod db;
 mod env;
 mod kafka;

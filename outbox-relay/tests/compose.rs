@@ -1,0 +1,114 @@
+//! The `outbox-relay` container of compose.yaml, checked against this crate:
+//! its environment loads with the real `RelayConfig::load` (a misspelled key
+//! would fail), streams the four service databases as the replication role
+//! that docker-init.sh creates, publishes to the broker's internal listener
+//! with the partition count and topics the `kafka-topics` job creates, and
+//! its healthcheck path answers 200 on the real app. And
+//! docs/configuration.md documents every key of `RelayConfig`.
+
+use std::time::Duration;
+
+use outbox_relay::{
+    config::{RelayConfig, Secret, SourceConfig},
+    startup::Application,
+};
+use test_support::{
+    compose::{Compose, assert_rejects_misspelled_key, with_exact_env},
+    config_doc::assert_config_documented,
+};
+
+const SERVICE: &str = "outbox-relay";
+
+#[tokio::test]
+async fn the_compose_environment_configures_the_relay() {
+    let compose = Compose::load();
+    let container = compose.service(SERVICE);
+    let environment = container.environment();
+    let config = with_exact_env(&environment, RelayConfig::load)
+        .unwrap_or_else(|e| panic!("compose.yaml's {SERVICE} environment: {e}"));
+    assert_rejects_misspelled_key(&environment, "APP__HTTP__PROT", RelayConfig::load);
+
+    assert_eq!(
+        config.http.host, "0.0.0.0",
+        "reachable through the published port"
+    );
+    let (health_port, health_path) = container.healthcheck_http().expect("an HTTP healthcheck");
+    assert_eq!(health_port, config.http.port);
+    assert!(
+        container
+            .published_ports()
+            .contains(&(config.http.port, config.http.port)),
+        "the dashboard is published on its own port"
+    );
+
+    let sources: Vec<&str> = config.sources.keys().map(String::as_str).collect();
+    assert_eq!(sources, ["delivery", "gateway", "order", "payment"]);
+    for (name, source) in &config.sources {
+        let url = source.url.expose();
+        assert!(
+            url.starts_with("postgres://outbox_relay:")
+                && url.ends_with(&format!("@postgres:5432/commerce_{name}")),
+            "source {name}: the replication role on commerce_{name}"
+        );
+        // The services' migrations create the publication `outbox_relay` on
+        // `outbox`; the relay's defaults must name the same.
+        assert_eq!(source.publication, "outbox_relay");
+        assert_eq!(source.qualified_table(), ("public", "outbox"));
+        assert!(source.slot.is_none(), "default slot outbox_relay_{name}");
+    }
+
+    assert_eq!(
+        config.kafka.broker_list(),
+        [compose.kafka_internal_address()]
+    );
+    let topics_job = compose.service("kafka-topics");
+    assert_eq!(
+        topics_job.environment()["KAFKA_PARTITIONS"],
+        config.kafka.partitions.to_string(),
+        "the relay creates missing topics with the partitions the topics job uses"
+    );
+    let script = topics_job.command().join("\n");
+    let created = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("for topic in "))
+        .and_then(|l| l.strip_suffix("; do"))
+        .expect("the topics job loops over the topics");
+    assert_eq!(
+        created.split_whitespace().collect::<Vec<_>>(),
+        config.kafka.topic_list(),
+        "the topics job creates the topics the relay expects"
+    );
+
+    // The healthcheck path is a route of the real relay (no sources needed).
+    let mut local = config;
+    local.http.host = "127.0.0.1".into();
+    local.http.port = 0;
+    local.sources.clear();
+    let app = Application::build(local).expect("the relay builds");
+    let url = format!("http://127.0.0.1:{}{health_path}", app.port());
+    let server = tokio::spawn(app.run_until_stopped());
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the healthcheck path answers");
+    assert_eq!(response.status(), 200, "GET {health_path}");
+    server.abort();
+}
+
+#[test]
+fn every_setting_is_documented() {
+    let mut defaults = RelayConfig::default();
+    defaults.sources.insert(
+        "<name>".into(),
+        SourceConfig {
+            url: Secret::new(""),
+            slot: None,
+            publication: "outbox_relay".into(),
+            table: "outbox".into(),
+        },
+    );
+    let defaults = serde_json::to_value(defaults).unwrap();
+    assert_config_documented(SERVICE, &defaults, &["sources.<name>.url"]);
+}

@@ -1,0 +1,96 @@
+//! The `delivery` container of compose.yaml, checked against this crate: its
+//! environment loads with the real `Settings::load` (a misspelled key would
+//! fail), names the port the healthcheck and the gateway use, the
+//! `commerce_delivery` database and the broker's internal listener; the
+//! healthcheck path answers 200 on the real app. And docs/configuration.md
+//! documents every key of `Settings` with its default.
+
+use std::time::Duration;
+
+use commerce_common::config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret};
+use delivery_service::{config::Settings, startup::Application};
+use test_support::{
+    compose::{Compose, assert_rejects_misspelled_key, with_exact_env},
+    config_doc::assert_config_documented,
+    fresh_database, jwt_keys, kafka_brokers,
+};
+use uuid::Uuid;
+
+const SERVICE: &str = "delivery";
+
+#[tokio::test]
+async fn the_compose_environment_configures_the_service() {
+    let compose = Compose::load();
+    let container = compose.service(SERVICE);
+    let environment = container.environment();
+    let settings = with_exact_env(&environment, Settings::load)
+        .unwrap_or_else(|e| panic!("compose.yaml's {SERVICE} environment: {e}"));
+    assert_rejects_misspelled_key(&environment, "APP__HTTP__PROT", Settings::load);
+
+    assert_eq!(
+        settings.http.host, "0.0.0.0",
+        "reachable from other containers"
+    );
+    let (health_port, health_path) = container.healthcheck_http().expect("an HTTP healthcheck");
+    assert_eq!(health_port, settings.http.port);
+    assert_eq!(
+        compose.gateway_upstream(SERVICE),
+        format!("http://{SERVICE}:{}", settings.http.port),
+        "the gateway forwards to this container's port"
+    );
+    assert!(
+        settings
+            .database
+            .url
+            .expose()
+            .ends_with("@postgres:5432/commerce_delivery")
+    );
+    assert_eq!(
+        settings.kafka.broker_list(),
+        [compose.kafka_internal_address()]
+    );
+    assert!(
+        settings.consumer.topics.is_empty(),
+        "the container consumes the service's own topic list"
+    );
+    let key_file = settings
+        .auth
+        .public_key_file
+        .clone()
+        .expect("a public key file");
+    compose.assert_reads_jwt_key(SERVICE, &key_file, "jwt.pub.pem");
+
+    // The healthcheck path is a route of the real app and answers 200 once
+    // the database is migrated. The consumer reads a topic of its own that
+    // nobody writes, so it has nothing to do.
+    let db = fresh_database("delivery_compose").await;
+    let mut local = settings;
+    local.http = HttpConfig::with_port(0);
+    local.database = DatabaseConfig {
+        max_connections: 2,
+        ..DatabaseConfig::with_url(&db.url)
+    };
+    local.kafka = KafkaConfig {
+        brokers: kafka_brokers(),
+    };
+    local.consumer.topics = vec![format!("delivery-compose-{}", Uuid::new_v4().simple())];
+    local.auth.public_key_pem = Some(Secret::new(jwt_keys().public_pem.clone()));
+    let app = Application::build(local).await.expect("the app builds");
+    let url = format!("http://127.0.0.1:{}{health_path}", app.port());
+    let shutdown = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the healthcheck path answers");
+    assert_eq!(response.status(), 200, "GET {health_path}");
+    shutdown.cancel();
+}
+
+#[test]
+fn every_setting_is_documented() {
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    assert_config_documented("delivery-service", &defaults, &["consumer.instance_id"]);
+}
