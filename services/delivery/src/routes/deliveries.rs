@@ -25,7 +25,7 @@ pub async fn get_delivery(
     let mut conn = pool.get().await?;
     store::delivery(&mut conn, user.user_id, path.into_inner())
         .await?
-        .map(|p| web::Json(p.into()))
+        .map(|delivery| web::Json(delivery.into()))
         .ok_or_else(|| ApiError::not_found("delivery"))
 }
 
