@@ -95,16 +95,21 @@ impl Application {
                         .to(proxy::forward),
                 );
             }
-            app.service(
+            app.route(
+                docs::SWAGGER_ASSETS,
+                aweb::get().to(|| async {
+                    HttpResponse::PermanentRedirect()
+                        .insert_header((header::LOCATION, "/swagger-ui.html"))
+                        .finish()
+                }),
+            )
+            .service(
                 // paperclip's asset handler panics on unknown names: stop them here.
-                aweb::resource([
-                    docs::SWAGGER_ASSETS.to_owned(),
-                    format!("{}/{{file:.*}}", docs::SWAGGER_ASSETS),
-                ])
-                .guard(guard::fn_guard(|ctx| {
-                    !docs::is_swagger_asset(ctx.head().uri.path())
-                }))
-                .to(|| async { route_not_found() }),
+                aweb::resource(format!("{}/{{file:.*}}", docs::SWAGGER_ASSETS))
+                    .guard(guard::fn_guard(|ctx| {
+                        !docs::is_swagger_asset(ctx.head().uri.path())
+                    }))
+                    .to(|| async { route_not_found() }),
             )
             .route("/health", aweb::get().to(health::health))
             .route("/ready", aweb::get().to(health::ready))

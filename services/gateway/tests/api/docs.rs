@@ -129,6 +129,9 @@ async fn swagger_ui_is_served_from_bundled_assets() {
         assert_eq!(response.status(), StatusCode::OK, "{asset}");
         assert!(response.bytes().await.unwrap().len() > 1000);
     }
+    let short = app.http.get(app.url("/swagger-ui")).send().await.unwrap();
+    assert_eq!(short.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(short.headers()["location"], "/swagger-ui.html");
     // paperclip's asset handler panics on unknown names; they are 404 here.
     for missing in [
         "/swagger-ui/nope.js",
