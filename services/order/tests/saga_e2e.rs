@@ -460,7 +460,19 @@ async fn no_delivery_capacity_cancels_the_order_with_a_refund() {
     let stack = Stack::start(StackOptions { window_capacity: 0 }).await;
     let customer = Customer::new();
     let id = stack.place(&customer, &order_of(2)).await;
-    let order = stack.wait_for_status(&customer, &id, "CANCELLED").await;
+    stack.wait_for_status(&customer, &id, "CANCELLED").await;
+    // The refund (topic payments) may reach the order before the delivery's
+    // failure (topic deliveries): the order shows both once each arrived.
+    let order = wait_until(
+        SAGA_TIMEOUT,
+        "the order to record the failed delivery",
+        || async {
+            let order = stack.order.order_json(&customer, &id).await;
+            (order["delivery"]["status"] == "FAILED").then_some(order)
+        },
+    )
+    .await;
+    assert_eq!(order["status"], "CANCELLED");
     assert_eq!(order["reason"], "NO_CAPACITY");
     assert_eq!(order["payment"]["status"], "REFUNDED");
     assert_eq!(order["payment"]["reason"], "NO_CAPACITY");
