@@ -113,6 +113,36 @@ impl ChildProcess {
         self.try_wait().is_none()
     }
 
+    /// Waits until `GET url` answers 2xx (e.g. the process's `/ready`);
+    /// panics at once, with the log tail, if the process exits first, and
+    /// after `timeout` otherwise.
+    pub async fn wait_for_http_ok(&mut self, url: &str, timeout: Duration) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("http client");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "{} exited ({status}) before GET {url} answered 2xx",
+                    self.name
+                );
+            }
+            if let Ok(response) = client.get(url).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not answer GET {url} with 2xx within {timeout:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends a signal (`libc::SIGINT`, ...) if the process still runs.
     pub fn signal(&mut self, signal: i32) {
         if self.is_running() {
@@ -303,6 +333,26 @@ mod tests {
         assert!(child.is_running());
         let status = child.stop();
         assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_http_fails_fast_when_the_process_exits() {
+        let mut child = ChildProcess::spawn_with_args(
+            "short-lived",
+            "/bin/sh",
+            ["-c", "echo bye; exit 3"],
+            std::iter::empty::<(&str, &str)>(),
+        );
+        let url = format!("http://127.0.0.1:{}/ready", free_port());
+        let started = Instant::now();
+        let waited = tokio::spawn(async move {
+            child.wait_for_http_ok(&url, Duration::from_secs(30)).await;
+        })
+        .await;
+        let panic = waited.expect_err("must panic").into_panic();
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("short-lived exited"), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
