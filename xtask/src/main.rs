@@ -39,6 +39,14 @@ commands:
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let wants_help = args
+        .first()
+        .is_some_and(|c| c == "up" || c == "install-broker")
+        && args.iter().any(|a| a == "-h" || a == "--help");
+    if wants_help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = match args.first().map(String::as_str) {
         Some("up") => up::Args::parse(&args[1..]).and_then(up::run),
         Some("test") => test::run(&args[1..]),
