@@ -43,7 +43,14 @@ async fn the_compose_environment_configures_the_relay() {
 
     let sources: Vec<&str> = config.sources.keys().map(String::as_str).collect();
     assert_eq!(sources, ["delivery", "gateway", "order", "payment"]);
+    let depends_on = container.depends_on();
     for (name, source) in &config.sources {
+        // The service's migrations create the outbox and the publication.
+        assert_eq!(
+            depends_on.get(name.as_str()).map(String::as_str),
+            Some("service_healthy"),
+            "the relay starts after {name} migrated its database"
+        );
         let url = source.url.expose();
         assert!(
             url.starts_with("postgres://outbox_relay:")
