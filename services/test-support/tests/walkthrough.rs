@@ -21,7 +21,7 @@ use test_support::{
 use uuid::Uuid;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The `sh` code blocks of a Markdown document, in order.
 fn shell_blocks(markdown: &str) -> Vec<String> {
