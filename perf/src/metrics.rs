@@ -95,6 +95,9 @@ struct SecondBucket {
     sagas_finished: u64,
     max_in_flight: i64,
     max_generator_lag: Duration,
+    /// Requests that ended in this second, and how many of them failed (for the progress line).
+    completed: u64,
+    completed_errors: u64,
 }
 
 #[derive(Debug)]
@@ -220,7 +223,7 @@ impl Recorder {
     }
 
     fn second_of(&self, at: Instant) -> usize {
-        at.saturating_duration_since(self.start).as_secs() as usize
+        bucket_index(self.start, at)
     }
 
     /// Records one request of type `kind` that started at `started`.
@@ -234,7 +237,11 @@ impl Recorder {
     ) {
         let ok = outcome.is_ok();
         let second = self.second_of(started);
+        let done = bucket_index(self.start, Instant::now());
         let mut inner = self.lock();
+        let done = bucket(&mut inner.seconds, done);
+        done.completed += 1;
+        done.completed_errors += u64::from(!ok);
         inner
             .kinds
             .entry(kind)
@@ -301,20 +308,16 @@ impl Recorder {
         bucket(&mut inner.seconds, second).sagas_finished += 1;
     }
 
-    /// The current second's index, and the requests and errors started in the second before it.
+    /// The current second's index, and the requests that ended in the second before it
+    /// (with how many failed).
     pub fn current_second(&self) -> (u64, u64, u64) {
         let second = self.second_of(Instant::now());
         let inner = self.lock();
-        let (requests, errors) = inner
+        let (completed, errors) = inner
             .seconds
-            .get(second.saturating_sub(1))
-            .map(|b| {
-                b.per_kind
-                    .values()
-                    .fold((0, 0), |(r, e), (count, errors, _)| (r + count, e + errors))
-            })
-            .unwrap_or((0, 0));
-        (second as u64, requests, errors)
+            .get(second.wrapping_sub(1))
+            .map_or((0, 0), |b| (b.completed, b.completed_errors));
+        (second as u64, completed, errors)
     }
 
     /// Summary of one saturation step: each request type that step recorded.
@@ -421,6 +424,10 @@ impl Recorder {
             },
         }
     }
+}
+
+fn bucket_index(start: Instant, at: Instant) -> usize {
+    at.saturating_duration_since(start).as_secs() as usize
 }
 
 fn bucket(seconds: &mut Vec<SecondBucket>, second: usize) -> &mut SecondBucket {

@@ -48,9 +48,9 @@ fn progress(recorder: Arc<Recorder>) -> tokio::task::JoinHandle<()> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let (second, requests, errors) = recorder.current_second();
+            let (second, completed, errors) = recorder.current_second();
             eprintln!(
-                "[{second:>4} s] {requests} req/s, {errors} errors, {} in flight",
+                "[{second:>4} s] {completed} answers/s ({errors} errors), {} in flight",
                 recorder.in_flight()
             );
         }
