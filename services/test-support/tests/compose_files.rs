@@ -141,6 +141,24 @@ fn the_build_context_keeps_what_the_build_needs() {
         recipe.contains("--locked"),
         "the image builds from Cargo.lock"
     );
+    // The builder image must be at least the workspace's rust-version.
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let version = |text: &str, prefix: &str| -> Vec<u32> {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("a line starting with {prefix}"));
+        line.trim_matches(|c: char| c == '"' || c.is_whitespace())
+            .split('.')
+            .map(|n| n.parse().expect("a numeric version"))
+            .collect()
+    };
+    let toolchain = version(&recipe, "ARG RUST_VERSION=");
+    let required = version(&manifest, "rust-version =");
+    assert!(
+        toolchain >= required,
+        "docker/Dockerfile builds with Rust {toolchain:?}, the workspace needs {required:?}"
+    );
     let runtime = recipe
         .rsplit_once("\nFROM ")
         .map(|(_, last)| last)
