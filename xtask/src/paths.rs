@@ -2,14 +2,20 @@
 //! cache (`~/.cache/cdc-commerce`: broker binary, shared target dir), and the
 //! PostgreSQL binaries.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 
 pub const TANSU_VERSION: &str = "0.6.0";
 
+/// The workspace `cargo xtask` was run in. `cargo run` passes the manifest
+/// directory at run time; that one wins over the compile-time value, since a
+/// target directory shared by several clones holds one `xtask` binary that
+/// any of them may have built.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
