@@ -6,9 +6,8 @@ use std::{path::PathBuf, time::Duration};
 use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
 use serde::{Deserialize, Serialize};
 
-/// Unknown top-level sections are ignored (the compose file gives every
-/// service the same `kafka` section); unknown keys inside a section are errors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
     pub database: DatabaseConfig,
