@@ -175,12 +175,7 @@ pub fn dead_letter(
                 _ => None,
             })
     };
-    let topic = match column("aggregate_type") {
-        Some(t) if is_valid_topic(&format!("{t}{DEAD_LETTER_SUFFIX}")) => {
-            format!("{t}{DEAD_LETTER_SUFFIX}")
-        }
-        _ => FALLBACK_DEAD_LETTER_TOPIC.to_owned(),
-    };
+    let topic = dead_letter_topic(column("aggregate_type"));
     let columns: serde_json::Map<String, serde_json::Value> = relation
         .columns
         .iter()
@@ -208,6 +203,52 @@ pub fn dead_letter(
             headers,
             timestamp: Utc::now(),
         },
+    }
+}
+
+/// The dead-letter record of a record the broker refused: the reason, the
+/// original key and headers, and the value (cut when long).
+pub fn dead_letter_of_record(
+    topic: &str,
+    record: &Record,
+    reason: &str,
+    source: &str,
+) -> OutgoingRecord {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let original_headers: serde_json::Map<String, serde_json::Value> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), text(v).into()))
+        .collect();
+    let value = record.value.as_deref().unwrap_or_default();
+    let value = serde_json::json!({
+        "reason": reason,
+        "source": source,
+        "topic": topic,
+        "headers": original_headers,
+        "value": dead_letter_value(&Value::Binary(Bytes::copy_from_slice(value))),
+    });
+    let mut headers =
+        BTreeMap::from([("dead_letter_reason".to_owned(), reason.as_bytes().to_vec())]);
+    if let Some(id) = record.headers.get("event_id") {
+        headers.insert("event_id".to_owned(), id.clone());
+    }
+    OutgoingRecord {
+        topic: dead_letter_topic(Some(topic)),
+        record: Record {
+            key: record.key.clone(),
+            value: Some(value.to_string().into_bytes()),
+            headers,
+            timestamp: Utc::now(),
+        },
+    }
+}
+
+/// `<topic>.dlq`, or the fallback when that is not a valid topic name.
+fn dead_letter_topic(topic: Option<&str>) -> String {
+    match topic.map(|t| format!("{t}{DEAD_LETTER_SUFFIX}")) {
+        Some(name) if is_valid_topic(&name) => name,
+        _ => FALLBACK_DEAD_LETTER_TOPIC.to_owned(),
     }
 }
 
@@ -396,6 +437,30 @@ mod tests {
         assert_eq!(value["source"], "order");
         assert!(value["reason"].as_str().unwrap().contains("exceeds"));
         assert_eq!(value["columns"]["event_type"], "OrderCreated");
+    }
+
+    #[test]
+    fn refused_records_become_dead_letters() {
+        let relation = relation();
+        let columns = OutboxColumns::resolve(&relation).unwrap();
+        let out = to_record(&columns, &row("{}", "2026-11-25 12:44:10+00"), 1 << 20).unwrap();
+        let dead = dead_letter_of_record("orders", &out.record, "MessageTooLarge", "order");
+        assert_eq!(dead.topic, "orders.dlq");
+        assert_eq!(dead.key(), b"order-1");
+        assert_eq!(
+            dead.record.headers["event_id"],
+            out.record.headers["event_id"]
+        );
+        let value: serde_json::Value =
+            serde_json::from_slice(dead.record.value.as_deref().unwrap()).unwrap();
+        assert_eq!(value["reason"], "MessageTooLarge");
+        assert_eq!(value["headers"]["event_type"], "OrderCreated");
+        assert!(
+            value["value"]
+                .as_str()
+                .unwrap()
+                .contains("\"aggregate_id\":\"order-1\"")
+        );
     }
 
     #[test]

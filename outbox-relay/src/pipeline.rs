@@ -18,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::inflight::{Completed, InFlight, TxnId};
 use crate::metrics::{Metrics, SourceMetrics};
 use crate::outbox::{self, OutboxColumns, RowError};
-use crate::publisher::{Ack, Publisher};
+use crate::publisher::{Delivery, Publisher};
 use crate::replication::connection::pg_now;
 use crate::replication::pgoutput::{
     self, Insert, LogicalMessage, PgTimestamp, Relation, RelationCache,
@@ -87,7 +87,7 @@ impl Pipeline {
         mut self,
         mut stream: ReplicationStream,
         mut publisher: Publisher,
-        mut acks: mpsc::UnboundedReceiver<Ack>,
+        mut deliveries: mpsc::UnboundedReceiver<Delivery>,
         catalog: Catalog,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
@@ -102,11 +102,12 @@ impl Pipeline {
                 () = shutdown.cancelled(), if drain_until.is_none() => {
                     drain_until = Some(Instant::now() + self.settings.shutdown_grace);
                 }
-                Some(ack) = acks.recv() => self.on_ack(ack)?,
+                // Before the stream: a busy stream must not starve status updates.
+                _ = ticker.tick() => self.on_tick(&mut stream, &catalog).await?,
+                Some(delivery) = deliveries.recv() => self.on_delivery(delivery, &mut publisher).await?,
                 message = stream.next(), if can_read => {
                     self.on_message(message?, &mut publisher, &mut stream).await?;
                 }
-                _ = ticker.tick() => self.on_tick(&mut stream, &catalog).await?,
             }
             let drained = drain_until.is_some_and(|deadline| {
                 self.in_flight.pending_records() == 0 || Instant::now() >= deadline
@@ -250,9 +251,42 @@ impl Pipeline {
         Ok(record)
     }
 
-    fn on_ack(&mut self, ack: Ack) -> Result<(), SourceError> {
-        ack.result?;
-        self.in_flight.ack(ack.txn, ack.records);
+    async fn on_delivery(
+        &mut self,
+        delivery: Delivery,
+        publisher: &mut Publisher,
+    ) -> Result<(), SourceError> {
+        match delivery {
+            Delivery::Acked { txn, records } => self.in_flight.ack(txn, records),
+            Delivery::Rejected {
+                txn,
+                topic,
+                record,
+                reason,
+            } => {
+                self.metrics.dead_lettered();
+                let event_id = record
+                    .headers
+                    .get("event_id")
+                    .map(|id| String::from_utf8_lossy(id).into_owned());
+                if topic.ends_with(outbox::DEAD_LETTER_SUFFIX) {
+                    // Never loop dead letters: this log line is its record.
+                    tracing::error!(source = %self.settings.source, topic, event_id, error = %reason, "broker refused a dead letter; skipped");
+                } else {
+                    tracing::error!(source = %self.settings.source, topic, event_id, error = %reason, "broker refused a record; sent to the dead-letter topic");
+                    let dead = outbox::dead_letter_of_record(
+                        &topic,
+                        &record,
+                        &reason,
+                        &self.settings.source,
+                    );
+                    self.in_flight.add_record(txn);
+                    publisher.dispatch(txn, dead).await?;
+                }
+                self.in_flight.ack(txn, 1);
+            }
+            Delivery::Failed(error) => return Err(error.into()),
+        }
         self.confirm_completed();
         Ok(())
     }

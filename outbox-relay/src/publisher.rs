@@ -5,7 +5,9 @@
 //! whatever queued up meanwhile), so events with the same key stay ordered.
 //! Different partitions are produced concurrently. Every request carries a
 //! deadline; a failed request is reported, never retried here: the source
-//! restarts from its slot, which re-sends everything unconfirmed.
+//! restarts from its slot, which re-sends everything unconfirmed. A record
+//! the broker refuses for good (too large, invalid) is reported as
+//! rejected, so the source can dead-letter it instead of retrying forever.
 //!
 //! Partitioning: Kafka's default partitioner (murmur2 of the key, positive,
 //! modulo the partition count), so records land where Java producers would
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::BackoffConfig;
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
@@ -37,12 +40,28 @@ pub enum PublishError {
     Timeout(Duration),
 }
 
-/// The broker's answer for a run of records of one transaction.
+/// What the broker made of the records dispatched for a transaction.
 #[derive(Debug)]
-pub struct Ack {
-    pub txn: TxnId,
-    pub records: usize,
-    pub result: Result<(), PublishError>,
+pub enum Delivery {
+    /// `records` records of `txn` are stored.
+    Acked { txn: TxnId, records: usize },
+    /// The broker refused this record for good (too large, invalid): it
+    /// will never be stored as it is.
+    Rejected {
+        txn: TxnId,
+        topic: String,
+        record: Box<Record>,
+        reason: String,
+    },
+    /// The broker is unreachable or failing; the worker stopped.
+    Failed(PublishError),
+}
+
+/// Why one produce request did not succeed.
+enum ProduceFailure {
+    /// The broker refused the request's content; retrying cannot help.
+    Refused(String),
+    Failed(PublishError),
 }
 
 struct Job {
@@ -57,26 +76,26 @@ pub struct Publisher {
     client: Client,
     config: KafkaConfig,
     topics: HashMap<String, Vec<mpsc::UnboundedSender<Job>>>,
-    acks: mpsc::UnboundedSender<Ack>,
+    deliveries: mpsc::UnboundedSender<Delivery>,
     workers: JoinSet<()>,
 }
 
 impl Publisher {
-    /// Connects to the brokers; acknowledgements arrive on the returned channel.
+    /// Connects to the brokers; deliveries are reported on the returned channel.
     pub async fn connect(
         config: &KafkaConfig,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<Ack>), PublishError> {
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), PublishError> {
         let timeout = config.produce_timeout();
         let builder = ClientBuilder::new(config.broker_list())
             .client_id("outbox-relay")
             .backoff_config(backoff(timeout));
         let client = deadline(timeout, builder.build()).await?;
-        let (acks, receiver) = mpsc::unbounded_channel();
+        let (deliveries, receiver) = mpsc::unbounded_channel();
         let publisher = Self {
             client,
             config: config.clone(),
             topics: HashMap::new(),
-            acks,
+            deliveries,
             workers: JoinSet::new(),
         };
         Ok((publisher, receiver))
@@ -174,7 +193,7 @@ impl Publisher {
         let worker = PartitionWorker {
             client: Arc::new(client),
             jobs,
-            acks: self.acks.clone(),
+            deliveries: self.deliveries.clone(),
             timeout,
             max_batch_bytes: self.config.max_record_bytes,
         };
@@ -186,7 +205,7 @@ impl Publisher {
 struct PartitionWorker {
     client: Arc<PartitionClient>,
     jobs: mpsc::UnboundedReceiver<Job>,
-    acks: mpsc::UnboundedSender<Ack>,
+    deliveries: mpsc::UnboundedSender<Delivery>,
     timeout: Duration,
     max_batch_bytes: usize,
 }
@@ -229,35 +248,94 @@ impl PartitionWorker {
     }
 
     /// Produces one batch and reports it; false when the worker must stop.
+    /// A refused batch is retried record by record to find the culprit.
     async fn produce(&self, batch: Vec<Job>) -> bool {
+        let records = batch.iter().map(|job| job.record.clone()).collect();
+        match self.send(records).await {
+            Ok(()) => self.report_acked(&batch),
+            Err(ProduceFailure::Refused(_)) if batch.len() > 1 => {
+                for job in batch {
+                    if !self.produce_one(job).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(ProduceFailure::Refused(reason)) => batch
+                .into_iter()
+                .all(|job| self.report(self.rejected(job, reason.clone()))),
+            Err(ProduceFailure::Failed(error)) => {
+                self.report(Delivery::Failed(error));
+                false
+            }
+        }
+    }
+
+    async fn produce_one(&self, job: Job) -> bool {
+        match self.send(vec![job.record.clone()]).await {
+            Ok(()) => self.report_acked(std::slice::from_ref(&job)),
+            Err(ProduceFailure::Refused(reason)) => self.report(self.rejected(job, reason)),
+            Err(ProduceFailure::Failed(error)) => {
+                self.report(Delivery::Failed(error));
+                false
+            }
+        }
+    }
+
+    async fn send(&self, records: Vec<Record>) -> Result<(), ProduceFailure> {
+        let produce = self.client.produce(records, Compression::NoCompression);
+        match tokio::time::timeout(self.timeout, produce).await {
+            Ok(Ok(_offsets)) => Ok(()),
+            Ok(Err(KafkaError::ServerError {
+                protocol_error,
+                error_message,
+                ..
+            })) if is_refusal(protocol_error) => Err(ProduceFailure::Refused(format!(
+                "broker refused the record: {protocol_error} {}",
+                error_message.unwrap_or_default()
+            ))),
+            Ok(Err(e)) => Err(ProduceFailure::Failed(PublishError::Broker(e.to_string()))),
+            Err(_) => Err(ProduceFailure::Failed(PublishError::Timeout(self.timeout))),
+        }
+    }
+
+    fn rejected(&self, job: Job, reason: String) -> Delivery {
+        Delivery::Rejected {
+            txn: job.txn,
+            topic: self.client.topic().to_owned(),
+            record: Box::new(job.record),
+            reason,
+        }
+    }
+
+    /// Acknowledges `jobs`, one delivery per run of the same transaction.
+    fn report_acked(&self, jobs: &[Job]) -> bool {
         let mut runs: Vec<(TxnId, usize)> = Vec::new();
-        let mut records = Vec::with_capacity(batch.len());
-        for job in batch {
+        for job in jobs {
             match runs.last_mut() {
                 Some((txn, count)) if *txn == job.txn => *count += 1,
                 _ => runs.push((job.txn, 1)),
             }
-            records.push(job.record);
         }
-        let result = deadline(
-            self.timeout,
-            self.client.produce(records, Compression::NoCompression),
-        )
-        .await
-        .map(drop);
-        let failed = result.is_err();
-        for (txn, records) in runs {
-            let ack = Ack {
-                txn,
-                records,
-                result: result.clone(),
-            };
-            if self.acks.send(ack).is_err() {
-                return false;
-            }
-        }
-        !failed
+        runs.into_iter()
+            .all(|(txn, records)| self.report(Delivery::Acked { txn, records }))
     }
+
+    /// False when the source is gone and the worker should stop.
+    fn report(&self, delivery: Delivery) -> bool {
+        self.deliveries.send(delivery).is_ok()
+    }
+}
+
+/// Broker errors about the records themselves: resending cannot succeed.
+fn is_refusal(error: ProtocolError) -> bool {
+    matches!(
+        error,
+        ProtocolError::MessageTooLarge
+            | ProtocolError::RecordListTooLarge
+            | ProtocolError::InvalidRecord
+            | ProtocolError::CorruptMessage
+    )
 }
 
 /// Awaits a broker call within `timeout`, mapping both failure kinds.

@@ -48,13 +48,18 @@ impl SourceError {
             | SourceError::Replication(
                 ReplicationError::InvalidUrl(_) | ReplicationError::Auth(_),
             ) => true,
-            SourceError::Replication(e) => {
-                // invalid_authorization_specification, invalid_password, insufficient_privilege
-                matches!(e.sqlstate(), Some("28000" | "28P01" | "42501"))
+            SourceError::Replication(e) => e.sqlstate().is_some_and(is_access_denied),
+            SourceError::Catalog(CatalogError::Database(e)) => {
+                e.code().is_some_and(|code| is_access_denied(code.code()))
             }
             _ => false,
         }
     }
+}
+
+/// invalid_authorization_specification, invalid_password, insufficient_privilege
+fn is_access_denied(sqlstate: &str) -> bool {
+    matches!(sqlstate, "28000" | "28P01" | "42501")
 }
 
 /// A configured source and what it reports to.
