@@ -135,3 +135,27 @@ pub fn start(port: u16, storage: Storage, log_file: Option<PathBuf>) -> anyhow::
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The topics of the event contract (`commerce_common::events::topics`).
+pub const TOPICS: [&str; 4] = ["users", "orders", "payments", "deliveries"];
+
+/// Creates the topics on our broker before any service starts, so every
+/// consumer sees its partitions (empty after a restart of the in-memory
+/// broker) before the relay publishes anything. Failures only warn: the
+/// relay creates missing topics too.
+pub fn create_topics(port: u16, partitions: u32) {
+    let Ok(bin) = ensure_installed() else { return };
+    for topic in TOPICS {
+        let mut command = Command::new(&bin);
+        command
+            .args(["topic", "create", topic, "--broker"])
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg("--partitions")
+            .arg(partitions.to_string());
+        if let Err(e) = process::run("tansu", command, None) {
+            say(&format!(
+                "could not create topic {topic} (the relay will): {e:#}"
+            ));
+        }
+    }
+}

@@ -22,9 +22,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  up [--kafka HOST:PORT] [--partitions N] [--broker-storage sqlite|memory]
-      Start PostgreSQL (port 55432, data in .data/postgres), the tansu broker
-      (port 9092) unless --kafka names an existing one, the outbox relay
+  up [--kafka HOST:PORT] [--partitions N] [--broker-storage memory|sqlite]
+      Start PostgreSQL (port 55432, data kept in .data/postgres), the tansu
+      broker (port 9092, in memory unless --broker-storage sqlite) unless
+      --kafka names an existing one, the outbox relay
       (dashboard 8090) and the services (gateway 8084, order 8081,
       payment 8082, delivery 8083). Ctrl-C stops everything.
   test [-- <test runner args>]

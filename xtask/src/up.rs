@@ -1,5 +1,6 @@
-//! `cargo xtask up`: the whole system on this machine. PostgreSQL and the
-//! broker keep their data in `.data/`; the services and the relay run from
+//! `cargo xtask up`: the whole system on this machine. PostgreSQL keeps its
+//! data in `.data/`, the broker keeps its records in memory (README: why);
+//! the services and the relay run from
 //! the workspace's debug build. Every process logs into this terminal with
 //! its name as prefix. Ctrl-C (or SIGTERM) stops everything in order:
 //! services, relay, broker, PostgreSQL. A child that dies on its own stops
@@ -75,8 +76,8 @@ pub struct Args {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum StorageChoice {
-    Sqlite,
     Memory,
+    Sqlite,
 }
 
 impl Args {
@@ -84,7 +85,10 @@ impl Args {
         let mut options = Self {
             kafka: None,
             partitions: 3,
-            storage: StorageChoice::Sqlite,
+            // SQLite would keep the records across runs, but tansu 0.6's
+            // SQLite engine grows by ~100 KB/s under the consumers' polling
+            // and its fetches slow down until they time out (measured).
+            storage: StorageChoice::Memory,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -239,6 +243,7 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
                 StorageChoice::Memory => Storage::Memory,
             };
             stack.broker = Some(broker::start(BROKER_PORT, storage, None)?);
+            broker::create_topics(BROKER_PORT, options.partitions);
             format!("127.0.0.1:{BROKER_PORT}")
         }
     };
