@@ -77,7 +77,7 @@ impl Default for KafkaConfig {
             partitions: 3,
             topics: "users,orders,payments,deliveries".into(),
             produce_timeout_ms: 10_000,
-            max_in_flight_records: 20_000,
+            max_in_flight_records: 5_000,
             max_record_bytes: 1_000_000,
         }
     }
