@@ -1,9 +1,11 @@
 //! The dashboard in a real (headless) browser: it renders from the relay
 //! alone (no network) and shows live state, numbers and charts.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use fantoccini::{Client, Locator};
+use futures::FutureExt;
 use test_support::{Browser, wait_until};
 
 use crate::helpers::{Relay, SourceSpec, insert_events, outbox_database, unique};
@@ -32,25 +34,36 @@ async fn dashboard_shows_live_source_state_in_headless_chromium() {
     };
     let relay = Relay::start(&[&source, &broken]).await;
     let (_browser, browser) = Browser::start().await;
+    // Close the session even when a check fails: a Chromium left running
+    // keeps chromedriver's output pipes open and the guard's drop waiting.
+    let checks = AssertUnwindSafe(check_dashboard(&relay, &browser, &client)).catch_unwind();
+    let outcome = checks.await;
+    let _ = browser.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn check_dashboard(relay: &Relay, browser: &Client, client: &tokio_postgres::Client) {
     browser.goto(&relay.url("/")).await.expect("open dashboard");
 
     wait_until(
         Duration::from_secs(20),
         "the dash source to show streaming",
         || async {
-            text_of(&browser, "#source-dash .state")
+            text_of(browser, "#source-dash .state")
                 .await
                 .filter(|s| s == "streaming")
         },
     )
     .await;
     let topic = unique("rt_dash");
-    insert_events(&client, &topic, "k", 0, 250).await;
+    insert_events(client, &topic, "k", 0, 250).await;
     wait_until(
         Duration::from_secs(30),
         "the event count to reach 250",
         || async {
-            text_of(&browser, "#source-dash .events")
+            text_of(browser, "#source-dash .events")
                 .await
                 .filter(|s| s.replace(',', "") == "250")
         },
@@ -60,7 +73,7 @@ async fn dashboard_shows_live_source_state_in_headless_chromium() {
         Duration::from_secs(20),
         "the broken source's error",
         || async {
-            text_of(&browser, "#source-broken .error")
+            text_of(browser, "#source-broken .error")
                 .await
                 .filter(|s| s.contains("last error"))
         },
@@ -68,7 +81,7 @@ async fn dashboard_shows_live_source_state_in_headless_chromium() {
     .await;
     assert!(error.contains("database"), "{error}");
     assert_eq!(
-        text_of(&browser, "#source-broken .state").await.as_deref(),
+        text_of(browser, "#source-broken .state").await.as_deref(),
         Some("reconnecting")
     );
 
@@ -92,5 +105,4 @@ async fn dashboard_shows_live_source_state_in_headless_chromium() {
     let path = std::env::temp_dir().join("relay-dashboard.png");
     std::fs::write(&path, png).expect("write screenshot");
     println!("dashboard screenshot: {}", path.display());
-    browser.close().await.expect("close browser");
 }
