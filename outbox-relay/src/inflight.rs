@@ -101,11 +101,6 @@ impl InFlight {
         self.pending_records
     }
 
-    /// Transactions not yet confirmed.
-    pub fn len(&self) -> usize {
-        self.txns.len()
-    }
-
     fn get_mut(&mut self, txn: TxnId) -> Option<&mut Txn> {
         let index = usize::try_from(txn.0.checked_sub(self.first)?).ok()?;
         self.txns.get_mut(index)
@@ -173,6 +168,6 @@ mod tests {
         f.ack(a, 1);
         f.ack(TxnId(99), 3);
         assert_eq!(f.pending_records(), 0);
-        assert_eq!(f.len(), 0);
+        assert!(f.is_empty());
     }
 }
