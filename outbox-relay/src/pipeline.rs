@@ -264,30 +264,53 @@ impl Pipeline {
                 record,
                 reason,
             } => {
-                self.metrics.dead_lettered();
-                let event_id = record
-                    .headers
-                    .get("event_id")
-                    .map(|id| String::from_utf8_lossy(id).into_owned());
-                if topic.ends_with(outbox::DEAD_LETTER_SUFFIX) {
-                    // Never loop dead letters: this log line is its record.
-                    tracing::error!(source = %self.settings.source, topic, event_id, error = %reason, "broker refused a dead letter; skipped");
-                } else {
-                    tracing::error!(source = %self.settings.source, topic, event_id, error = %reason, "broker refused a record; sent to the dead-letter topic");
-                    let dead = outbox::dead_letter_of_record(
-                        &topic,
-                        &record,
-                        &reason,
-                        &self.settings.source,
-                    );
-                    self.in_flight.add_record(txn);
-                    publisher.dispatch(txn, dead).await?;
-                }
-                self.in_flight.ack(txn, 1);
+                self.on_rejected(txn, &topic, &record, &reason, publisher)
+                    .await?
             }
             Delivery::Failed(error) => return Err(error.into()),
         }
         self.confirm_completed();
+        Ok(())
+    }
+
+    /// A record the broker refused for good becomes a dead letter of the
+    /// same transaction, so the transaction is confirmed once that is stored.
+    async fn on_rejected(
+        &mut self,
+        txn: TxnId,
+        topic: &str,
+        record: &rskafka::record::Record,
+        reason: &str,
+        publisher: &mut Publisher,
+    ) -> Result<(), SourceError> {
+        self.metrics.dead_lettered();
+        let event_id = record
+            .headers
+            .get("event_id")
+            .map(|id| String::from_utf8_lossy(id).into_owned());
+        let source = &self.settings.source;
+        if topic.ends_with(outbox::DEAD_LETTER_SUFFIX) {
+            // Never loop dead letters: this log line is its record.
+            tracing::error!(
+                source,
+                topic,
+                event_id,
+                error = reason,
+                "broker refused a dead letter; skipped"
+            );
+        } else {
+            tracing::error!(
+                source,
+                topic,
+                event_id,
+                error = reason,
+                "broker refused a record; sent to the dead-letter topic"
+            );
+            let dead = outbox::dead_letter_of_record(topic, record, reason, source);
+            self.in_flight.add_record(txn);
+            publisher.dispatch(txn, dead).await?;
+        }
+        self.in_flight.ack(txn, 1);
         Ok(())
     }
 
