@@ -1,6 +1,7 @@
 //! The small crate the services share: event contracts, config loading,
 //! telemetry, HTTP error mapping, JWT verification, database plumbing, the
-//! outbox writer and the Kafka consumer runtime. Nothing service-specific.
+//! outbox writer, the Kafka consumer runtime and the service runtime
+//! (operational routes, shutdown). Nothing service-specific.
 
 pub mod auth;
 pub mod config;
@@ -9,4 +10,5 @@ pub mod db;
 pub mod events;
 pub mod http;
 pub mod outbox;
+pub mod service;
 pub mod telemetry;

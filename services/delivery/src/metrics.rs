@@ -2,10 +2,7 @@
 //! registers its own (lag per partition, records by outcome) in the same
 //! registry.
 
-use std::sync::Arc;
-
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
@@ -30,17 +27,5 @@ impl DeliveryMetrics {
 
     pub fn outcome(&self, outcome: &'static str) {
         self.deliveries.get_or_create(&[("outcome", outcome)]).inc();
-    }
-}
-
-/// The finished registry, shared with the `/metrics` handler.
-#[derive(Clone)]
-pub struct MetricsRegistry(pub Arc<Registry>);
-
-impl MetricsRegistry {
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        encode(&mut text, &self.0).expect("writing to a String cannot fail");
-        text
     }
 }

@@ -1,10 +1,9 @@
 //! Prometheus metrics of the order service. The consumer runtime registers
 //! its own (lag per partition, records by outcome) in the same registry.
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -61,17 +60,5 @@ impl OrderMetrics {
                 .get_or_create(&[("status", status.as_str())])
                 .set(count);
         }
-    }
-}
-
-/// The finished registry, shared with the `/metrics` handler.
-#[derive(Clone)]
-pub struct MetricsRegistry(pub Arc<Registry>);
-
-impl MetricsRegistry {
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        encode(&mut text, &self.0).expect("writing to a String cannot fail");
-        text
     }
 }

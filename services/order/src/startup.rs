@@ -1,24 +1,24 @@
 //! Builds the service: migrations, pool, the saga consumer and the HTTP
 //! server, bound (port 0 allowed) and ready to run.
 
-use std::{net::TcpListener, sync::Arc};
+use std::sync::Arc;
 
-use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web as actix};
+use actix_web::{App, HttpServer, middleware::from_fn, web as actix};
 use anyhow::Context;
-use commerce_common::{consumer, db, events::topics, http};
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use paperclip::{
-    actix::{OpenApiExt, web},
-    v2::models::{DefaultApiRaw, Info},
+use commerce_common::{
+    consumer, db,
+    events::topics,
+    service::{self, Operational, RunningService},
 };
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use paperclip::actix::{OpenApiExt, web};
 use prometheus_client::registry::Registry;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{CONSUMER_GROUP, SERVICE, Settings},
-    metrics::{MetricsRegistry, OrderMetrics},
-    routes::{self, ExpectedMigration, orders, request_trace::trace_requests},
+    metrics::OrderMetrics,
+    routes::{self, orders, request_trace::trace_requests},
     saga::SagaHandler,
 };
 
@@ -27,12 +27,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migration
 /// Largest accepted JSON body (100 lines fit many times over).
 const JSON_LIMIT: usize = 64 * 1024;
 
-pub struct Application {
-    port: u16,
-    server: Server,
-    consumer: Option<JoinHandle<()>>,
-    shutdown: CancellationToken,
-}
+pub struct Application(RunningService);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -60,30 +55,21 @@ impl Application {
             )
         });
 
-        let listener = TcpListener::bind(settings.http.address())
-            .with_context(|| format!("binding {}", settings.http.address()))?;
-        let port = listener.local_addr()?.port();
-
-        let pool = actix::Data::new(pool);
+        let (listener, port) = service::bind(&settings.http.address())?;
+        let operational = Operational::new(SERVICE, pool, expected, registry, JSON_LIMIT);
         let verifier = actix::Data::new(verifier);
-        let expected = actix::Data::new(ExpectedMigration(expected));
-        let registry = actix::Data::new(MetricsRegistry(Arc::new(registry)));
         let order_metrics = actix::Data::new(order_metrics);
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(pool.clone())
+                .configure(|cfg| operational.configure(cfg))
                 .app_data(verifier.clone())
-                .app_data(expected.clone())
-                .app_data(registry.clone())
                 .app_data(order_metrics.clone())
-                .app_data(http::json_config(JSON_LIMIT))
-                .app_data(http::query_config())
-                .app_data(http::path_config())
-                .route("/health", actix::get().to(routes::health))
-                .route("/ready", actix::get().to(routes::ready))
                 .route("/metrics", actix::get().to(routes::metrics))
                 .wrap(from_fn(trace_requests))
-                .wrap_api_with_spec(api_spec())
+                .wrap_api_with_spec(service::api_spec(
+                    SERVICE,
+                    "Orders: place, read, list, cancel.",
+                ))
                 .service(
                     web::resource("/api/orders")
                         .route(web::post().to(orders::place_order))
@@ -95,74 +81,26 @@ impl Application {
                         .route(web::post().to(orders::cancel_order)),
                 )
                 .with_json_spec_at("/openapi.json")
-                .default_service(actix::to(unknown_route))
+                .default_service(actix::to(service::unknown_route))
                 .build()
         })
         .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self {
-            port,
-            server,
-            consumer,
-            shutdown,
-        })
+        Ok(Self(RunningService::new(port, server, consumer, shutdown)))
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port()
     }
 
     /// Cancelling it stops the service as SIGINT/SIGTERM would.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.0.shutdown_token()
     }
 
-    /// Serves until SIGINT/SIGTERM or the shutdown token, then stops the
-    /// HTTP server gracefully and lets the consumer release its leases.
+    /// See [`RunningService::run_until_stopped`].
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let mut server = tokio::spawn(self.server);
-        let stop_reason = tokio::select! {
-            result = &mut server => {
-                self.shutdown.cancel();
-                result??;
-                "the HTTP server stopped"
-            }
-            () = self.shutdown.cancelled() => "shutdown requested",
-            signal = shutdown_signal() => signal,
-        };
-        tracing::info!(reason = stop_reason, "stopping");
-        self.shutdown.cancel();
-        handle.stop(true).await;
-        if let Some(consumer) = self.consumer {
-            consumer.await.ok();
-        }
-        Ok(())
-    }
-}
-
-async fn unknown_route() -> Result<actix_web::HttpResponse, commerce_common::http::ApiError> {
-    Err(http::not_found().await)
-}
-
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
-fn api_spec() -> DefaultApiRaw {
-    DefaultApiRaw {
-        info: Info {
-            title: SERVICE.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: Some("Orders: place, read, list, cancel.".into()),
-            ..Default::default()
-        },
-        ..Default::default()
+        self.0.run_until_stopped().await
     }
 }

@@ -1,10 +1,7 @@
 //! Prometheus metrics of the payment service. The consumer runtime registers
 //! its own (lag per partition, records by outcome) in the same registry.
 
-use std::sync::Arc;
-
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
@@ -32,17 +29,5 @@ impl PaymentMetrics {
 
     pub fn outcome(&self, outcome: &'static str) {
         self.payments.get_or_create(&[("outcome", outcome)]).inc();
-    }
-}
-
-/// The finished registry, shared with the `/metrics` handler.
-#[derive(Clone)]
-pub struct MetricsRegistry(pub Arc<Registry>);
-
-impl MetricsRegistry {
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        encode(&mut text, &self.0).expect("writing to a String cannot fail");
-        text
     }
 }

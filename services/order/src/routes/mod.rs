@@ -1,5 +1,6 @@
-//! HTTP routes: the orders API (in the OpenAPI document) and the
-//! operational endpoints (health, readiness, metrics).
+//! HTTP routes: the orders API (in the OpenAPI document) and `/metrics`,
+//! which refreshes the per-status gauges first (the other operational
+//! endpoints are mounted by `commerce_common::service`).
 
 mod extract;
 pub mod orders;
@@ -7,33 +8,14 @@ pub mod request_trace;
 pub mod schemas;
 
 use actix_web::{HttpResponse, web};
-use commerce_common::{db::DbPool, http};
+use commerce_common::{
+    db::DbPool,
+    service::{self, MetricsRegistry},
+};
 
 pub use extract::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 
-use crate::{
-    config::SERVICE,
-    metrics::{MetricsRegistry, OrderMetrics},
-    store,
-};
-
-/// The newest migration version, which `/ready` expects to be applied.
-#[derive(Clone)]
-pub struct ExpectedMigration(pub String);
-
-pub async fn health() -> HttpResponse {
-    http::alive(SERVICE)
-}
-
-pub async fn ready(
-    pool: web::Data<DbPool>,
-    expected: web::Data<ExpectedMigration>,
-) -> HttpResponse {
-    http::readiness(
-        SERVICE,
-        commerce_common::db::ready(&pool, &expected.0).await,
-    )
-}
+use crate::{metrics::OrderMetrics, store};
 
 pub async fn metrics(
     pool: web::Data<DbPool>,
@@ -47,7 +29,5 @@ pub async fn metrics(
         },
         Err(error) => tracing::warn!(%error, "no connection for /metrics"),
     }
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(registry.render())
+    service::metrics(registry).await
 }
