@@ -7,14 +7,14 @@ mod common;
 use commerce_common::events::{
     Event, OrderCancellationRequested, PaymentConfirmed, headers, topics,
 };
-use common::{Relay, one_window, spawn_app_with};
-use test_support::{KafkaReader, kafka_brokers};
+use common::{WAIT, one_window, spawn_app_with};
+use test_support::{KafkaReader, Relay, kafka_brokers};
 use uuid::Uuid;
 
 #[tokio::test]
 async fn bookings_failures_and_releases_are_published_with_the_causing_trace_id() {
     let app = spawn_app_with(1, one_window(1)).await;
-    let _relay = Relay::start(&app.database).await;
+    let _relay = Relay::start(&kafka_brokers(), &[("delivery", &app.database)], WAIT).await;
     let mut deliveries = KafkaReader::new(&kafka_brokers(), topics::DELIVERIES).await;
     let customer = Uuid::new_v4();
     let paid = || PaymentConfirmed {

@@ -173,7 +173,7 @@ async fn every_event_delivered_twice_has_its_effects_once() {
         .map(Event::PaymentConfirmed)
         .collect();
     events.push(Event::OrderCancellationRequested(cancellation(&orders[0])));
-    let envelopes: Vec<_> = events.iter().map(common::envelope).collect();
+    let envelopes: Vec<_> = events.iter().map(test_support::envelope).collect();
     for envelope in &envelopes {
         app.send(envelope).await;
         app.send(envelope).await;
@@ -242,7 +242,7 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
     let stop_second = second.shutdown_token();
     tokio::spawn(second.run_until_stopped());
     test_support::wait_until(common::WAIT, "both instances to own partitions", || async {
-        let owners = common::try_query_i64(
+        let owners = test_support::try_query_i64(
             &app.database,
             "SELECT count(DISTINCT owner) FROM partition_leases WHERE expires_at > now()",
         )
@@ -253,7 +253,7 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
 
     // Produce everything first, so the consumers start on full partitions at once.
     let envelopes: Vec<_> = (0..ORDERS)
-        .map(|_| common::envelope(&Event::PaymentConfirmed(paid(Uuid::new_v4()))))
+        .map(|_| test_support::envelope(&Event::PaymentConfirmed(paid(Uuid::new_v4()))))
         .collect();
     for envelope in &envelopes {
         app.send(envelope).await;

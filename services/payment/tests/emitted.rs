@@ -5,14 +5,14 @@
 mod common;
 
 use commerce_common::events::{Event, OrderCancellationRequested, OrderCreated, headers, topics};
-use common::{INITIAL_CREDIT, Relay, spawn_app};
-use test_support::{KafkaReader, kafka_brokers};
+use common::{INITIAL_CREDIT, WAIT, spawn_app};
+use test_support::{KafkaReader, Relay, kafka_brokers};
 use uuid::Uuid;
 
 #[tokio::test]
 async fn charges_failures_and_refunds_are_published_with_the_causing_trace_id() {
     let app = spawn_app().await;
-    let _relay = Relay::start(&app.database).await;
+    let _relay = Relay::start(&kafka_brokers(), &[("payment", &app.database)], WAIT).await;
     let mut payments = KafkaReader::new(&kafka_brokers(), topics::PAYMENTS).await;
     let customer = Uuid::new_v4();
     let order = |total_cents| OrderCreated {

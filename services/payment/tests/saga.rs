@@ -9,13 +9,15 @@ use std::{collections::BTreeMap, time::Duration};
 use commerce_common::events::{
     DeliveryFailed, Event, OrderCancellationRequested, OrderCreated, UserRegistered,
 };
-use common::{INITIAL_CREDIT, TestApp, query_i64, spawn_app, wait_for_value};
+use common::{INITIAL_CREDIT, TestApp, spawn_app, wait_for_value};
 use rskafka::{
     client::partition::{Compression, UnknownTopicHandling},
     record::Record,
 };
 use serde_json::Value;
-use test_support::{ChildProcess, free_port, fresh_database, kafka_brokers, kafka_client};
+use test_support::{
+    ChildProcess, free_port, fresh_database, kafka_brokers, kafka_client, query_i64,
+};
 use uuid::Uuid;
 
 fn order_created(customer_id: Uuid, total_cents: i64) -> OrderCreated {
@@ -172,7 +174,7 @@ async fn every_event_delivered_twice_has_its_effects_once() {
         customer_id: customer,
         reason: "NO_CAPACITY".into(),
     }));
-    let envelopes: Vec<_> = events.iter().map(common::envelope).collect();
+    let envelopes: Vec<_> = events.iter().map(test_support::envelope).collect();
     for envelope in &envelopes {
         app.send(envelope).await;
         app.send(envelope).await;
@@ -301,7 +303,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_finishes_after_a_ki
     let owned = |instance: &'static str| {
         let database = database.clone();
         async move {
-            common::try_query_i64(
+            test_support::try_query_i64(
                 &database,
                 &format!(
                     "SELECT count(*) FROM partition_leases \
@@ -334,9 +336,9 @@ async fn two_instances_split_the_partitions_and_the_survivor_finishes_after_a_ki
         let orders = orders.clone();
         tokio::spawn(async move {
             for order in orders {
-                let envelope = common::envelope(&Event::OrderCreated(order.clone()));
+                let envelope = test_support::envelope(&Event::OrderCreated(order.clone()));
                 let key = order.order_id.to_string();
-                let partition = common::partition_of(&key, 4);
+                let partition = test_support::partition_of(&key, 4);
                 test_support::produce_envelope(
                     &kafka_brokers(),
                     &topic,

@@ -1,9 +1,12 @@
-//! Fresh databases, one per test, on the cluster of `TEST_DATABASE_URL`.
+//! Fresh databases, one per test, on the cluster of `TEST_DATABASE_URL`,
+//! and waiting for a count in one to reach a value.
+
+use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use crate::env::admin_url;
+use crate::{env::admin_url, wait_until};
 
 /// A database created for one test. It is not dropped afterwards: the
 /// throwaway cluster of `cargo xtask test` goes away as a whole.
@@ -19,6 +22,49 @@ impl TestDatabase {
     pub async fn client(&self) -> Client {
         connect(&self.url).await
     }
+}
+
+/// The one bigint `sql` yields; panics naming `sql` when it fails.
+pub async fn query_i64(database: &TestDatabase, sql: &str) -> i64 {
+    database
+        .client()
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// Like [`query_i64`], but `None` while the query fails (tables not migrated yet).
+pub async fn try_query_i64(database: &TestDatabase, sql: &str) -> Option<i64> {
+    database
+        .client()
+        .await
+        .query_one(sql, &[])
+        .await
+        .ok()
+        .map(|r| r.get(0))
+}
+
+/// Waits up to `timeout` until `sql` (one bigint) yields `expected`.
+pub async fn wait_for_value(database: &TestDatabase, sql: &str, expected: i64, timeout: Duration) {
+    wait_until(timeout, &format!("{sql} = {expected}"), || async {
+        (query_i64(database, sql).await == expected).then_some(())
+    })
+    .await;
+}
+
+/// Waits up to `timeout` until `sql` (one bigint) yields at least `minimum`.
+pub async fn wait_for_value_at_least(
+    database: &TestDatabase,
+    sql: &str,
+    minimum: i64,
+    timeout: Duration,
+) {
+    wait_until(timeout, &format!("{sql} >= {minimum}"), || async {
+        (query_i64(database, sql).await >= minimum).then_some(())
+    })
+    .await;
 }
 
 /// Creates an empty database named `<prefix>_<random>` (migrations are the

@@ -14,19 +14,26 @@ pub mod compose;
 pub mod config_doc;
 mod db;
 mod env;
+mod events;
 mod kafka;
 mod process;
+mod relay;
 mod wait;
 
 pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
 pub use browser::Browser;
-pub use db::{TestDatabase, admin_client, database_url, fresh_database};
+pub use db::{
+    TestDatabase, admin_client, database_url, fresh_database, query_i64, try_query_i64,
+    wait_for_value, wait_for_value_at_least,
+};
 pub use env::{
     DEFAULT_DATABASE_URL, DEFAULT_KAFKA_BROKERS, admin_url, bin_dir, bin_path, kafka_brokers,
     test_log_enabled,
 };
+pub use events::{envelope, partition_of};
 pub use kafka::{
     KafkaReader, KafkaRecord, ensure_topics, kafka_client, produce_envelope, read_topic,
 };
 pub use process::{ChildProcess, free_port};
+pub use relay::Relay;
 pub use wait::{wait_for_http_ok, wait_until};

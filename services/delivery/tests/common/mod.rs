@@ -10,14 +10,15 @@ use std::time::Duration;
 use commerce_common::{
     config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret},
     consumer::ConsumerConfig,
-    events::{Envelope, Event, SCHEMA_VERSION},
+    events::{Envelope, Event},
 };
 use delivery_service::{
     config::{AuthConfig, Settings, WindowsConfig},
     startup::Application,
 };
 use test_support::{
-    TestDatabase, ensure_topics, fresh_database, jwt_keys, kafka_brokers, produce_envelope,
+    TestDatabase, ensure_topics, envelope, fresh_database, jwt_keys, kafka_brokers, partition_of,
+    produce_envelope,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -106,29 +107,6 @@ pub async fn spawn_app_with(partitions: i32, windows: WindowsConfig) -> TestApp 
     }
 }
 
-pub fn envelope(event: &Event) -> Envelope {
-    let (event_type, payload) = event.into_parts();
-    Envelope {
-        event_id: Uuid::now_v7(),
-        event_type,
-        aggregate_type: event.topic().into(),
-        aggregate_id: event.aggregate_id().to_string(),
-        occurred_at: chrono::Utc::now(),
-        schema_version: SCHEMA_VERSION,
-        trace_id: format!("test-{}", Uuid::new_v4().simple()),
-        payload,
-    }
-}
-
-/// The partition a key lands in (any stable choice: events of one order
-/// must stay in one partition).
-pub fn partition_of(key: &str, partitions: i32) -> i32 {
-    let hash = key
-        .bytes()
-        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-    (hash % partitions as u32) as i32
-}
-
 impl TestApp {
     /// Produces `envelope` to this app's topic, keyed like the relay does.
     pub async fn send(&self, envelope: &Envelope) {
@@ -150,7 +128,7 @@ impl TestApp {
     }
 
     pub async fn query_i64(&self, sql: &str) -> i64 {
-        query_i64(&self.database, sql).await
+        test_support::query_i64(&self.database, sql).await
     }
 
     pub fn get(&self, path: &str, user: Option<Uuid>) -> reqwest::RequestBuilder {
@@ -170,137 +148,12 @@ impl TestApp {
     }
 }
 
-pub async fn query_i64(database: &TestDatabase, sql: &str) -> i64 {
-    database
-        .client()
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
 /// Waits until `sql` (one bigint) yields `expected`.
 pub async fn wait_for_value(database: &TestDatabase, sql: &str, expected: i64) {
-    test_support::wait_until(WAIT, &format!("{sql} = {expected}"), || async {
-        (query_i64(database, sql).await == expected).then_some(())
-    })
-    .await;
+    test_support::wait_for_value(database, sql, expected, WAIT).await;
 }
 
 /// Waits until `sql` (one bigint) yields at least `minimum`.
 pub async fn wait_for_value_at_least(database: &TestDatabase, sql: &str, minimum: i64) {
-    test_support::wait_until(WAIT, &format!("{sql} >= {minimum}"), || async {
-        (query_i64(database, sql).await >= minimum).then_some(())
-    })
-    .await;
-}
-
-/// Like [`query_i64`], but `None` while the query fails (tables not migrated yet).
-pub async fn try_query_i64(database: &TestDatabase, sql: &str) -> Option<i64> {
-    database
-        .client()
-        .await
-        .query_one(sql, &[])
-        .await
-        .ok()
-        .map(|r| r.get(0))
-}
-
-/// The outbox-relay binary streaming one test database's outbox to Kafka,
-/// through its own replication slot (dropped again afterwards: a forgotten
-/// slot pins WAL forever).
-pub struct Relay {
-    process: test_support::ChildProcess,
-    url: String,
-    slot: String,
-}
-
-impl Relay {
-    pub async fn start(database: &TestDatabase) -> Relay {
-        let port = test_support::free_port();
-        let slot = format!(
-            "delivery_test_{}",
-            &Uuid::new_v4().simple().to_string()[..12]
-        );
-        let env = vec![
-            ("APP__HTTP__PORT".to_owned(), port.to_string()),
-            ("APP__KAFKA__BROKERS".to_owned(), kafka_brokers()),
-            (
-                "APP__REPLICATION__STATUS_INTERVAL_MS".to_owned(),
-                "200".to_owned(),
-            ),
-            (
-                "APP__SOURCES__DELIVERY__URL".to_owned(),
-                database.url.clone(),
-            ),
-            ("APP__SOURCES__DELIVERY__SLOT".to_owned(), slot.clone()),
-            ("RUST_LOG".to_owned(), "info,rskafka=error".to_owned()),
-        ];
-        let process = test_support::ChildProcess::spawn(
-            "outbox-relay",
-            test_support::bin_path("outbox-relay"),
-            env,
-        );
-        let http = reqwest::Client::new();
-        let status_url = format!("http://127.0.0.1:{port}/api/status");
-        test_support::wait_until(WAIT, "the relay to stream", || async {
-            let status: serde_json::Value =
-                http.get(&status_url).send().await.ok()?.json().await.ok()?;
-            let sources = status["sources"].as_array()?;
-            sources
-                .iter()
-                .all(|s| s["state"] == "streaming")
-                .then_some(())
-        })
-        .await;
-        Relay {
-            process,
-            url: database.url.clone(),
-            slot,
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.process.kill_hard();
-        let (url, slot) = (self.url.clone(), self.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let Ok((client, connection)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                else {
-                    return;
-                };
-                tokio::spawn(connection);
-                for _ in 0..100 {
-                    let _ = client
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                             WHERE slot_name = $1 AND NOT active",
-                            &[&slot],
-                        )
-                        .await;
-                    let gone = client
-                        .query_opt(
-                            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await
-                        .map(|row| row.is_none())
-                        .unwrap_or(true);
-                    if gone {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        })
-        .join();
-    }
+    test_support::wait_for_value_at_least(database, sql, minimum, WAIT).await;
 }
