@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod keygen;
 pub mod metrics;
 pub mod request_id;
 pub mod routes;

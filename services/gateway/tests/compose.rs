@@ -101,3 +101,57 @@ fn every_setting_is_documented() {
     let defaults = serde_json::to_value(Config::default()).unwrap();
     assert_config_documented(SERVICE, &defaults, &[]);
 }
+
+/// The `keys` job's command (`generate-keys <dir>`) run with the real
+/// binary: it writes a pair the gateway's own loader accepts, keeps it on a
+/// second run, and the services' verifier accepts the tokens it signs.
+#[test]
+fn the_keys_job_writes_a_key_pair_the_gateway_and_services_accept() {
+    let compose = Compose::load();
+    let mut command = compose.service("keys").command();
+    let (_, container_dir) = compose.jwt_keys_location();
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    for arg in &mut command {
+        if *arg == container_dir {
+            *arg = keys_dir.display().to_string();
+        }
+    }
+    let run = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(&command)
+            .output()
+            .expect("the gateway binary runs");
+        assert!(
+            output.status.success(),
+            "gateway {command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = run();
+    assert!(first.contains("generated"), "says what it did: {first}");
+    let private = keys_dir.join("jwt.pem");
+    let public = keys_dir.join("jwt.pub.pem");
+    let private_pem = std::fs::read_to_string(&private).unwrap();
+    let second = run();
+    assert!(
+        second.contains("kept"),
+        "a second run keeps the pair: {second}"
+    );
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), private_pem);
+
+    let auth = gateway::config::AuthConfig {
+        private_key_file: Some(private),
+        public_key_file: Some(public.clone()),
+        ..gateway::config::AuthConfig::default()
+    };
+    let (issuer, _) = gateway::auth::tokens::TokenIssuer::from_config(&auth)
+        .expect("the gateway loads the pair (and checks they match)");
+    let user = uuid::Uuid::new_v4();
+    let token = issuer.issue(user).expect("a token").token;
+    let verifier =
+        commerce_common::auth::JwtVerifier::from_public_pem(&std::fs::read(&public).unwrap())
+            .expect("the services load the public key");
+    assert_eq!(verifier.verify(&token).expect("a valid token").sub, user);
+}
