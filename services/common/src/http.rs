@@ -1,6 +1,7 @@
 //! HTTP conventions shared by every service: the one error type mapped to a
 //! status and a stable JSON code, JSON extractor errors in the same shape,
-//! and the `/health` (alive) and `/ready` probes.
+//! the `/health` (alive) and `/ready` probes, and the page parameters of
+//! list endpoints.
 
 use std::fmt;
 
@@ -218,5 +219,50 @@ pub fn readiness(service: &str, check: Result<(), String>) -> HttpResponse {
             service: service.into(),
             detail: Some(detail),
         }),
+    }
+}
+
+/// `?page=&page_size=` of a list endpoint, checked: 1-based pages up to
+/// [`Page::MAX_PAGE`], 1 to [`Page::MAX_SIZE`] items per page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub page: i64,
+    pub page_size: i64,
+}
+
+impl Page {
+    pub const DEFAULT_SIZE: i64 = 20;
+    pub const MAX_SIZE: i64 = 100;
+    pub const MAX_PAGE: i64 = 1_000_000;
+
+    /// Defaults page 1 of [`Page::DEFAULT_SIZE`]; out-of-range values are a
+    /// 422 naming each offending field.
+    pub fn parse(page: Option<i64>, page_size: Option<i64>) -> Result<Self, ApiError> {
+        let page = page.unwrap_or(1);
+        let page_size = page_size.unwrap_or(Self::DEFAULT_SIZE);
+        let mut errors = Vec::new();
+        if !(1..=Self::MAX_PAGE).contains(&page) {
+            errors.push(FieldError {
+                field: "page".into(),
+                code: "out_of_range".into(),
+                message: format!("must be between 1 and {}", Self::MAX_PAGE),
+            });
+        }
+        if !(1..=Self::MAX_SIZE).contains(&page_size) {
+            errors.push(FieldError {
+                field: "page_size".into(),
+                code: "out_of_range".into(),
+                message: format!("must be between 1 and {}", Self::MAX_SIZE),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        Ok(Self { page, page_size })
+    }
+
+    /// Pages needed for `total_items` (0 when there are none).
+    pub fn total_pages(&self, total_items: i64) -> i64 {
+        (total_items + self.page_size - 1) / self.page_size
     }
 }

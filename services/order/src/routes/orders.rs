@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, http::StatusCode};
 use commerce_common::{
     auth::AuthUser,
     db::DbPool,
-    http::{ApiError, FieldError},
+    http::{ApiError, FieldError, Page},
 };
 use paperclip::actix::{AcceptedJson, api_v2_operation, web};
 use sha2::{Digest, Sha256};
@@ -24,9 +24,6 @@ use crate::{
     store::{self, CancelError, IdempotencyKey, PlaceError, Placed},
 };
 
-pub const DEFAULT_PAGE_SIZE: i64 = 20;
-pub const MAX_PAGE_SIZE: i64 = 100;
-const MAX_PAGE: i64 = 1_000_000;
 const MAX_NOTE_CHARS: usize = 500;
 
 /// The trace id put on the events a request causes: its request id.
@@ -196,34 +193,16 @@ pub async fn list_orders(
     query: web::Query<ListQuery>,
     pool: web::Data<DbPool>,
 ) -> Result<web::Json<OrderPage>, ApiError> {
-    let page = query.page.unwrap_or(1);
-    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
-    let mut errors = Vec::new();
-    if !(1..=MAX_PAGE).contains(&page) {
-        errors.push(FieldError {
-            field: "page".into(),
-            code: "out_of_range".into(),
-            message: format!("must be between 1 and {MAX_PAGE}"),
-        });
-    }
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        errors.push(FieldError {
-            field: "page_size".into(),
-            code: "out_of_range".into(),
-            message: format!("must be between 1 and {MAX_PAGE_SIZE}"),
-        });
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    let requested = Page::parse(query.page, query.page_size)?;
     let mut conn = pool.get().await?;
-    let (views, total_items) = store::list_orders(&mut conn, user.user_id, page, page_size).await?;
+    let (views, total_items) =
+        store::list_orders(&mut conn, user.user_id, requested.page, requested.page_size).await?;
     Ok(web::Json(OrderPage {
         items: views.into_iter().map(Order::from).collect(),
-        page,
-        page_size,
+        page: requested.page,
+        page_size: requested.page_size,
         total_items,
-        total_pages: (total_items + page_size - 1) / page_size,
+        total_pages: requested.total_pages(total_items),
     }))
 }
 
