@@ -213,11 +213,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ignores_other_services_sections_but_not_typos_inside_its_own() {
+    fn unknown_sections_and_keys_are_refused() {
         let base = serde_json::to_value(Config::default()).unwrap();
-        let mut shared = base.clone();
-        shared["kafka"] = serde_json::json!({"brokers": "kafka:9092"});
-        assert!(serde_json::from_value::<Config>(shared).is_ok());
+        assert!(serde_json::from_value::<Config>(base.clone()).is_ok());
+        let mut foreign = base.clone();
+        foreign["kafka"] = serde_json::json!({"brokers": "kafka:9092"});
+        assert!(serde_json::from_value::<Config>(foreign).is_err());
         let mut typo = base;
         typo["proxy"]["body_limit"] = serde_json::json!(1);
         assert!(serde_json::from_value::<Config>(typo).is_err());
