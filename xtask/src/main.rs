@@ -22,12 +22,13 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  up [--kafka HOST:PORT] [--partitions N] [--broker-storage memory|sqlite]
+  up [--kafka HOST:PORT] [--partitions N] [--broker-storage memory|sqlite] [--release]
       Start PostgreSQL (port 55432, data kept in .data/postgres), the tansu
       broker (port 9092, in memory unless --broker-storage sqlite) unless
       --kafka names an existing one, the outbox relay
       (dashboard 8090) and the services (gateway 8084, order 8081,
-      payment 8082, delivery 8083). Ctrl-C stops everything.
+      payment 8082, delivery 8083). Ctrl-C stops everything. --release
+      runs optimised builds (for load tests; the first build takes minutes).
   test [-- <test runner args>]
       Build the binaries, start a throwaway PostgreSQL cluster and broker on
       free ports (unless TEST_DATABASE_URL / TEST_KAFKA_BROKERS are set), run

@@ -1,7 +1,8 @@
 //! `cargo xtask up`: the whole system on this machine. PostgreSQL keeps its
 //! data in `.data/`, the broker keeps its records in memory (README: why);
 //! the services and the relay run from
-//! the workspace's debug build. Every process logs into this terminal with
+//! the workspace's debug build (`--release`: the optimised one, for load
+//! tests). Every process logs into this terminal with
 //! its name as prefix. Ctrl-C (or SIGTERM) stops everything in order:
 //! services, relay, broker, PostgreSQL. A child that dies on its own stops
 //! the whole stack (fail fast: a half-running saga is more confusing than a
@@ -72,6 +73,7 @@ pub struct Args {
     kafka: Option<String>,
     partitions: u32,
     storage: StorageChoice,
+    release: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,7 @@ impl Args {
             // SQLite engine grows by ~100 KB/s under the consumers' polling
             // and its fetches slow down until they time out (measured).
             storage: StorageChoice::Memory,
+            release: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -104,6 +107,7 @@ impl Args {
             };
             match flag {
                 "--kafka" => options.kafka = Some(value()?),
+                "--release" => options.release = true,
                 "--partitions" => {
                     options.partitions = value()?
                         .parse()
@@ -199,12 +203,16 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     say("building the services and the relay (cargo build)");
     let mut build = Command::new(paths::cargo());
     build.arg("build").current_dir(&root);
+    if options.release {
+        build.arg("--release");
+    }
     for service in &SERVICES {
         build.args(["-p", service.binary]);
     }
     build.args(["-p", "outbox-relay"]);
     process::run_inherited(build).context("building the binaries failed (see the errors above)")?;
-    let bin_dir = paths::target_dir()?.join("debug");
+    let profile = if options.release { "release" } else { "debug" };
+    let bin_dir = paths::target_dir()?.join(profile);
     // The build may have taken a while.
     ports::ensure_free(&needed_ports)?;
 
