@@ -2,15 +2,16 @@
 //! they can check a token but never mint one. The user id handlers act on
 //! comes from [`AuthUser`], that is from a verified token and nowhere else.
 
-use std::{future::Ready, sync::Arc};
+use std::{future::Ready, path::PathBuf, sync::Arc};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
+use anyhow::Context;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use paperclip::actix::Apiv2Security;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::http::ApiError;
+use crate::{config::Secret, http::ApiError};
 
 pub const ISSUER: &str = "commerce-gateway";
 pub const AUDIENCE: &str = "commerce-api";
@@ -97,4 +98,25 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     Ok(AuthUser {
         user_id: claims.sub,
     })
+}
+
+/// A service's `auth` config section: the gateway's Ed25519 public key,
+/// inline or from a file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    pub public_key_pem: Option<Secret>,
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl PublicKeyConfig {
+    pub fn verifier(&self) -> anyhow::Result<JwtVerifier> {
+        let pem = match (&self.public_key_pem, &self.public_key_file) {
+            (Some(pem), _) if !pem.expose().trim().is_empty() => pem.expose().as_bytes().to_vec(),
+            (_, Some(path)) => std::fs::read(path)
+                .with_context(|| format!("reading auth.public_key_file {}", path.display()))?,
+            _ => anyhow::bail!("set auth.public_key_pem or auth.public_key_file"),
+        };
+        JwtVerifier::from_public_pem(&pem).context("auth: not an Ed25519 public key in PEM form")
+    }
 }

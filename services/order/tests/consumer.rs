@@ -7,27 +7,11 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use commerce_common::events::{
-    DeliveryScheduled, Envelope, Event, PaymentConfirmed, SCHEMA_VERSION, topics,
-};
+use commerce_common::events::{DeliveryScheduled, Envelope, Event, PaymentConfirmed, topics};
 use common::{Customer, OutboxTap, VALID_TOTAL, spawn_consuming_app};
 use serde_json::Value;
-use test_support::{ensure_topics, kafka_brokers, produce_envelope, wait_until};
+use test_support::{ensure_topics, envelope, kafka_brokers, produce_envelope, wait_until};
 use uuid::Uuid;
-
-fn envelope(event: &Event) -> Envelope {
-    let (event_type, payload) = event.into_parts();
-    Envelope {
-        event_id: Uuid::now_v7(),
-        event_type,
-        aggregate_type: event.topic().into(),
-        aggregate_id: event.aggregate_id().to_string(),
-        occurred_at: Utc::now(),
-        schema_version: SCHEMA_VERSION,
-        trace_id: "consumer-test".into(),
-        payload,
-    }
-}
 
 async fn publish(envelope: &Envelope) {
     produce_envelope(

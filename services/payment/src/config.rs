@@ -1,12 +1,9 @@
 //! The payment service's configuration: defaults, then the `APP_CONFIG_FILE`
 //! TOML file, then `APP__SECTION__KEY` environment variables.
 
-use std::path::PathBuf;
-
-use anyhow::Context;
 use commerce_common::{
-    auth::JwtVerifier,
-    config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret},
+    auth::PublicKeyConfig,
+    config::{DatabaseConfig, HttpConfig, KafkaConfig},
     consumer::ConsumerConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -21,7 +18,7 @@ pub struct Settings {
     pub http: HttpConfig,
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
-    pub auth: AuthConfig,
+    pub auth: PublicKeyConfig,
     /// Tuning of the consumer runtime. Brokers and group are filled in by
     /// the service; `topics` defaults to users, orders and deliveries.
     #[serde(default)]
@@ -38,7 +35,7 @@ impl Default for Settings {
                 "postgres://postgres@127.0.0.1:55432/commerce_payment",
             ),
             kafka: KafkaConfig::default(),
-            auth: AuthConfig::default(),
+            auth: PublicKeyConfig::default(),
             consumer: ConsumerConfig::default(),
             wallet: WalletConfig::default(),
         }
@@ -51,26 +48,6 @@ impl Settings {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.wallet.validate()?;
         Ok(settings)
-    }
-}
-
-/// The gateway's Ed25519 public key, inline or from a file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    pub public_key_pem: Option<Secret>,
-    pub public_key_file: Option<PathBuf>,
-}
-
-impl AuthConfig {
-    pub fn verifier(&self) -> anyhow::Result<JwtVerifier> {
-        let pem = match (&self.public_key_pem, &self.public_key_file) {
-            (Some(pem), _) if !pem.expose().trim().is_empty() => pem.expose().as_bytes().to_vec(),
-            (_, Some(path)) => std::fs::read(path)
-                .with_context(|| format!("reading auth.public_key_file {}", path.display()))?,
-            _ => anyhow::bail!("set auth.public_key_pem or auth.public_key_file"),
-        };
-        JwtVerifier::from_public_pem(&pem).context("auth: not an Ed25519 public key in PEM form")
     }
 }
 

@@ -8,12 +8,13 @@
 use std::time::Duration;
 
 use commerce_common::{
+    auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret},
     consumer::ConsumerConfig,
     events::{Envelope, Event},
 };
 use delivery_service::{
-    config::{AuthConfig, Settings, WindowsConfig},
+    config::{Settings, WindowsConfig},
     startup::Application,
 };
 use test_support::{
@@ -52,7 +53,7 @@ pub fn settings(
         kafka: KafkaConfig {
             brokers: kafka_brokers(),
         },
-        auth: AuthConfig {
+        auth: PublicKeyConfig {
             public_key_pem: Some(Secret::new(jwt_keys().public_pem.clone())),
             public_key_file: None,
         },

@@ -8,12 +8,13 @@
 use std::time::Duration;
 
 use commerce_common::{
+    auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret},
     consumer::ConsumerConfig,
     events::{Envelope, Event},
 };
 use payment_service::{
-    config::{AuthConfig, Settings, WalletConfig},
+    config::{Settings, WalletConfig},
     startup::Application,
 };
 use test_support::{
@@ -48,7 +49,7 @@ pub fn settings(database: &TestDatabase, topic: &str, instance: &str) -> Setting
         kafka: KafkaConfig {
             brokers: kafka_brokers(),
         },
-        auth: AuthConfig {
+        auth: PublicKeyConfig {
             public_key_pem: Some(Secret::new(jwt_keys().public_pem.clone())),
             public_key_file: None,
         },
