@@ -14,7 +14,7 @@ connections=${2:-16}
 rounds=${3:-2}
 gateway=${GATEWAY_URL:-http://127.0.0.1:8084}
 direct=${ORDER_URL:-http://127.0.0.1:8081}
-threads=2
+threads=$(( connections < 2 ? connections : 2 ))
 
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
 curl -fsS "$gateway/api/health" >/dev/null || { echo "no stack at $gateway: run cargo xtask up --release"; exit 1; }
