@@ -4,6 +4,7 @@
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod order_changes;
 pub mod routes;
 pub mod saga;
 pub mod schema;

@@ -1,5 +1,6 @@
-//! Builds the service: migrations, pool, the saga consumer and the HTTP
-//! server, bound (port 0 allowed) and ready to run.
+//! Builds the service: migrations, pool, the saga consumer, the order
+//! change listener (long-polling) and the HTTP server, bound (port 0
+//! allowed) and ready to run.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{CONSUMER_GROUP, SERVICE, Settings},
     metrics::OrderMetrics,
+    order_changes::OrderChanges,
     routes::{self, orders, request_trace::trace_requests},
     saga::SagaHandler,
 };
@@ -55,15 +57,28 @@ impl Application {
             )
         });
 
+        let changes = OrderChanges::new(&mut registry, shutdown.clone());
+        let change_listener = changes.spawn_listener(settings.database.url.expose())?;
+        // The running service awaits one background task on shutdown: the
+        // consumer (releasing its leases), then the change listener.
+        let background = tokio::spawn(async move {
+            if let Some(consumer) = consumer {
+                consumer.await.ok();
+            }
+            change_listener.await.ok();
+        });
+
         let (listener, port) = service::bind(&settings.http.address())?;
         let operational = Operational::new(SERVICE, pool, expected, registry, JSON_LIMIT);
         let verifier = actix::Data::new(verifier);
         let order_metrics = actix::Data::new(order_metrics);
+        let changes = actix::Data::new(changes);
         let server = HttpServer::new(move || {
             App::new()
                 .configure(|cfg| operational.configure(cfg))
                 .app_data(verifier.clone())
                 .app_data(order_metrics.clone())
+                .app_data(changes.clone())
                 .route("/metrics", actix::get().to(routes::metrics))
                 .wrap(from_fn(trace_requests))
                 .wrap_api_with_spec(service::api_spec(
@@ -87,7 +102,12 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self(RunningService::new(port, server, consumer, shutdown)))
+        Ok(Self(RunningService::new(
+            port,
+            server,
+            Some(background),
+            shutdown,
+        )))
     }
 
     pub fn port(&self) -> u16 {

@@ -63,6 +63,19 @@ async fn operational_endpoints_answer() {
             .iter()
             .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")
     );
+    let get = &spec["paths"]["/api/orders/{id}"]["get"];
+    assert!(
+        get["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Prefer" && p["in"] == "header"),
+        "{get}"
+    );
+    assert!(
+        get["responses"]["200"]["headers"]["Preference-Applied"].is_object(),
+        "{get}"
+    );
     assert!(!spec["securityDefinitions"].as_object().unwrap().is_empty());
     assert!(spec["definitions"]["Order"].is_object());
     let required = &spec["definitions"]["PlaceOrderRequest"]["required"];

@@ -44,6 +44,13 @@ impl OrderStatus {
         matches!(self, OrderStatus::Rejected | OrderStatus::Cancelled)
     }
 
+    /// The saga is done with it: delivery is scheduled or the order ended.
+    /// Only a customer's cancellation moves a settled order on, so a client
+    /// waiting for the saga (`Prefer: wait`) is answered at once.
+    pub fn is_settled(self) -> bool {
+        matches!(self, OrderStatus::DeliveryScheduled) || self.is_terminal()
+    }
+
     /// The customer may ask to cancel only once payment went through and
     /// before the order ends.
     pub fn accepts_cancellation(self) -> bool {
@@ -171,6 +178,15 @@ mod tests {
             assert!(from.is_terminal());
             assert!(!from.accepts_cancellation());
         }
+    }
+
+    #[test]
+    fn settled_means_delivery_scheduled_or_terminal() {
+        let settled: Vec<_> = OrderStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_settled())
+            .collect();
+        assert_eq!(settled, [DeliveryScheduled, Rejected, Cancelled]);
     }
 
     #[test]

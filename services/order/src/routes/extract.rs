@@ -1,6 +1,7 @@
 //! Extractors and responders of the orders API that paperclip does not
-//! provide: the `Idempotency-Key` header, an optional JSON body, and the
-//! `POST /api/orders` answer (202 created, 200 replayed).
+//! provide: the `Idempotency-Key` and `Prefer: wait` headers, an optional
+//! JSON body, the `POST /api/orders` answer (202 created, 200 replayed) and
+//! the `GET /api/orders/{id}` answer (with `Preference-Applied`).
 
 use std::collections::BTreeMap;
 
@@ -14,8 +15,8 @@ use paperclip::{
     actix::OperationModifier,
     v2::{
         models::{
-            DataType, DefaultOperationRaw, DefaultSchemaRaw, Either, Parameter, ParameterIn,
-            Response,
+            DataType, DefaultOperationRaw, DefaultSchemaRaw, Either, Header, Parameter,
+            ParameterIn, Response,
         },
         schema::Apiv2Schema,
     },
@@ -28,6 +29,80 @@ pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Set on a `POST /api/orders` answer that returns an existing order.
 pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 const MAX_KEY_CHARS: usize = 255;
+
+pub const PREFER: &str = "Prefer";
+pub const PREFERENCE_APPLIED: &str = "Preference-Applied";
+/// Longer `wait` preferences are capped to this many seconds (below the
+/// gateway's 30 s request timeout).
+pub const MAX_WAIT_SECONDS: u32 = 20;
+
+/// The `wait` preference of RFC 7240's `Prefer` header: seconds, 1 to
+/// [`MAX_WAIT_SECONDS`]. Absent, 0 or unreadable is `None` (no waiting):
+/// a preference is a hint, never a reason to fail the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreferWait(pub Option<u32>);
+
+impl FromRequest for PreferWait {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let values = req
+            .headers()
+            .get_all(PREFER)
+            .filter_map(|value| value.to_str().ok());
+        std::future::ready(Ok(PreferWait(parse_wait(values))))
+    }
+}
+
+/// The first `wait` preference among the `Prefer` header values (the RFC's
+/// rule for a repeated preference); its parameters (`;...`) are ignored.
+fn parse_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u32> {
+    let (_, value) = values
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .map(|preference| {
+            let head = preference.split(';').next().unwrap_or_default();
+            match head.split_once('=') {
+                Some((name, value)) => (name.trim(), Some(value.trim())),
+                None => (head.trim(), None),
+            }
+        })
+        .find(|(name, _)| name.eq_ignore_ascii_case("wait"))?;
+    let value = value?;
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: too many of them for a u64 is still "more than the cap".
+    let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+    let seconds = u32::try_from(seconds.min(u64::from(MAX_WAIT_SECONDS))).ok()?;
+    (seconds > 0).then_some(seconds)
+}
+
+impl Apiv2Schema for PreferWait {
+    fn header_parameter_schema() -> Vec<Parameter<DefaultSchemaRaw>> {
+        vec![Parameter {
+            in_: ParameterIn::Header,
+            name: PREFER.into(),
+            description: Some(format!(
+                "Long-polling (RFC 7240): `wait=N` (seconds, 1-{MAX_WAIT_SECONDS}, larger values \
+                 are capped) answers once the order changes or after N seconds, whichever \
+                 comes first, with `Preference-Applied: wait=N`. An order the saga is done \
+                 with (DELIVERY_SCHEDULED, REJECTED, CANCELLED) answers at once. Other \
+                 preferences, 0 or unreadable values: no waiting."
+            )),
+            required: false,
+            data_type: Some(DataType::String),
+            ..Default::default()
+        }]
+    }
+}
+
+impl OperationModifier for PreferWait {}
 
 /// The optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 #[derive(Debug, Clone)]
@@ -169,6 +244,67 @@ impl Responder for PlacedOrder {
     }
 }
 
+/// The answer to `GET /api/orders/{id}`: 200 with the order, and
+/// `Preference-Applied: wait=N` when the request waited for a change.
+pub struct FetchedOrder {
+    pub order: Order,
+    pub waited_seconds: Option<u32>,
+}
+
+impl Responder for FetchedOrder {
+    type Body = BoxBody;
+
+    fn respond_to(self, _: &HttpRequest) -> HttpResponse<BoxBody> {
+        let mut response = HttpResponse::Ok();
+        if let Some(seconds) = self.waited_seconds {
+            response.insert_header((PREFERENCE_APPLIED, format!("wait={seconds}")));
+        }
+        response.json(&self.order)
+    }
+}
+
+impl Apiv2Schema for FetchedOrder {
+    fn name() -> Option<String> {
+        Order::name()
+    }
+
+    fn raw_schema() -> DefaultSchemaRaw {
+        Order::raw_schema()
+    }
+}
+
+impl OperationModifier for FetchedOrder {
+    fn update_parameter(_: &mut DefaultOperationRaw) {}
+
+    fn update_response(op: &mut DefaultOperationRaw) {
+        let applied = Header {
+            description: Some(
+                "`wait=N` when the request waited (`Prefer: wait=N` on an order still in \
+                 the saga)"
+                    .into(),
+            ),
+            data_type: Some(DataType::String),
+            ..Default::default()
+        };
+        op.responses.insert(
+            "200".into(),
+            Either::Right(Response {
+                description: Some("The order".into()),
+                schema: Some({
+                    let mut def = Order::schema_with_ref();
+                    def.retain_ref();
+                    def
+                }),
+                headers: BTreeMap::from([(PREFERENCE_APPLIED.into(), applied)]),
+            }),
+        );
+    }
+
+    fn update_definitions(map: &mut BTreeMap<String, DefaultSchemaRaw>) {
+        <Order as OperationModifier>::update_definitions(map);
+    }
+}
+
 impl Apiv2Schema for PlacedOrder {
     fn name() -> Option<String> {
         Order::name()
@@ -207,5 +343,51 @@ impl OperationModifier for PlacedOrder {
 
     fn update_definitions(map: &mut BTreeMap<String, DefaultSchemaRaw>) {
         <Order as OperationModifier>::update_definitions(map);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_is_read_among_other_preferences() {
+        assert_eq!(parse_wait(["wait=5"]), Some(5));
+        assert_eq!(parse_wait(["respond-async, wait=5"]), Some(5));
+        assert_eq!(
+            parse_wait(["respond-async", " WAIT = 7 ; foo=bar"]),
+            Some(7)
+        );
+        assert_eq!(parse_wait([r#"wait="3""#]), Some(3));
+        assert_eq!(parse_wait(["return=minimal,wait=2,wait=9"]), Some(2));
+    }
+
+    #[test]
+    fn long_waits_are_capped() {
+        assert_eq!(parse_wait(["wait=20"]), Some(20));
+        assert_eq!(parse_wait(["wait=21"]), Some(20));
+        assert_eq!(parse_wait(["wait=99999999999999999999999"]), Some(20));
+    }
+
+    #[test]
+    fn absent_zero_or_unreadable_means_no_waiting() {
+        let none: [&str; 0] = [];
+        assert_eq!(parse_wait(none), None);
+        for value in [
+            "",
+            "wait",
+            "wait=",
+            "wait=0",
+            "wait=-1",
+            "wait=1.5",
+            "wait=abc",
+            "wait=5s",
+            "respond-async",
+            "waiting=5",
+            "wait=\"\"",
+            "w ait=5",
+        ] {
+            assert_eq!(parse_wait([value]), None, "{value:?}");
+        }
     }
 }

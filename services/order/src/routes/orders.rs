@@ -1,4 +1,7 @@
-//! `/api/orders`: place, read, list and cancel one's own orders.
+//! `/api/orders`: place, read (optionally long-polling), list and cancel
+//! one's own orders.
+
+use std::time::Duration;
 
 use actix_web::{HttpRequest, http::StatusCode};
 use commerce_common::{
@@ -11,17 +14,18 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    extract::{IdempotencyKeyHeader, OptionalJson, PlacedOrder},
+    extract::{FetchedOrder, IdempotencyKeyHeader, OptionalJson, PlacedOrder, PreferWait},
     request_trace::RequestId,
     schemas::{CancelRequest, ListQuery, Order, OrderPage, PlaceOrderRequest},
 };
 use crate::{
     domain::{
-        Cents, FieldProblem, NewOrder, NewOrderLine, Quantity, RawAddress, ShippingAddress, Sku,
-        check_line_count,
+        Cents, FieldProblem, NewOrder, NewOrderLine, OrderStatus, Quantity, RawAddress,
+        ShippingAddress, Sku, check_line_count,
     },
     metrics::OrderMetrics,
-    store::{self, CancelError, IdempotencyKey, PlaceError, Placed},
+    order_changes::{OrderChanges, Wake},
+    store::{self, CancelError, IdempotencyKey, OrderView, PlaceError, Placed},
 };
 
 const MAX_NOTE_CHARS: usize = 500;
@@ -173,16 +177,71 @@ pub async fn place_order(
 }
 
 /// Get one of your orders
+///
+/// With `Prefer: wait=N` (1-20 s) on an order the saga is still working on
+/// (PENDING or PAID), the answer waits until the order changes or N seconds
+/// pass, then returns the current order with `Preference-Applied: wait=N`.
 #[api_v2_operation(tags(Orders))]
 pub async fn get_order(
     user: AuthUser,
     path: web::Path<Uuid>,
+    wait: PreferWait,
     pool: web::Data<DbPool>,
-) -> Result<web::Json<Order>, ApiError> {
+    changes: web::Data<OrderChanges>,
+) -> Result<FetchedOrder, ApiError> {
+    let order_id = path.into_inner();
+    let Some(seconds) = wait.0 else {
+        let view = read_order(&pool, order_id, user.user_id).await?;
+        return Ok(FetchedOrder {
+            order: view.into(),
+            waited_seconds: None,
+        });
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds.into());
+    // Subscribed before the first read, so a change committed after that
+    // read wakes us even if it commits before we start waiting.
+    let mut subscription = changes.subscribe(order_id);
+    let first = read_order(&pool, order_id, user.user_id).await?;
+    let settled = first
+        .order
+        .status
+        .parse::<OrderStatus>()
+        .map_or(true, OrderStatus::is_settled);
+    if settled {
+        return Ok(FetchedOrder {
+            order: first.into(),
+            waited_seconds: None,
+        });
+    }
+    // No connection is held while waiting: each read takes one briefly.
+    let current = loop {
+        match subscription.wait(deadline).await {
+            Wake::Notified | Wake::TimedOut | Wake::ShuttingDown => {
+                break read_order(&pool, order_id, user.user_id).await?;
+            }
+            Wake::Recheck => {
+                let current = read_order(&pool, order_id, user.user_id).await?;
+                if current.order != first.order {
+                    break current;
+                }
+            }
+        }
+    };
+    Ok(FetchedOrder {
+        order: current.into(),
+        waited_seconds: Some(seconds),
+    })
+}
+
+/// One of `customer_id`'s orders; the pooled connection is returned at once.
+async fn read_order(
+    pool: &DbPool,
+    order_id: Uuid,
+    customer_id: Uuid,
+) -> Result<OrderView, ApiError> {
     let mut conn = pool.get().await?;
-    store::find_order(&mut conn, path.into_inner(), user.user_id)
+    store::find_order(&mut conn, order_id, customer_id)
         .await?
-        .map(|view| web::Json(view.into()))
         .ok_or_else(|| ApiError::not_found("order"))
 }
 
