@@ -7,7 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Customer, TestApp, spawn_app};
+use commerce_common::config::Secret;
+use common::{Customer, TestApp, spawn_app, spawn_app_with};
 use reqwest::{Method, Response};
 use serde_json::Value;
 use test_support::wait_until;
@@ -269,4 +270,48 @@ async fn the_listener_reconnects_after_losing_its_connection() {
     assert!(answered_at - updated_at < Duration::from_secs(2));
     let order: Value = response.json().await.unwrap();
     assert_eq!(order["status"], "PAID");
+}
+
+#[tokio::test]
+async fn a_change_made_through_another_instance_wakes_the_waiter() {
+    let app = listening_app().await;
+    let url = app.db.url.clone();
+    let other = spawn_app_with(|settings| settings.database.url = Secret::new(&url)).await;
+    wait_for_gauge(&other, "order_change_listener_up", 1).await;
+    let customer = Customer::new();
+    let placed = app.place_ok(&customer).await;
+    let id = placed["id"].as_str().unwrap();
+    execute(&app, "UPDATE orders SET status = 'PAID' WHERE id = $1", id).await;
+
+    let waiting = start_waiting(&app, &customer, id, "wait=5", 0).await;
+    let cancelled_at = Instant::now();
+    let cancel = other.cancel(&customer, id, None).await;
+    assert_eq!(cancel.status(), 202);
+    let (response, answered_at) = waiting.await.unwrap();
+    assert_eq!(applied(&response), Some("wait=5"));
+    assert!(answered_at - cancelled_at < Duration::from_secs(2));
+    let order: Value = response.json().await.unwrap();
+    assert!(order["cancellation"]["requested_at"].is_string(), "{order}");
+}
+
+#[tokio::test]
+async fn stopping_the_service_answers_waiting_requests_at_once() {
+    let app = listening_app().await;
+    let customer = Customer::new();
+    let placed = app.place_ok(&customer).await;
+    let id = placed["id"].as_str().unwrap().to_owned();
+
+    let waiting = start_waiting(&app, &customer, &id, "wait=20", 0).await;
+    let stopped_at = Instant::now();
+    drop(app);
+    let (response, answered_at) = waiting.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(applied(&response), Some("wait=20"));
+    let took = answered_at - stopped_at;
+    assert!(
+        took < Duration::from_secs(2),
+        "answered {took:?} after shutdown"
+    );
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order, placed);
 }
