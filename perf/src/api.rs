@@ -197,6 +197,12 @@ impl Api {
 
     /// Sends one request and records it. Returns the JSON body of a 2xx answer.
     async fn call(&self, req: Req<'_>) -> Result<Value, Outcome> {
+        self.call_applied(req).await.map(|(value, _)| value)
+    }
+
+    /// [`call`](Self::call), and whether the answer carried
+    /// `Preference-Applied` (the server honoured `Prefer: wait`).
+    async fn call_applied(&self, req: Req<'_>) -> Result<(Value, bool), Outcome> {
         let _in_flight = self.recorder.begin();
         let mut request = self
             .http
@@ -207,6 +213,9 @@ impl Api {
         if let Some(key) = req.idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
+        if let Some(seconds) = req.prefer_wait {
+            request = request.header("Prefer", format!("wait={seconds}"));
+        }
         if let Some(body) = req.body {
             request = request.json(body);
         }
@@ -214,6 +223,7 @@ impl Api {
         let result = async {
             let response = request.send().await.map_err(|e| classify(&e))?;
             let status = response.status();
+            let applied = response.headers().contains_key("preference-applied");
             let bytes = response.bytes().await.map_err(|e| classify(&e))?;
             if !status.is_success() {
                 let code = serde_json::from_slice::<Value>(&bytes)
@@ -222,13 +232,13 @@ impl Api {
                 return Err(Outcome::Status(status.as_u16(), code));
             }
             if bytes.is_empty() || status == StatusCode::NO_CONTENT {
-                return Ok(Value::Null);
+                return Ok((Value::Null, applied));
             }
             let v = serde_json::from_slice::<Value>(&bytes)
                 .map_err(|e| Outcome::Body(format!("not JSON: {e}")))?;
             match req.required.iter().find(|field| v.get(**field).is_none()) {
                 Some(missing) => Err(Outcome::Body(format!("answer without `{missing}`"))),
-                None => Ok(v),
+                None => Ok((v, applied)),
             }
         }
         .await;
@@ -316,6 +326,30 @@ impl Api {
         OrderState::from_json(&v).ok_or_else(|| Outcome::Body("order without id/status".into()))
     }
 
+    /// `GET /api/orders/{id}` with `Prefer: wait=seconds`: the server holds
+    /// the answer until the order changes (or is final, or the time is up).
+    /// Recorded as `wait_order`, apart from plain reads. The flag tells
+    /// whether the server honoured the wait (`Preference-Applied`).
+    pub async fn wait_order(
+        &self,
+        user: &User,
+        id: &str,
+        seconds: u64,
+    ) -> Result<(OrderState, bool), Outcome> {
+        let path = format!("/api/orders/{id}");
+        let (v, applied) = self
+            .call_applied(Req {
+                token: Some(&user.token),
+                required: &["id", "status"],
+                prefer_wait: Some(seconds),
+                ..Req::new("wait_order", Method::GET, &path)
+            })
+            .await?;
+        let state = OrderState::from_json(&v)
+            .ok_or_else(|| Outcome::Body("order without id/status".into()))?;
+        Ok((state, applied))
+    }
+
     /// Customer cancellation of a PAID or DELIVERY_SCHEDULED order (202; final once refunded).
     pub async fn cancel_order(&self, user: &User, id: &str) -> Result<Value, Outcome> {
         let path = format!("/api/orders/{id}/cancel");
@@ -371,6 +405,8 @@ struct Req<'a> {
     token: Option<&'a str>,
     body: Option<&'a Value>,
     idempotency_key: Option<&'a str>,
+    /// `Prefer: wait=N` (seconds).
+    prefer_wait: Option<u64>,
     /// Fields a 2xx JSON answer must have; a missing one is a `body` error.
     required: &'a [&'a str],
 }
@@ -384,6 +420,7 @@ impl<'a> Req<'a> {
             token: None,
             body: None,
             idempotency_key: None,
+            prefer_wait: None,
             required: &[],
         }
     }

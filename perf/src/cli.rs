@@ -66,9 +66,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 200)]
     pub pause_ms: u64,
 
-    /// saga: time between polls of an order, in ms (the resolution of completion times).
+    /// saga: time between polls of an order, in ms (the resolution of completion times),
+    /// when not waiting (`--wait-s 0`) or when the server does not honour `Prefer: wait`.
     #[arg(long, default_value_t = 50)]
     pub poll_interval_ms: u64,
+
+    /// saga: follow each order with `GET /api/orders/{id}` and `Prefer: wait=N`: the
+    /// server answers as soon as the order changes, so completion times are exact
+    /// and cost about one request per status change. 0: plain polling instead.
+    #[arg(long, default_value_t = 5)]
+    pub wait_s: u64,
 
     /// saga: seconds after which an order that is not final counts as UNFINISHED.
     #[arg(long, default_value_t = 30.0)]
@@ -168,6 +175,10 @@ impl Cli {
         );
         anyhow::ensure!(self.step > 0.0, "--step must be positive");
         anyhow::ensure!(self.timeout > 0.0, "--timeout must be positive");
+        anyhow::ensure!(
+            (self.wait_s as f64) < self.timeout,
+            "--wait-s must be shorter than the request --timeout"
+        );
         Ok(())
     }
 }

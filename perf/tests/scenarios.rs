@@ -1,6 +1,7 @@
 //! Every scenario end to end against a small in-process fake of the gateway:
 //! registration, tokens, orders that become final after a short delay, lists,
-//! the wallet. Checks the tool's own plumbing, not the real system.
+//! the wallet, `Prefer: wait` on one order. Checks the tool's own plumbing,
+//! not the real system.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -104,7 +105,8 @@ async fn spawn_fake_gateway() -> String {
                         parts.next().unwrap_or("").to_string(),
                         parts.next().unwrap_or("").to_string(),
                     );
-                    let (mut length, mut token) = (0usize, String::new());
+                    let (mut length, mut token, mut prefer) =
+                        (0usize, String::new(), String::new());
                     loop {
                         let mut header = String::new();
                         if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
@@ -120,6 +122,7 @@ async fn spawn_fake_gateway() -> String {
                             "authorization" => {
                                 token = value.trim().trim_start_matches("Bearer ").to_string()
                             }
+                            "prefer" => prefer = value.trim().to_string(),
                             _ => {}
                         }
                     }
@@ -127,10 +130,22 @@ async fn spawn_fake_gateway() -> String {
                     if reader.read_exact(&mut body).await.is_err() {
                         return;
                     }
+                    // `Prefer: wait` on one order: answer when it becomes final.
+                    let created = path
+                        .strip_prefix("/api/orders/")
+                        .filter(|_| method == "GET" && prefer.starts_with("wait="))
+                        .and_then(|id| fake.lock().unwrap().orders.get(id).map(|o| o.1));
+                    let applied = match created {
+                        Some(created) => {
+                            tokio::time::sleep(SAGA_TIME.saturating_sub(created.elapsed())).await;
+                            format!("preference-applied: {prefer}\r\n")
+                        }
+                        None => String::new(),
+                    };
                     let (status, answer) = route(&fake, &method, &path, &token);
                     let answer = answer.to_string();
                     let response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{applied}content-length: {}\r\n\r\n{answer}",
                         answer.len()
                     );
                     if write.write_all(response.as_bytes()).await.is_err() {
@@ -183,10 +198,13 @@ async fn saga_follows_every_order_to_its_end() {
         "3",
         "--poll-interval-ms",
         "10",
+        "--wait-s",
+        "0",
         "--cancel-scheduled",
     ])
     .await;
     assert_eq!(kind(&report, "cancel_order").ok, 200);
+    assert!(kind(&report, "get_order").ok >= 200);
     assert_eq!(report.sagas_started, Some(200));
     assert_eq!(report.measured.saga.finished, 200);
     assert_eq!(
@@ -217,6 +235,31 @@ async fn saga_follows_every_order_to_its_end() {
         std::fs::read_to_string(&html)
             .unwrap()
             .contains("Saga completion")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_with_prefer_wait_reads_each_order_once_when_it_ends() {
+    let (report, _) = run(&[
+        "saga",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--users",
+        "3",
+        "--wait-s",
+        "2",
+    ])
+    .await;
+    assert_eq!(report.measured.saga.finished, 200);
+    // The fake answers a waiting read when the order is final: one read each.
+    assert_eq!(kind(&report, "wait_order").ok, 200);
+    assert!(report.measured.kinds.iter().all(|k| k.kind != "get_order"));
+    let completion = report.measured.saga.completion;
+    assert!(
+        completion.p50_ms >= SAGA_TIME.as_millis() as f64 && completion.p50_ms < 200.0,
+        "{completion:?}"
     );
 }
 

@@ -169,20 +169,47 @@ pub fn next_poll(poll_interval: Duration, waited: Duration) -> Duration {
         .min(Duration::from_secs(1).max(poll_interval))
 }
 
-/// Polls an order until it is final or `timeout` passed since `sent`; records
-/// the saga's completion time (POST sent to the first answer showing a final status).
+/// How [`follow_saga`] learns about an order's progress.
+#[derive(Debug, Clone, Copy)]
+pub enum Follow {
+    /// `GET` every `next_poll(interval, waited)`.
+    Poll(Duration),
+    /// `GET` with `Prefer: wait=seconds`: the server answers when the order
+    /// changes. A server that does not honour it (no `Preference-Applied`)
+    /// is polled at the interval instead.
+    Wait { seconds: u64, interval: Duration },
+}
+
+/// Follows an order until it is final or `timeout` passed since `sent`;
+/// records the saga's completion time (POST sent to the first answer showing
+/// a final status).
 pub async fn follow_saga(
     api: &Api,
     customer: &Customer,
     id: &str,
     sent: Instant,
-    poll_interval: Duration,
+    follow: Follow,
     timeout: Duration,
 ) -> Option<OrderState> {
     let mut last = "PENDING".to_string();
     loop {
-        tokio::time::sleep(next_poll(poll_interval, sent.elapsed())).await;
-        if let Ok(state) = api.get_order(&customer.user, id).await {
+        let answer = match follow {
+            Follow::Poll(interval) => {
+                tokio::time::sleep(next_poll(interval, sent.elapsed())).await;
+                api.get_order(&customer.user, id).await
+            }
+            Follow::Wait { seconds, interval } => {
+                let left = timeout.saturating_sub(sent.elapsed()).as_secs().max(1);
+                match api.wait_order(&customer.user, id, seconds.min(left)).await {
+                    Ok((state, true)) => Ok(state),
+                    other => {
+                        tokio::time::sleep(next_poll(interval, sent.elapsed())).await;
+                        other.map(|(state, _)| state)
+                    }
+                }
+            }
+        };
+        if let Ok(state) = answer {
             if is_final(&state.status) {
                 api.recorder()
                     .record_saga(&state.status, sent.elapsed(), state.server_side);

@@ -30,6 +30,7 @@
 //! - Broker calls all carry deadlines; on an error the partition client is
 //!   rebuilt (tansu drops connections instead of answering with errors).
 //! - Metrics: `consumer_lag` (high watermark - next offset) per partition,
+//!   `consumer_event_age_seconds` (occurred_at to handled) per topic,
 //!   records by outcome, retries, fetch errors, partitions owned.
 //!
 //! Usage (in a service's startup):
@@ -55,7 +56,12 @@ use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, Trans
 use futures::FutureExt;
 pub use futures::future::BoxFuture;
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 use rskafka::{
@@ -197,6 +203,16 @@ pub trait EventHandler: Send + Sync + 'static {
         envelope: &'a Envelope,
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>>;
+
+    /// Whether [`handle`](Self::handle) acts on `event` at all. Events it
+    /// does not want are skipped without touching the database: no inbox
+    /// row, no savepoint, and a fetch holding only such events moves the
+    /// offset in memory only (stored with the next fetch that has work, so a
+    /// restart may read them again and skip them again). Default: all.
+    fn wants(&self, event: &Event) -> bool {
+        let _ = event;
+        true
+    }
 }
 
 /// Starts the consumer: a coordinator task that holds leases and runs one
@@ -223,6 +239,10 @@ pub fn spawn(
     tokio::spawn(coordinator.run())
 }
 
+/// How long a position reached through unwanted events only may stay in
+/// memory before it is stored.
+const LAZY_STORE: Duration = Duration::from_secs(1);
+
 type Labels = Vec<(String, String)>;
 type PartitionKey = (String, i32);
 
@@ -233,6 +253,7 @@ struct Metrics {
     retries: Family<Labels, Counter>,
     fetch_errors: Family<Labels, Counter>,
     owned: Family<Labels, Gauge>,
+    age: Family<Labels, Histogram>,
 }
 
 impl Metrics {
@@ -243,6 +264,9 @@ impl Metrics {
             retries: Family::default(),
             fetch_errors: Family::default(),
             owned: Family::default(),
+            age: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+            }),
         };
         registry.register(
             "consumer_lag",
@@ -268,6 +292,12 @@ impl Metrics {
             "consumer_partitions_owned",
             "Partitions this instance holds a lease on",
             metrics.owned.clone(),
+        );
+        registry.register(
+            "consumer_event_age_seconds",
+            "From the event's occurred_at (its producer's transaction) to the commit of the \
+             transaction that handled it: relay, broker and fetch together",
+            metrics.age.clone(),
         );
         metrics
     }
@@ -691,6 +721,9 @@ struct Outcomes {
     handled: u64,
     duplicate: u64,
     dead_lettered: u64,
+    ignored: u64,
+    /// `occurred_at` of each handled event, for the age histogram.
+    occurred: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Worker {
@@ -710,6 +743,12 @@ impl Worker {
             }
         };
         backoff.reset();
+        // `next` is where the next fetch starts; `stored` what the database
+        // holds. They differ while fetches held only unwanted events (see
+        // `EventHandler::wants`): those are stored with the next fetch that
+        // has work, or after `LAZY_STORE` at the latest.
+        let mut stored = next;
+        let mut stored_at = Instant::now();
         let mut client: Option<PartitionClient> = None;
         let max_wait_ms = self.config.fetch_max_wait.as_millis() as i32;
         while !self.cancel.is_cancelled() {
@@ -782,8 +821,8 @@ impl Worker {
                     tracing::error!(topic = %self.topic, partition = self.partition,
                         stored = next, end = high_watermark,
                         "partition ends before the stored offset; starting over from 0");
-                    match self.apply(&[], next, 0).await {
-                        Ok(_) => next = 0,
+                    match self.apply(&[], stored, 0).await {
+                        Ok(_) => (next, stored) = (0, 0),
                         Err(ApplyError::Fenced) => return,
                         Err(ApplyError::Transient(error)) => {
                             tracing::warn!(error = %format!("{error:#}"), "resetting the offset failed");
@@ -798,14 +837,35 @@ impl Worker {
                     .lag
                     .get_or_create(&labels)
                     .set((high_watermark - next).max(0));
+                if !self.store_lazily(next, &mut stored, &mut stored_at).await {
+                    return;
+                }
                 continue;
             };
             let new_next = last.offset + 1;
+            let wanted: Vec<&RecordAndOffset> = records.iter().filter(|r| self.wanted(r)).collect();
+            let ignored = (records.len() - wanted.len()) as u64;
+            if wanted.is_empty() {
+                self.count(&Outcomes {
+                    ignored,
+                    ..Outcomes::default()
+                });
+                next = new_next;
+                self.metrics
+                    .lag
+                    .get_or_create(&labels)
+                    .set((high_watermark - next).max(0));
+                if !self.store_lazily(next, &mut stored, &mut stored_at).await {
+                    return;
+                }
+                continue;
+            }
             loop {
-                match self.apply(&records, next, new_next).await {
-                    Ok(outcomes) => {
+                match self.apply(&wanted, stored, new_next).await {
+                    Ok(mut outcomes) => {
+                        outcomes.ignored = ignored;
                         self.count(&outcomes);
-                        next = new_next;
+                        (next, stored, stored_at) = (new_next, new_next, Instant::now());
                         self.metrics
                             .lag
                             .get_or_create(&labels)
@@ -832,6 +892,23 @@ impl Worker {
         }
     }
 
+    /// Stores `next` when the database lags behind it (unwanted events only)
+    /// for `LAZY_STORE` or longer; false when fenced (the worker must stop).
+    async fn store_lazily(&self, next: i64, stored: &mut i64, stored_at: &mut Instant) -> bool {
+        if *stored == next || stored_at.elapsed() < LAZY_STORE {
+            return true;
+        }
+        match self.apply(&[], *stored, next).await {
+            Ok(_) => {
+                (*stored, *stored_at) = (next, Instant::now());
+                true
+            }
+            Err(ApplyError::Fenced) => false,
+            // Stored with a later fetch; nothing depends on it.
+            Err(ApplyError::Transient(_)) => true,
+        }
+    }
+
     /// Sleeps unless cancelled first; false when cancelled.
     async fn pause(&self, duration: Duration) -> bool {
         tokio::select! {
@@ -842,10 +919,22 @@ impl Worker {
 
     fn count(&self, outcomes: &Outcomes) {
         let (group, topic, partition) = (&self.config.group, &self.topic, self.partition);
+        if !outcomes.occurred.is_empty() {
+            let now = chrono::Utc::now();
+            let age = self.metrics.age.get_or_create(&vec![
+                ("group".into(), group.clone()),
+                ("topic".into(), topic.clone()),
+            ]);
+            for occurred in &outcomes.occurred {
+                let seconds = (now - *occurred).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                age.observe(seconds.max(0.0));
+            }
+        }
         for (name, n) in [
             ("handled", outcomes.handled),
             ("duplicate", outcomes.duplicate),
             ("dead_lettered", outcomes.dead_lettered),
+            ("ignored", outcomes.ignored),
         ] {
             if n > 0 {
                 self.metrics
@@ -898,11 +987,20 @@ impl Worker {
         Ok(<[_]>::first(&rows).map_or(0, |r| r.next_offset))
     }
 
-    /// Handles a whole fetch in one transaction and moves the offset from
-    /// `expected` to `new_next`.
+    /// Whether the handler wants the record's event. Records that do not
+    /// decode are wanted: the transaction dead-letters them.
+    fn wanted(&self, record: &RecordAndOffset) -> bool {
+        match decode(record).map(|envelope| envelope.event()) {
+            Ok(Ok(event)) => self.handler.wants(&event),
+            _ => true,
+        }
+    }
+
+    /// Handles the wanted records of a fetch in one transaction and moves
+    /// the offset from `expected` to `new_next`.
     async fn apply(
         &self,
-        records: &[RecordAndOffset],
+        records: &[&RecordAndOffset],
         expected: i64,
         new_next: i64,
     ) -> Result<Outcomes, ApplyError> {
@@ -929,7 +1027,7 @@ impl Worker {
     async fn apply_in_transaction(
         &self,
         conn: &mut AsyncPgConnection,
-        records: &[RecordAndOffset],
+        records: &[&RecordAndOffset],
         expected: i64,
         new_next: i64,
     ) -> Result<Outcomes, ApplyError> {
@@ -961,7 +1059,7 @@ impl Worker {
             .await?;
 
         let mut outcomes = Outcomes::default();
-        for record in records {
+        for &record in records {
             let envelope = match decode(record) {
                 Ok(envelope) => envelope,
                 Err(reason) => {
@@ -1049,6 +1147,7 @@ impl Worker {
             Ok(()) => {
                 AnsiTransactionManager::commit_transaction(conn).await?;
                 outcomes.handled += 1;
+                outcomes.occurred.push(envelope.occurred_at);
             }
             Err(HandleError::Permanent(reason)) => {
                 AnsiTransactionManager::rollback_transaction(conn).await?;

@@ -1,6 +1,7 @@
 //! The consumer runtime against a real broker and PostgreSQL: repeats are
-//! applied once, poison goes to `dead_letters` without blocking, and two
-//! instances split partitions and take over from each other.
+//! applied once, poison goes to `dead_letters` without blocking, unwanted
+//! events cost no writes, and two instances split partitions and take over
+//! from each other.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -56,6 +57,10 @@ impl EventHandler for Recorder {
                 .await?;
             Ok(())
         })
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        !matches!(event, Event::PaymentFailed(failed) if failed.reason == "SKIP")
     }
 }
 
@@ -230,6 +235,63 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
         "{dead:?}"
     );
     assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 2);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn unwanted_events_leave_no_inbox_rows_and_their_offsets_are_stored_anyway() {
+    let setup = setup(1).await;
+    let brokers = kafka_brokers();
+    let (_handle, shutdown) = start(&setup, "only");
+    let database = &setup.database;
+    let key = Uuid::new_v4().to_string();
+    for _ in 0..5 {
+        produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("SKIP")).await;
+    }
+    // Only unwanted events: the position is stored lazily (within a second
+    // or so) without a single inbox row or effect.
+    wait_until(WAIT, "the skipped offsets to be stored", || async {
+        (query_i64(
+            database,
+            "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
+        )
+        .await
+            == 5)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 0);
+    assert_eq!(query_i64(database, "SELECT count(*) FROM effects").await, 0);
+
+    // A wanted event among unwanted ones is applied once; only it is in the inbox.
+    let wanted = envelope("OK");
+    produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("SKIP")).await;
+    produce_envelope(&brokers, &setup.topic, 0, &key, &wanted).await;
+    produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("SKIP")).await;
+    wait_until(WAIT, "the partition to be consumed to its end", || async {
+        (query_i64(
+            database,
+            "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
+        )
+        .await
+            == 8)
+            .then_some(())
+    })
+    .await;
+    let client = database.client().await;
+    let effects: Vec<Uuid> = client
+        .query("SELECT event_id FROM effects", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(effects, vec![wanted.event_id]);
+    assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 1);
+    assert_eq!(
+        query_i64(database, "SELECT count(*) FROM dead_letters").await,
+        0
+    );
     shutdown.cancel();
 }
 

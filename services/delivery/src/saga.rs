@@ -64,4 +64,12 @@ impl EventHandler for DeliverySaga {
     ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(self.apply(conn, envelope, event))
     }
+
+    /// The events `apply` acts on; the others skip the inbox.
+    fn wants(&self, event: &Event) -> bool {
+        matches!(
+            event,
+            Event::PaymentConfirmed(_) | Event::OrderCancellationRequested(_)
+        )
+    }
 }

@@ -104,6 +104,11 @@ impl EventHandler for SagaHandler {
             Ok(())
         })
     }
+
+    /// Payment and delivery events about an order; the others skip the inbox.
+    fn wants(&self, event: &Event) -> bool {
+        subject(event).is_some()
+    }
 }
 
 /// What handling one event did.

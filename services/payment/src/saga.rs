@@ -94,4 +94,15 @@ impl EventHandler for PaymentSaga {
     ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(self.apply(conn, envelope, event))
     }
+
+    /// The events `apply` acts on; the others skip the inbox.
+    fn wants(&self, event: &Event) -> bool {
+        matches!(
+            event,
+            Event::UserRegistered(_)
+                | Event::OrderCreated(_)
+                | Event::DeliveryFailed(_)
+                | Event::OrderCancellationRequested(_)
+        )
+    }
 }
