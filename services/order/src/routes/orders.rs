@@ -214,16 +214,21 @@ pub async fn get_order(
         });
     }
     // No connection is held while waiting: each read takes one briefly.
+    let mut last = first;
     let current = loop {
         match subscription.wait(deadline).await {
-            Wake::Notified | Wake::TimedOut | Wake::ShuttingDown => {
+            Wake::Notified | Wake::TimedOut => {
                 break read_order(&pool, order_id, user.user_id).await?;
             }
+            // No new database work while stopping: the HTTP workers' runtimes,
+            // and the pooled connections made on them, are going away.
+            Wake::ShuttingDown => break last,
             Wake::Recheck => {
                 let current = read_order(&pool, order_id, user.user_id).await?;
-                if current.order != first.order {
+                if current.order != last.order {
                     break current;
                 }
+                last = current;
             }
         }
     };
