@@ -1,7 +1,9 @@
 //! The transactional outbox writer. A service calls [`enqueue`] inside the
 //! same diesel transaction as its business rows. The row is deleted again in
-//! that transaction: the relay reads the insert from the WAL (the publication
-//! publishes inserts only), so the table never grows.
+//! that transaction, by the `outbox_delete_published` trigger of each
+//! service's migrations (one statement per event instead of two): the relay
+//! reads the insert from the WAL (the publication publishes inserts only), so
+//! the table never grows.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -45,6 +47,5 @@ pub async fn enqueue(
         ))
         .execute(conn)
         .await?;
-    diesel::delete(outbox::table.find(id)).execute(conn).await?;
     Ok(id)
 }

@@ -13,17 +13,22 @@ use crate::{
     config::WindowsConfig,
     domain::WindowPlan,
     metrics::DeliveryMetrics,
-    store::{self, BookingOutcome, CancelOutcome},
+    store::{self, BookingOutcome, CancelOutcome, KnownWindows},
 };
 
 pub struct DeliverySaga {
     windows: WindowsConfig,
     metrics: DeliveryMetrics,
+    known: KnownWindows,
 }
 
 impl DeliverySaga {
     pub fn new(windows: WindowsConfig, metrics: DeliveryMetrics) -> Self {
-        Self { windows, metrics }
+        Self {
+            windows,
+            metrics,
+            known: KnownWindows::default(),
+        }
     }
 
     async fn apply(
@@ -36,7 +41,16 @@ impl DeliverySaga {
         match event {
             Event::PaymentConfirmed(paid) => {
                 let plan = WindowPlan::for_day(chrono::Utc::now().date_naive(), &self.windows);
-                match store::book(conn, &paid, &plan, self.windows.capacity, trace_id).await? {
+                match store::book(
+                    conn,
+                    &paid,
+                    &plan,
+                    self.windows.capacity,
+                    &self.known,
+                    trace_id,
+                )
+                .await?
+                {
                     BookingOutcome::Scheduled => self.metrics.outcome("scheduled"),
                     BookingOutcome::NoCapacity => self.metrics.outcome("no_capacity"),
                     BookingOutcome::AlreadyHandled => {}

@@ -4,6 +4,8 @@
 //! cancellation of the same order (arriving on different topics) never
 //! interleave.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use chrono::{DateTime, Utc};
 use commerce_common::{
     events::{
@@ -80,15 +82,30 @@ async fn lock_order(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult
     Ok(())
 }
 
-/// Creates the plan's windows that do not exist yet.
+/// How far ahead the delivery windows are known to exist, so that a
+/// booking does not insert the whole plan again every time. Set only when an
+/// insert found every window of a plan already there (committed: the
+/// conflict check waits for concurrent inserters), so a rolled-back
+/// transaction never leaves it claiming windows that do not exist. Windows
+/// are never deleted.
+#[derive(Debug, Default)]
+pub struct KnownWindows(AtomicI64);
+
+/// Creates the plan's windows that do not exist yet, unless they are known
+/// to exist.
 async fn ensure_windows(
     conn: &mut AsyncPgConnection,
     plan: &WindowPlan,
     capacity: i32,
+    known: &KnownWindows,
 ) -> QueryResult<()> {
+    let until = plan.until.timestamp_millis();
+    if AtomicI64::load(&known.0, Ordering::Relaxed) >= until {
+        return Ok(());
+    }
     let starts: Vec<DateTime<Utc>> = plan.windows.iter().map(|w| w.starts_at).collect();
     let ends: Vec<DateTime<Utc>> = plan.windows.iter().map(|w| w.ends_at).collect();
-    diesel::sql_query(
+    let inserted = diesel::sql_query(
         "INSERT INTO delivery_windows (starts_at, ends_at, capacity) \
          SELECT s, e, $3 FROM unnest($1::timestamptz[], $2::timestamptz[]) AS w(s, e) \
          ON CONFLICT (starts_at) DO NOTHING",
@@ -98,6 +115,9 @@ async fn ensure_windows(
     .bind::<Int4, _>(capacity)
     .execute(conn)
     .await?;
+    if inserted == 0 {
+        known.0.fetch_max(until, Ordering::Relaxed);
+    }
     Ok(())
 }
 
@@ -108,6 +128,7 @@ pub async fn book(
     paid: &PaymentConfirmed,
     plan: &WindowPlan,
     capacity: i32,
+    known: &KnownWindows,
     trace_id: &str,
 ) -> QueryResult<BookingOutcome> {
     lock_order(conn, paid.order_id).await?;
@@ -121,7 +142,7 @@ pub async fn book(
         tracing::info!(order_id = %paid.order_id, %status, "delivery exists, nothing booked");
         return Ok(BookingOutcome::AlreadyHandled);
     }
-    ensure_windows(conn, plan, capacity).await?;
+    ensure_windows(conn, plan, capacity, known).await?;
 
     // The row lock makes concurrent bookings queue; one that finds the
     // window full after waiting moves on to the next (and the CHECK

@@ -66,7 +66,7 @@ impl From<StoreError> for SagaError {
     }
 }
 
-/// The consumer runtime's entry point: [`handle_event`] on the runtime's
+/// The consumer runtime's entry point: [`apply_event`] in the runtime's
 /// transaction, with metrics.
 pub struct SagaHandler {
     metrics: OrderMetrics,
@@ -89,7 +89,7 @@ impl EventHandler for SagaHandler {
             let span = tracing::info_span!("saga_event", event_id = %envelope.event_id,
                 event_type = %envelope.event_type, order_id = %envelope.aggregate_id,
                 trace_id = %envelope.trace_id);
-            let outcome = handle_event(conn, &event, &envelope.trace_id)
+            let outcome = apply_event(conn, &event, &envelope.trace_id)
                 .instrument(span)
                 .await
                 .map_err(|error| match error {
@@ -143,10 +143,20 @@ fn subject(event: &Event) -> Option<(Uuid, Uuid)> {
     }
 }
 
-/// Applies one event to its order in one transaction (a savepoint inside
-/// the consumer runtime's transaction): facts, status changes and their
-/// `OrderStatusChanged` outbox rows.
+/// Applies one event to its order in one transaction: facts, status changes
+/// and their `OrderStatusChanged` outbox rows.
 pub async fn handle_event(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    trace_id: &str,
+) -> Result<Outcome, SagaError> {
+    conn.transaction::<_, SagaError, _>(async |conn| apply_event(conn, event, trace_id).await)
+        .await
+}
+
+/// [`handle_event`] in the caller's transaction (the consumer runtime's
+/// savepoint for the record: no second savepoint per event).
+async fn apply_event(
     conn: &mut AsyncPgConnection,
     event: &Event,
     trace_id: &str,
@@ -154,35 +164,32 @@ pub async fn handle_event(
     let Some((order_id, customer_id)) = subject(event) else {
         return Ok(Outcome::NotForUs);
     };
-    conn.transaction::<_, SagaError, _>(async |conn| {
-        let Some(mut row) = store::lock_order(conn, order_id).await? else {
-            tracing::warn!(%order_id, "event for an unknown order ignored");
-            return Ok(Outcome::UnknownOrder(order_id));
-        };
-        if row.customer_id != customer_id {
-            return Err(SagaError::Permanent(format!(
-                "event names customer {customer_id}, order {order_id} belongs to {}",
-                row.customer_id
-            )));
-        }
-        let before = SagaFacts::of(&row);
-        let mut facts = before.clone();
-        record(&mut facts, event, row.total_cents)?;
-        if facts != before {
-            store::record_facts(conn, &mut row, facts).await?;
-        }
-        let mut transitions = Vec::new();
-        while let Some(change) = next_change(&row)? {
-            let status = store::change_status(conn, &mut row, change, trace_id).await?;
-            tracing::info!(%order_id, %status, reason = ?row.status_reason, "order status changed");
-            transitions.push(status);
-        }
-        Ok(Outcome::Applied {
-            order_id,
-            transitions,
-        })
+    let Some(mut row) = store::lock_order(conn, order_id).await? else {
+        tracing::warn!(%order_id, "event for an unknown order ignored");
+        return Ok(Outcome::UnknownOrder(order_id));
+    };
+    if row.customer_id != customer_id {
+        return Err(SagaError::Permanent(format!(
+            "event names customer {customer_id}, order {order_id} belongs to {}",
+            row.customer_id
+        )));
+    }
+    let before = SagaFacts::of(&row);
+    let mut facts = before.clone();
+    record(&mut facts, event, row.total_cents)?;
+    if facts != before {
+        store::record_facts(conn, &mut row, facts).await?;
+    }
+    let mut transitions = Vec::new();
+    while let Some(change) = next_change(&row)? {
+        let status = store::change_status(conn, &mut row, change, trace_id).await?;
+        tracing::info!(%order_id, %status, reason = ?row.status_reason, "order status changed");
+        transitions.push(status);
+    }
+    Ok(Outcome::Applied {
+        order_id,
+        transitions,
     })
-    .await
 }
 
 fn payment_state(facts: &SagaFacts) -> Result<Option<PaymentState>, SagaError> {

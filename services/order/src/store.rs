@@ -208,10 +208,7 @@ pub async fn place_order(
                 return Ok(Placed::Replayed(view));
             }
         }
-        insert_order(conn, order_id, customer_id, order, trace_id).await?;
-        let view = find_order(conn, order_id, customer_id)
-            .await?
-            .ok_or(DieselError::NotFound)?;
+        let view = insert_order(conn, order_id, customer_id, order, trace_id).await?;
         Ok(Placed::Created(view))
     })
     .await
@@ -223,9 +220,11 @@ async fn insert_order(
     customer_id: Uuid,
     order: &NewOrder,
     trace_id: &str,
-) -> Result<(), DieselError> {
+) -> Result<OrderView, DieselError> {
     let address = order.address();
-    diesel::insert_into(orders::table)
+    // RETURNING gives the stored rows (defaults and timestamps included)
+    // without reading them back.
+    let row = diesel::insert_into(orders::table)
         .values((
             orders::id.eq(order_id),
             orders::customer_id.eq(customer_id),
@@ -237,7 +236,8 @@ async fn insert_order(
             orders::shipping_postal_code.eq(&address.postal_code),
             orders::shipping_country.eq(&address.country),
         ))
-        .execute(conn)
+        .returning(OrderRow::as_returning())
+        .get_result(conn)
         .await?;
     let items: Vec<_> = order
         .lines()
@@ -253,10 +253,12 @@ async fn insert_order(
             )
         })
         .collect();
-    diesel::insert_into(order_items::table)
+    let mut items: Vec<ItemRow> = diesel::insert_into(order_items::table)
         .values(&items)
-        .execute(conn)
+        .returning(ItemRow::as_returning())
+        .get_results(conn)
         .await?;
+    items.sort_by_key(|item| item.line_no);
     let event = Event::OrderCreated(events::OrderCreated {
         order_id,
         customer_id,
@@ -279,7 +281,7 @@ async fn insert_order(
         },
     });
     outbox::enqueue(conn, &event, trace_id).await?;
-    Ok(())
+    Ok(OrderView { order: row, items })
 }
 
 /// One of `customer_id`'s orders; someone else's order is `None`, like a

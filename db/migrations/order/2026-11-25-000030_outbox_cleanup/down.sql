@@ -1,0 +1,2 @@
+DROP TRIGGER outbox_delete_published ON outbox;
+DROP FUNCTION outbox_delete_published();
