@@ -450,6 +450,21 @@ impl Coordinator {
                 .execute(&mut conn)
                 .await?;
             }
+            // A topic recreated with fewer partitions (a memory broker
+            // restarted with another partition count): leases of partitions
+            // that no longer exist would count towards the fair share and
+            // could crowd out real ones. Their workers stop below.
+            diesel::sql_query(
+                "DELETE FROM partition_leases l \
+                 WHERE consumer_group = $1 AND topic = ANY($2) AND NOT EXISTS \
+                   (SELECT 1 FROM unnest($2::text[], $3::int[]) AS x(t, p) \
+                    WHERE x.t = l.topic AND x.p = l.partition)",
+            )
+            .bind::<Text, _>(group)
+            .bind::<Array<Text>, _>(&topics)
+            .bind::<Array<Integer>, _>(&numbers)
+            .execute(&mut conn)
+            .await?;
         }
 
         let members: Vec<CountRow> = diesel::sql_query(

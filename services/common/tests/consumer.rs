@@ -296,6 +296,36 @@ async fn unwanted_events_leave_no_inbox_rows_and_their_offsets_are_stored_anyway
 }
 
 #[tokio::test]
+async fn leases_of_partitions_that_no_longer_exist_are_dropped() {
+    // The topic had 3 partitions once (e.g. a memory broker restarted with
+    // another partition count); now it has 1.
+    let setup = setup(1).await;
+    let database = &setup.database;
+    database
+        .client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO partition_leases (consumer_group, topic, partition) \
+             SELECT 'test', '{}', p FROM generate_series(0, 2) AS p",
+            setup.topic
+        ))
+        .await
+        .unwrap();
+    let (_handle, shutdown) = start(&setup, "only");
+    let event = envelope("OK");
+    produce_envelope(&kafka_brokers(), &setup.topic, 0, "k", &event).await;
+    wait_until(WAIT, "the event of the one real partition", || async {
+        (query_i64(database, "SELECT count(*) FROM effects").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        query_i64(database, "SELECT count(*) FROM partition_leases").await,
+        1
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn two_instances_split_partitions_and_one_takes_over_from_a_dead_one() {
     let setup = setup(4).await;
     let brokers = kafka_brokers();
