@@ -194,9 +194,11 @@ impl From<diesel::result::Error> for HandleError {
 /// What a service does with the events of its topics.
 pub trait EventHandler: Send + Sync + 'static {
     /// Runs inside the diesel transaction that also advances the partition
-    /// offset and records `envelope.event_id` in the inbox (each record in its
-    /// own savepoint); write effects and outbox rows on `conn`. Events the
-    /// service does not care about: return `Ok(())`.
+    /// offset and records `envelope.event_id` in the inbox (each record in
+    /// its own savepoint when one of the fetch must be dead-lettered); write
+    /// effects and outbox rows on `conn`. Events the service does not care
+    /// about: return `Ok(())`. It may run more than once for one record
+    /// (rolled back each time but the last).
     fn handle<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
@@ -719,6 +721,13 @@ enum ApplyError {
     Transient(anyhow::Error),
 }
 
+/// How a transaction over a fetch ended (when it did not fail).
+enum Applied {
+    Done(Outcomes),
+    /// A record must be dead-lettered: roll back, apply with savepoints.
+    RetryWithSavepoints,
+}
+
 impl From<diesel::result::Error> for ApplyError {
     fn from(error: diesel::result::Error) -> Self {
         ApplyError::Transient(error.into())
@@ -1013,28 +1022,54 @@ impl Worker {
 
     /// Handles the wanted records of a fetch in one transaction and moves
     /// the offset from `expected` to `new_next`.
+    ///
+    /// Optimistic first: records are applied without a savepoint each (two
+    /// round trips fewer per record). Only when a record must be
+    /// dead-lettered (a permanent failure or a panic, whose partial effects
+    /// must go) is that transaction rolled back and the fetch applied again
+    /// with a savepoint per record.
     async fn apply(
         &self,
         records: &[&RecordAndOffset],
         expected: i64,
         new_next: i64,
     ) -> Result<Outcomes, ApplyError> {
+        match self.apply_once(records, expected, new_next, false).await? {
+            Applied::Done(outcomes) => Ok(outcomes),
+            Applied::RetryWithSavepoints => {
+                match self.apply_once(records, expected, new_next, true).await? {
+                    Applied::Done(outcomes) => Ok(outcomes),
+                    Applied::RetryWithSavepoints => {
+                        unreachable!("with savepoints every failure is dead-lettered")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply_once(
+        &self,
+        records: &[&RecordAndOffset],
+        expected: i64,
+        new_next: i64,
+        savepoints: bool,
+    ) -> Result<Applied, ApplyError> {
         let mut conn = self.pool.get().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
         AnsiTransactionManager::begin_transaction(conn).await?;
         let result = self
-            .apply_in_transaction(conn, records, expected, new_next)
+            .apply_in_transaction(conn, records, expected, new_next, savepoints)
             .await;
         match result {
-            Ok(outcomes) => {
+            Ok(Applied::Done(outcomes)) => {
                 AnsiTransactionManager::commit_transaction(conn).await?;
-                Ok(outcomes)
+                Ok(Applied::Done(outcomes))
             }
-            Err(error) => {
+            Ok(Applied::RetryWithSavepoints) | Err(_) => {
                 if let Err(rollback) = AnsiTransactionManager::rollback_transaction(conn).await {
                     tracing::warn!(error = %rollback, "rollback failed");
                 }
-                Err(error)
+                result
             }
         }
     }
@@ -1045,11 +1080,18 @@ impl Worker {
         records: &[&RecordAndOffset],
         expected: i64,
         new_next: i64,
-    ) -> Result<Outcomes, ApplyError> {
+        savepoints: bool,
+    ) -> Result<Applied, ApplyError> {
         let group = self.config.group.as_str();
+        // One fetch of the group at a time applies its effects (the advisory
+        // lock, taken in the same statement): two fetches touching the same
+        // rows in different orders (one customer's orders on two partitions)
+        // would otherwise deadlock, and PostgreSQL only notices after
+        // `deadlock_timeout` (1 s), stalling both partitions.
         let position: Vec<OffsetRow> = diesel::sql_query(
             "SELECT o.next_offset, coalesce(l.owner = $4, false) AS owned \
-             FROM consumer_offsets o JOIN partition_leases l \
+             FROM (SELECT pg_advisory_xact_lock(hashtext('consumer:' || $1))) AS serialized, \
+               consumer_offsets o JOIN partition_leases l \
                USING (consumer_group, topic, partition) \
              WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = $3 \
              FOR UPDATE OF o",
@@ -1064,14 +1106,6 @@ impl Worker {
             Some(row) if row.next_offset == expected && row.owned => {}
             _ => return Err(ApplyError::Fenced),
         }
-        // One fetch of the group at a time applies its effects: two fetches
-        // touching the same rows in different orders (one customer's orders
-        // on two partitions) would otherwise deadlock, and PostgreSQL only
-        // notices after `deadlock_timeout` (1 s), stalling both partitions.
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('consumer:' || $1))")
-            .bind::<Text, _>(group)
-            .execute(conn)
-            .await?;
 
         let mut outcomes = Outcomes::default();
         for &record in records {
@@ -1086,9 +1120,13 @@ impl Worker {
             let span = tracing::info_span!("event",
                 event_id = %envelope.event_id, event_type = %envelope.event_type,
                 aggregate_id = %envelope.aggregate_id, trace_id = %envelope.trace_id);
-            self.apply_record(conn, record, &envelope, &mut outcomes)
+            let applied = self
+                .apply_record(conn, record, &envelope, &mut outcomes, savepoints)
                 .instrument(span)
                 .await?;
+            if !applied {
+                return Ok(Applied::RetryWithSavepoints);
+            }
         }
 
         diesel::sql_query(
@@ -1102,18 +1140,23 @@ impl Worker {
         .bind::<BigInt, _>(expected)
         .execute(conn)
         .await?;
-        Ok(outcomes)
+        Ok(Applied::Done(outcomes))
     }
 
-    /// One record in its own savepoint: inbox entry, then the handler.
+    /// One record: inbox entry, then the handler; in its own savepoint when
+    /// `savepoints`. Without, a record that must be dead-lettered answers
+    /// `false`: the caller rolls back and applies the fetch with savepoints.
     async fn apply_record(
         &self,
         conn: &mut AsyncPgConnection,
         record: &RecordAndOffset,
         envelope: &Envelope,
         outcomes: &mut Outcomes,
-    ) -> Result<(), ApplyError> {
-        AnsiTransactionManager::begin_transaction(conn).await?;
+        savepoints: bool,
+    ) -> Result<bool, ApplyError> {
+        if savepoints {
+            AnsiTransactionManager::begin_transaction(conn).await?;
+        }
         let first_time = diesel::sql_query(
             "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -1127,14 +1170,18 @@ impl Worker {
         .await;
         match first_time {
             Ok(0) => {
-                AnsiTransactionManager::commit_transaction(conn).await?;
+                if savepoints {
+                    AnsiTransactionManager::commit_transaction(conn).await?;
+                }
                 tracing::debug!("duplicate event skipped");
                 outcomes.duplicate += 1;
-                return Ok(());
+                return Ok(true);
             }
             Ok(_) => {}
             Err(error) => {
-                AnsiTransactionManager::rollback_transaction(conn).await?;
+                if savepoints {
+                    AnsiTransactionManager::rollback_transaction(conn).await?;
+                }
                 return Err(error.into());
             }
         }
@@ -1160,10 +1207,13 @@ impl Worker {
         };
         match outcome {
             Ok(()) => {
-                AnsiTransactionManager::commit_transaction(conn).await?;
+                if savepoints {
+                    AnsiTransactionManager::commit_transaction(conn).await?;
+                }
                 outcomes.handled += 1;
                 outcomes.occurred.push(envelope.occurred_at);
             }
+            Err(HandleError::Permanent(_)) if !savepoints => return Ok(false),
             Err(HandleError::Permanent(reason)) => {
                 AnsiTransactionManager::rollback_transaction(conn).await?;
                 self.dead_letter(conn, record, Some(envelope), &reason)
@@ -1171,11 +1221,13 @@ impl Worker {
                 outcomes.dead_lettered += 1;
             }
             Err(HandleError::Transient(error)) => {
-                AnsiTransactionManager::rollback_transaction(conn).await?;
+                if savepoints {
+                    AnsiTransactionManager::rollback_transaction(conn).await?;
+                }
                 return Err(ApplyError::Transient(error));
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn dead_letter(

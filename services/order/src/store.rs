@@ -291,14 +291,7 @@ pub async fn find_order(
     order_id: Uuid,
     customer_id: Uuid,
 ) -> Result<Option<OrderView>, DieselError> {
-    let Some(order) = orders::table
-        .find(order_id)
-        .filter(orders::customer_id.eq(customer_id))
-        .select(OrderRow::as_select())
-        .first(conn)
-        .await
-        .optional()?
-    else {
+    let Some(order) = find_order_row(conn, order_id, customer_id).await? else {
         return Ok(None);
     };
     let items = order_items::table
@@ -308,6 +301,21 @@ pub async fn find_order(
         .load(conn)
         .await?;
     Ok(Some(OrderView { order, items }))
+}
+
+/// The row of one of `customer_id`'s orders, without its lines.
+pub async fn find_order_row(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    customer_id: Uuid,
+) -> Result<Option<OrderRow>, DieselError> {
+    orders::table
+        .find(order_id)
+        .filter(orders::customer_id.eq(customer_id))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// A page (1-based) of a customer's orders, newest first, and the number of

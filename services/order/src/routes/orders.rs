@@ -214,17 +214,18 @@ pub async fn get_order(
         });
     }
     // No connection is held while waiting: each read takes one briefly.
+    // The lines never change once placed: only the order row is read again.
     let mut last = first;
     let current = loop {
         match subscription.wait(deadline).await {
             Wake::Notified | Wake::TimedOut => {
-                break read_order(&pool, order_id, user.user_id).await?;
+                break reread_order(&pool, last, user.user_id).await?;
             }
             // No new database work while stopping: the HTTP workers' runtimes,
             // and the pooled connections made on them, are going away.
             Wake::ShuttingDown => break last,
             Wake::Recheck => {
-                let current = read_order(&pool, order_id, user.user_id).await?;
+                let current = reread_order(&pool, last.clone(), user.user_id).await?;
                 if current.order != last.order {
                     break current;
                 }
@@ -248,6 +249,19 @@ async fn read_order(
     store::find_order(&mut conn, order_id, customer_id)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))
+}
+
+/// `view` with its order row read again (its lines are immutable).
+async fn reread_order(
+    pool: &DbPool,
+    view: OrderView,
+    customer_id: Uuid,
+) -> Result<OrderView, ApiError> {
+    let mut conn = pool.get().await?;
+    let order = store::find_order_row(&mut conn, view.order.id, customer_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    Ok(OrderView { order, ..view })
 }
 
 /// List your orders, newest first
