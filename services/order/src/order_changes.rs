@@ -114,6 +114,9 @@ impl OrderChanges {
 
     /// Subscribes to the next change of `order_id`. Subscribe before reading
     /// the order: a change committed after the read then cannot be missed.
+    /// The request counts as waiting (`order_long_polls_waiting`) from its
+    /// first [`Subscription::wait`] on, once it holds the order it answers
+    /// with if the service stops.
     pub fn subscribe(&self, order_id: Uuid) -> Subscription {
         let (sender, notified) = oneshot::channel();
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
@@ -122,13 +125,13 @@ impl OrderChanges {
             .entry(order_id)
             .or_default()
             .push((key, sender));
-        self.inner.subscribers.inc();
         Subscription {
             inner: self.inner.clone(),
             order_id,
             key,
             notified,
             fired: false,
+            counted: false,
             listening: self.inner.listening.subscribe(),
         }
     }
@@ -281,12 +284,18 @@ pub struct Subscription {
     key: u64,
     notified: oneshot::Receiver<()>,
     fired: bool,
+    /// Counted in the `order_long_polls_waiting` gauge (from the first wait).
+    counted: bool,
     listening: watch::Receiver<bool>,
 }
 
 impl Subscription {
     /// Waits for the next reason to look at the order again.
     pub async fn wait(&mut self, deadline: Instant) -> Wake {
+        if !self.counted {
+            self.counted = true;
+            self.inner.subscribers.inc();
+        }
         // `changed` also fires for a change since the subscription was made
         // that no earlier `wait` reported.
         let listening = *self.listening.borrow();
@@ -308,7 +317,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.inner.subscribers.dec();
+        if self.counted {
+            self.inner.subscribers.dec();
+        }
         let mut waiters = self.inner.waiters();
         if let Some(subscribers) = waiters.get_mut(&self.order_id) {
             subscribers.retain(|(key, _)| *key != self.key);
@@ -362,6 +373,22 @@ mod tests {
         assert_eq!(changes.watched_orders(), 0);
         drop(notified);
         assert_eq!(changes.watched_orders(), 0);
+        assert_eq!(changes.inner.subscribers.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_counts_as_waiting_from_its_first_wait() {
+        let changes = changes();
+        changes.set_listening(true);
+        let mut subscription = changes.subscribe(Uuid::new_v4());
+        // Still reading its order: not waiting yet.
+        assert_eq!(changes.inner.subscribers.get(), 0);
+        let quick = Instant::now() + Duration::from_millis(1);
+        assert_eq!(subscription.wait(quick).await, Wake::TimedOut);
+        assert_eq!(changes.inner.subscribers.get(), 1);
+        assert_eq!(subscription.wait(quick).await, Wake::TimedOut);
+        assert_eq!(changes.inner.subscribers.get(), 1);
+        drop(subscription);
         assert_eq!(changes.inner.subscribers.get(), 0);
     }
 

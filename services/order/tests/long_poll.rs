@@ -61,8 +61,10 @@ async fn execute(app: &TestApp, sql: &str, id: &str) {
     assert_eq!(changed, 1, "{sql}");
 }
 
-/// Starts a long-poll in the background and waits until the service has
-/// registered it; the task yields the response, its body and when it came.
+/// Starts a long-poll in the background and waits until the service is
+/// waiting on it (`order_long_polls_waiting` counts a request once it has read
+/// the order, not while the first read is still running); the task yields the
+/// response and when it came.
 async fn start_waiting(
     app: &TestApp,
     customer: &Customer,
