@@ -215,6 +215,26 @@ pub trait EventHandler: Send + Sync + 'static {
         let _ = event;
         true
     }
+
+    /// How fetches of different partitions may run at the same time.
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::Serialized
+    }
+}
+
+/// How the runtime keeps a group's fetches (one transaction each, one per
+/// partition at a time) from deadlocking on rows they share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// One fetch of the group applies at a time (a group advisory lock).
+    /// Safe for any handler; the default.
+    Serialized,
+    /// Fetches apply concurrently, each in ascending order of the records'
+    /// keys (a stable sort: one key's events keep their order). Every
+    /// transaction then locks rows in the same order, so none can deadlock,
+    /// PROVIDED that a handler locks only rows of the record's own key (its
+    /// aggregate, e.g. the order row for an event keyed by order id).
+    ByKey,
 }
 
 /// Starts the consumer: a coordinator task that holds leases and runs one
@@ -1083,19 +1103,25 @@ impl Worker {
         savepoints: bool,
     ) -> Result<Applied, ApplyError> {
         let group = self.config.group.as_str();
-        // One fetch of the group at a time applies its effects (the advisory
-        // lock, taken in the same statement): two fetches touching the same
-        // rows in different orders (one customer's orders on two partitions)
-        // would otherwise deadlock, and PostgreSQL only notices after
-        // `deadlock_timeout` (1 s), stalling both partitions.
-        let position: Vec<OffsetRow> = diesel::sql_query(
+        // Serialized: one fetch of the group at a time applies its effects
+        // (the advisory lock, taken in the same statement): two fetches
+        // touching the same rows in different orders (one customer's orders
+        // on two partitions) would otherwise deadlock, and PostgreSQL only
+        // notices after `deadlock_timeout` (1 s), stalling both partitions.
+        let concurrency = self.handler.concurrency();
+        let lock = match concurrency {
+            Concurrency::Serialized => {
+                "(SELECT pg_advisory_xact_lock(hashtext('consumer:' || $1))) AS serialized,"
+            }
+            Concurrency::ByKey => "",
+        };
+        let position: Vec<OffsetRow> = diesel::sql_query(format!(
             "SELECT o.next_offset, coalesce(l.owner = $4, false) AS owned \
-             FROM (SELECT pg_advisory_xact_lock(hashtext('consumer:' || $1))) AS serialized, \
-               consumer_offsets o JOIN partition_leases l \
+             FROM {lock} consumer_offsets o JOIN partition_leases l \
                USING (consumer_group, topic, partition) \
              WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = $3 \
-             FOR UPDATE OF o",
-        )
+             FOR UPDATE OF o"
+        ))
         .bind::<Text, _>(group)
         .bind::<Text, _>(&self.topic)
         .bind::<Integer, _>(self.partition)
@@ -1107,8 +1133,12 @@ impl Worker {
             _ => return Err(ApplyError::Fenced),
         }
 
+        let mut ordered = records.to_vec();
+        if concurrency == Concurrency::ByKey {
+            ordered.sort_by(|a, b| a.record.key.cmp(&b.record.key));
+        }
         let mut outcomes = Outcomes::default();
-        for &record in records {
+        for record in ordered {
             let envelope = match decode(record) {
                 Ok(envelope) => envelope,
                 Err(reason) => {

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use commerce_common::{
     config::DatabaseConfig,
-    consumer::{self, BoxFuture, ConsumerConfig, EventHandler, HandleError},
+    consumer::{self, BoxFuture, Concurrency, ConsumerConfig, EventHandler, HandleError},
     db::{self, DbPool},
     events::{Envelope, Event, PaymentFailed},
 };
@@ -33,6 +33,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `POISON` is a permanent failure.
 struct Recorder {
     instance: String,
+    concurrency: Concurrency,
 }
 
 impl EventHandler for Recorder {
@@ -59,6 +60,10 @@ impl EventHandler for Recorder {
         })
     }
 
+    fn concurrency(&self) -> Concurrency {
+        self.concurrency
+    }
+
     fn wants(&self, event: &Event) -> bool {
         !matches!(event, Event::PaymentFailed(failed) if failed.reason == "SKIP")
     }
@@ -77,7 +82,9 @@ async fn setup(partitions: i32) -> Setup {
     database
         .client()
         .await
-        .batch_execute("CREATE TABLE effects (event_id uuid NOT NULL, instance text NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE effects (seq bigserial, event_id uuid NOT NULL, instance text NOT NULL)",
+        )
         .await
         .unwrap();
     let topic = format!("rt-{}", Uuid::new_v4().simple());
@@ -103,12 +110,21 @@ fn config(topic: &str, instance: &str) -> ConsumerConfig {
 }
 
 fn start(setup: &Setup, instance: &str) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+    start_with(setup, instance, Concurrency::Serialized)
+}
+
+fn start_with(
+    setup: &Setup,
+    instance: &str,
+    concurrency: Concurrency,
+) -> (tokio::task::JoinHandle<()>, CancellationToken) {
     let shutdown = CancellationToken::new();
     let handle = consumer::spawn(
         setup.pool.clone(),
         config(&setup.topic, instance),
         Arc::new(Recorder {
             instance: instance.into(),
+            concurrency,
         }),
         &mut Registry::default(),
         shutdown.clone(),
@@ -322,6 +338,39 @@ async fn leases_of_partitions_that_no_longer_exist_are_dropped() {
         query_i64(database, "SELECT count(*) FROM partition_leases").await,
         1
     );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn by_key_concurrency_applies_a_fetch_in_key_order_keeping_each_keys_order() {
+    let setup = setup(1).await;
+    let brokers = kafka_brokers();
+    let events: Vec<(&str, Envelope)> = ["b", "a", "c", "b", "a"]
+        .into_iter()
+        .map(|key| (key, envelope("OK")))
+        .collect();
+    // All produced before the consumer starts: one fetch holds them all.
+    for (key, event) in &events {
+        produce_envelope(&brokers, &setup.topic, 0, key, event).await;
+    }
+    let (_handle, shutdown) = start_with(&setup, "only", Concurrency::ByKey);
+    let database = &setup.database;
+    wait_until(WAIT, "every event applied", || async {
+        (query_i64(database, "SELECT count(*) FROM effects").await == 5).then_some(())
+    })
+    .await;
+    let applied: Vec<Uuid> = database
+        .client()
+        .await
+        .query("SELECT event_id FROM effects ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let id = |i: usize| events[i].1.event_id;
+    // a (2nd, 5th produced), b (1st, 4th), c (3rd).
+    assert_eq!(applied, vec![id(1), id(4), id(0), id(3), id(2)]);
     shutdown.cancel();
 }
 

@@ -21,7 +21,7 @@
 //!   runtime moves it to the dead-letter table with the reason.
 
 use commerce_common::{
-    consumer::{BoxFuture, EventHandler, HandleError},
+    consumer::{BoxFuture, Concurrency, EventHandler, HandleError},
     events::{Envelope, Event},
 };
 use diesel::result::Error as DieselError;
@@ -108,6 +108,12 @@ impl EventHandler for SagaHandler {
     /// Payment and delivery events about an order; the others skip the inbox.
     fn wants(&self, event: &Event) -> bool {
         subject(event).is_some()
+    }
+
+    /// Every event is keyed by its order id and locks only that order's
+    /// row, so the payments and deliveries partitions may apply at once.
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::ByKey
     }
 }
 

@@ -218,13 +218,20 @@ pub async fn get_order(
     let mut last = first;
     let current = loop {
         match subscription.wait(deadline).await {
-            Wake::Notified | Wake::TimedOut => {
+            Wake::TimedOut => {
                 break reread_order(&pool, last, user.user_id).await?;
             }
             // No new database work while stopping: the HTTP workers' runtimes,
             // and the pooled connections made on them, are going away.
             Wake::ShuttingDown => break last,
-            Wake::Recheck => {
+            // A notification may be for a change the first read already saw
+            // (committed just before it): only a real change answers. The
+            // subscription is renewed before reading again, so a change
+            // after this read still wakes us.
+            wake @ (Wake::Notified | Wake::Recheck) => {
+                if wake == Wake::Notified {
+                    subscription = changes.subscribe(order_id);
+                }
                 let current = reread_order(&pool, last.clone(), user.user_id).await?;
                 if current.order != last.order {
                     break current;
