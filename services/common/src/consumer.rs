@@ -887,7 +887,8 @@ impl Worker {
                 continue;
             };
             let new_next = last.offset + 1;
-            let wanted: Vec<&RecordAndOffset> = records.iter().filter(|r| self.wanted(r)).collect();
+            let decoded: Vec<Decoded> = records.iter().map(Decoded::of).collect();
+            let wanted: Vec<&Decoded> = decoded.iter().filter(|d| self.wanted(d)).collect();
             let ignored = (records.len() - wanted.len()) as u64;
             if wanted.is_empty() {
                 self.count(&Outcomes {
@@ -1033,9 +1034,9 @@ impl Worker {
 
     /// Whether the handler wants the record's event. Records that do not
     /// decode are wanted: the transaction dead-letters them.
-    fn wanted(&self, record: &RecordAndOffset) -> bool {
-        match decode(record).map(|envelope| envelope.event()) {
-            Ok(Ok(event)) => self.handler.wants(&event),
+    fn wanted(&self, decoded: &Decoded) -> bool {
+        match &decoded.envelope {
+            Ok((_, Ok(event))) => self.handler.wants(event),
             _ => true,
         }
     }
@@ -1050,7 +1051,7 @@ impl Worker {
     /// with a savepoint per record.
     async fn apply(
         &self,
-        records: &[&RecordAndOffset],
+        records: &[&Decoded<'_>],
         expected: i64,
         new_next: i64,
     ) -> Result<Outcomes, ApplyError> {
@@ -1069,7 +1070,7 @@ impl Worker {
 
     async fn apply_once(
         &self,
-        records: &[&RecordAndOffset],
+        records: &[&Decoded<'_>],
         expected: i64,
         new_next: i64,
         savepoints: bool,
@@ -1097,7 +1098,7 @@ impl Worker {
     async fn apply_in_transaction(
         &self,
         conn: &mut AsyncPgConnection,
-        records: &[&RecordAndOffset],
+        records: &[&Decoded<'_>],
         expected: i64,
         new_next: i64,
         savepoints: bool,
@@ -1135,14 +1136,15 @@ impl Worker {
 
         let mut ordered = records.to_vec();
         if concurrency == Concurrency::ByKey {
-            ordered.sort_by(|a, b| a.record.key.cmp(&b.record.key));
+            ordered.sort_by(|a, b| a.record.record.key.cmp(&b.record.record.key));
         }
         let mut outcomes = Outcomes::default();
-        for record in ordered {
-            let envelope = match decode(record) {
-                Ok(envelope) => envelope,
+        for decoded in ordered {
+            let record = decoded.record;
+            let (envelope, event) = match &decoded.envelope {
+                Ok(parts) => parts,
                 Err(reason) => {
-                    self.dead_letter(conn, record, None, &reason).await?;
+                    self.dead_letter(conn, record, None, reason).await?;
                     outcomes.dead_lettered += 1;
                     continue;
                 }
@@ -1151,7 +1153,14 @@ impl Worker {
                 event_id = %envelope.event_id, event_type = %envelope.event_type,
                 aggregate_id = %envelope.aggregate_id, trace_id = %envelope.trace_id);
             let applied = self
-                .apply_record(conn, record, &envelope, &mut outcomes, savepoints)
+                .apply_record(
+                    conn,
+                    record,
+                    envelope,
+                    event.clone(),
+                    &mut outcomes,
+                    savepoints,
+                )
                 .instrument(span)
                 .await?;
             if !applied {
@@ -1181,6 +1190,7 @@ impl Worker {
         conn: &mut AsyncPgConnection,
         record: &RecordAndOffset,
         envelope: &Envelope,
+        event: Result<Event, String>,
         outcomes: &mut Outcomes,
         savepoints: bool,
     ) -> Result<bool, ApplyError> {
@@ -1215,7 +1225,7 @@ impl Worker {
                 return Err(error.into());
             }
         }
-        let outcome = match envelope.event() {
+        let outcome = match event {
             // A panicking handler would fail the same record forever: its
             // record is dead-lettered like any permanent failure.
             Ok(event) => AssertUnwindSafe(self.handler.handle(conn, envelope, event))
@@ -1314,6 +1324,25 @@ fn is_out_of_range(error: &rskafka::client::error::Error) -> bool {
             ..
         }
     )
+}
+
+/// A fetched record with its envelope and event, decoded once (to decide
+/// whether it is wanted, then to apply it).
+struct Decoded<'a> {
+    record: &'a RecordAndOffset,
+    /// The envelope and its event (or why the event is unknown), or why the
+    /// value is no envelope.
+    envelope: Result<(Envelope, Result<Event, String>), String>,
+}
+
+impl<'a> Decoded<'a> {
+    fn of(record: &'a RecordAndOffset) -> Self {
+        let envelope = decode(record).map(|envelope| {
+            let event = envelope.event().map_err(|e| e.to_string());
+            (envelope, event)
+        });
+        Self { record, envelope }
+    }
 }
 
 /// The envelope of a record, or why it has none.
