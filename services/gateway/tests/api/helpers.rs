@@ -171,7 +171,12 @@ async fn echo(
             )
         })
         .collect();
-    HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    // Like the order service's long-poll: a preference is answered as applied.
+    if let Some(prefer) = req.headers().get("prefer") {
+        response.insert_header(("Preference-Applied", prefer.clone()));
+    }
+    response
         .insert_header(("Proxy-Authenticate", "Basic realm=upstream"))
         .insert_header(("Keep-Alive", "timeout=5"))
         .insert_header(("Trailer", "x-checksum"))

@@ -154,6 +154,29 @@ async fn hop_by_hop_headers_are_dropped_both_ways() {
 }
 
 #[tokio::test]
+async fn long_poll_preferences_pass_both_ways() {
+    // GET /api/orders/{id} with `Prefer: wait=N` (the order service's
+    // long-poll): the preference goes up, `Preference-Applied` comes back.
+    let (app, _upstream) = app_with_upstream(|_| {}).await;
+    assert!(
+        gateway::config::ProxyConfig::default().request_timeout() > Duration::from_secs(20),
+        "by default the gateway must outwait the longest long-poll (20 s)"
+    );
+    let response = app
+        .http
+        .get(app.url("/api/orders/0b6f"))
+        .header("Authorization", bearer())
+        .header("Prefer", "wait=5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["preference-applied"], "wait=5");
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["prefer"], "wait=5");
+}
+
+#[tokio::test]
 async fn request_ids_are_propagated_or_generated() {
     let (app, _upstream) = app_with_upstream(|_| {}).await;
     let given = app
