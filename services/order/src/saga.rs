@@ -183,14 +183,21 @@ async fn apply_event(
     let before = SagaFacts::of(&row);
     let mut facts = before.clone();
     record(&mut facts, event, row.total_cents)?;
-    if facts != before {
-        store::record_facts(conn, &mut row, facts).await?;
-    }
+    // New facts are written with the first status change they cause (one
+    // statement), or alone when they cause none.
+    let mut unwritten = (facts != before).then(|| {
+        facts.clone().copy_into(&mut row);
+        facts
+    });
     let mut transitions = Vec::new();
     while let Some(change) = next_change(&row)? {
-        let status = store::change_status(conn, &mut row, change, trace_id).await?;
+        let with = unwritten.take();
+        let status = store::change_status(conn, &mut row, change, with.as_ref(), trace_id).await?;
         tracing::info!(%order_id, %status, reason = ?row.status_reason, "order status changed");
         transitions.push(status);
+    }
+    if let Some(facts) = unwritten {
+        store::record_facts(conn, &mut row, facts).await?;
     }
     Ok(Outcome::Applied {
         order_id,

@@ -110,7 +110,7 @@ impl SagaFacts {
         }
     }
 
-    fn copy_into(self, row: &mut OrderRow) {
+    pub fn copy_into(self, row: &mut OrderRow) {
         row.payment_status = self.payment_status;
         row.payment_id = self.payment_id;
         row.payment_amount_cents = self.payment_amount_cents;
@@ -373,29 +373,33 @@ pub async fn lock_order(
 }
 
 /// Moves a (locked) order along the state machine and writes its
-/// `OrderStatusChanged` event, in the caller's transaction.
+/// `OrderStatusChanged` event, in the caller's transaction. `facts` (already
+/// in `row`) are written by the same statement when given.
 pub async fn change_status(
     conn: &mut AsyncPgConnection,
     row: &mut OrderRow,
     change: StatusChange,
+    facts: Option<&SagaFacts>,
     trace_id: &str,
 ) -> Result<OrderStatus, StoreError> {
     let from = row.status()?;
     let to = from.apply(&change)?;
     let reason = change.reason().map(str::to_owned);
     let now = Utc::now();
-    let updated = diesel::update(
+    let target = diesel::update(
         orders::table
             .find(row.id)
             .filter(orders::status.eq(from.as_str())),
-    )
-    .set((
+    );
+    let status = (
         orders::status.eq(to.as_str()),
         orders::status_reason.eq(&reason),
         orders::updated_at.eq(now),
-    ))
-    .execute(conn)
-    .await?;
+    );
+    let updated = match facts {
+        Some(facts) => target.set((facts, status)).execute(conn).await?,
+        None => target.set(status).execute(conn).await?,
+    };
     if updated != 1 {
         return Err(StoreError::LostUpdate(row.id));
     }
