@@ -174,6 +174,19 @@ async fn produce_raw(topic: &str, partition: i32, value: &[u8]) {
     .unwrap();
 }
 
+/// Waits until the stored offset of the (single) partition is `offset`.
+async fn wait_for_stored_offset(database: &TestDatabase, offset: i64, what: &str) {
+    wait_until(WAIT, what, || async {
+        let stored = query_i64(
+            database,
+            "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
+        )
+        .await;
+        (stored == offset).then_some(())
+    })
+    .await;
+}
+
 async fn query_i64(database: &TestDatabase, sql: &str) -> i64 {
     database
         .client()
@@ -206,16 +219,7 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
     produce_envelope(&brokers, &setup.topic, 0, &key, &first).await;
 
     let database = &setup.database;
-    wait_until(WAIT, "the partition to be consumed to its end", || async {
-        (query_i64(
-            database,
-            "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
-        )
-        .await
-            == 8)
-            .then_some(())
-    })
-    .await;
+    wait_for_stored_offset(database, 8, "the partition to be consumed to its end").await;
     let client = database.client().await;
     let effects: Vec<Uuid> = client
         .query("SELECT event_id FROM effects ORDER BY event_id", &[])
@@ -266,16 +270,7 @@ async fn unwanted_events_leave_no_inbox_rows_and_their_offsets_are_stored_anyway
     }
     // Only unwanted events: the position is stored lazily (within a second
     // or so) without a single inbox row or effect.
-    wait_until(WAIT, "the skipped offsets to be stored", || async {
-        (query_i64(
-            database,
-            "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
-        )
-        .await
-            == 5)
-            .then_some(())
-    })
-    .await;
+    wait_for_stored_offset(database, 5, "the skipped offsets to be stored").await;
     assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 0);
     assert_eq!(query_i64(database, "SELECT count(*) FROM effects").await, 0);
 
@@ -284,16 +279,7 @@ async fn unwanted_events_leave_no_inbox_rows_and_their_offsets_are_stored_anyway
     produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("SKIP")).await;
     produce_envelope(&brokers, &setup.topic, 0, &key, &wanted).await;
     produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("SKIP")).await;
-    wait_until(WAIT, "the partition to be consumed to its end", || async {
-        (query_i64(
-            database,
-            "SELECT coalesce(max(next_offset), 0) FROM consumer_offsets",
-        )
-        .await
-            == 8)
-            .then_some(())
-    })
-    .await;
+    wait_for_stored_offset(database, 8, "the partition to be consumed to its end").await;
     let client = database.client().await;
     let effects: Vec<Uuid> = client
         .query("SELECT event_id FROM effects", &[])
