@@ -35,5 +35,5 @@ pub use kafka::{
     KafkaReader, KafkaRecord, ensure_topics, kafka_client, produce_envelope, read_topic,
 };
 pub use process::{ChildProcess, free_port};
-pub use relay::Relay;
+pub use relay::{Relay, ReplicationSlots};
 pub use wait::{wait_for_http_ok, wait_until};

@@ -10,9 +10,14 @@ use crate::{ChildProcess, TestDatabase, bin_path, free_port, wait_until};
 
 pub struct Relay {
     process: ChildProcess,
-    /// `(database url, slot name)` per source.
-    slots: Vec<(String, String)>,
+    /// Dropped after the process is killed (`Drop` below runs first).
+    _slots: ReplicationSlots,
 }
+
+/// `(database url, slot name)` of replication slots a test's relay uses;
+/// dropping this drops the slots (once their walsender is gone). Kill the
+/// relay first.
+pub struct ReplicationSlots(pub Vec<(String, String)>);
 
 impl Relay {
     /// Starts the relay on `brokers` with one source per `(name, database)`
@@ -48,7 +53,7 @@ impl Relay {
         }
         let relay = Relay {
             process: ChildProcess::spawn("outbox-relay", bin_path("outbox-relay"), env),
-            slots,
+            _slots: ReplicationSlots(slots),
         };
         let expected = sources.len();
         let http = reqwest::Client::new();
@@ -68,7 +73,12 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.process.kill_hard();
-        let slots = std::mem::take(&mut self.slots);
+    }
+}
+
+impl Drop for ReplicationSlots {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut self.0);
         // Drop cannot await: a runtime of its own on a thread of its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use test_support::{
-    ChildProcess, TestDatabase, bin_path, compose::workspace_root, free_port, fresh_database,
-    jwt_keys, kafka_brokers, wait_for_http_ok, wait_until,
+    ChildProcess, ReplicationSlots, TestDatabase, bin_path, compose::workspace_root, free_port,
+    fresh_database, jwt_keys, kafka_brokers, wait_for_http_ok, wait_until,
 };
 use uuid::Uuid;
 
@@ -104,61 +104,11 @@ impl Broker {
     }
 }
 
-/// The relay's slots are dropped after it is killed (a forgotten slot pins
-/// WAL on the shared test cluster forever).
-struct Slots(Vec<(String, String)>);
-
-impl Drop for Slots {
-    fn drop(&mut self) {
-        let slots = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                for (url, slot) in slots {
-                    drop_slot(&url, &slot).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn drop_slot(url: &str, slot: &str) {
-    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
-        return;
-    };
-    tokio::spawn(connection);
-    for _ in 0..100 {
-        let _ = client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1 AND NOT active",
-                &[&slot],
-            )
-            .await;
-        let gone = client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map(|row| row.is_none())
-            .unwrap_or(true);
-        if gone {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Field order is drop order: relay, then its slots, services, broker.
 struct Stack {
     gateway_port: u16,
     _relay: ChildProcess,
-    _slots: Slots,
+    _slots: ReplicationSlots,
     _services: Vec<ChildProcess>,
     _databases: Vec<TestDatabase>,
     _broker: Broker,
@@ -239,7 +189,7 @@ impl Stack {
             env.push((format!("APP__SOURCES__{key}__SLOT"), slot.clone()));
             slots.push((db.url.clone(), slot));
         }
-        let slots = Slots(slots);
+        let slots = ReplicationSlots(slots);
         let relay = ChildProcess::spawn("outbox-relay", bin_path("outbox-relay"), env);
         let http = reqwest::Client::new();
         let status_url = format!("http://127.0.0.1:{relay_port}/api/status");
