@@ -6,12 +6,10 @@
 //! answers 200 on the real app. And docs/configuration.md documents every
 //! key of `Config` with its default.
 
-use std::time::Duration;
-
 use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
 use gateway::{config::Config, startup::Application};
 use test_support::{
-    compose::{Compose, assert_rejects_misspelled_key, with_exact_env},
+    compose::{Compose, assert_health_answers},
     config_doc::assert_config_documented,
     fresh_database, jwt_keys,
 };
@@ -22,17 +20,8 @@ const SERVICE: &str = "gateway";
 async fn the_compose_environment_configures_the_gateway() {
     let compose = Compose::load();
     let container = compose.service(SERVICE);
-    let environment = container.environment();
-    let config = with_exact_env(&environment, Config::load)
-        .unwrap_or_else(|e| panic!("compose.yaml's {SERVICE} environment: {e}"));
-    assert_rejects_misspelled_key(&environment, "APP__HTTP__PROT", Config::load);
-
-    assert_eq!(
-        config.http.host, "0.0.0.0",
-        "reachable through the published port"
-    );
-    let (health_port, health_path) = container.healthcheck_http().expect("an HTTP healthcheck");
-    assert_eq!(health_port, config.http.port);
+    let config = container.load_config(Config::load);
+    let health_path = container.assert_serves_http(&config.http.host, config.http.port);
     assert!(
         container
             .published_ports()
@@ -84,15 +73,9 @@ async fn the_compose_environment_configures_the_gateway() {
     local.auth.public_key_file = None;
     local.auth.private_key_pem = Some(Secret::new(jwt_keys().private_pem.clone()));
     let app = Application::build(local).await.expect("the gateway builds");
-    let url = format!("http://127.0.0.1:{}{health_path}", app.port());
+    let port = app.port();
     let server = tokio::spawn(app.run_until_stopped());
-    let response = reqwest::Client::new()
-        .get(&url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("the healthcheck path answers");
-    assert_eq!(response.status(), 200, "GET {health_path}");
+    assert_health_answers(port, &health_path).await;
     server.abort();
 }
 

@@ -5,12 +5,10 @@
 //! healthcheck path answers 200 on the real app. And docs/configuration.md
 //! documents every key of `Settings` with its default.
 
-use std::time::Duration;
-
 use commerce_common::config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret};
 use payment_service::{config::Settings, startup::Application};
 use test_support::{
-    compose::{Compose, assert_rejects_misspelled_key, with_exact_env},
+    compose::{Compose, assert_health_answers},
     config_doc::assert_config_documented,
     fresh_database, jwt_keys, kafka_brokers,
 };
@@ -22,17 +20,8 @@ const SERVICE: &str = "payment";
 async fn the_compose_environment_configures_the_service() {
     let compose = Compose::load();
     let container = compose.service(SERVICE);
-    let environment = container.environment();
-    let settings = with_exact_env(&environment, Settings::load)
-        .unwrap_or_else(|e| panic!("compose.yaml's {SERVICE} environment: {e}"));
-    assert_rejects_misspelled_key(&environment, "APP__HTTP__PROT", Settings::load);
-
-    assert_eq!(
-        settings.http.host, "0.0.0.0",
-        "reachable from other containers"
-    );
-    let (health_port, health_path) = container.healthcheck_http().expect("an HTTP healthcheck");
-    assert_eq!(health_port, settings.http.port);
+    let settings = container.load_config(Settings::load);
+    let health_path = container.assert_serves_http(&settings.http.host, settings.http.port);
     assert_eq!(
         compose.gateway_upstream(SERVICE),
         format!("http://{SERVICE}:{}", settings.http.port),
@@ -76,16 +65,10 @@ async fn the_compose_environment_configures_the_service() {
     local.consumer.topics = vec![format!("payment-compose-{}", Uuid::new_v4().simple())];
     local.auth.public_key_pem = Some(Secret::new(jwt_keys().public_pem.clone()));
     let app = Application::build(local).await.expect("the app builds");
-    let url = format!("http://127.0.0.1:{}{health_path}", app.port());
+    let port = app.port();
     let shutdown = app.shutdown_token();
     tokio::spawn(app.run_until_stopped());
-    let response = reqwest::Client::new()
-        .get(&url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("the healthcheck path answers");
-    assert_eq!(response.status(), 200, "GET {health_path}");
+    assert_health_answers(port, &health_path).await;
     shutdown.cancel();
 }
 

@@ -177,6 +177,18 @@ pub fn assert_rejects_misspelled_key<T, E: std::fmt::Display>(
     }
 }
 
+/// Asserts `GET http://127.0.0.1:{port}{path}` answers 200 within 10 s:
+/// the container's healthcheck path is a route of the real app.
+pub async fn assert_health_answers(port: u16, path: &str) {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the healthcheck path answers");
+    assert_eq!(response.status(), 200, "GET {path}");
+}
+
 /// One service of the compose file.
 pub struct Service<'a> {
     pub name: String,
@@ -184,6 +196,35 @@ pub struct Service<'a> {
 }
 
 impl Service<'_> {
+    /// The container's configuration, loaded by `load` (the crate's own
+    /// loader) from exactly the container's environment; a misspelled key
+    /// must be refused too, so a typo in compose.yaml cannot go unnoticed.
+    pub fn load_config<T, E: std::fmt::Display>(&self, load: impl Fn() -> Result<T, E>) -> T {
+        let environment = self.environment();
+        let config = with_exact_env(&environment, &load)
+            .unwrap_or_else(|e| panic!("compose.yaml's {} environment: {e}", self.name));
+        assert_rejects_misspelled_key(&environment, "APP__HTTP__PROT", load);
+        config
+    }
+
+    /// Asserts the container serves HTTP where the others reach it: on
+    /// every interface (`host`), on the port its healthcheck probes.
+    /// Returns the healthcheck's path.
+    pub fn assert_serves_http(&self, host: &str, port: u16) -> String {
+        assert_eq!(
+            host, "0.0.0.0",
+            "{}: reachable from outside the container",
+            self.name
+        );
+        let (health_port, health_path) = self.healthcheck_http().expect("an HTTP healthcheck");
+        assert_eq!(
+            health_port, port,
+            "{}: the healthcheck probes the app's port",
+            self.name
+        );
+        health_path
+    }
+
     /// The container's environment, interpolated with the defaults. Both
     /// compose forms (mapping and `KEY=value` list) are accepted; numbers and
     /// booleans become their text, as compose passes them.
