@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use test_support::{ChildProcess, KafkaRecord, TestDatabase, bin_path, free_port, wait_until};
+use test_support::{
+    ChildProcess, KafkaRecord, ReplicationSlots, TestDatabase, bin_path, free_port, wait_until,
+};
 use tokio_postgres::Client;
 
 const OUTBOX_MIGRATION: &str =
@@ -58,7 +60,8 @@ pub struct Relay {
     pub process: ChildProcess,
     pub port: u16,
     env: Vec<(String, String)>,
-    slots: Vec<(String, String)>,
+    /// Dropped after the process is killed (`Drop` below runs first).
+    _slots: ReplicationSlots,
     http: reqwest::Client,
 }
 
@@ -92,10 +95,12 @@ impl Relay {
             process,
             port,
             env,
-            slots: sources
-                .iter()
-                .map(|s| (s.url.clone(), s.slot.clone()))
-                .collect(),
+            _slots: ReplicationSlots(
+                sources
+                    .iter()
+                    .map(|s| (s.url.clone(), s.slot.clone()))
+                    .collect(),
+            ),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -157,51 +162,6 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.process.kill_hard();
-        let slots = std::mem::take(&mut self.slots);
-        // Drop is synchronous; a small runtime on a helper thread does the SQL.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                for (url, slot) in slots {
-                    drop_slot(&url, &slot).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn drop_slot(url: &str, slot: &str) {
-    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
-        return;
-    };
-    tokio::spawn(connection);
-    // The walsender may take a moment to notice its client died.
-    for _ in 0..50 {
-        let dropped = client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1 AND NOT active",
-                &[&slot],
-            )
-            .await;
-        let gone = client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map(|row| row.is_none())
-            .unwrap_or(true);
-        if dropped.is_err() || gone {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
