@@ -13,18 +13,14 @@
 
 mod common;
 
-use std::{
-    path::PathBuf,
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::{Customer, TestApp, spawn_app_with, valid_order};
 use reqwest::Method;
 use serde_json::Value;
 use test_support::{
-    ChildProcess, Relay, TestDatabase, bin_path, free_port, fresh_database, jwt_keys,
-    kafka_brokers, wait_for_http_ok, wait_until,
+    ChildProcess, Relay, StackBroker, TestDatabase, bin_path, free_port, fresh_database, jwt_keys,
+    wait_for_http_ok, wait_until,
 };
 
 const SAGA_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,72 +31,6 @@ const INITIAL_CREDIT: i64 = 100_000;
 struct StackOptions {
     /// Bookings per delivery window.
     window_capacity: i32,
-}
-
-/// The stack's Kafka-protocol broker.
-struct Broker {
-    brokers: String,
-    _process: Option<ChildProcess>,
-    /// Held while the stack uses the shared broker.
-    _exclusive: Option<MutexGuard<'static, ()>>,
-}
-
-/// `TANSU_BIN`, else where `cargo xtask` installs tansu; `None` if that is
-/// not a file (`TANSU_BIN=none` forces the shared broker).
-fn tansu_bin() -> Option<PathBuf> {
-    let bin = match std::env::var_os("TANSU_BIN").filter(|b| !b.is_empty()) {
-        Some(bin) => PathBuf::from(bin),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
-            .join("cdc-commerce/tansu-0.6.0/bin/tansu"),
-    };
-    bin.is_file().then_some(bin)
-}
-
-impl Broker {
-    async fn start() -> Broker {
-        static SHARED: Mutex<()> = Mutex::new(());
-        let Some(bin) = tansu_bin() else {
-            let guard = SHARED
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            return Broker {
-                brokers: kafka_brokers(),
-                _process: None,
-                _exclusive: Some(guard),
-            };
-        };
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let process = ChildProcess::spawn_with_args(
-            "tansu",
-            bin,
-            [
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            [("NO_COLOR", "1")],
-        );
-        wait_until(START_TIMEOUT, "the private broker to listen", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(drop)
-        })
-        .await;
-        Broker {
-            brokers: format!("127.0.0.1:{port}"),
-            _process: Some(process),
-            _exclusive: None,
-        }
-    }
 }
 
 /// A service binary and its port.
@@ -156,12 +86,12 @@ struct Stack {
     delivery: Service,
     delivery_db: TestDatabase,
     http: reqwest::Client,
-    _broker: Broker,
+    _broker: StackBroker,
 }
 
 impl Stack {
     async fn start(options: StackOptions) -> Stack {
-        let broker = Broker::start().await;
+        let broker = StackBroker::start(START_TIMEOUT).await;
         let brokers = broker.brokers.clone();
         let payment_db = fresh_database("order_e2e_payment").await;
         let delivery_db = fresh_database("order_e2e_delivery").await;

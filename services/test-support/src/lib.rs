@@ -9,6 +9,7 @@
 //! `TEST_LOG` (print child logs live).
 
 mod auth;
+mod broker;
 mod browser;
 pub mod compose;
 pub mod config_doc;
@@ -21,6 +22,7 @@ mod relay;
 mod wait;
 
 pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
+pub use broker::StackBroker;
 pub use browser::Browser;
 pub use db::{
     TestDatabase, admin_client, database_url, fresh_database, query_i64, try_query_i64,

@@ -6,17 +6,12 @@
 //! the outcomes a reader is told to expect (`test "$STATUS" = ...`, `curl
 //! -f` on every request); this test adds the figures of the output.
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use serde_json::Value;
 use test_support::{
-    ChildProcess, ReplicationSlots, TestDatabase, bin_path, compose::workspace_root, free_port,
-    fresh_database, jwt_keys, kafka_brokers, wait_for_http_ok, wait_until,
+    ChildProcess, ReplicationSlots, StackBroker, TestDatabase, bin_path, compose::workspace_root,
+    free_port, fresh_database, jwt_keys, wait_for_http_ok, wait_until,
 };
 use uuid::Uuid;
 
@@ -45,65 +40,6 @@ fn shell_blocks(markdown: &str) -> Vec<String> {
     blocks
 }
 
-/// The broker of this stack: a private tansu when installed (every consumer
-/// reads its topics from offset 0, so a shared broker's history would be
-/// replayed into this stack), else the shared test broker, one stack at a
-/// time.
-struct Broker {
-    brokers: String,
-    _process: Option<ChildProcess>,
-    _exclusive: Option<MutexGuard<'static, ()>>,
-}
-
-fn tansu_bin() -> Option<PathBuf> {
-    let bin = match std::env::var_os("TANSU_BIN").filter(|b| !b.is_empty()) {
-        Some(bin) => PathBuf::from(bin),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
-            .join("cdc-commerce/tansu-0.6.0/bin/tansu"),
-    };
-    bin.is_file().then_some(bin)
-}
-
-impl Broker {
-    async fn start() -> Broker {
-        static SHARED: Mutex<()> = Mutex::new(());
-        let Some(bin) = tansu_bin() else {
-            return Broker {
-                brokers: kafka_brokers(),
-                _process: None,
-                _exclusive: Some(SHARED.lock().unwrap_or_else(|p| p.into_inner())),
-            };
-        };
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let args = [
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ];
-        let process = ChildProcess::spawn_with_args("tansu", bin, args, [("NO_COLOR", "1")]);
-        wait_until(START_TIMEOUT, "the private broker to listen", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(drop)
-        })
-        .await;
-        Broker {
-            brokers: format!("127.0.0.1:{port}"),
-            _process: Some(process),
-            _exclusive: None,
-        }
-    }
-}
-
 /// Field order is drop order: relay, then its slots, services, broker.
 struct Stack {
     gateway_port: u16,
@@ -111,7 +47,7 @@ struct Stack {
     _slots: ReplicationSlots,
     _services: Vec<ChildProcess>,
     _databases: Vec<TestDatabase>,
-    _broker: Broker,
+    _broker: StackBroker,
 }
 
 fn base_env() -> Vec<(String, String)> {
@@ -124,7 +60,7 @@ fn base_env() -> Vec<(String, String)> {
 
 impl Stack {
     async fn start() -> Stack {
-        let broker = Broker::start().await;
+        let broker = StackBroker::start(START_TIMEOUT).await;
         let keys = jwt_keys();
         let public_key = keys.public_key_file.display().to_string();
         let mut services = Vec::new();
