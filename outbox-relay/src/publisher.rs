@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
@@ -196,6 +196,7 @@ impl Publisher {
             deliveries: self.deliveries.clone(),
             timeout,
             max_batch_bytes: self.config.max_record_bytes,
+            busy_interval: self.config.busy_produce_interval(),
         };
         self.workers.spawn(worker.run());
         Ok(sender)
@@ -208,11 +209,13 @@ struct PartitionWorker {
     deliveries: mpsc::UnboundedSender<Delivery>,
     timeout: Duration,
     max_batch_bytes: usize,
+    busy_interval: Duration,
 }
 
 impl PartitionWorker {
     async fn run(mut self) {
         let mut carried: Option<Job> = None;
+        let mut last_produce: Option<Instant> = None;
         loop {
             let first = match carried.take() {
                 Some(job) => job,
@@ -221,6 +224,16 @@ impl PartitionWorker {
                     None => return,
                 },
             };
+            // Busy (produced a moment ago) and no full batch waiting: let
+            // more records join this one.
+            if let Some(rest) = last_produce
+                .map(|at| self.busy_interval.saturating_sub(at.elapsed()))
+                .filter(|rest| !rest.is_zero())
+                && self.jobs.len() + 1 < MAX_BATCH_RECORDS
+            {
+                tokio::time::sleep(rest).await;
+            }
+            last_produce = Some(Instant::now());
             let (batch, next) = self.fill_batch(first);
             carried = next;
             if !self.produce(batch).await {

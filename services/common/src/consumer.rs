@@ -95,10 +95,19 @@ pub struct ConsumerConfig {
     /// How long a partition lease lives without renewal (renewed every third).
     #[serde(with = "duration_serde")]
     pub lease_ttl: Duration,
-    /// Fetch `max_wait`. tansu's memory engine always waits this long, so it
-    /// is a latency floor per hop; every fetch costs broker CPU, so not zero.
+    /// Fetch `max_wait` while a partition is idle (the last fetch brought
+    /// nothing): how long the broker may hold a fetch open for new records.
+    /// tansu's memory engine always holds it this long, so it is a latency
+    /// floor per hop; every fetch costs broker CPU, so not zero.
     #[serde(with = "duration_serde")]
     pub fetch_max_wait: Duration,
+    /// While fetches bring records, the next one asks for what is there now
+    /// (`max_wait` 0), sent no sooner than this after the previous one
+    /// started: a busy partition is read every few milliseconds instead of
+    /// waiting `fetch_max_wait` per fetch, and the broker is not asked more
+    /// often than this (each fetch of new records costs it CPU).
+    #[serde(with = "duration_serde")]
+    pub busy_fetch_interval: Duration,
     pub fetch_max_bytes: i32,
     /// Deadline of every broker call (on top of `fetch_max_wait` for fetches).
     #[serde(with = "duration_serde")]
@@ -120,6 +129,7 @@ impl Default for ConsumerConfig {
             instance_id: default_instance_id(),
             lease_ttl: Duration::from_secs(10),
             fetch_max_wait: Duration::from_millis(20),
+            busy_fetch_interval: Duration::from_millis(5),
             fetch_max_bytes: 1024 * 1024,
             broker_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
@@ -794,7 +804,11 @@ impl Worker {
         let mut stored = next;
         let mut stored_at = Instant::now();
         let mut client: Option<PartitionClient> = None;
-        let max_wait_ms = self.config.fetch_max_wait.as_millis() as i32;
+        // Whether the last fetch brought records: then more are likely on
+        // their way and the next fetch asks for what is there at once (see
+        // `ConsumerConfig::busy_fetch_interval`).
+        let mut busy = false;
+        let mut fetch_started = Instant::now();
         while !self.cancel.is_cancelled() {
             if client.is_none() {
                 match self.partition_client().await {
@@ -810,12 +824,25 @@ impl Worker {
                     }
                 }
             }
+            let max_wait = if busy {
+                let since = fetch_started.elapsed();
+                if since < self.config.busy_fetch_interval
+                    && !self.pause(self.config.busy_fetch_interval - since).await
+                {
+                    return;
+                }
+                Duration::ZERO
+            } else {
+                self.config.fetch_max_wait
+            };
+            fetch_started = Instant::now();
+            busy = false;
             let fetch = client.as_ref().expect("set above").fetch_records(
                 next,
                 1..self.config.fetch_max_bytes,
-                max_wait_ms,
+                max_wait.as_millis() as i32,
             );
-            let deadline = self.config.broker_timeout + self.config.fetch_max_wait;
+            let deadline = self.config.broker_timeout + max_wait;
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 r = tokio::time::timeout(deadline, fetch) => r,
@@ -886,6 +913,7 @@ impl Worker {
                 }
                 continue;
             };
+            busy = true;
             let new_next = last.offset + 1;
             let decoded: Vec<Decoded> = records.iter().map(Decoded::of).collect();
             let wanted: Vec<&Decoded> = decoded.iter().filter(|d| self.wanted(d)).collect();
@@ -1475,6 +1503,7 @@ mod tests {
         let config = ConsumerConfig::default();
         let json = serde_json::to_value(&config).unwrap();
         assert_eq!(json["fetch_max_wait"], "20ms");
+        assert_eq!(json["busy_fetch_interval"], "5ms");
         let back: ConsumerConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, config);
         let partial: ConsumerConfig =

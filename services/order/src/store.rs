@@ -2,7 +2,7 @@
 //! every write that announces something enqueues its event in the same
 //! transaction. [`change_status`] is the one place a status is written.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use commerce_common::{
     events::{self, Event},
     outbox,
@@ -34,7 +34,7 @@ pub enum StoreError {
         order_id: Uuid,
         source: UnknownStatus,
     },
-    #[error("order {0} changed status concurrently")]
+    #[error("order {0} was changed concurrently")]
     LostUpdate(Uuid),
 }
 
@@ -372,6 +372,14 @@ pub async fn lock_order(
         .optional()
 }
 
+/// `updated_at` of a saga write, to the microsecond PostgreSQL keeps: every
+/// saga write is also a compare-and-set on the `updated_at` it read, so a
+/// write based on a stale copy of the row fails (and is retried) instead of
+/// undoing what another transaction wrote, whatever happened to the row lock.
+fn write_time() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
 /// Moves a (locked) order along the state machine and writes its
 /// `OrderStatusChanged` event, in the caller's transaction. `facts` (already
 /// in `row`) are written by the same statement when given.
@@ -385,11 +393,12 @@ pub async fn change_status(
     let from = row.status()?;
     let to = from.apply(&change)?;
     let reason = change.reason().map(str::to_owned);
-    let now = Utc::now();
+    let now = write_time();
     let target = diesel::update(
         orders::table
             .find(row.id)
-            .filter(orders::status.eq(from.as_str())),
+            .filter(orders::status.eq(from.as_str()))
+            .filter(orders::updated_at.eq(row.updated_at)),
     );
     let status = (
         orders::status.eq(to.as_str()),
@@ -421,12 +430,19 @@ pub async fn record_facts(
     conn: &mut AsyncPgConnection,
     row: &mut OrderRow,
     facts: SagaFacts,
-) -> Result<(), DieselError> {
-    let now = Utc::now();
-    diesel::update(orders::table.find(row.id))
-        .set((&facts, orders::updated_at.eq(now)))
-        .execute(conn)
-        .await?;
+) -> Result<(), StoreError> {
+    let now = write_time();
+    let updated = diesel::update(
+        orders::table
+            .find(row.id)
+            .filter(orders::updated_at.eq(row.updated_at)),
+    )
+    .set((&facts, orders::updated_at.eq(now)))
+    .execute(conn)
+    .await?;
+    if updated != 1 {
+        return Err(StoreError::LostUpdate(row.id));
+    }
     facts.copy_into(row);
     row.updated_at = now;
     Ok(())

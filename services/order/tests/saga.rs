@@ -334,6 +334,45 @@ async fn events_across_topics_out_of_order_still_walk_the_state_machine() {
     );
 }
 
+/// Applies `event` like the consumer runtime does: a transient failure is
+/// retried.
+async fn apply_until_done(app: &TestApp, event: &Event) {
+    for _ in 0..20 {
+        match apply(app, event).await {
+            Ok(_) => return,
+            Err(SagaError::Transient(_)) => tokio::task::yield_now().await,
+            Err(error) => panic!("{event:?} failed: {error}"),
+        }
+    }
+    panic!("{event:?} kept failing");
+}
+
+#[tokio::test]
+async fn payment_and_delivery_applied_at_the_same_time_both_count() {
+    // The order service consumes `payments` and `deliveries` at once, so the
+    // two events of one order often meet: neither may undo the other.
+    let app = spawn_app().await;
+    let mut orders = Vec::new();
+    for _ in 0..30 {
+        orders.push(Order::place(&app).await);
+    }
+    let apps = (&app, &app);
+    futures::future::join_all(orders.iter().map(|order| async move {
+        let (confirmed, scheduled) = (order.confirmed(), order.scheduled());
+        tokio::join!(
+            apply_until_done(apps.0, &confirmed),
+            apply_until_done(apps.1, &scheduled)
+        );
+    }))
+    .await;
+    for order in &orders {
+        let json = order.json(&app).await;
+        assert_eq!(json["status"], "DELIVERY_SCHEDULED", "{json}");
+        assert_eq!(json["payment"]["status"], "CONFIRMED", "{json}");
+        assert_eq!(json["delivery"]["status"], "SCHEDULED", "{json}");
+    }
+}
+
 #[tokio::test]
 async fn unknown_orders_foreign_customers_and_other_events() {
     let app = spawn_app().await;
