@@ -268,7 +268,12 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
                 "APP__DATABASE__URL",
                 format!("postgres://{SERVICE_LOGIN}@{pg}/{}", service.database),
             )
-            .env("APP__AUTH__PUBLIC_KEY_FILE", &keys.public);
+            .env("APP__AUTH__PUBLIC_KEY_FILE", &keys.public)
+            // Everything shares this machine's cores: one HTTP worker and one
+            // runtime thread per service (fewer threads waking each other;
+            // measured in docs/perf.md).
+            .env("APP__HTTP__WORKERS", "1")
+            .env("TOKIO_WORKER_THREADS", "1");
         if service.binary == "gateway" {
             command.env("APP__AUTH__PRIVATE_KEY_FILE", &keys.private);
             for upstream in &SERVICES[1..] {

@@ -61,6 +61,9 @@ impl<'de> Deserialize<'de> for Secret {
 pub struct HttpConfig {
     pub host: String,
     pub port: u16,
+    /// HTTP worker threads; 0 (the default) means one per CPU core.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 impl HttpConfig {
@@ -68,6 +71,15 @@ impl HttpConfig {
         Self {
             host: "127.0.0.1".into(),
             port,
+            workers: 0,
+        }
+    }
+
+    /// The worker thread count to give actix (never 0).
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 

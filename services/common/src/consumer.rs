@@ -128,7 +128,7 @@ impl Default for ConsumerConfig {
             topics: Vec::new(),
             instance_id: default_instance_id(),
             lease_ttl: Duration::from_secs(10),
-            fetch_max_wait: Duration::from_millis(20),
+            fetch_max_wait: Duration::from_millis(10),
             busy_fetch_interval: Duration::from_millis(5),
             fetch_max_bytes: 1024 * 1024,
             broker_timeout: Duration::from_secs(5),
@@ -1502,7 +1502,7 @@ mod tests {
     fn config_round_trips_through_serde() {
         let config = ConsumerConfig::default();
         let json = serde_json::to_value(&config).unwrap();
-        assert_eq!(json["fetch_max_wait"], "20ms");
+        assert_eq!(json["fetch_max_wait"], "10ms");
         assert_eq!(json["busy_fetch_interval"], "5ms");
         let back: ConsumerConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, config);

@@ -70,6 +70,7 @@ impl Application {
 
         let listener = TcpListener::bind(config.http.address())?;
         let port = listener.local_addr()?.port();
+        let workers = config.http.worker_threads();
         let server = HttpServer::new(move || {
             let edge_verifier = config.auth.verify_at_edge.then(|| (**verifier).clone());
             let proxy_client = ProxyClient::new(&config.proxy, edge_verifier);
@@ -149,6 +150,7 @@ impl Application {
             })
             .build()
         })
+        .workers(workers)
         .listen(listener)?
         .run();
         Ok(Self { port, server })

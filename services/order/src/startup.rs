@@ -99,6 +99,7 @@ impl Application {
                 .default_service(actix::to(service::unknown_route))
                 .build()
         })
+        .workers(settings.http.worker_threads())
         .disable_signals()
         .listen(listener)?
         .run();
