@@ -1433,7 +1433,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(number.saturating_mul(millis)))
 }
 
-mod duration_serde {
+/// Serde for `Duration` settings: written `"<n>ms"`, read as [`parse_duration`]
+/// text or a number of milliseconds.
+pub mod duration_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};

@@ -7,6 +7,7 @@ use commerce_common::{
     consumer::ConsumerConfig,
 };
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 pub const SERVICE: &str = "order-service";
 /// The consumer group: offsets, leases and the inbox are kept under it.
@@ -25,6 +26,8 @@ pub struct Settings {
     pub consumer: ConsumerConfig,
     #[serde(default)]
     pub saga: SagaConfig,
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for Settings {
@@ -38,6 +41,7 @@ impl Default for Settings {
             auth: PublicKeyConfig::default(),
             consumer: ConsumerConfig::default(),
             saga: SagaConfig::default(),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -60,5 +64,31 @@ pub struct SagaConfig {
 impl Default for SagaConfig {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+
+/// `Idempotency-Key`s of `POST /api/orders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered (at least; older keys are deleted every
+    /// twenty-fourth of this, at most hourly). A retry with the key after
+    /// that places a new order.
+    #[serde(with = "commerce_common::consumer::duration_serde")]
+    pub retention: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    /// How often expired keys are deleted.
+    pub fn purge_interval(&self) -> Duration {
+        (self.retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 }

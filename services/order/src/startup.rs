@@ -17,11 +17,12 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{CONSUMER_GROUP, SERVICE, Settings},
+    config::{CONSUMER_GROUP, IdempotencyConfig, SERVICE, Settings},
     metrics::OrderMetrics,
     order_changes::OrderChanges,
     routes::{self, orders, request_trace::trace_requests},
     saga::SagaHandler,
+    store,
 };
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/order");
@@ -59,13 +60,20 @@ impl Application {
 
         let changes = OrderChanges::new(&mut registry, shutdown.clone());
         let change_listener = changes.spawn_listener(settings.database.url.expose())?;
+        let key_purge = tokio::spawn(purge_idempotency_keys(
+            pool.clone(),
+            settings.idempotency.clone(),
+            shutdown.clone(),
+        ));
         // The running service awaits one background task on shutdown: the
-        // consumer (releasing its leases), then the change listener.
+        // consumer (releasing its leases), then the change listener and the
+        // key purge.
         let background = tokio::spawn(async move {
             if let Some(consumer) = consumer {
                 consumer.await.ok();
             }
             change_listener.await.ok();
+            key_purge.await.ok();
         });
 
         let (listener, port) = service::bind(&settings.http.address())?;
@@ -123,5 +131,32 @@ impl Application {
     /// See [`RunningService::run_until_stopped`].
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.0.run_until_stopped().await
+    }
+}
+
+/// Deletes expired idempotency keys every `purge_interval` until shutdown.
+async fn purge_idempotency_keys(
+    pool: db::DbPool,
+    config: IdempotencyConfig,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(config.purge_interval()) => {}
+        }
+        let purged = match pool.get().await {
+            Ok(mut conn) => store::purge_idempotency_keys(&mut conn, config.retention)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => Err(error.into()),
+        };
+        match purged {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys deleted"),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "deleting expired idempotency keys failed")
+            }
+        }
     }
 }

@@ -214,6 +214,21 @@ pub async fn place_order(
     .await
 }
 
+/// Deletes the idempotency keys created more than `retention` ago; returns
+/// how many.
+pub async fn purge_idempotency_keys(
+    conn: &mut AsyncPgConnection,
+    retention: std::time::Duration,
+) -> Result<usize, DieselError> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff = Utc::now()
+        .checked_sub_signed(retention)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    diesel::delete(idempotency_keys::table.filter(idempotency_keys::created_at.lt(cutoff)))
+        .execute(conn)
+        .await
+}
+
 async fn insert_order(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,

@@ -2,10 +2,14 @@
 
 mod common;
 
-use common::{Customer, OutboxTap, VALID_TOTAL, assert_error, spawn_app, valid_order};
+use common::{
+    Customer, OutboxTap, VALID_TOTAL, assert_error, spawn_app, spawn_app_with, valid_order,
+};
+use std::time::Duration;
+
 use reqwest::{Method, header};
 use serde_json::{Value, json};
-use test_support::{claims_for, mint_token_with};
+use test_support::{claims_for, mint_token_with, wait_for_value};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -469,6 +473,45 @@ async fn idempotency_key_returns_the_same_order_for_the_same_body_only() {
         .filter(|t| t == "OrderCreated")
         .count();
     assert_eq!(created, 3, "one OrderCreated per order, none for replays");
+}
+
+#[tokio::test]
+async fn idempotency_keys_expire_after_the_retention() {
+    let app = spawn_app_with(|settings| {
+        settings.idempotency.retention = Duration::from_secs(2);
+    })
+    .await;
+    let alice = Customer::new();
+    let send = |key: &str, body: String| {
+        app.request(&alice, Method::POST, "/api/orders")
+            .header("Idempotency-Key", key)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+    };
+    let body = valid_order();
+    let first = send("old-key", body.to_string()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    // The service deletes it on its own once it is older than the retention
+    // (checked every second here)...
+    wait_for_value(
+        &app.db,
+        "SELECT count(*) FROM idempotency_keys",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    // ... after which the key is new again: another body places another order.
+    let mut other = body.clone();
+    other["items"][0]["quantity"] = json!(5);
+    let again = send("old-key", other.to_string()).await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_ne!(again["id"], first["id"]);
+    // The first order itself is still there.
+    let kept = app.get_order(&alice, first["id"].as_str().unwrap()).await;
+    assert_eq!(kept.status(), 200);
 }
 
 #[tokio::test]
