@@ -306,15 +306,23 @@ pub async fn find_order(
     order_id: Uuid,
     customer_id: Uuid,
 ) -> Result<Option<OrderView>, DieselError> {
-    let Some(order) = find_order_row(conn, order_id, customer_id).await? else {
-        return Ok(None);
-    };
-    let items = order_items::table
-        .filter(order_items::order_id.eq(order_id))
+    // One statement: the order row once per line (an order has 1-100).
+    let rows: Vec<(OrderRow, Option<ItemRow>)> = orders::table
+        .left_join(order_items::table)
+        .filter(orders::id.eq(order_id))
+        .filter(orders::customer_id.eq(customer_id))
         .order(order_items::line_no)
-        .select(ItemRow::as_select())
+        .select((OrderRow::as_select(), Option::<ItemRow>::as_select()))
         .load(conn)
         .await?;
+    let mut rows = rows.into_iter();
+    let Some((order, first)) = rows.next() else {
+        return Ok(None);
+    };
+    let items = first
+        .into_iter()
+        .chain(rows.filter_map(|(_, item)| item))
+        .collect();
     Ok(Some(OrderView { order, items }))
 }
 
