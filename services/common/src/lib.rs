@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dead_letters;
 pub mod events;
 pub mod http;
 pub mod outbox;

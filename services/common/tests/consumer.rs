@@ -9,6 +9,7 @@ use commerce_common::{
     config::DatabaseConfig,
     consumer::{self, BoxFuture, Concurrency, ConsumerConfig, EventHandler, HandleError},
     db::{self, DbPool},
+    dead_letters::{self, Replayed},
     events::{Envelope, Event, PaymentFailed},
 };
 use diesel::sql_types::{Text, Uuid as SqlUuid};
@@ -34,6 +35,8 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Recorder {
     instance: String,
     concurrency: Concurrency,
+    /// The poison's cause was fixed: `POISON` is handled like any event.
+    cured: bool,
 }
 
 impl EventHandler for Recorder {
@@ -46,7 +49,9 @@ impl EventHandler for Recorder {
         Box::pin(async move {
             if let Event::PaymentFailed(failed) = &event {
                 match failed.reason.as_str() {
-                    "POISON" => return Err(HandleError::Permanent("poison payload".into())),
+                    "POISON" if !self.cured => {
+                        return Err(HandleError::Permanent("poison payload".into()));
+                    }
                     "PANIC" => panic!("the handler met a bug"),
                     _ => {}
                 }
@@ -125,6 +130,7 @@ fn start_with(
         Arc::new(Recorder {
             instance: instance.into(),
             concurrency,
+            cured: false,
         }),
         &mut Registry::default(),
         shutdown.clone(),
@@ -256,6 +262,90 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
     );
     assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 2);
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_replayed_once_its_cause_is_fixed() {
+    let setup = setup(1).await;
+    let brokers = kafka_brokers();
+    let (_handle, shutdown) = start(&setup, "only");
+    let database = &setup.database;
+    let key = Uuid::new_v4().to_string();
+    let poison = envelope("POISON");
+    let other = envelope("POISON");
+    produce_envelope(&brokers, &setup.topic, 0, &key, &poison).await;
+    produce_envelope(&brokers, &setup.topic, 0, &key, &other).await;
+    produce_raw(&setup.topic, 0, b"{not json").await;
+    wait_for_stored_offset(database, 3, "the partition to be consumed to its end").await;
+    shutdown.cancel();
+    let ids = dead_letters::ids(&setup.pool, "test").await.unwrap();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let (poison_id, other_id, garbage_id) = (ids[0], ids[1], ids[2]);
+    let handler = |cured| Recorder {
+        instance: "replay".into(),
+        concurrency: Concurrency::Serialized,
+        cured,
+    };
+    let replay = |id, cured| {
+        let pool = setup.pool.clone();
+        async move {
+            dead_letters::replay(&pool, "test", &handler(cured), id)
+                .await
+                .unwrap()
+        }
+    };
+
+    // The cause is not fixed yet: refused again, nothing changes.
+    assert_eq!(
+        replay(poison_id, false).await,
+        Replayed::StillFailing("poison payload".into())
+    );
+    assert_eq!(
+        query_i64(database, "SELECT count(*) FROM dead_letters").await,
+        3
+    );
+    assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 0);
+
+    // Fixed: applied once, remembered in the inbox, the dead letter gone.
+    assert_eq!(replay(poison_id, true).await, Replayed::Handled);
+    assert_eq!(replay(poison_id, true).await, Replayed::NotFound);
+    let effects = query_i64(
+        database,
+        &format!(
+            "SELECT count(*) FROM effects WHERE event_id = '{}'",
+            poison.event_id
+        ),
+    )
+    .await;
+    assert_eq!(effects, 1);
+    assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 1);
+
+    // Handled some other way since (e.g. published again through the
+    // producer's outbox): not applied twice, the dead letter just goes.
+    database
+        .client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
+             VALUES ('test', '{}', 'elsewhere', 0, 0)",
+            other.event_id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(replay(other_id, true).await, Replayed::AlreadyHandled);
+    assert_eq!(query_i64(database, "SELECT count(*) FROM effects").await, 1);
+
+    // The command: what cannot be replayed is reported and kept.
+    let all = dead_letters::replay_command(&setup.pool, "test", &handler(true), &[]).await;
+    assert!(all.is_err(), "the garbage record cannot be replayed");
+    assert_eq!(
+        dead_letters::ids(&setup.pool, "test").await.unwrap(),
+        vec![garbage_id]
+    );
+    let cured = handler(true);
+    let not_an_id = ["x".to_string()];
+    let bad_id = dead_letters::replay_command(&setup.pool, "test", &cured, &not_an_id).await;
+    assert!(bad_id.is_err());
 }
 
 #[tokio::test]

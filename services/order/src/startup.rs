@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::{App, HttpServer, middleware::from_fn, web as actix};
 use anyhow::Context;
 use commerce_common::{
-    consumer, db,
+    consumer, db, dead_letters,
     events::topics,
     service::{self, Operational, RunningService},
 };
@@ -159,4 +159,13 @@ async fn purge_idempotency_keys(
             }
         }
     }
+}
+
+/// The `replay-dead-letters [ID]...` command: the consumer group's dead
+/// letters run through the service's handler again (see
+/// `commerce_common::dead_letters`).
+pub async fn replay_dead_letters(settings: Settings, ids: &[String]) -> anyhow::Result<()> {
+    let pool = db::pool(&settings.database)?;
+    let handler = SagaHandler::new(OrderMetrics::register(&mut Registry::default()));
+    dead_letters::replay_command(&pool, CONSUMER_GROUP, &handler, ids).await
 }

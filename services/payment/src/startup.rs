@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix_web::{App, HttpServer, web as actix};
 use anyhow::Context;
 use commerce_common::{
-    consumer, db,
+    consumer, db, dead_letters,
     events::topics,
     service::{self, Operational, RunningService},
 };
@@ -114,4 +114,16 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.0.run_until_stopped().await
     }
+}
+
+/// The `replay-dead-letters [ID]...` command: the consumer group's dead
+/// letters run through the service's handler again (see
+/// `commerce_common::dead_letters`).
+pub async fn replay_dead_letters(settings: Settings, ids: &[String]) -> anyhow::Result<()> {
+    let pool = db::pool(&settings.database)?;
+    let handler = PaymentSaga::new(
+        settings.wallet,
+        PaymentMetrics::register(&mut Registry::default()),
+    );
+    dead_letters::replay_command(&pool, CONSUMER_GROUP, &handler, ids).await
 }
