@@ -1,7 +1,7 @@
 //! Database plumbing shared by the services: the async diesel pool, embedded
 //! migrations applied at start-up, and the readiness probe.
 
-use diesel::{QueryableByName, sql_query, sql_types::Text};
+use diesel::{ConnectionError, QueryableByName, sql_query, sql_types::Text};
 use diesel_async::{
     AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
@@ -10,6 +10,7 @@ use diesel_async::{
     },
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use futures::FutureExt;
 
 use crate::config::DatabaseConfig;
 
@@ -21,9 +22,31 @@ pub type DbPool = Pool<AsyncPgConnection>;
 /// seventh of all statements under load). A connection that failed is marked
 /// broken by diesel-async and dropped; after a database restart each idle
 /// connection fails the one request that finds it dead.
+///
+/// Connections are opened on the runtime that builds the pool (the service's
+/// main one), whichever runtime first asks for them: a connection's driver
+/// task lives on the runtime it was opened on, and an HTTP worker's runtime
+/// stops before the consumer releases its leases at shutdown, which then
+/// found its connections closed (and the leases had to expire instead).
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        manager_config.custom_setup = Box::new(move |url| {
+            let url = url.to_owned();
+            let opened = runtime.spawn(async move {
+                <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await
+            });
+            async move {
+                opened.await.unwrap_or_else(|e| {
+                    Err(ConnectionError::BadConnection(format!(
+                        "opening the connection: {e}"
+                    )))
+                })
+            }
+            .boxed()
+        });
+    }
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         config.url.expose(),
         manager_config,

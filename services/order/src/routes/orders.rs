@@ -221,8 +221,8 @@ pub async fn get_order(
             Wake::TimedOut => {
                 break reread_order(&pool, last, user.user_id).await?;
             }
-            // No new database work while stopping: the HTTP workers' runtimes,
-            // and the pooled connections made on them, are going away.
+            // Stopping: answer with what we have instead of holding the
+            // request (and a database round trip) up.
             Wake::ShuttingDown => break last,
             // A notification may be for a change the first read already saw
             // (committed just before it): only a real change answers. The

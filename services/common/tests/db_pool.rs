@@ -1,0 +1,60 @@
+//! The pool against a real PostgreSQL: pooled connections keep working
+//! after the runtime that first used them is gone (an HTTP worker's, at
+//! shutdown).
+
+use commerce_common::{config::DatabaseConfig, db};
+use diesel_async::RunQueryDsl;
+use test_support::fresh_database;
+
+#[test]
+fn a_pooled_connection_outlives_the_runtime_that_first_used_it() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (database, pool) = main.block_on(async {
+        let database = fresh_database("pool").await;
+        let pool = db::pool(&DatabaseConfig {
+            max_connections: 1,
+            ..DatabaseConfig::with_url(&database.url)
+        })
+        .unwrap();
+        (database, pool)
+    });
+    // Another runtime (like an HTTP worker's) opens the only connection and
+    // gives it back; it stops while the main runtime holds the connection
+    // (as the consumer does when it releases its leases at shutdown).
+    let (used, used_rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn({
+        let pool = pool.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut conn = pool.get().await.unwrap();
+                diesel::sql_query("SELECT 1")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            });
+            used.send(()).unwrap();
+            stop_rx.recv().unwrap();
+        }
+    });
+    used_rx.recv().unwrap();
+    main.block_on(async {
+        let mut conn = pool.get().await.unwrap();
+        stop.send(()).unwrap();
+        worker.join().unwrap();
+        diesel::sql_query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .expect("the pooled connection still works");
+    });
+    drop(pool);
+    main.block_on(async move { drop(database) });
+}
