@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use commerce_common::events::{DeliveryScheduled, Envelope, Event, PaymentConfirmed, topics};
-use common::{Customer, OutboxTap, VALID_TOTAL, spawn_consuming_app};
+use commerce_common::events::{DeliveryScheduled, Envelope, Event, topics};
+use common::{OutboxTap, payment_confirmed, placed_order, spawn_consuming_app};
 use serde_json::Value;
 use test_support::{ensure_topics, envelope, kafka_brokers, produce_envelope, wait_until};
 use uuid::Uuid;
@@ -29,16 +29,9 @@ async fn payment_and_delivery_events_from_the_broker_move_the_order_once() {
     ensure_topics(&kafka_brokers(), &[topics::PAYMENTS, topics::DELIVERIES], 3).await;
     let app = spawn_consuming_app().await;
     let tap = OutboxTap::start(&app.db).await;
-    let customer = Customer::new();
-    let placed = app.place_ok(&customer).await;
-    let order_id: Uuid = placed["id"].as_str().unwrap().parse().unwrap();
+    let (customer, order_id) = placed_order(&app).await;
 
-    let confirmed = envelope(&Event::PaymentConfirmed(PaymentConfirmed {
-        payment_id: Uuid::new_v4(),
-        order_id,
-        customer_id: customer.id,
-        amount_cents: VALID_TOTAL,
-    }));
+    let confirmed = payment_confirmed(order_id, &customer);
     // At-least-once: the same event at two offsets.
     publish(&confirmed).await;
     publish(&confirmed).await;

@@ -5,10 +5,8 @@ mod common;
 
 use std::process::{Command, Output};
 
-use commerce_common::events::{Event, PaymentConfirmed};
-use common::{Customer, TestApp, VALID_TOTAL, spawn_app};
-use test_support::{bin_path, envelope, query_i64};
-use uuid::Uuid;
+use common::{TestApp, payment_confirmed, placed_order, spawn_app};
+use test_support::{bin_path, query_i64};
 
 /// Runs `order-service replay-dead-letters ARGS...` against the app's database.
 fn replay(app: &TestApp, args: &[&str]) -> Output {
@@ -30,16 +28,9 @@ fn replay(app: &TestApp, args: &[&str]) -> Output {
 #[tokio::test]
 async fn replay_dead_letters_applies_the_event_and_deletes_the_dead_letter() {
     let app = spawn_app().await;
-    let customer = Customer::new();
-    let placed = app.place_ok(&customer).await;
-    let order_id: Uuid = placed["id"].as_str().unwrap().parse().unwrap();
+    let (customer, order_id) = placed_order(&app).await;
     // A PaymentConfirmed the consumer once gave up on (say, a bug since fixed).
-    let confirmed = envelope(&Event::PaymentConfirmed(PaymentConfirmed {
-        payment_id: Uuid::new_v4(),
-        order_id,
-        customer_id: customer.id,
-        amount_cents: VALID_TOTAL,
-    }));
+    let confirmed = payment_confirmed(order_id, &customer);
     let value = serde_json::to_string(&confirmed).unwrap();
     app.db
         .client()

@@ -299,3 +299,25 @@ fn parse_outbox_insert(line: &str) -> (String, Value, String) {
     let payload = serde_json::from_str(&column("payload")).expect("payload is JSON");
     (column("event_type"), payload, column("trace_id"))
 }
+
+/// A new customer's freshly placed (PENDING) order: the customer and the
+/// order id.
+pub async fn placed_order(app: &TestApp) -> (Customer, Uuid) {
+    let customer = Customer::new();
+    let placed = app.place_ok(&customer).await;
+    let order_id = placed["id"].as_str().unwrap().parse().unwrap();
+    (customer, order_id)
+}
+
+/// What the payment service publishes when it charged `customer` for the
+/// order, as a record's envelope.
+pub fn payment_confirmed(order_id: Uuid, customer: &Customer) -> commerce_common::events::Envelope {
+    test_support::envelope(&commerce_common::events::Event::PaymentConfirmed(
+        commerce_common::events::PaymentConfirmed {
+            payment_id: Uuid::new_v4(),
+            order_id,
+            customer_id: customer.id,
+            amount_cents: VALID_TOTAL,
+        },
+    ))
+}
