@@ -700,6 +700,29 @@ async fn build_client(config: &ConsumerConfig) -> anyhow::Result<rskafka::client
         .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))??)
 }
 
+/// Records in the inbox that `group` handled `event_id` (read at `topic`,
+/// `partition`, `offset`); 0 rows when it was there already (a repeat).
+pub(crate) async fn remember_event(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    event_id: uuid::Uuid,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> diesel::QueryResult<usize> {
+    diesel::sql_query(
+        "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(group)
+    .bind::<SqlUuid, _>(event_id)
+    .bind::<Text, _>(topic)
+    .bind::<Integer, _>(partition)
+    .bind::<BigInt, _>(offset)
+    .execute(conn)
+    .await
+}
+
 async fn purge_inbox(pool: &DbPool, config: &ConsumerConfig) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     let purged = diesel::sql_query(
@@ -1225,16 +1248,14 @@ impl Worker {
         if savepoints {
             AnsiTransactionManager::begin_transaction(conn).await?;
         }
-        let first_time = diesel::sql_query(
-            "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        let first_time = remember_event(
+            conn,
+            &self.config.group,
+            envelope.event_id,
+            &self.topic,
+            self.partition,
+            record.offset,
         )
-        .bind::<Text, _>(&self.config.group)
-        .bind::<SqlUuid, _>(envelope.event_id)
-        .bind::<Text, _>(&self.topic)
-        .bind::<Integer, _>(self.partition)
-        .bind::<BigInt, _>(record.offset)
-        .execute(conn)
         .await;
         match first_time {
             Ok(0) => {

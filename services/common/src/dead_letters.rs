@@ -9,13 +9,13 @@ use std::{fmt, panic::AssertUnwindSafe};
 use anyhow::Context;
 use diesel::{
     OptionalExtension, QueryableByName,
-    sql_types::{BigInt, Bytea, Integer, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{BigInt, Bytea, Integer, Nullable, Text},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
 
 use crate::{
-    consumer::{EventHandler, HandleError},
+    consumer::{EventHandler, HandleError, remember_event},
     db::DbPool,
     events::Envelope,
 };
@@ -137,16 +137,14 @@ async fn replay_in(
     let event = envelope
         .event()
         .map_err(|e| ReplayError::Refused(format!("unknown event type or invalid payload: {e}")))?;
-    let first_time = diesel::sql_query(
-        "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    let first_time = remember_event(
+        conn,
+        group,
+        envelope.event_id,
+        &letter.topic,
+        letter.partition,
+        letter.record_offset,
     )
-    .bind::<Text, _>(group)
-    .bind::<SqlUuid, _>(envelope.event_id)
-    .bind::<Text, _>(&letter.topic)
-    .bind::<Integer, _>(letter.partition)
-    .bind::<BigInt, _>(letter.record_offset)
-    .execute(conn)
     .await?
         == 1;
     let replayed = if first_time {
