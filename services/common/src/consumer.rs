@@ -1290,9 +1290,7 @@ impl Worker {
                         "handler panicked: {message}"
                     )))
                 }),
-            Err(error) => Err(HandleError::Permanent(format!(
-                "unknown event type or invalid payload: {error}"
-            ))),
+            Err(reason) => Err(HandleError::Permanent(reason)),
         };
         match outcome {
             Ok(()) => {
@@ -1386,22 +1384,29 @@ struct Decoded<'a> {
 
 impl<'a> Decoded<'a> {
     fn of(record: &'a RecordAndOffset) -> Self {
-        let envelope = decode(record).map(|envelope| {
-            let event = envelope.event().map_err(|e| e.to_string());
-            (envelope, event)
-        });
+        let envelope = decode_value(record.record.value.as_deref());
         Self { record, envelope }
     }
 }
 
-/// The envelope of a record, or why it has none.
-fn decode(record: &RecordAndOffset) -> Result<Envelope, String> {
-    let value = record
-        .record
-        .value
-        .as_deref()
-        .ok_or_else(|| "record has no value".to_string())?;
+/// The envelope in a record's value, or why there is none.
+fn envelope_of(value: Option<&[u8]>) -> Result<Envelope, String> {
+    let value = value.ok_or_else(|| "record has no value".to_string())?;
     serde_json::from_slice(value).map_err(|e| format!("invalid envelope: {e}"))
+}
+
+/// A record's value as the runtime (and the dead-letter replay) sees it: its
+/// envelope and event, or why it cannot be handled (the dead letter's
+/// reason).
+pub(crate) fn decode_value(
+    value: Option<&[u8]>,
+) -> Result<(Envelope, Result<Event, String>), String> {
+    envelope_of(value).map(|envelope| {
+        let event = envelope
+            .event()
+            .map_err(|e| format!("unknown event type or invalid payload: {e}"));
+        (envelope, event)
+    })
 }
 
 /// Exponential backoff with jitter, from `initial` up to `max`.
@@ -1561,9 +1566,10 @@ mod tests {
 
     #[test]
     fn decode_rejects_what_is_not_an_envelope() {
-        assert!(decode(&record(None)).unwrap_err().contains("no value"));
+        let decode = |value| Decoded::of(&record(value)).envelope;
+        assert!(decode(None).unwrap_err().contains("no value"));
         assert!(
-            decode(&record(Some(b"{oops")))
+            decode(Some(b"{oops"))
                 .unwrap_err()
                 .contains("invalid envelope")
         );
@@ -1578,11 +1584,8 @@ mod tests {
             payload: serde_json::json!({}),
         };
         let bytes = serde_json::to_vec(&envelope).unwrap();
-        let decoded = decode(&record(Some(&bytes))).unwrap();
+        let (decoded, event) = decode(Some(&bytes)).unwrap();
         assert_eq!(decoded, envelope);
-        assert!(
-            decoded.event().is_err(),
-            "unknown type is left to the caller"
-        );
+        assert!(event.is_err(), "unknown type is left to the caller");
     }
 }

@@ -15,9 +15,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
 
 use crate::{
-    consumer::{EventHandler, HandleError, remember_event},
+    consumer::{EventHandler, HandleError, decode_value, remember_event},
     db::DbPool,
-    events::Envelope,
 };
 
 /// What replaying one dead letter did.
@@ -129,14 +128,9 @@ async fn replay_in(
     let Some(letter) = letter else {
         return Ok(Replayed::NotFound);
     };
-    let value = letter
-        .record_value
-        .ok_or_else(|| ReplayError::Refused("the record has no value".into()))?;
-    let envelope: Envelope = serde_json::from_slice(&value)
-        .map_err(|e| ReplayError::Refused(format!("invalid envelope: {e}")))?;
-    let event = envelope
-        .event()
-        .map_err(|e| ReplayError::Refused(format!("unknown event type or invalid payload: {e}")))?;
+    let (envelope, event) =
+        decode_value(letter.record_value.as_deref()).map_err(ReplayError::Refused)?;
+    let event = event.map_err(ReplayError::Refused)?;
     let first_time = remember_event(
         conn,
         group,
