@@ -50,7 +50,7 @@ use std::{
 
 use diesel::{
     QueryableByName,
-    sql_types::{Array, BigInt, Bool, Bytea, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{Array, BigInt, Bytea, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use futures::FutureExt;
@@ -75,7 +75,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    db::DbPool,
+    db::{DbPool, Reuse},
     events::{Envelope, Event, headers},
 };
 
@@ -643,8 +643,6 @@ struct LeaseRow {
 struct OffsetRow {
     #[diesel(sql_type = BigInt)]
     next_offset: i64,
-    #[diesel(sql_type = Bool)]
-    owned: bool,
 }
 
 /// Each instance's share of `total` partitions among `members` instances.
@@ -719,8 +717,45 @@ pub(crate) async fn remember_event(
     .bind::<Text, _>(topic)
     .bind::<Integer, _>(partition)
     .bind::<BigInt, _>(offset)
+    .prepared()
     .execute(conn)
     .await
+}
+
+/// [`remember_event`] for the events of a fetch in one statement; answers
+/// the offsets whose event was new (of one event at two offsets, the first).
+async fn remember_events(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    event_ids: &[uuid::Uuid],
+    offsets: &[i64],
+) -> diesel::QueryResult<std::collections::HashSet<i64>> {
+    #[derive(QueryableByName)]
+    struct Remembered {
+        #[diesel(sql_type = BigInt)]
+        record_offset: i64,
+    }
+    if event_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<Remembered> = diesel::sql_query(
+        "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
+         SELECT $1, e.id, $2, $3, e.record_offset \
+         FROM unnest($4::uuid[], $5::bigint[]) WITH ORDINALITY AS e(id, record_offset, n) \
+         ORDER BY e.n \
+         ON CONFLICT DO NOTHING RETURNING record_offset",
+    )
+    .bind::<Text, _>(group)
+    .bind::<Text, _>(topic)
+    .bind::<Integer, _>(partition)
+    .bind::<Array<SqlUuid>, _>(event_ids)
+    .bind::<Array<BigInt>, _>(offsets)
+    .prepared()
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.record_offset).collect())
 }
 
 async fn purge_inbox(pool: &DbPool, config: &ConsumerConfig) -> anyhow::Result<()> {
@@ -1072,7 +1107,7 @@ impl Worker {
     async fn stored_offset(&self) -> anyhow::Result<i64> {
         let mut conn = self.pool.get().await?;
         let rows: Vec<OffsetRow> = diesel::sql_query(
-            "SELECT next_offset, true AS owned FROM consumer_offsets \
+            "SELECT next_offset FROM consumer_offsets \
              WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
         )
         .bind::<Text, _>(&self.config.group)
@@ -1163,32 +1198,53 @@ impl Worker {
         let concurrency = self.handler.concurrency();
         let lock = match concurrency {
             Concurrency::Serialized => {
-                "(SELECT pg_advisory_xact_lock(hashtext('consumer:' || $1))) AS serialized,"
+                ", (SELECT pg_advisory_xact_lock(hashtext('consumer:' || $1))) AS serialized"
             }
             Concurrency::ByKey => "",
         };
-        let position: Vec<OffsetRow> = diesel::sql_query(format!(
-            "SELECT o.next_offset, coalesce(l.owner = $4, false) AS owned \
-             FROM {lock} consumer_offsets o JOIN partition_leases l \
-               USING (consumer_group, topic, partition) \
+        // The offset moves first, in the statement that checks it: the row
+        // lock it takes keeps another instance (or a fenced worker of this
+        // one) out until commit, and no rows means the partition is no
+        // longer ours to apply. Effects that follow and fail roll it back.
+        let claimed = diesel::sql_query(format!(
+            "UPDATE consumer_offsets o SET next_offset = $5, updated_at = now() \
+             FROM partition_leases l{lock} \
              WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = $3 \
-             FOR UPDATE OF o"
+               AND o.next_offset = $6 AND l.owner = $4 \
+               AND (l.consumer_group, l.topic, l.partition) = (o.consumer_group, o.topic, o.partition)"
         ))
         .bind::<Text, _>(group)
         .bind::<Text, _>(&self.topic)
         .bind::<Integer, _>(self.partition)
         .bind::<Text, _>(&self.config.instance_id)
-        .load(conn)
+        .bind::<BigInt, _>(new_next)
+        .bind::<BigInt, _>(expected)
+        .prepared()
+        .execute(conn)
         .await?;
-        match <[_]>::first(&position) {
-            Some(row) if row.next_offset == expected && row.owned => {}
-            _ => return Err(ApplyError::Fenced),
+        if claimed != 1 {
+            return Err(ApplyError::Fenced);
         }
 
         let mut ordered = records.to_vec();
         if concurrency == Concurrency::ByKey {
             ordered.sort_by(|a, b| a.record.record.key.cmp(&b.record.record.key));
         }
+        // Without savepoints the inbox takes every event of the fetch in one
+        // statement; with them each record's entry lives in its savepoint
+        // (a dead-lettered record must not stay in the inbox).
+        let first_offsets = if savepoints {
+            None
+        } else {
+            let (ids, offsets): (Vec<uuid::Uuid>, Vec<i64>) = ordered
+                .iter()
+                .filter_map(|d| match &d.envelope {
+                    Ok((envelope, _)) => Some((envelope.event_id, d.record.offset)),
+                    Err(_) => None,
+                })
+                .unzip();
+            Some(remember_events(conn, group, &self.topic, self.partition, &ids, &offsets).await?)
+        };
         let mut outcomes = Outcomes::default();
         for decoded in ordered {
             let record = decoded.record;
@@ -1210,7 +1266,9 @@ impl Worker {
                     envelope,
                     event.clone(),
                     &mut outcomes,
-                    savepoints,
+                    first_offsets
+                        .as_ref()
+                        .map(|first| first.contains(&record.offset)),
                 )
                 .instrument(span)
                 .await?;
@@ -1219,23 +1277,14 @@ impl Worker {
             }
         }
 
-        diesel::sql_query(
-            "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
-             WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5",
-        )
-        .bind::<Text, _>(group)
-        .bind::<Text, _>(&self.topic)
-        .bind::<Integer, _>(self.partition)
-        .bind::<BigInt, _>(new_next)
-        .bind::<BigInt, _>(expected)
-        .execute(conn)
-        .await?;
         Ok(Applied::Done(outcomes))
     }
 
-    /// One record: inbox entry, then the handler; in its own savepoint when
-    /// `savepoints`. Without, a record that must be dead-lettered answers
-    /// `false`: the caller rolls back and applies the fetch with savepoints.
+    /// One record: inbox entry, then the handler. `first_time` is what the
+    /// fetch's inbox insert found (without savepoints); `None`: the record
+    /// runs in its own savepoint with its own inbox entry. Without
+    /// savepoints, a record that must be dead-lettered answers `false`: the
+    /// caller rolls back and applies the fetch with savepoints.
     async fn apply_record(
         &self,
         conn: &mut AsyncPgConnection,
@@ -1243,20 +1292,24 @@ impl Worker {
         envelope: &Envelope,
         event: Result<Event, String>,
         outcomes: &mut Outcomes,
-        savepoints: bool,
+        first_time: Option<bool>,
     ) -> Result<bool, ApplyError> {
-        if savepoints {
-            AnsiTransactionManager::begin_transaction(conn).await?;
-        }
-        let first_time = remember_event(
-            conn,
-            &self.config.group,
-            envelope.event_id,
-            &self.topic,
-            self.partition,
-            record.offset,
-        )
-        .await;
+        let savepoints = first_time.is_none();
+        let first_time = match first_time {
+            Some(first) => Ok(usize::from(first)),
+            None => {
+                AnsiTransactionManager::begin_transaction(conn).await?;
+                remember_event(
+                    conn,
+                    &self.config.group,
+                    envelope.event_id,
+                    &self.topic,
+                    self.partition,
+                    record.offset,
+                )
+                .await
+            }
+        };
         match first_time {
             Ok(0) => {
                 if savepoints {

@@ -1,7 +1,13 @@
 //! Database plumbing shared by the services: the async diesel pool, embedded
 //! migrations applied at start-up, and the readiness probe.
 
-use diesel::{ConnectionError, QueryableByName, sql_query, sql_types::Text};
+use diesel::{
+    ConnectionError, QueryResult, QueryableByName,
+    pg::Pg,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
+    sql_query,
+    sql_types::Text,
+};
 use diesel_async::{
     AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
@@ -112,4 +118,50 @@ pub async fn ready(pool: &DbPool, expected_version: &str) -> Result<(), String> 
         ));
     }
     Ok(())
+}
+
+/// A statement whose SQL text is one of a few fixed strings, marked so that
+/// the connection keeps it prepared ([`Reuse::prepared`]).
+///
+/// diesel prepares `sql_query`, `UPDATE` and multi-row `INSERT` statements
+/// anew on every execution, because in general their text can vary without
+/// bound; diesel-async then pays a round trip to prepare (parse, plan), a
+/// second to execute and a `Close` afterwards. For the statements of the
+/// hot paths (the consumer's offset and inbox writes, the saga's updates)
+/// that is most of what the database does per event. Their text does not
+/// vary (or only among a handful of shapes), so each connection can keep
+/// them prepared, keyed by their SQL like any cached statement.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared<Q>(Q);
+
+/// [`Prepared`] for any query: `diesel::update(..).set(..).prepared()`.
+pub trait Reuse: Sized {
+    /// Keeps this statement prepared on the connection. Only for queries
+    /// whose SQL text takes a small, fixed number of forms (never one built
+    /// from data), since every distinct text stays cached per connection.
+    fn prepared(self) -> Prepared<Self> {
+        Prepared(self)
+    }
+}
+
+impl<Q> Reuse for Q {}
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<Q> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+/// No static id: the statement cache keys it by its SQL text.
+impl<Q> QueryId for Prepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: Query> Query for Prepared<Q> {
+    type SqlType = Q::SqlType;
 }

@@ -22,7 +22,7 @@ use rskafka::{
 };
 use test_support::{
     TestDatabase, ensure_topics, fresh_database, kafka_brokers, kafka_client, produce_envelope,
-    wait_until,
+    produce_envelopes, wait_until,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -262,6 +262,64 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
     );
     assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 2);
     shutdown.cancel();
+}
+
+/// A fetch's inbox entries are written together: an event twice in one
+/// fetch is still applied once (the first offset is remembered), with and
+/// without a record of that fetch going to the dead letters.
+#[tokio::test]
+async fn an_event_repeated_within_one_fetch_applies_once() {
+    let setup = setup(1).await;
+    let brokers = kafka_brokers();
+    let database = &setup.database;
+    let key = Uuid::new_v4().to_string();
+    let (a, b) = (envelope("OK"), envelope("OK"));
+    // One batch before the consumer starts: its first fetch holds them all.
+    produce_envelopes(&brokers, &setup.topic, 0, &key, &[&a, &a, &b]).await;
+    let (_handle, shutdown) = start(&setup, "only");
+    wait_for_stored_offset(database, 3, "the first batch to be consumed").await;
+    let (c, poison) = (envelope("OK"), envelope("POISON"));
+    produce_envelopes(&brokers, &setup.topic, 0, &key, &[&c, &poison, &c, &a]).await;
+    wait_for_stored_offset(database, 7, "the second batch to be consumed").await;
+    shutdown.cancel();
+
+    let client = database.client().await;
+    let effects: Vec<(Uuid, i64)> = client
+        .query(
+            "SELECT event_id, count(*) FROM effects GROUP BY event_id ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected = vec![(a.event_id, 1), (b.event_id, 1), (c.event_id, 1)];
+    expected.sort();
+    assert_eq!(effects, expected, "each event applied once");
+    let inbox: Vec<(Uuid, i64)> = client
+        .query(
+            "SELECT event_id, record_offset FROM inbox ORDER BY record_offset",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        inbox,
+        vec![(a.event_id, 0), (b.event_id, 2), (c.event_id, 3)],
+        "the first offset of each event is remembered; the dead letter is not"
+    );
+    let dead: Vec<i64> = client
+        .query("SELECT record_offset FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(dead, vec![4]);
 }
 
 #[tokio::test]

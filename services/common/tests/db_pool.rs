@@ -1,10 +1,69 @@
 //! The pool against a real PostgreSQL: pooled connections keep working
 //! after the runtime that first used them is gone (an HTTP worker's, at
-//! shutdown).
+//! shutdown), and statements marked `prepared()` stay prepared.
 
-use commerce_common::{config::DatabaseConfig, db};
+use commerce_common::{
+    config::DatabaseConfig,
+    db::{self, Reuse},
+};
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Integer},
+};
 use diesel_async::RunQueryDsl;
 use test_support::fresh_database;
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// diesel prepares a `sql_query` for each execution and closes it after;
+/// `prepared()` keeps it on the connection: the second execution is a bind
+/// and execute of the statement the first one prepared.
+#[tokio::test]
+async fn a_statement_marked_prepared_is_prepared_once_per_connection() {
+    let database = fresh_database("prepared").await;
+    let pool = db::pool(&DatabaseConfig {
+        max_connections: 1,
+        ..DatabaseConfig::with_url(&database.url)
+    })
+    .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let prepared_like = |marker: &'static str| {
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE '%' || $1 || '%' \
+             AND statement NOT LIKE '%pg_prepared_statements%'",
+        )
+        .bind::<diesel::sql_types::Text, _>(marker)
+    };
+    for round in 1..=3 {
+        diesel::sql_query("SELECT $1 /* kept */")
+            .bind::<Integer, _>(round)
+            .prepared()
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        diesel::sql_query("SELECT $1 /* dropped */")
+            .bind::<Integer, _>(round)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let kept: Count = prepared_like("/* kept */")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        let dropped: Count = prepared_like("/* dropped */")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!((kept.n, dropped.n), (1, 0), "round {round}");
+    }
+    drop(conn);
+    drop(pool);
+    drop(database);
+}
 
 #[test]
 fn a_pooled_connection_outlives_the_runtime_that_first_used_it() {

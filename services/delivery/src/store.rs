@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
+    db::Reuse,
     events::{
         DeliveryCancelled, DeliveryFailed, DeliveryScheduled, Event, OrderCancellationRequested,
         PaymentConfirmed,
@@ -77,6 +78,7 @@ async fn lock_order(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult
     let key = i64::from_be_bytes(order_id.as_bytes()[..8].try_into().expect("8 bytes"));
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
         .bind::<BigInt, _>(key)
+        .prepared()
         .execute(conn)
         .await?;
     Ok(())
@@ -156,6 +158,7 @@ pub async fn book(
     )
     .bind::<Timestamptz, _>(plan.from)
     .bind::<Timestamptz, _>(plan.until)
+    .prepared()
     .get_result(conn)
     .await
     .optional()?;
@@ -233,6 +236,7 @@ pub async fn cancel(
         deliveries::updated_at.eq(now),
     ))
     .returning(Delivery::as_returning())
+    .prepared()
     .get_result(conn)
     .await
     .optional()?;
@@ -240,6 +244,7 @@ pub async fn cancel(
         if let Some(window_id) = delivery.window_id {
             diesel::update(delivery_windows::table.find(window_id))
                 .set(delivery_windows::booked.eq(delivery_windows::booked - 1))
+                .prepared()
                 .execute(conn)
                 .await?;
         }

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use commerce_common::{
+    db::Reuse,
     events::{self, Event},
     outbox,
 };
@@ -268,9 +269,11 @@ async fn insert_order(
             )
         })
         .collect();
+    // One shape per line count, bounded by the order's line limit.
     let mut items: Vec<ItemRow> = diesel::insert_into(order_items::table)
         .values(&items)
         .returning(ItemRow::as_returning())
+        .prepared()
         .get_results(conn)
         .await?;
     items.sort_by_key(|item| item.line_no);
@@ -429,8 +432,8 @@ pub async fn change_status(
         orders::updated_at.eq(now),
     );
     let updated = match facts {
-        Some(facts) => target.set((facts, status)).execute(conn).await?,
-        None => target.set(status).execute(conn).await?,
+        Some(facts) => target.set((facts, status)).prepared().execute(conn).await?,
+        None => target.set(status).prepared().execute(conn).await?,
     };
     if updated != 1 {
         return Err(StoreError::LostUpdate(row.id));
@@ -461,6 +464,7 @@ pub async fn record_facts(
             .filter(orders::updated_at.eq(row.updated_at)),
     )
     .set((&facts, orders::updated_at.eq(now)))
+    .prepared()
     .execute(conn)
     .await?;
     if updated != 1 {
@@ -528,6 +532,7 @@ pub async fn request_cancellation(
                 orders::cancellation_note.eq(note),
                 orders::updated_at.eq(now),
             ))
+            .prepared()
             .execute(conn)
             .await?;
         let event = Event::OrderCancellationRequested(events::OrderCancellationRequested {

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
+    db::Reuse,
     events::{Event, OrderCreated, PaymentConfirmed, PaymentFailed, PaymentRefunded},
     outbox,
 };
@@ -129,6 +130,7 @@ pub async fn charge(
         wallets::balance_cents.eq(wallets::balance_cents - amount.cents()),
         wallets::updated_at.eq(now),
     ))
+    .prepared()
     .execute(conn)
     .await?
         > 0;
@@ -207,6 +209,7 @@ pub async fn refund(
         payments::updated_at.eq(now),
     ))
     .returning(Payment::as_returning())
+    .prepared()
     .get_result(conn)
     .await
     .optional()?;
@@ -219,6 +222,7 @@ pub async fn refund(
             wallets::balance_cents.eq(wallets::balance_cents + payment.amount_cents),
             wallets::updated_at.eq(now),
         ))
+        .prepared()
         .execute(conn)
         .await?;
     add_entry(
@@ -269,6 +273,7 @@ pub async fn top_up(
             wallets::updated_at.eq(now),
         ))
         .returning(Wallet::as_returning())
+        .prepared()
         .get_result(conn)
         .await
         .optional()?;

@@ -227,6 +227,18 @@ pub async fn produce_envelope(
     key: &str,
     envelope: &Envelope,
 ) -> i64 {
+    produce_envelopes(brokers, topic, partition, key, &[envelope]).await[0]
+}
+
+/// Produces `envelopes` as ONE record batch (a consumer fetching from its
+/// start gets them all at once); returns their offsets.
+pub async fn produce_envelopes(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    envelopes: &[&Envelope],
+) -> Vec<i64> {
     use commerce_common::events::headers;
     let client = kafka_client(brokers).await;
     let partition_client = tokio::time::timeout(
@@ -236,33 +248,35 @@ pub async fn produce_envelope(
     .await
     .expect("partition_client timed out")
     .expect("partition_client");
-    let record = Record {
-        key: Some(key.as_bytes().to_vec()),
-        value: Some(serde_json::to_vec(envelope).expect("serialize envelope")),
-        headers: BTreeMap::from([
-            (
-                headers::EVENT_ID.to_owned(),
-                envelope.event_id.to_string().into_bytes(),
-            ),
-            (
-                headers::EVENT_TYPE.to_owned(),
-                envelope.event_type.clone().into_bytes(),
-            ),
-            (
-                headers::TRACE_ID.to_owned(),
-                envelope.trace_id.clone().into_bytes(),
-            ),
-        ]),
-        timestamp: chrono::Utc::now(),
-    };
-    let offsets = tokio::time::timeout(
+    let records = envelopes
+        .iter()
+        .map(|envelope| Record {
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(serde_json::to_vec(envelope).expect("serialize envelope")),
+            headers: BTreeMap::from([
+                (
+                    headers::EVENT_ID.to_owned(),
+                    envelope.event_id.to_string().into_bytes(),
+                ),
+                (
+                    headers::EVENT_TYPE.to_owned(),
+                    envelope.event_type.clone().into_bytes(),
+                ),
+                (
+                    headers::TRACE_ID.to_owned(),
+                    envelope.trace_id.clone().into_bytes(),
+                ),
+            ]),
+            timestamp: chrono::Utc::now(),
+        })
+        .collect();
+    tokio::time::timeout(
         CALL_DEADLINE,
-        partition_client.produce(vec![record], Compression::NoCompression),
+        partition_client.produce(records, Compression::NoCompression),
     )
     .await
     .expect("produce timed out")
-    .expect("produce");
-    offsets[0]
+    .expect("produce")
 }
 
 fn to_record(topic: &str, partition: i32, offset: i64, record: Record) -> KafkaRecord {
