@@ -128,7 +128,8 @@ pub async fn ready(pool: &DbPool, expected_version: &str) -> Result<(), String> 
 /// bound; diesel-async then pays a round trip to prepare (parse, plan), a
 /// second to execute and a `Close` afterwards. For the statements of the
 /// hot paths (the consumer's offset and inbox writes, the saga's updates)
-/// that is most of what the database does per event. Their text does not
+/// that overhead was a large part of the database's CPU per event (see
+/// docs/perf.md, "Fewer round trips per event"). Their text does not
 /// vary (or only among a handful of shapes), so each connection can keep
 /// them prepared, keyed by their SQL like any cached statement.
 #[derive(Debug, Clone, Copy)]
