@@ -204,9 +204,18 @@ pub struct ProcPoint {
     /// Percent of one core (200 = both cores of this machine).
     pub cpu_pct: f64,
     pub rss_mb: f64,
-    pub pss_mb: f64,
+    /// Read every [`PSS_EVERY`]-th sample (and the last) only: `None` in
+    /// the samples between.
+    pub pss_mb: Option<f64>,
     pub processes: usize,
 }
+
+/// PSS comes from `/proc/PID/smaps_rollup`, which walks the page tables of
+/// the process: for PostgreSQL's processes, which all map the shared
+/// buffers, reading it every second took about half of this tool's CPU
+/// time during a run (kernel `smaps_account`), CPU the stack under test did
+/// not get. Memory moves slowly; CPU and RSS are still read every sample.
+pub const PSS_EVERY: usize = 5;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupSeries {
@@ -249,7 +258,11 @@ impl GroupSeries {
             cpu_seconds,
             rss_avg_mb: self.points.iter().map(|p| p.rss_mb).sum::<f64>() / n,
             rss_max_mb: self.points.iter().map(|p| p.rss_mb).fold(0.0, f64::max),
-            pss_max_mb: self.points.iter().map(|p| p.pss_mb).fold(0.0, f64::max),
+            pss_max_mb: self
+                .points
+                .iter()
+                .filter_map(|p| p.pss_mb)
+                .fold(0.0, f64::max),
         }
     }
 }
@@ -274,6 +287,7 @@ pub struct Sampler {
     boot_ticks_at_start: u64,
     /// Looking for listeners walks every process's fds: not more than every few seconds.
     last_resolve: Instant,
+    samples_taken: usize,
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -324,6 +338,7 @@ impl Sampler {
             previous: HashMap::new(),
             boot_ticks_at_start: uptime_ticks(ticks_per_s),
             last_resolve: Instant::now(),
+            samples_taken: 0,
         };
         let stats = all_stats();
         sampler.resolve_roots(&stats);
@@ -350,8 +365,20 @@ impl Sampler {
         }
     }
 
-    /// Takes one sample of every group.
+    /// Takes one sample of every group, with PSS every [`PSS_EVERY`]-th
+    /// time (the first included).
     pub fn sample(&mut self) {
+        let with_pss = self.samples_taken.is_multiple_of(PSS_EVERY);
+        self.sample_with(with_pss);
+    }
+
+    /// Takes one sample of every group, PSS included.
+    pub fn sample_with_pss(&mut self) {
+        self.sample_with(true);
+    }
+
+    fn sample_with(&mut self, with_pss: bool) {
+        self.samples_taken += 1;
         let now = Instant::now();
         let interval = now.duration_since(self.last_sample).as_secs_f64().max(1e-3);
         self.last_sample = now;
@@ -391,7 +418,7 @@ impl Sampler {
                 t_s,
                 cpu_pct: 0.0,
                 rss_mb: 0.0,
-                pss_mb: 0.0,
+                pss_mb: with_pss.then_some(0.0),
                 processes: 0,
             };
             for pid in members {
@@ -410,8 +437,10 @@ impl Sampler {
                 if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
                     point.rss_mb += parse_kb_field(&status, "VmRSS").unwrap_or(0) as f64 / 1024.0;
                 }
-                if let Ok(rollup) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
-                    point.pss_mb += parse_kb_field(&rollup, "Pss").unwrap_or(0) as f64 / 1024.0;
+                if let Some(pss) = point.pss_mb.as_mut()
+                    && let Ok(rollup) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                {
+                    *pss += parse_kb_field(&rollup, "Pss").unwrap_or(0) as f64 / 1024.0;
                 }
                 point.processes += 1;
                 group.seen.insert(pid);
@@ -461,7 +490,7 @@ impl SamplerHandle {
                         std::thread::sleep((next - now).min(Duration::from_millis(100)));
                     }
                 }
-                sampler.sample();
+                sampler.sample_with_pss();
                 sampler.finish()
             })
         };
@@ -581,6 +610,28 @@ mod tests {
     }
 
     #[test]
+    fn pss_is_read_every_few_samples_and_at_the_end() {
+        let mut sampler = Sampler::new(Vec::new(), Some("load"));
+        for _ in 0..PSS_EVERY + 1 {
+            sampler.sample();
+        }
+        sampler.sample_with_pss();
+        let series = sampler.finish();
+        let read: Vec<bool> = series[0]
+            .points
+            .iter()
+            .map(|p| p.pss_mb.is_some())
+            .collect();
+        let mut expected = vec![false; PSS_EVERY + 2];
+        expected[0] = true;
+        expected[PSS_EVERY] = true;
+        expected[PSS_EVERY + 1] = true;
+        assert_eq!(read, expected);
+        assert!(series[0].points[0].pss_mb.unwrap() > 1.0);
+        assert!(series[0].summary().pss_max_mb > 1.0);
+    }
+
+    #[test]
     fn summary_of_points() {
         let series = GroupSeries {
             name: "gateway".into(),
@@ -591,14 +642,14 @@ mod tests {
                     t_s: 1.0,
                     cpu_pct: 50.0,
                     rss_mb: 10.0,
-                    pss_mb: 9.0,
+                    pss_mb: Some(9.0),
                     processes: 1,
                 },
                 ProcPoint {
                     t_s: 2.0,
                     cpu_pct: 150.0,
                     rss_mb: 30.0,
-                    pss_mb: 29.0,
+                    pss_mb: None,
                     processes: 1,
                 },
             ],
@@ -608,6 +659,6 @@ mod tests {
         assert_eq!(s.cpu_max_pct, 150.0);
         assert!((s.cpu_seconds - 2.0).abs() < 1e-9);
         assert_eq!(s.rss_max_mb, 30.0);
-        assert_eq!(s.pss_max_mb, 29.0);
+        assert_eq!(s.pss_max_mb, 9.0, "samples without PSS do not count");
     }
 }

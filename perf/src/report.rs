@@ -520,14 +520,17 @@ impl Report {
                     .collect(),
             )],
         ));
-        let proc_lines = |f: &dyn Fn(&crate::procs::ProcPoint) -> f64| -> Vec<Line> {
+        let proc_lines = |f: &dyn Fn(&crate::procs::ProcPoint) -> Option<f64>| -> Vec<Line> {
             self.process_series
                 .iter()
                 .filter(|s| s.pids_seen > 0)
                 .map(|s| {
                     Line::new(
                         s.name.clone(),
-                        s.points.iter().map(|p| (p.t_s, f(p))).collect(),
+                        s.points
+                            .iter()
+                            .filter_map(|p| Some((p.t_s, f(p)?)))
+                            .collect(),
                     )
                 })
                 .collect()
@@ -536,7 +539,7 @@ impl Report {
             "CPU per process group (% of one core)",
             "second of the run",
             "% CPU",
-            &proc_lines(&|p| p.cpu_pct),
+            &proc_lines(&|p| Some(p.cpu_pct)),
         ));
         charts.push(line_chart(
             "Memory per process group (PSS)",
@@ -692,7 +695,7 @@ mod tests {
                 t_s: 1.0,
                 cpu_pct: 40.0,
                 rss_mb: 20.0,
-                pss_mb: 19.0,
+                pss_mb: Some(19.0),
                 processes: 1,
             }],
         };
