@@ -274,7 +274,78 @@ impl Report {
         }
     }
 
+    /// What the stack's CPU time is divided by: orders placed (saga and
+    /// saturation runs) or requests made (the others).
+    fn work_unit(&self) -> (&'static str, u64) {
+        match self.sagas_started {
+            Some(placed) => ("order", placed),
+            None => ("request", self.measured.total.count),
+        }
+    }
+
+    /// CPU time of the stack under test (every group but this tool), and of
+    /// this tool, in ms per work unit; `None` without work done.
+    pub fn cpu_ms_per_unit(&self) -> Option<(f64, f64)> {
+        let (_, units) = self.work_unit();
+        if units == 0 || self.processes.is_empty() {
+            return None;
+        }
+        let (tool, stack): (Vec<&GroupSummary>, Vec<&GroupSummary>) =
+            self.processes.iter().partition(|p| p.matched_by == "self");
+        let per_unit = |groups: Vec<&GroupSummary>| {
+            // A fold from +0.0: an empty f64 sum is -0.0, printed "-0.00".
+            groups.iter().fold(0.0, |sum, p| sum + p.cpu_seconds) * 1000.0 / units as f64
+        };
+        Some((per_unit(stack), per_unit(tool)))
+    }
+
     fn processes_table(&self) -> Table {
+        let (unit, units) = self.work_unit();
+        let per_unit = |cpu_seconds: f64| {
+            if units == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}", cpu_seconds * 1000.0 / units as f64)
+            }
+        };
+        let mut rows: Vec<Vec<String>> = self
+            .processes
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.matched_by.clone(),
+                    p.pids_seen.to_string(),
+                    format!("{:.1}", p.cpu_avg_pct),
+                    format!("{:.1}", p.cpu_max_pct),
+                    format!("{:.1}", p.cpu_seconds),
+                    per_unit(p.cpu_seconds),
+                    format!("{:.1}", p.rss_avg_mb),
+                    format!("{:.1}", p.rss_max_mb),
+                    format!("{:.1}", p.pss_max_mb),
+                ]
+            })
+            .collect();
+        let stack: Vec<&GroupSummary> = self
+            .processes
+            .iter()
+            .filter(|p| p.matched_by != "self")
+            .collect();
+        if stack.len() > 1 {
+            let cpu_seconds = stack.iter().map(|p| p.cpu_seconds).sum::<f64>();
+            rows.push(vec![
+                "stack (all but this tool)".into(),
+                String::new(),
+                stack.iter().map(|p| p.pids_seen).sum::<usize>().to_string(),
+                format!("{:.1}", stack.iter().map(|p| p.cpu_avg_pct).sum::<f64>()),
+                String::new(),
+                format!("{cpu_seconds:.1}"),
+                per_unit(cpu_seconds),
+                String::new(),
+                String::new(),
+                format!("{:.1}", stack.iter().map(|p| p.pss_max_mb).sum::<f64>()),
+            ]);
+        }
         Table {
             headers: vec![
                 "process",
@@ -283,27 +354,16 @@ impl Report {
                 "CPU avg %",
                 "CPU max %",
                 "CPU s",
+                if unit == "order" {
+                    "CPU ms per order"
+                } else {
+                    "CPU ms per request"
+                },
                 "RSS avg MB",
                 "RSS max MB",
                 "PSS max MB",
             ],
-            rows: self
-                .processes
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.name.clone(),
-                        p.matched_by.clone(),
-                        p.pids_seen.to_string(),
-                        format!("{:.1}", p.cpu_avg_pct),
-                        format!("{:.1}", p.cpu_max_pct),
-                        format!("{:.1}", p.cpu_seconds),
-                        format!("{:.1}", p.rss_avg_mb),
-                        format!("{:.1}", p.rss_max_mb),
-                        format!("{:.1}", p.pss_max_mb),
-                    ]
-                })
-                .collect(),
+            rows,
         }
     }
 
@@ -339,6 +399,13 @@ impl Report {
                 ms(c.p90_ms),
                 ms(c.p99_ms),
                 ms(c.max_ms)
+            );
+        }
+        if let Some((stack, tool)) = self.cpu_ms_per_unit() {
+            let (unit, _) = self.work_unit();
+            let _ = write!(
+                out,
+                "\nCPU per {unit}: {stack:.2} ms in the stack, {tool:.2} ms in this tool"
             );
         }
         if let Some(rate) = self.max_rate_held {
@@ -752,7 +819,50 @@ mod tests {
         assert!(md.contains("http 503"));
         assert!(md.contains("| DELIVERY_SCHEDULED | 1 |"));
         assert!(md.contains("| gateway | port 8084 | 1 | 40.0 |"));
+        // 0.4 CPU seconds over the 2 orders placed.
+        assert!(md.contains("| 0.4 | 200.00 |"), "{md}");
+        assert!(
+            md.contains("CPU per order: 200.00 ms in the stack, 0.00 ms in this tool"),
+            "{md}"
+        );
         assert!(md.contains("highest rate held: 100 orders/s"));
+    }
+
+    #[test]
+    fn cpu_is_divided_by_the_orders_placed_and_summed_over_the_stack() {
+        let mut report = sample_report();
+        let group = |name: &str, matched_by: &str, cpu_pct: f64| {
+            GroupSeries {
+                name: name.into(),
+                matched_by: matched_by.into(),
+                pids_seen: 1,
+                points: vec![ProcPoint {
+                    t_s: 2.0,
+                    cpu_pct,
+                    rss_mb: 10.0,
+                    pss_mb: None,
+                    processes: 1,
+                }],
+            }
+            .summary()
+        };
+        report.processes.push(group("postgres", "port 55432", 60.0));
+        report
+            .processes
+            .push(group("load (this tool)", "self", 10.0));
+        // gateway 0.4 s + postgres 1.2 s over 2 orders; the tool 0.2 s.
+        let (stack, tool) = report.cpu_ms_per_unit().unwrap();
+        assert!((stack - 800.0).abs() < 1e-6, "{stack}");
+        assert!((tool - 100.0).abs() < 1e-6, "{tool}");
+        let md = report.to_markdown();
+        assert!(
+            md.contains("| stack (all but this tool) |  | 2 | 100.0 |  | 1.6 | 800.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("CPU per order: 800.00 ms in the stack, 100.00 ms in this tool"));
+
+        report.sagas_started = None;
+        assert!(report.to_markdown().contains("CPU ms per request"));
     }
 
     #[test]
