@@ -96,4 +96,70 @@ mod tests {
         let expired = mint_token_with(&claims_for(user, chrono::Duration::hours(-2)));
         assert!(verifier.verify(&expired).is_err());
     }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let user = Uuid::new_v4();
+        let verifier = JwtVerifier::from_public_pem(jwt_keys().public_pem.as_bytes()).unwrap();
+        let claims = claims_for(user, chrono::Duration::minutes(5));
+        let token = mint_token_with(&claims);
+        let now = chrono::Utc::now().timestamp() as u64;
+        assert_eq!(verifier.verify_at(&token, now).unwrap().sub, user);
+        assert_eq!(verifier.remembered(), 1);
+        // Within the leeway after `exp`: still accepted, from memory.
+        let leeway = commerce_common::auth::LEEWAY_SECONDS;
+        let last_second = claims.exp as u64 + leeway;
+        assert_eq!(verifier.verify_at(&token, last_second).unwrap(), claims);
+        let error = verifier.verify_at(&token, last_second + 1).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            &jsonwebtoken::errors::ErrorKind::ExpiredSignature
+        );
+        assert_eq!(verifier.remembered(), 0);
+    }
+
+    #[test]
+    fn a_tampered_copy_of_a_remembered_token_is_rejected() {
+        let verifier = JwtVerifier::from_public_pem(jwt_keys().public_pem.as_bytes()).unwrap();
+        let token = mint_token(Uuid::new_v4());
+        verifier.verify(&token).unwrap();
+        // Another subject under the same signature.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let other = claims_for(Uuid::new_v4(), chrono::Duration::hours(1));
+        let forged_claims = mint_token_with(&other);
+        parts[1] = forged_claims.split('.').nth(1).unwrap().to_owned();
+        assert!(verifier.verify(&parts.join(".")).is_err());
+        // A changed signature (a character inside it: the last one also
+        // carries unused bits).
+        let mut bad_signature = token.clone().into_bytes();
+        let at = bad_signature.len() - 10;
+        bad_signature[at] = if bad_signature[at] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let bad_signature = String::from_utf8(bad_signature).unwrap();
+        assert!(verifier.verify(&bad_signature).is_err());
+        assert_eq!(
+            verifier.remembered(),
+            1,
+            "only the valid token is remembered"
+        );
+    }
+
+    #[test]
+    fn remembered_tokens_are_bounded() {
+        let verifier =
+            JwtVerifier::with_cache_capacity(jwt_keys().public_pem.as_bytes(), 3).unwrap();
+        let tokens: Vec<String> = (0..7).map(|_| mint_token(Uuid::new_v4())).collect();
+        for token in &tokens {
+            verifier.verify(token).unwrap();
+            assert!(verifier.remembered() <= 3);
+        }
+        // Forgotten tokens are checked again and still pass.
+        for token in &tokens {
+            verifier.verify(token).unwrap();
+        }
+        assert!(verifier.remembered() <= 3);
+    }
 }
