@@ -8,7 +8,7 @@ use commerce_common::{
     events::{Event, OrderCreated, PaymentConfirmed, PaymentFailed, PaymentRefunded},
     outbox,
 };
-use diesel::{dsl::now, prelude::*};
+use diesel::{dsl::now, prelude::*, sql_types};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -99,9 +99,13 @@ pub async fn open_wallet(
     Ok(opened)
 }
 
-/// Charges the order's total to the customer's wallet (opened first if
-/// needed): PaymentConfirmed, or PaymentFailed{INSUFFICIENT_FUNDS} with the
+/// Charges the order's total to the customer's wallet (opened when
+/// missing): PaymentConfirmed, or PaymentFailed{INSUFFICIENT_FUNDS} with the
 /// balance untouched. An order is charged at most once.
+///
+/// Three statements when the wallet exists and covers the total (the
+/// payment row, the debit with its ledger entry, the outbox row), instead
+/// of a look-up, an insert and an update around each.
 pub async fn charge(
     conn: &mut AsyncPgConnection,
     order: &OrderCreated,
@@ -109,83 +113,86 @@ pub async fn charge(
     initial_credit_cents: i64,
     trace_id: &str,
 ) -> QueryResult<ChargeOutcome> {
-    open_wallet(conn, order.customer_id, initial_credit_cents).await?;
-    let existing: Option<Uuid> = payments::table
-        .filter(payments::order_id.eq(order.order_id))
-        .select(payments::id)
-        .first(conn)
-        .await
-        .optional()?;
-    if existing.is_some() {
+    // The payment first, as confirmed: the UNIQUE order_id says whether the
+    // order was charged already (its wallet reference is checked at commit,
+    // when the wallet exists in any case).
+    let payment_id = Uuid::now_v7();
+    let inserted = diesel::insert_into(payments::table)
+        .values((
+            payments::id.eq(payment_id),
+            payments::order_id.eq(order.order_id),
+            payments::customer_id.eq(order.customer_id),
+            payments::amount_cents.eq(amount.cents()),
+            payments::status.eq(PaymentStatus::Confirmed.as_str()),
+        ))
+        .on_conflict(payments::order_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 0 {
         return Ok(ChargeOutcome::AlreadyCharged);
     }
+    let mut charged = debit(conn, order.customer_id, order.order_id, amount.cents()).await?;
+    if !charged && open_wallet(conn, order.customer_id, initial_credit_cents).await? {
+        charged = debit(conn, order.customer_id, order.order_id, amount.cents()).await?;
+    }
 
-    // Conditional: never below zero (the CHECK constraint backs this up).
-    let charged = diesel::update(
-        wallets::table
-            .find(order.customer_id)
-            .filter(wallets::balance_cents.ge(amount.cents())),
-    )
-    .set((
-        wallets::balance_cents.eq(wallets::balance_cents - amount.cents()),
-        wallets::updated_at.eq(now),
-    ))
-    .prepared()
-    .execute(conn)
-    .await?
-        > 0;
-
-    let payment_id = Uuid::now_v7();
-    let (status, reason, event, outcome) = if charged {
-        add_entry(
-            conn,
-            order.customer_id,
-            EntryKind::Charge,
-            -amount.cents(),
-            Some(order.order_id),
-        )
-        .await?;
+    let (status, event, outcome) = if charged {
         let event = Event::PaymentConfirmed(PaymentConfirmed {
             payment_id,
             order_id: order.order_id,
             customer_id: order.customer_id,
             amount_cents: amount.cents(),
         });
-        (
-            PaymentStatus::Confirmed,
-            None,
-            event,
-            ChargeOutcome::Confirmed,
-        )
+        (PaymentStatus::Confirmed, event, ChargeOutcome::Confirmed)
     } else {
         let reason = FailureReason::InsufficientFunds.as_str();
+        diesel::update(payments::table.find(payment_id))
+            .set((
+                payments::status.eq(PaymentStatus::Failed.as_str()),
+                payments::reason.eq(reason),
+            ))
+            .execute(conn)
+            .await?;
         let event = Event::PaymentFailed(PaymentFailed {
             order_id: order.order_id,
             customer_id: order.customer_id,
             amount_cents: amount.cents(),
             reason: reason.into(),
         });
-        (
-            PaymentStatus::Failed,
-            Some(reason),
-            event,
-            ChargeOutcome::Failed,
-        )
+        (PaymentStatus::Failed, event, ChargeOutcome::Failed)
     };
-    diesel::insert_into(payments::table)
-        .values((
-            payments::id.eq(payment_id),
-            payments::order_id.eq(order.order_id),
-            payments::customer_id.eq(order.customer_id),
-            payments::amount_cents.eq(amount.cents()),
-            payments::status.eq(status.as_str()),
-            payments::reason.eq(reason),
-        ))
-        .execute(conn)
-        .await?;
     outbox::enqueue(conn, &event, trace_id).await?;
     tracing::info!(order_id = %order.order_id, status = status.as_str(), amount_cents = amount.cents(), "order charged");
     Ok(outcome)
+}
+
+/// Takes `amount_cents` from the customer's wallet unless the balance would
+/// go below zero (the CHECK constraint backs this up), with its ledger
+/// entry, in one statement; false when the wallet is short or missing.
+async fn debit(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    order_id: Uuid,
+    amount_cents: i64,
+) -> QueryResult<bool> {
+    let debited = diesel::sql_query(
+        "WITH debited AS ( \
+             UPDATE wallets SET balance_cents = balance_cents - $2, updated_at = now() \
+             WHERE customer_id = $1 AND balance_cents >= $2 \
+             RETURNING customer_id) \
+         INSERT INTO wallet_entries (id, customer_id, kind, amount_cents, order_id) \
+         SELECT $3, customer_id, $4, -$2, $5 FROM debited",
+    )
+    .bind::<sql_types::Uuid, _>(customer_id)
+    .bind::<sql_types::BigInt, _>(amount_cents)
+    .bind::<sql_types::Uuid, _>(Uuid::now_v7())
+    .bind::<sql_types::Text, _>(EntryKind::Charge.as_str())
+    .bind::<sql_types::Uuid, _>(order_id)
+    .prepared()
+    .execute(conn)
+    .await?;
+    Ok(debited > 0)
 }
 
 /// Gives a confirmed payment's money back (PaymentRefunded). Nothing

@@ -159,6 +159,45 @@ async fn delivery_failure_refunds_with_no_capacity() {
 }
 
 #[tokio::test]
+async fn one_order_under_two_event_ids_is_charged_once_even_for_a_new_customer() {
+    let app = spawn_app().await;
+    // No UserRegistered: the first charge opens the wallet.
+    let customer = Uuid::new_v4();
+    let order = order_created(customer, 400);
+    // Two envelopes (two event ids, so the inbox lets both through) for
+    // one order, and a second order that the balance cannot cover.
+    app.publish(&Event::OrderCreated(order.clone())).await;
+    app.publish(&Event::OrderCreated(order.clone())).await;
+    let too_big = order_created(customer, INITIAL_CREDIT);
+    app.publish(&Event::OrderCreated(too_big.clone())).await;
+    drained(&app, 3).await;
+
+    assert_eq!(
+        payment_of(&app, order.order_id).await,
+        ("CONFIRMED".into(), None, 400)
+    );
+    assert_eq!(
+        payment_of(&app, too_big.order_id).await,
+        (
+            "FAILED".into(),
+            Some("INSUFFICIENT_FUNDS".into()),
+            INITIAL_CREDIT
+        )
+    );
+    assert_eq!(balance(&app, customer).await, INITIAL_CREDIT - 400);
+    assert_eq!(
+        app.query_i64(&format!(
+            "SELECT count(*) FROM wallet_entries WHERE customer_id = '{customer}' AND kind = 'CHARGE'"
+        ))
+        .await,
+        1
+    );
+    // All three envelopes were handled, none dead-lettered.
+    assert_eq!(app.query_i64("SELECT count(*) FROM inbox").await, 3);
+    assert_eq!(app.query_i64("SELECT count(*) FROM dead_letters").await, 0);
+}
+
+#[tokio::test]
 async fn every_event_delivered_twice_has_its_effects_once() {
     let app = spawn_app().await;
     let customer = Uuid::new_v4();
