@@ -65,8 +65,6 @@ pub enum CancelOutcome {
 
 #[derive(QueryableByName)]
 struct BookedWindow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
     #[diesel(sql_type = Timestamptz)]
     starts_at: DateTime<Utc>,
     #[diesel(sql_type = Timestamptz)]
@@ -148,38 +146,37 @@ pub async fn book(
 
     // The row lock makes concurrent bookings queue; one that finds the
     // window full after waiting moves on to the next (and the CHECK
-    // constraint would refuse an overbooking anyway).
+    // constraint would refuse an overbooking anyway). The delivery row is
+    // inserted by the same statement (a data-modifying WITH): one round
+    // trip for the booking. No free window: no row, nothing booked.
+    let delivery_id = Uuid::now_v7();
+    let tracking = TrackingNumber::generate();
     let window: Option<BookedWindow> = diesel::sql_query(
-        "UPDATE delivery_windows SET booked = booked + 1 \
-         WHERE id = (SELECT id FROM delivery_windows \
-                     WHERE starts_at >= $1 AND starts_at < $2 AND booked < capacity \
-                     ORDER BY starts_at LIMIT 1 FOR UPDATE) \
-         RETURNING id, starts_at, ends_at",
+        "WITH booked AS ( \
+             UPDATE delivery_windows SET booked = booked + 1 \
+             WHERE id = (SELECT id FROM delivery_windows \
+                         WHERE starts_at >= $1 AND starts_at < $2 AND booked < capacity \
+                         ORDER BY starts_at LIMIT 1 FOR UPDATE) \
+             RETURNING id, starts_at, ends_at) \
+         INSERT INTO deliveries (id, order_id, customer_id, status, window_id, \
+                                 window_start, window_end, tracking_number) \
+         SELECT $3, $4, $5, $6, id, starts_at, ends_at, $7 FROM booked \
+         RETURNING window_start AS starts_at, window_end AS ends_at",
     )
     .bind::<Timestamptz, _>(plan.from)
     .bind::<Timestamptz, _>(plan.until)
+    .bind::<diesel::sql_types::Uuid, _>(delivery_id)
+    .bind::<diesel::sql_types::Uuid, _>(paid.order_id)
+    .bind::<diesel::sql_types::Uuid, _>(paid.customer_id)
+    .bind::<diesel::sql_types::Text, _>(DeliveryStatus::Scheduled.as_str())
+    .bind::<diesel::sql_types::Text, _>(tracking.as_str())
     .prepared()
     .get_result(conn)
     .await
     .optional()?;
 
-    let delivery_id = Uuid::now_v7();
     let (event, outcome) = match window {
         Some(window) => {
-            let tracking = TrackingNumber::generate();
-            diesel::insert_into(deliveries::table)
-                .values((
-                    deliveries::id.eq(delivery_id),
-                    deliveries::order_id.eq(paid.order_id),
-                    deliveries::customer_id.eq(paid.customer_id),
-                    deliveries::status.eq(DeliveryStatus::Scheduled.as_str()),
-                    deliveries::window_id.eq(window.id),
-                    deliveries::window_start.eq(window.starts_at),
-                    deliveries::window_end.eq(window.ends_at),
-                    deliveries::tracking_number.eq(tracking.as_str()),
-                ))
-                .execute(conn)
-                .await?;
             tracing::info!(order_id = %paid.order_id, window_start = %window.starts_at, "delivery scheduled");
             let event = Event::DeliveryScheduled(DeliveryScheduled {
                 delivery_id,
