@@ -279,6 +279,9 @@ impl Report {
     fn work_unit(&self) -> (&'static str, u64) {
         match self.sagas_started {
             Some(placed) => ("order", placed),
+            None if !self.steps.is_empty() => {
+                ("order", self.steps.iter().map(|step| step.placed).sum())
+            }
             None => ("request", self.measured.total.count),
         }
     }
@@ -861,7 +864,14 @@ mod tests {
         );
         assert!(md.contains("CPU per order: 800.00 ms in the stack, 100.00 ms in this tool"));
 
+        // Saturation: the orders placed over all steps (1000 in the sample).
         report.sagas_started = None;
+        assert!(
+            report
+                .to_markdown()
+                .contains("CPU per order: 1.60 ms in the stack")
+        );
+        report.steps.clear();
         assert!(report.to_markdown().contains("CPU ms per request"));
     }
 
