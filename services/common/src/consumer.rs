@@ -708,21 +708,12 @@ pub(crate) async fn remember_event(
     partition: i32,
     offset: i64,
 ) -> diesel::QueryResult<usize> {
-    diesel::sql_query(
-        "INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    )
-    .bind::<Text, _>(group)
-    .bind::<SqlUuid, _>(event_id)
-    .bind::<Text, _>(topic)
-    .bind::<Integer, _>(partition)
-    .bind::<BigInt, _>(offset)
-    .prepared()
-    .execute(conn)
-    .await
+    remember_events(conn, group, topic, partition, &[event_id], &[offset])
+        .await
+        .map(|new| new.len())
 }
 
-/// [`remember_event`] for the events of a fetch in one statement; answers
+/// Records the events of a fetch in the inbox in one statement; answers
 /// the offsets whose event was new (of one event at two offsets, the first).
 async fn remember_events(
     conn: &mut AsyncPgConnection,
