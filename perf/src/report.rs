@@ -286,30 +286,38 @@ impl Report {
         }
     }
 
-    /// CPU time of the stack under test (every group but this tool), and of
-    /// this tool, in ms per work unit; `None` without work done.
-    pub fn cpu_ms_per_unit(&self) -> Option<(f64, f64)> {
+    /// The groups of the stack under test: every group but this tool.
+    fn stack_groups(&self) -> impl Iterator<Item = &GroupSummary> {
+        self.processes.iter().filter(|p| p.matched_by != "self")
+    }
+
+    /// `cpu_seconds` in ms per work unit; `None` without work done.
+    fn ms_per_unit(&self, cpu_seconds: f64) -> Option<f64> {
         let (_, units) = self.work_unit();
-        if units == 0 || self.processes.is_empty() {
+        (units > 0).then(|| cpu_seconds * 1000.0 / units as f64)
+    }
+
+    /// CPU time of the stack under test, and of this tool, in ms per work
+    /// unit; `None` without work done.
+    pub fn cpu_ms_per_unit(&self) -> Option<(f64, f64)> {
+        if self.processes.is_empty() {
             return None;
         }
-        let (tool, stack): (Vec<&GroupSummary>, Vec<&GroupSummary>) =
-            self.processes.iter().partition(|p| p.matched_by == "self");
-        let per_unit = |groups: Vec<&GroupSummary>| {
-            // A fold from +0.0: an empty f64 sum is -0.0, printed "-0.00".
-            groups.iter().fold(0.0, |sum, p| sum + p.cpu_seconds) * 1000.0 / units as f64
-        };
-        Some((per_unit(stack), per_unit(tool)))
+        // Folds from +0.0: an empty f64 sum is -0.0, printed "-0.00".
+        let stack = self.stack_groups().fold(0.0, |sum, p| sum + p.cpu_seconds);
+        let tool = self
+            .processes
+            .iter()
+            .filter(|p| p.matched_by == "self")
+            .fold(0.0, |sum, p| sum + p.cpu_seconds);
+        Some((self.ms_per_unit(stack)?, self.ms_per_unit(tool)?))
     }
 
     fn processes_table(&self) -> Table {
-        let (unit, units) = self.work_unit();
+        let (unit, _) = self.work_unit();
         let per_unit = |cpu_seconds: f64| {
-            if units == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.2}", cpu_seconds * 1000.0 / units as f64)
-            }
+            self.ms_per_unit(cpu_seconds)
+                .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2}"))
         };
         let mut rows: Vec<Vec<String>> = self
             .processes
@@ -329,11 +337,7 @@ impl Report {
                 ]
             })
             .collect();
-        let stack: Vec<&GroupSummary> = self
-            .processes
-            .iter()
-            .filter(|p| p.matched_by != "self")
-            .collect();
+        let stack: Vec<&GroupSummary> = self.stack_groups().collect();
         if stack.len() > 1 {
             let cpu_seconds = stack.iter().map(|p| p.cpu_seconds).sum::<f64>();
             rows.push(vec![
