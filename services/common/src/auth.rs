@@ -146,22 +146,24 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     let verifier = req
         .app_data::<web::Data<JwtVerifier>>()
         .ok_or_else(|| ApiError::internal("JwtVerifier missing from app data"))?;
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-    let claims = verifier.verify(token.trim()).map_err(|e| {
+    let token = bearer_token(req).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    let claims = verifier.verify(token).map_err(|e| {
         tracing::debug!(error = %e, "token rejected");
         ApiError::unauthorized("invalid or expired token")
     })?;
     Ok(AuthUser {
         user_id: claims.sub,
     })
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed (it may
+/// be empty); `None` without such a header.
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim())
 }
 
 /// A service's `auth` config section: the gateway's Ed25519 public key,

@@ -4,8 +4,11 @@
 //! verified until they expire, so a client's repeated token costs a lookup,
 //! not an Ed25519 verification.
 
-use actix_web::{HttpRequest, http::header};
-use commerce_common::{auth::JwtVerifier, http::ApiError};
+use actix_web::HttpRequest;
+use commerce_common::{
+    auth::{self, JwtVerifier},
+    http::ApiError,
+};
 
 pub struct EdgeAuth {
     verifier: JwtVerifier,
@@ -19,23 +22,16 @@ impl EdgeAuth {
     /// Ok when the request carries a valid bearer token; the same answers as
     /// `commerce_common::auth::AuthUser` otherwise.
     pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let token =
-            bearer_token(req).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        // An empty token counts as none here.
+        let token = auth::bearer_token(req)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         self.verifier.verify(token).map_err(|e| {
             tracing::debug!(error = %e, "token rejected at the edge");
             ApiError::unauthorized("invalid or expired token")
         })?;
         Ok(())
     }
-}
-
-fn bearer_token(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
-    (!token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
