@@ -1,0 +1,1 @@
+ALTER FUNCTION outbox_delete_published() RESET enable_seqscan;
