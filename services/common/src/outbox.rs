@@ -25,6 +25,39 @@ diesel::table! {
     }
 }
 
+/// The outbox row announcing one event. [`enqueue`] inserts it; a service
+/// that folds the insert into a larger statement binds its fields itself
+/// (the order service's place-order statement does).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewRow<'a> {
+    /// The event id.
+    pub id: Uuid,
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub trace_id: &'a str,
+    pub occurred_at: chrono::DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+impl<'a> NewRow<'a> {
+    pub fn new(event: &Event, trace_id: &'a str) -> Self {
+        let (event_type, payload) = event.into_parts();
+        Self {
+            id: Uuid::now_v7(),
+            aggregate_type: event.topic(),
+            aggregate_id: event.aggregate_id().to_string(),
+            event_type,
+            schema_version: SCHEMA_VERSION,
+            trace_id,
+            occurred_at: Utc::now(),
+            payload,
+        }
+    }
+}
+
 /// Writes `event` to the outbox; returns its event id. Call it inside the
 /// transaction that makes the change the event announces.
 pub async fn enqueue(
@@ -32,20 +65,10 @@ pub async fn enqueue(
     event: &Event,
     trace_id: &str,
 ) -> QueryResult<Uuid> {
-    let id = Uuid::now_v7();
-    let (event_type, payload) = event.into_parts();
+    let row = NewRow::new(event, trace_id);
     diesel::insert_into(outbox::table)
-        .values((
-            outbox::id.eq(id),
-            outbox::aggregate_type.eq(event.topic()),
-            outbox::aggregate_id.eq(event.aggregate_id().to_string()),
-            outbox::event_type.eq(event_type),
-            outbox::schema_version.eq(SCHEMA_VERSION),
-            outbox::trace_id.eq(trace_id),
-            outbox::occurred_at.eq(Utc::now()),
-            outbox::payload.eq(payload),
-        ))
+        .values(&row)
         .execute(conn)
         .await?;
-    Ok(id)
+    Ok(row.id)
 }

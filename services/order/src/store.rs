@@ -39,7 +39,7 @@ pub enum StoreError {
     LostUpdate(Uuid),
 }
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Identifiable)]
 #[diesel(table_name = orders)]
 pub struct OrderRow {
     pub id: Uuid,
@@ -180,39 +180,41 @@ pub async fn place_order(
     trace_id: &str,
 ) -> Result<Placed, PlaceError> {
     let order_id = Uuid::now_v7();
-    conn.transaction::<_, PlaceError, _>(async |conn| {
-        if let Some(idem) = idempotency {
-            // A concurrent request with the same key waits here on the
-            // primary key until the first one commits, then sees its row.
-            let claimed = diesel::insert_into(idempotency_keys::table)
-                .values((
-                    idempotency_keys::customer_id.eq(customer_id),
-                    idempotency_keys::key.eq(&idem.key),
-                    idempotency_keys::request_hash.eq(&idem.request_hash),
-                    idempotency_keys::order_id.eq(order_id),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-            if claimed == 0 {
-                let (hash, existing): (String, Uuid) = idempotency_keys::table
-                    .find((customer_id, &idem.key))
-                    .select((idempotency_keys::request_hash, idempotency_keys::order_id))
-                    .first(conn)
-                    .await?;
-                if hash != idem.request_hash {
-                    return Err(PlaceError::KeyReused);
-                }
-                let view = find_order(conn, existing, customer_id)
-                    .await?
-                    .ok_or(DieselError::NotFound)?;
-                return Ok(Placed::Replayed(view));
-            }
-        }
-        let view = insert_order(conn, order_id, customer_id, order, trace_id).await?;
-        Ok(Placed::Created(view))
-    })
-    .await
+    if let Some(row) = insert_order(conn, order_id, customer_id, order, idempotency, trace_id)
+        .await
+        .optional()?
+    {
+        let items = order
+            .lines()
+            .iter()
+            .zip(0..)
+            .map(|(line, line_no)| ItemRow {
+                order_id,
+                line_no,
+                sku: line.sku.as_str().to_owned(),
+                quantity: line.quantity.get(),
+                unit_price_cents: line.unit_price.get(),
+            })
+            .collect();
+        return Ok(Placed::Created(OrderView { order: row, items }));
+    }
+    // Nothing was inserted: the key was claimed before (a concurrent claim
+    // made the insert wait until it committed). Its order is committed too.
+    let Some(idem) = idempotency else {
+        return Err(DieselError::NotFound.into());
+    };
+    let (hash, existing): (String, Uuid) = idempotency_keys::table
+        .find((customer_id, &idem.key))
+        .select((idempotency_keys::request_hash, idempotency_keys::order_id))
+        .first(conn)
+        .await?;
+    if hash != idem.request_hash {
+        return Err(PlaceError::KeyReused);
+    }
+    let view = find_order(conn, existing, customer_id)
+        .await?
+        .ok_or(DieselError::NotFound)?;
+    Ok(Placed::Replayed(view))
 }
 
 /// Deletes the idempotency keys created more than `retention` ago; returns
@@ -230,54 +232,84 @@ pub async fn purge_idempotency_keys(
         .await
 }
 
+/// The idempotency key (if any), the order, its lines and its outbox row in
+/// one statement: one round trip and one implicit transaction instead of
+/// six. With a key that was claimed before, nothing is inserted and no row
+/// comes back. The lines' foreign key and the key's deferred one are checked
+/// at the end of the statement, when the order row exists.
+const PLACE_ORDER: &str = "
+WITH claimed AS (
+    INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id)
+    SELECT $2, $3, $4, $1 WHERE $3 IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), placed AS (
+    INSERT INTO orders (id, customer_id, status, total_cents, shipping_name,
+                        shipping_street, shipping_city, shipping_postal_code, shipping_country)
+    SELECT $1, $2, $5, $6, $7, $8, $9, $10, $11
+    WHERE $3 IS NULL OR EXISTS (SELECT 1 FROM claimed)
+    RETURNING *
+), lines AS (
+    INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents)
+    SELECT placed.id, (line.n - 1)::int4, line.sku, line.quantity, line.unit_price_cents
+    FROM placed,
+         unnest($12::text[], $13::int4[], $14::int8[])
+             WITH ORDINALITY AS line (sku, quantity, unit_price_cents, n)
+), announced AS (
+    INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version,
+                        trace_id, occurred_at, payload)
+    SELECT $15, $16, $17, $18, $19, $20, $21, $22 FROM placed
+)
+SELECT * FROM placed";
+
 async fn insert_order(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     customer_id: Uuid,
     order: &NewOrder,
+    idempotency: Option<&IdempotencyKey>,
     trace_id: &str,
-) -> Result<OrderView, DieselError> {
+) -> Result<OrderRow, DieselError> {
+    use diesel::sql_types::Uuid as SqlUuid;
+    use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz};
+
     let address = order.address();
-    // RETURNING gives the stored rows (defaults and timestamps included)
-    // without reading them back.
-    let row = diesel::insert_into(orders::table)
-        .values((
-            orders::id.eq(order_id),
-            orders::customer_id.eq(customer_id),
-            orders::status.eq(OrderStatus::Pending.as_str()),
-            orders::total_cents.eq(order.total().get()),
-            orders::shipping_name.eq(&address.name),
-            orders::shipping_street.eq(&address.street),
-            orders::shipping_city.eq(&address.city),
-            orders::shipping_postal_code.eq(&address.postal_code),
-            orders::shipping_country.eq(&address.country),
-        ))
-        .returning(OrderRow::as_returning())
+    let lines = order.lines();
+    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
+    let quantities: Vec<i32> = lines.iter().map(|line| line.quantity.get()).collect();
+    let prices: Vec<i64> = lines.iter().map(|line| line.unit_price.get()).collect();
+    let event = order_created(order_id, customer_id, order);
+    let announcement = outbox::NewRow::new(&event, trace_id);
+    diesel::sql_query(PLACE_ORDER)
+        .bind::<SqlUuid, _>(order_id)
+        .bind::<SqlUuid, _>(customer_id)
+        .bind::<Nullable<Text>, _>(idempotency.map(|idem| idem.key.as_str()))
+        .bind::<Nullable<Text>, _>(idempotency.map(|idem| idem.request_hash.as_str()))
+        .bind::<Text, _>(OrderStatus::Pending.as_str())
+        .bind::<BigInt, _>(order.total().get())
+        .bind::<Text, _>(&address.name)
+        .bind::<Text, _>(&address.street)
+        .bind::<Text, _>(&address.city)
+        .bind::<Text, _>(&address.postal_code)
+        .bind::<Text, _>(&address.country)
+        .bind::<Array<Text>, _>(&skus)
+        .bind::<Array<Integer>, _>(&quantities)
+        .bind::<Array<BigInt>, _>(&prices)
+        .bind::<SqlUuid, _>(announcement.id)
+        .bind::<Text, _>(announcement.aggregate_type)
+        .bind::<Text, _>(&announcement.aggregate_id)
+        .bind::<Text, _>(&announcement.event_type)
+        .bind::<Integer, _>(announcement.schema_version)
+        .bind::<Text, _>(announcement.trace_id)
+        .bind::<Timestamptz, _>(announcement.occurred_at)
+        .bind::<Jsonb, _>(&announcement.payload)
         .get_result(conn)
-        .await?;
-    let items: Vec<_> = order
-        .lines()
-        .iter()
-        .enumerate()
-        .map(|(line_no, line)| {
-            (
-                order_items::order_id.eq(order_id),
-                order_items::line_no.eq(line_no as i32),
-                order_items::sku.eq(line.sku.as_str()),
-                order_items::quantity.eq(line.quantity.get()),
-                order_items::unit_price_cents.eq(line.unit_price.get()),
-            )
-        })
-        .collect();
-    // One shape per line count, bounded by the order's line limit.
-    let mut items: Vec<ItemRow> = diesel::insert_into(order_items::table)
-        .values(&items)
-        .returning(ItemRow::as_returning())
-        .prepared()
-        .get_results(conn)
-        .await?;
-    items.sort_by_key(|item| item.line_no);
-    let event = Event::OrderCreated(events::OrderCreated {
+        .await
+}
+
+fn order_created(order_id: Uuid, customer_id: Uuid, order: &NewOrder) -> Event {
+    let address = order.address();
+    Event::OrderCreated(events::OrderCreated {
         order_id,
         customer_id,
         items: order
@@ -297,9 +329,7 @@ async fn insert_order(
             postal_code: address.postal_code.clone(),
             country: address.country.clone(),
         },
-    });
-    outbox::enqueue(conn, &event, trace_id).await?;
-    Ok(OrderView { order: row, items })
+    })
 }
 
 /// One of `customer_id`'s orders; someone else's order is `None`, like a
