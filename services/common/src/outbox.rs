@@ -6,7 +6,11 @@
 //! the table never grows.
 
 use chrono::Utc;
-use diesel::prelude::*;
+use diesel::{
+    pg::Pg,
+    prelude::*,
+    query_builder::{BoxedSqlQuery, SqlQuery},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -43,6 +47,26 @@ pub struct NewRow<'a> {
 }
 
 impl<'a> NewRow<'a> {
+    /// Appends the row's values to `query` as eight parameters, in the
+    /// order `id, aggregate_type, aggregate_id, event_type, schema_version,
+    /// trace_id, occurred_at, payload`, for an outbox insert folded into a
+    /// larger statement (`INSERT INTO outbox (..) SELECT $n, .. FROM ..`).
+    pub fn bind<'q>(
+        &'q self,
+        query: BoxedSqlQuery<'q, Pg, SqlQuery>,
+    ) -> BoxedSqlQuery<'q, Pg, SqlQuery> {
+        use diesel::sql_types::{Integer, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+        query
+            .bind::<SqlUuid, _>(self.id)
+            .bind::<Text, _>(self.aggregate_type)
+            .bind::<Text, _>(&self.aggregate_id)
+            .bind::<Text, _>(&self.event_type)
+            .bind::<Integer, _>(self.schema_version)
+            .bind::<Text, _>(self.trace_id)
+            .bind::<Timestamptz, _>(self.occurred_at)
+            .bind::<Jsonb, _>(&self.payload)
+    }
+
     pub fn new(event: &Event, trace_id: &'a str) -> Self {
         let (event_type, payload) = event.into_parts();
         Self {

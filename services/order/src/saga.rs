@@ -191,8 +191,8 @@ async fn apply_event(
     });
     let mut transitions = Vec::new();
     while let Some(change) = next_change(&row)? {
-        let with = unwritten.take();
-        let status = store::change_status(conn, &mut row, change, with.as_ref(), trace_id).await?;
+        let status = store::change_status(conn, &mut row, change, trace_id).await?;
+        unwritten = None;
         tracing::info!(%order_id, %status, reason = ?row.status_reason, "order status changed");
         transitions.push(status);
     }

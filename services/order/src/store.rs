@@ -271,7 +271,7 @@ async fn insert_order(
     trace_id: &str,
 ) -> Result<OrderRow, DieselError> {
     use diesel::sql_types::Uuid as SqlUuid;
-    use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz};
+    use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 
     let address = order.address();
     let lines = order.lines();
@@ -280,7 +280,8 @@ async fn insert_order(
     let prices: Vec<i64> = lines.iter().map(|line| line.unit_price.get()).collect();
     let event = order_created(order_id, customer_id, order);
     let announcement = outbox::NewRow::new(&event, trace_id);
-    diesel::sql_query(PLACE_ORDER)
+    let query = diesel::sql_query(PLACE_ORDER)
+        .into_boxed()
         .bind::<SqlUuid, _>(order_id)
         .bind::<SqlUuid, _>(customer_id)
         .bind::<Nullable<Text>, _>(idempotency.map(|idem| idem.key.as_str()))
@@ -294,17 +295,8 @@ async fn insert_order(
         .bind::<Text, _>(&address.country)
         .bind::<Array<Text>, _>(&skus)
         .bind::<Array<Integer>, _>(&quantities)
-        .bind::<Array<BigInt>, _>(&prices)
-        .bind::<SqlUuid, _>(announcement.id)
-        .bind::<Text, _>(announcement.aggregate_type)
-        .bind::<Text, _>(&announcement.aggregate_id)
-        .bind::<Text, _>(&announcement.event_type)
-        .bind::<Integer, _>(announcement.schema_version)
-        .bind::<Text, _>(announcement.trace_id)
-        .bind::<Timestamptz, _>(announcement.occurred_at)
-        .bind::<Jsonb, _>(&announcement.payload)
-        .get_result(conn)
-        .await
+        .bind::<Array<BigInt>, _>(&prices);
+    announcement.bind(query).prepared().get_result(conn).await
 }
 
 fn order_created(order_id: Uuid, customer_id: Uuid, order: &NewOrder) -> Event {
@@ -436,45 +428,69 @@ fn write_time() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// The status change with the order's saga facts, and its outbox row, in
+/// one statement. The update is a compare-and-set on the status and
+/// `updated_at` that were read: when it matches nothing, nothing is
+/// inserted either.
+const CHANGE_STATUS: &str = "
+WITH changed AS (
+    UPDATE orders
+    SET status = $1, status_reason = $2, updated_at = $3,
+        payment_status = $4, payment_id = $5, payment_amount_cents = $6, payment_reason = $7,
+        delivery_status = $8, delivery_id = $9, delivery_window_start = $10,
+        delivery_window_end = $11, tracking_number = $12, delivery_reason = $13
+    WHERE id = $14 AND status = $15 AND updated_at = $16
+    RETURNING id
+)
+INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version,
+                    trace_id, occurred_at, payload)
+SELECT $17, $18, $19, $20, $21, $22, $23, $24 FROM changed";
+
 /// Moves a (locked) order along the state machine and writes its
-/// `OrderStatusChanged` event, in the caller's transaction. `facts` (already
-/// in `row`) are written by the same statement when given.
+/// `OrderStatusChanged` event, in the caller's transaction. The saga facts
+/// in `row` (new ones included) are written by the same statement.
 pub async fn change_status(
     conn: &mut AsyncPgConnection,
     row: &mut OrderRow,
     change: StatusChange,
-    facts: Option<&SagaFacts>,
     trace_id: &str,
 ) -> Result<OrderStatus, StoreError> {
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+
     let from = row.status()?;
     let to = from.apply(&change)?;
     let reason = change.reason().map(str::to_owned);
     let now = write_time();
-    let target = diesel::update(
-        orders::table
-            .find(row.id)
-            .filter(orders::status.eq(from.as_str()))
-            .filter(orders::updated_at.eq(row.updated_at)),
-    );
-    let status = (
-        orders::status.eq(to.as_str()),
-        orders::status_reason.eq(&reason),
-        orders::updated_at.eq(now),
-    );
-    let updated = match facts {
-        Some(facts) => target.set((facts, status)).prepared().execute(conn).await?,
-        None => target.set(status).prepared().execute(conn).await?,
-    };
-    if updated != 1 {
-        return Err(StoreError::LostUpdate(row.id));
-    }
     let event = Event::OrderStatusChanged(events::OrderStatusChanged {
         order_id: row.id,
         customer_id: row.customer_id,
         status: to.as_str().to_owned(),
         reason: reason.clone(),
     });
-    outbox::enqueue(conn, &event, trace_id).await?;
+    let announcement = outbox::NewRow::new(&event, trace_id);
+    let facts = SagaFacts::of(row);
+    let query = diesel::sql_query(CHANGE_STATUS)
+        .into_boxed()
+        .bind::<Text, _>(to.as_str())
+        .bind::<Nullable<Text>, _>(reason.as_deref())
+        .bind::<Timestamptz, _>(now)
+        .bind::<Nullable<Text>, _>(facts.payment_status.as_deref())
+        .bind::<Nullable<SqlUuid>, _>(facts.payment_id)
+        .bind::<Nullable<BigInt>, _>(facts.payment_amount_cents)
+        .bind::<Nullable<Text>, _>(facts.payment_reason.as_deref())
+        .bind::<Nullable<Text>, _>(facts.delivery_status.as_deref())
+        .bind::<Nullable<SqlUuid>, _>(facts.delivery_id)
+        .bind::<Nullable<Timestamptz>, _>(facts.delivery_window_start)
+        .bind::<Nullable<Timestamptz>, _>(facts.delivery_window_end)
+        .bind::<Nullable<Text>, _>(facts.tracking_number.as_deref())
+        .bind::<Nullable<Text>, _>(facts.delivery_reason.as_deref())
+        .bind::<SqlUuid, _>(row.id)
+        .bind::<Text, _>(from.as_str())
+        .bind::<Timestamptz, _>(row.updated_at);
+    let updated = announcement.bind(query).prepared().execute(conn).await?;
+    if updated != 1 {
+        return Err(StoreError::LostUpdate(row.id));
+    }
     row.status = to.as_str().to_owned();
     row.status_reason = reason;
     row.updated_at = now;

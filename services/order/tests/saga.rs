@@ -11,8 +11,9 @@ use commerce_common::events::{
 };
 use common::{Customer, OutboxTap, TestApp, VALID_TOTAL, assert_error, spawn_app};
 use order_service::{
-    domain::OrderStatus,
+    domain::{OrderStatus, StatusChange},
     saga::{Outcome, SagaError, handle_event},
+    store::{self, StoreError},
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -401,4 +402,48 @@ async fn unknown_orders_foreign_customers_and_other_events() {
         name: "A".into(),
     });
     assert_eq!(apply(&app, &user).await.unwrap(), Outcome::NotForUs);
+}
+
+#[tokio::test]
+async fn a_status_change_from_a_stale_read_writes_and_announces_nothing() {
+    let app = spawn_app().await;
+    let order = Order::place(&app).await;
+    let tap = OutboxTap::start(&app.db).await;
+    let mut conn = app.connection().await;
+    let mut stale = store::lock_order(&mut conn, order.id)
+        .await
+        .unwrap()
+        .expect("the order exists");
+    // Someone else changes the order after our read (outside our lock,
+    // as a bug or an operator would).
+    app.db
+        .client()
+        .await
+        .execute(
+            "UPDATE orders SET updated_at = updated_at + interval '1 millisecond' WHERE id = $1",
+            &[&order.id],
+        )
+        .await
+        .unwrap();
+
+    let lost = store::change_status(&mut conn, &mut stale, StatusChange::Paid, "trace-test").await;
+    assert!(
+        matches!(lost, Err(StoreError::LostUpdate(id)) if id == order.id),
+        "{lost:?}"
+    );
+    assert_eq!(stale.status, "PENDING", "the caller's copy is unchanged");
+    assert_eq!(order.json(&app).await["status"], "PENDING");
+    assert!(tap.events().await.is_empty(), "no OrderStatusChanged");
+
+    // From a fresh read the same change goes through, with its event.
+    let mut fresh = store::lock_order(&mut conn, order.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = store::change_status(&mut conn, &mut fresh, StatusChange::Paid, "trace-test")
+        .await
+        .unwrap();
+    assert_eq!(status, OrderStatus::Paid);
+    assert_eq!(order.json(&app).await["status"], "PAID");
+    assert_eq!(status_events(&tap).await, [changed("PAID")]);
 }
