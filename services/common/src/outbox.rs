@@ -14,7 +14,10 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::events::{Event, SCHEMA_VERSION};
+use crate::{
+    db::Reuse,
+    events::{Event, SCHEMA_VERSION},
+};
 
 diesel::table! {
     outbox (id) {
@@ -90,8 +93,11 @@ pub async fn enqueue(
     trace_id: &str,
 ) -> QueryResult<Uuid> {
     let row = NewRow::new(event, trace_id);
+    // diesel would parse and plan it anew for every event (it does not
+    // cache this insert on its own); its text never varies.
     diesel::insert_into(outbox::table)
         .values(&row)
+        .prepared()
         .execute(conn)
         .await?;
     Ok(row.id)

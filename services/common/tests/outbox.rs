@@ -56,7 +56,7 @@ async fn the_outbox_trigger_deletes_through_the_primary_key_even_after_a_vacuum(
             .unwrap();
 
         let mut conn = AsyncPgConnection::establish(&database.url).await.unwrap();
-        let (scans, left) = conn
+        let (scans, left, prepared) = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 for _ in 0..EVENTS {
                     let event = Event::PaymentFailed(PaymentFailed {
@@ -77,11 +77,20 @@ async fn the_outbox_trigger_deletes_through_the_primary_key_even_after_a_vacuum(
                 let left = diesel::sql_query("SELECT count(*) AS n FROM outbox")
                     .get_result::<Count>(conn)
                     .await?;
-                Ok((scans, left.n))
+                // The insert stays prepared on the connection (parsed and
+                // planned once, not once per event).
+                let prepared = diesel::sql_query(
+                    "SELECT count(*) AS n FROM pg_prepared_statements \
+                     WHERE statement LIKE 'INSERT INTO \"outbox\"%'",
+                )
+                .get_result::<Count>(conn)
+                .await?;
+                Ok((scans, left.n, prepared.n))
             })
             .await
             .unwrap();
         assert_eq!(left, 0, "{service}: the outbox stays empty");
+        assert_eq!(prepared, 1, "{service}: prepared outbox inserts");
         assert_eq!(
             (scans.seq, scans.idx),
             (0, EVENTS),
