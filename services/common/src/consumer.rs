@@ -108,6 +108,16 @@ pub struct ConsumerConfig {
     /// often than this (each fetch of new records costs it CPU).
     #[serde(with = "duration_serde")]
     pub busy_fetch_interval: Duration,
+    /// A partition whose fetches brought nothing for this long is quiet: its
+    /// fetches use `quiet_fetch_max_wait` until records come again.
+    #[serde(with = "duration_serde")]
+    pub quiet_after: Duration,
+    /// Fetch `max_wait` of a quiet partition (never below `fetch_max_wait`).
+    /// With tansu every fetch costs the broker CPU whether or not it finds
+    /// records, so a quiet partition is asked less often; the price is at
+    /// most this much latency on the first event after a quiet spell.
+    #[serde(with = "duration_serde")]
+    pub quiet_fetch_max_wait: Duration,
     pub fetch_max_bytes: i32,
     /// Deadline of every broker call (on top of `fetch_max_wait` for fetches).
     #[serde(with = "duration_serde")]
@@ -130,6 +140,8 @@ impl Default for ConsumerConfig {
             lease_ttl: Duration::from_secs(10),
             fetch_max_wait: Duration::from_millis(10),
             busy_fetch_interval: Duration::from_millis(5),
+            quiet_after: Duration::from_secs(2),
+            quiet_fetch_max_wait: Duration::from_millis(100),
             fetch_max_bytes: 1024 * 1024,
             broker_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
@@ -155,6 +167,17 @@ impl ConsumerConfig {
 
     fn renew_interval(&self) -> Duration {
         (self.lease_ttl / 3).max(Duration::from_millis(50))
+    }
+
+    /// How long the broker may hold the next fetch of a partition that is
+    /// not busy (the last fetch brought nothing), whose last records came
+    /// `idle_for` ago.
+    fn idle_max_wait(&self, idle_for: Duration) -> Duration {
+        if idle_for >= self.quiet_after {
+            self.quiet_fetch_max_wait.max(self.fetch_max_wait)
+        } else {
+            self.fetch_max_wait
+        }
     }
 }
 
@@ -858,6 +881,9 @@ impl Worker {
         // `ConsumerConfig::busy_fetch_interval`).
         let mut busy = false;
         let mut fetch_started = Instant::now();
+        // When the last fetch that brought records started (a partition
+        // without records for `quiet_after` is fetched less often).
+        let mut records_seen = Instant::now();
         while !self.cancel.is_cancelled() {
             if client.is_none() {
                 match self.partition_client().await {
@@ -882,7 +908,7 @@ impl Worker {
                 }
                 Duration::ZERO
             } else {
-                self.config.fetch_max_wait
+                self.config.idle_max_wait(records_seen.elapsed())
             };
             fetch_started = Instant::now();
             busy = false;
@@ -963,6 +989,7 @@ impl Worker {
                 continue;
             };
             busy = true;
+            records_seen = fetch_started;
             let new_next = last.offset + 1;
             let decoded: Vec<Decoded> = records.iter().map(Decoded::of).collect();
             let wanted: Vec<&Decoded> = decoded.iter().filter(|d| self.wanted(d)).collect();
@@ -1576,11 +1603,30 @@ mod tests {
         let json = serde_json::to_value(&config).unwrap();
         assert_eq!(json["fetch_max_wait"], "10ms");
         assert_eq!(json["busy_fetch_interval"], "5ms");
+        assert_eq!(json["quiet_after"], "2000ms");
+        assert_eq!(json["quiet_fetch_max_wait"], "100ms");
         let back: ConsumerConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, config);
         let partial: ConsumerConfig =
             serde_json::from_value(serde_json::json!({"lease_ttl": 2000})).unwrap();
         assert_eq!(partial.lease_ttl, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_quiet_partition_is_fetched_with_the_longer_wait() {
+        let config = ConsumerConfig::default();
+        let ms = Duration::from_millis;
+        assert_eq!(config.idle_max_wait(ms(0)), ms(10));
+        assert_eq!(config.idle_max_wait(ms(1_999)), ms(10));
+        assert_eq!(config.idle_max_wait(ms(2_000)), ms(100));
+        assert_eq!(config.idle_max_wait(Duration::from_secs(3_600)), ms(100));
+        // With a real Kafka (compose: 500 ms) the quiet wait is never the
+        // shorter one.
+        let kafka = ConsumerConfig {
+            fetch_max_wait: ms(500),
+            ..ConsumerConfig::default()
+        };
+        assert_eq!(kafka.idle_max_wait(Duration::from_secs(60)), ms(500));
     }
 
     #[test]
