@@ -32,9 +32,9 @@ diesel::table! {
     }
 }
 
-/// The outbox row announcing one event. [`enqueue`] inserts it; a service
-/// that folds the insert into a larger statement binds its fields itself
-/// (the order service's place-order statement does).
+/// The outbox row announcing one event. [`enqueue`] inserts it; a statement
+/// that also writes the outbox row (the order service's place-order and
+/// status-change statements) binds it with [`NewRow::bind`].
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = outbox)]
 pub struct NewRow<'a> {
@@ -50,6 +50,20 @@ pub struct NewRow<'a> {
 }
 
 impl<'a> NewRow<'a> {
+    pub fn new(event: &Event, trace_id: &'a str) -> Self {
+        let (event_type, payload) = event.into_parts();
+        Self {
+            id: Uuid::now_v7(),
+            aggregate_type: event.topic(),
+            aggregate_id: event.aggregate_id().to_string(),
+            event_type,
+            schema_version: SCHEMA_VERSION,
+            trace_id,
+            occurred_at: Utc::now(),
+            payload,
+        }
+    }
+
     /// Appends the row's values to `query` as eight parameters, in the
     /// order `id, aggregate_type, aggregate_id, event_type, schema_version,
     /// trace_id, occurred_at, payload`, for an outbox insert folded into a
@@ -68,20 +82,6 @@ impl<'a> NewRow<'a> {
             .bind::<Text, _>(self.trace_id)
             .bind::<Timestamptz, _>(self.occurred_at)
             .bind::<Jsonb, _>(&self.payload)
-    }
-
-    pub fn new(event: &Event, trace_id: &'a str) -> Self {
-        let (event_type, payload) = event.into_parts();
-        Self {
-            id: Uuid::now_v7(),
-            aggregate_type: event.topic(),
-            aggregate_id: event.aggregate_id().to_string(),
-            event_type,
-            schema_version: SCHEMA_VERSION,
-            trace_id,
-            occurred_at: Utc::now(),
-            payload,
-        }
     }
 }
 
