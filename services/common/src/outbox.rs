@@ -34,7 +34,8 @@ diesel::table! {
 
 /// The outbox row announcing one event. [`enqueue`] inserts it; a statement
 /// that also writes the outbox row (the order service's place-order and
-/// status-change statements) binds it with [`NewRow::bind`].
+/// status-change statements, the payment service's debit) binds it with
+/// [`NewRow::bind`].
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = outbox)]
 pub struct NewRow<'a> {

@@ -103,9 +103,9 @@ pub async fn open_wallet(
 /// missing): PaymentConfirmed, or PaymentFailed{INSUFFICIENT_FUNDS} with the
 /// balance untouched. An order is charged at most once.
 ///
-/// Three statements when the wallet exists and covers the total (the
-/// payment row, the debit with its ledger entry, the outbox row), instead
-/// of a look-up, an insert and an update around each.
+/// Two statements when the wallet exists and covers the total (the
+/// payment row; the debit with its ledger entry and the outbox row),
+/// instead of a look-up, an insert and an update around each.
 pub async fn charge(
     conn: &mut AsyncPgConnection,
     order: &OrderCreated,
@@ -132,19 +132,21 @@ pub async fn charge(
     if inserted == 0 {
         return Ok(ChargeOutcome::AlreadyCharged);
     }
-    let mut charged = debit(conn, order.customer_id, order.order_id, amount.cents()).await?;
+    // The confirmation is written by the debit itself when it succeeds.
+    let confirmed = Event::PaymentConfirmed(PaymentConfirmed {
+        payment_id,
+        order_id: order.order_id,
+        customer_id: order.customer_id,
+        amount_cents: amount.cents(),
+    });
+    let announcement = outbox::NewRow::new(&confirmed, trace_id);
+    let mut charged = debit(conn, order, amount.cents(), &announcement).await?;
     if !charged && open_wallet(conn, order.customer_id, initial_credit_cents).await? {
-        charged = debit(conn, order.customer_id, order.order_id, amount.cents()).await?;
+        charged = debit(conn, order, amount.cents(), &announcement).await?;
     }
 
-    let (status, event, outcome) = if charged {
-        let event = Event::PaymentConfirmed(PaymentConfirmed {
-            payment_id,
-            order_id: order.order_id,
-            customer_id: order.customer_id,
-            amount_cents: amount.cents(),
-        });
-        (PaymentStatus::Confirmed, event, ChargeOutcome::Confirmed)
+    let (status, outcome) = if charged {
+        (PaymentStatus::Confirmed, ChargeOutcome::Confirmed)
     } else {
         let reason = FailureReason::InsufficientFunds.as_str();
         diesel::update(payments::table.find(payment_id))
@@ -160,38 +162,42 @@ pub async fn charge(
             amount_cents: amount.cents(),
             reason: reason.into(),
         });
-        (PaymentStatus::Failed, event, ChargeOutcome::Failed)
+        outbox::enqueue(conn, &event, trace_id).await?;
+        (PaymentStatus::Failed, ChargeOutcome::Failed)
     };
-    outbox::enqueue(conn, &event, trace_id).await?;
     tracing::info!(order_id = %order.order_id, status = status.as_str(), amount_cents = amount.cents(), "order charged");
     Ok(outcome)
 }
 
 /// Takes `amount_cents` from the customer's wallet unless the balance would
 /// go below zero (the CHECK constraint backs this up), with its ledger
-/// entry, in one statement; false when the wallet is short or missing.
+/// entry and the `PaymentConfirmed` outbox row, in one statement; false
+/// (and nothing written) when the wallet is short or missing.
 async fn debit(
     conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    order_id: Uuid,
+    order: &OrderCreated,
     amount_cents: i64,
+    confirmed: &outbox::NewRow<'_>,
 ) -> QueryResult<bool> {
-    let debited = diesel::sql_query(
+    let query = diesel::sql_query(
         "WITH debited AS ( \
              UPDATE wallets SET balance_cents = balance_cents - $2, updated_at = now() \
              WHERE customer_id = $1 AND balance_cents >= $2 \
-             RETURNING customer_id) \
-         INSERT INTO wallet_entries (id, customer_id, kind, amount_cents, order_id) \
-         SELECT $3, customer_id, $4, -$2, $5 FROM debited",
+             RETURNING customer_id), \
+         entry AS ( \
+             INSERT INTO wallet_entries (id, customer_id, kind, amount_cents, order_id) \
+             SELECT $3, customer_id, $4, -$2, $5 FROM debited) \
+         INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version, \
+                             trace_id, occurred_at, payload) \
+         SELECT $6, $7, $8, $9, $10, $11, $12, $13 FROM debited",
     )
-    .bind::<sql_types::Uuid, _>(customer_id)
+    .into_boxed()
+    .bind::<sql_types::Uuid, _>(order.customer_id)
     .bind::<sql_types::BigInt, _>(amount_cents)
     .bind::<sql_types::Uuid, _>(Uuid::now_v7())
     .bind::<sql_types::Text, _>(EntryKind::Charge.as_str())
-    .bind::<sql_types::Uuid, _>(order_id)
-    .prepared()
-    .execute(conn)
-    .await?;
+    .bind::<sql_types::Uuid, _>(order.order_id);
+    let debited = confirmed.bind(query).prepared().execute(conn).await?;
     Ok(debited > 0)
 }
 
