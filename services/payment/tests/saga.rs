@@ -165,9 +165,13 @@ async fn one_order_under_two_event_ids_is_charged_once_even_for_a_new_customer()
     let customer = Uuid::new_v4();
     let order = order_created(customer, 400);
     // Two envelopes (two event ids, so the inbox lets both through) for
-    // one order, and a second order that the balance cannot cover.
+    // one order; then a second order that the balance cannot cover once the
+    // first was charged. It is published only after the first two were
+    // handled: with another key it may land on another partition, whose
+    // worker would otherwise be free to charge it first.
     app.publish(&Event::OrderCreated(order.clone())).await;
     app.publish(&Event::OrderCreated(order.clone())).await;
+    drained(&app, 2).await;
     let too_big = order_created(customer, INITIAL_CREDIT);
     app.publish(&Event::OrderCreated(too_big.clone())).await;
     drained(&app, 3).await;
