@@ -34,12 +34,12 @@ diesel::table! {
 
 /// The outbox row announcing one event. [`enqueue`] inserts it; a statement
 /// that also writes the outbox row (the order service's place-order and
-/// status-change statements, the payment service's debit) binds it with
-/// [`NewRow::bind`].
+/// status-change statements, the payment service's debit) writes it with
+/// [`insert_from`] and [`NewRow::bind`].
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = outbox)]
 pub struct NewRow<'a> {
-    /// The event id.
+    /// The event id. (The fields are in [`COLUMNS`] order.)
     pub id: Uuid,
     pub aggregate_type: &'static str,
     pub aggregate_id: String,
@@ -66,9 +66,7 @@ impl<'a> NewRow<'a> {
     }
 
     /// Appends the row's values to `query` as eight parameters, in the
-    /// order `id, aggregate_type, aggregate_id, event_type, schema_version,
-    /// trace_id, occurred_at, payload`, for an outbox insert folded into a
-    /// larger statement (`INSERT INTO outbox (..) SELECT $n, .. FROM ..`).
+    /// order of [`insert_from`]'s columns.
     pub fn bind<'q>(
         &'q self,
         query: BoxedSqlQuery<'q, Pg, SqlQuery>,
@@ -84,6 +82,33 @@ impl<'a> NewRow<'a> {
             .bind::<Timestamptz, _>(self.occurred_at)
             .bind::<Jsonb, _>(&self.payload)
     }
+}
+
+/// The outbox columns, in the order [`NewRow::bind`] binds them.
+const COLUMNS: [&str; 8] = [
+    "id",
+    "aggregate_type",
+    "aggregate_id",
+    "event_type",
+    "schema_version",
+    "trace_id",
+    "occurred_at",
+    "payload",
+];
+
+/// `INSERT INTO outbox (..) SELECT $first, .., $first+7 FROM source`: an
+/// outbox insert folded into a larger statement, writing one row per row of
+/// `source` (a CTE of that statement) from the parameters that
+/// [`NewRow::bind`] appends when `first` is the number of the next one.
+pub fn insert_from(source: &str, first: usize) -> String {
+    let params: Vec<String> = (first..first + COLUMNS.len())
+        .map(|n| format!("${n}"))
+        .collect();
+    format!(
+        "INSERT INTO outbox ({}) SELECT {} FROM {source}",
+        COLUMNS.join(", "),
+        params.join(", ")
+    )
 }
 
 /// Writes `event` to the outbox; returns its event id. Call it inside the
@@ -102,4 +127,36 @@ pub async fn enqueue(
         .execute(conn)
         .await?;
     Ok(row.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::PaymentFailed;
+
+    #[test]
+    fn a_folded_insert_names_the_columns_in_the_order_they_are_bound() {
+        assert_eq!(
+            insert_from("changed", 17),
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version, \
+             trace_id, occurred_at, payload) \
+             SELECT $17, $18, $19, $20, $21, $22, $23, $24 FROM changed"
+        );
+        // The same order as NewRow's fields, which `bind` follows and
+        // `enqueue` inserts.
+        let event = Event::PaymentFailed(PaymentFailed {
+            order_id: Uuid::nil(),
+            customer_id: Uuid::nil(),
+            amount_cents: 1,
+            reason: "INSUFFICIENT_FUNDS".into(),
+        });
+        let row = NewRow::new(&event, "trace");
+        let insert = diesel::debug_query::<Pg, _>(&diesel::insert_into(outbox::table).values(&row))
+            .to_string();
+        let quoted: Vec<String> = COLUMNS.iter().map(|c| format!("\"{c}\"")).collect();
+        assert!(
+            insert.starts_with(&format!("INSERT INTO \"outbox\" ({})", quoted.join(", "))),
+            "{insert}"
+        );
+    }
 }

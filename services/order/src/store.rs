@@ -2,6 +2,8 @@
 //! every write that announces something enqueues its event in the same
 //! transaction. [`change_status`] is the one place a status is written.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use commerce_common::{
     db::Reuse,
@@ -237,7 +239,9 @@ pub async fn purge_idempotency_keys(
 /// six. With a key that was claimed before, nothing is inserted and no row
 /// comes back. The lines' foreign key and the key's deferred one are checked
 /// at the end of the statement, when the order row exists.
-const PLACE_ORDER: &str = "
+static PLACE_ORDER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
 WITH claimed AS (
     INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id)
     SELECT $2, $3, $4, $1 WHERE $3 IS NOT NULL
@@ -255,12 +259,11 @@ WITH claimed AS (
     FROM placed,
          unnest($12::text[], $13::int4[], $14::int8[])
              WITH ORDINALITY AS line (sku, quantity, unit_price_cents, n)
-), announced AS (
-    INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version,
-                        trace_id, occurred_at, payload)
-    SELECT $15, $16, $17, $18, $19, $20, $21, $22 FROM placed
-)
-SELECT * FROM placed";
+), announced AS ({})
+SELECT * FROM placed",
+        outbox::insert_from("placed", 15)
+    )
+});
 
 async fn insert_order(
     conn: &mut AsyncPgConnection,
@@ -280,7 +283,7 @@ async fn insert_order(
     let prices: Vec<i64> = lines.iter().map(|line| line.unit_price.get()).collect();
     let event = order_created(order_id, customer_id, order);
     let announcement = outbox::NewRow::new(&event, trace_id);
-    let query = diesel::sql_query(PLACE_ORDER)
+    let query = diesel::sql_query(PLACE_ORDER.as_str())
         .into_boxed()
         .bind::<SqlUuid, _>(order_id)
         .bind::<SqlUuid, _>(customer_id)
@@ -432,7 +435,9 @@ fn write_time() -> DateTime<Utc> {
 /// one statement. The update is a compare-and-set on the status and
 /// `updated_at` that were read: when it matches nothing, nothing is
 /// inserted either.
-const CHANGE_STATUS: &str = "
+static CHANGE_STATUS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
 WITH changed AS (
     UPDATE orders
     SET status = $1, status_reason = $2, updated_at = $3,
@@ -442,9 +447,10 @@ WITH changed AS (
     WHERE id = $14 AND status = $15 AND updated_at = $16
     RETURNING id
 )
-INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version,
-                    trace_id, occurred_at, payload)
-SELECT $17, $18, $19, $20, $21, $22, $23, $24 FROM changed";
+{}",
+        outbox::insert_from("changed", 17)
+    )
+});
 
 /// Moves a (locked) order along the state machine and writes its
 /// `OrderStatusChanged` event, in the caller's transaction. The saga facts
@@ -469,7 +475,7 @@ pub async fn change_status(
     });
     let announcement = outbox::NewRow::new(&event, trace_id);
     let facts = SagaFacts::of(row);
-    let query = diesel::sql_query(CHANGE_STATUS)
+    let query = diesel::sql_query(CHANGE_STATUS.as_str())
         .into_boxed()
         .bind::<Text, _>(to.as_str())
         .bind::<Nullable<Text>, _>(reason.as_deref())

@@ -2,6 +2,8 @@
 //! top-ups, each with its ledger entry and (for the saga) its outbox event
 //! in the caller's transaction.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use commerce_common::{
     db::Reuse,
@@ -169,6 +171,21 @@ pub async fn charge(
     Ok(outcome)
 }
 
+/// The debit, its ledger entry and its outbox row (see [`debit`]).
+static DEBIT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH debited AS ( \
+             UPDATE wallets SET balance_cents = balance_cents - $2, updated_at = now() \
+             WHERE customer_id = $1 AND balance_cents >= $2 \
+             RETURNING customer_id), \
+         entry AS ( \
+             INSERT INTO wallet_entries (id, customer_id, kind, amount_cents, order_id) \
+             SELECT $3, customer_id, $4, -$2, $5 FROM debited) \
+         {}",
+        outbox::insert_from("debited", 6)
+    )
+});
+
 /// Takes `amount_cents` from the customer's wallet unless the balance would
 /// go below zero (the CHECK constraint backs this up), with its ledger
 /// entry and the `PaymentConfirmed` outbox row, in one statement; false
@@ -179,24 +196,13 @@ async fn debit(
     amount_cents: i64,
     confirmed: &outbox::NewRow<'_>,
 ) -> QueryResult<bool> {
-    let query = diesel::sql_query(
-        "WITH debited AS ( \
-             UPDATE wallets SET balance_cents = balance_cents - $2, updated_at = now() \
-             WHERE customer_id = $1 AND balance_cents >= $2 \
-             RETURNING customer_id), \
-         entry AS ( \
-             INSERT INTO wallet_entries (id, customer_id, kind, amount_cents, order_id) \
-             SELECT $3, customer_id, $4, -$2, $5 FROM debited) \
-         INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version, \
-                             trace_id, occurred_at, payload) \
-         SELECT $6, $7, $8, $9, $10, $11, $12, $13 FROM debited",
-    )
-    .into_boxed()
-    .bind::<sql_types::Uuid, _>(order.customer_id)
-    .bind::<sql_types::BigInt, _>(amount_cents)
-    .bind::<sql_types::Uuid, _>(Uuid::now_v7())
-    .bind::<sql_types::Text, _>(EntryKind::Charge.as_str())
-    .bind::<sql_types::Uuid, _>(order.order_id);
+    let query = diesel::sql_query(DEBIT.as_str())
+        .into_boxed()
+        .bind::<sql_types::Uuid, _>(order.customer_id)
+        .bind::<sql_types::BigInt, _>(amount_cents)
+        .bind::<sql_types::Uuid, _>(Uuid::now_v7())
+        .bind::<sql_types::Text, _>(EntryKind::Charge.as_str())
+        .bind::<sql_types::Uuid, _>(order.order_id);
     let debited = confirmed.bind(query).prepared().execute(conn).await?;
     Ok(debited > 0)
 }
