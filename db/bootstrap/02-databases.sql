@@ -1,11 +1,13 @@
--- One database per service, owned by `commerce`; only the services and the
--- relay may connect. Idempotent.
+-- The databases of this server, owned by `commerce`; only the services and
+-- the relay may connect. `cargo xtask up` sets :databases to their
+-- comma-separated names (all four, or one per server with
+-- --postgres-per-service). Idempotent.
 SELECT format('CREATE DATABASE %I OWNER commerce', name)
-FROM unnest(ARRAY['commerce_gateway', 'commerce_order', 'commerce_payment', 'commerce_delivery']) AS name
+FROM unnest(string_to_array(:'databases', ',')) AS name
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = name)
 \gexec
 
-REVOKE ALL ON DATABASE commerce_gateway, commerce_order, commerce_payment, commerce_delivery
-    FROM PUBLIC;
-GRANT CONNECT ON DATABASE commerce_gateway, commerce_order, commerce_payment, commerce_delivery
-    TO commerce, outbox_relay;
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', name),
+       format('GRANT CONNECT ON DATABASE %I TO commerce, outbox_relay', name)
+FROM unnest(string_to_array(:'databases', ',')) AS name
+\gexec

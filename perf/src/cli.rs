@@ -123,7 +123,8 @@ pub struct Cli {
     pub top_up_cents: i64,
 
     /// Processes to sample, `name=port,...` (the process listening on the port and its
-    /// children; a name without port matches by name). Default: the native stack's ports.
+    /// children; a name given several times with different ports is one group of all their
+    /// listeners; a name without port matches by name). Default: the native stack's ports.
     #[arg(long)]
     pub procs: Option<String>,
 

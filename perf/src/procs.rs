@@ -1,11 +1,12 @@
 //! CPU and memory of the stack's processes, sampled from /proc about once a second.
 //!
-//! A group is found by the TCP port it listens on (the ports are fixed by the
+//! A group is found by the TCP ports it listens on (the ports are fixed by the
 //! native stack), so a second PostgreSQL or broker on the machine, or test
 //! processes with the same names, do not pollute the figures. A group is the
-//! listening process plus its descendants (PostgreSQL's backends and
-//! walsenders). When nothing listens on the port, processes are matched by
-//! name instead, and the report says so.
+//! listening processes plus their descendants (PostgreSQL's backends and
+//! walsenders); PostgreSQL has one port per server (`xtask up
+//! --postgres-per-service` runs four). When nothing listens on any of the
+//! ports, processes are matched by name instead, and the report says so.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -16,54 +17,53 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// A process group to watch: a name and the port its root process listens on.
+/// A process group to watch: a name and the ports its root processes listen
+/// on (none: matched by name only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSpec {
     pub name: String,
-    pub port: Option<u16>,
+    pub ports: Vec<u16>,
 }
 
-/// The native stack: gateway 8084, services 8081-8083, relay 8090, PostgreSQL 55432, broker 9092.
-pub const DEFAULT_GROUPS: &[(&str, u16)] = &[
-    ("gateway", 8084),
-    ("order-service", 8081),
-    ("payment-service", 8082),
-    ("delivery-service", 8083),
-    ("outbox-relay", 8090),
-    ("postgres", 55432),
-    ("tansu", 9092),
-];
+/// The native stack: gateway 8084, services 8081-8083, relay 8090,
+/// PostgreSQL 55432 (and 55433-55435 with one server per service), broker 9092.
+pub const DEFAULT_GROUPS: &str = "gateway=8084,order-service=8081,payment-service=8082,\
+     delivery-service=8083,outbox-relay=8090,\
+     postgres=55432,postgres=55433,postgres=55434,postgres=55435,tansu=9092";
 
-/// Parses `name=port,name,...` (a name without a port is matched by name only).
+/// Parses `name=port,name,...` (a name without a port is matched by name
+/// only; a name given with several ports is one group listening on all).
 pub fn parse_groups(spec: &str) -> anyhow::Result<Vec<GroupSpec>> {
-    spec.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| match item.split_once('=') {
-            Some((name, port)) => Ok(GroupSpec {
-                name: name.trim().to_string(),
-                port: Some(
+    let mut groups: Vec<GroupSpec> = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, port) = match item.split_once('=') {
+            Some((name, port)) => (
+                name.trim(),
+                Some(
                     port.trim()
-                        .parse()
+                        .parse::<u16>()
                         .map_err(|_| anyhow::anyhow!("bad port in process group `{item}`"))?,
                 ),
-            }),
-            None => Ok(GroupSpec {
-                name: item.to_string(),
-                port: None,
-            }),
-        })
-        .collect()
+            ),
+            None => (item, None),
+        };
+        let index = match groups.iter().position(|g| g.name == name) {
+            Some(index) => index,
+            None => {
+                groups.push(GroupSpec {
+                    name: name.to_string(),
+                    ports: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        groups[index].ports.extend(port);
+    }
+    Ok(groups)
 }
 
 pub fn default_groups() -> Vec<GroupSpec> {
-    DEFAULT_GROUPS
-        .iter()
-        .map(|(name, port)| GroupSpec {
-            name: name.to_string(),
-            port: Some(*port),
-        })
-        .collect()
+    parse_groups(DEFAULT_GROUPS).expect("the default groups parse")
 }
 
 /// The fields of /proc/<pid>/stat this module needs.
@@ -269,10 +269,19 @@ impl GroupSeries {
 
 struct Group {
     spec: GroupSpec,
-    root: Option<u32>,
+    /// The processes listening on the spec's ports (empty: match by name).
+    roots: Vec<u32>,
     matched_by: String,
     seen: HashSet<u32>,
     points: Vec<ProcPoint>,
+}
+
+impl Group {
+    /// Whether the group has roots and every one of them still runs (a
+    /// server restarted on its port is looked up again).
+    fn roots_alive(&self, stats: &HashMap<u32, ProcStat>) -> bool {
+        !self.roots.is_empty() && self.roots.iter().all(|pid| stats.contains_key(pid))
+    }
 }
 
 /// Samples groups of processes; `sample` is called once per interval.
@@ -312,7 +321,7 @@ impl Sampler {
             .into_iter()
             .map(|spec| Group {
                 spec,
-                root: None,
+                roots: Vec::new(),
                 matched_by: "not found".into(),
                 seen: HashSet::new(),
                 points: Vec::new(),
@@ -322,9 +331,9 @@ impl Sampler {
             groups.push(Group {
                 spec: GroupSpec {
                     name: name.to_string(),
-                    port: None,
+                    ports: Vec::new(),
                 },
-                root: Some(std::process::id()),
+                roots: vec![std::process::id()],
                 matched_by: "self".into(),
                 seen: HashSet::new(),
                 points: Vec::new(),
@@ -351,16 +360,27 @@ impl Sampler {
             if group.matched_by == "self" {
                 continue;
             }
-            if group.root.is_some_and(|pid| stats.contains_key(&pid)) {
+            if group.roots_alive(stats) {
                 continue;
             }
-            group.root = group
+            let found: Vec<(u16, u32)> = group
                 .spec
-                .port
-                .and_then(|port| listener_pid(port, stats.keys().copied()));
-            group.matched_by = match (group.root, group.spec.port) {
-                (Some(_), Some(port)) => format!("port {port}"),
-                _ => "name".into(),
+                .ports
+                .iter()
+                .filter_map(|&port| Some((port, listener_pid(port, stats.keys().copied())?)))
+                .collect();
+            group.roots = found.iter().map(|&(_, pid)| pid).collect();
+            group.matched_by = match found.as_slice() {
+                [] => "name".into(),
+                [(port, _)] => format!("port {port}"),
+                found => format!(
+                    "ports {}",
+                    found
+                        .iter()
+                        .map(|(port, _)| port.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             };
         }
     }
@@ -384,11 +404,10 @@ impl Sampler {
         self.last_sample = now;
         let t_s = now.duration_since(self.started).as_secs_f64();
         let stats = all_stats();
-        let root_missing = self.groups.iter().any(|g| {
-            g.matched_by != "self"
-                && g.spec.port.is_some()
-                && !g.root.is_some_and(|p| stats.contains_key(&p))
-        });
+        let root_missing = self
+            .groups
+            .iter()
+            .any(|g| g.matched_by != "self" && !g.spec.ports.is_empty() && !g.roots_alive(&stats));
         if root_missing && now.duration_since(self.last_resolve) >= Duration::from_secs(5) {
             self.last_resolve = now;
             self.resolve_roots(&stats);
@@ -396,13 +415,18 @@ impl Sampler {
         let parents: HashMap<u32, u32> = stats.iter().map(|(pid, s)| (*pid, s.ppid)).collect();
         let mut claimed: HashSet<u32> = HashSet::new();
         for group in &mut self.groups {
-            let members: Vec<u32> = match group.root {
-                Some(root) if stats.contains_key(&root) => {
-                    let mut m: Vec<u32> = descendants(root, &parents).into_iter().collect();
+            let members: Vec<u32> = match group.roots_alive(&stats) {
+                true => {
+                    let mut m: Vec<u32> = group
+                        .roots
+                        .iter()
+                        .flat_map(|&root| descendants(root, &parents))
+                        .collect();
                     m.sort_unstable();
+                    m.dedup();
                     m
                 }
-                _ => {
+                false => {
                     let mut m: Vec<u32> = stats
                         .iter()
                         .filter(|(pid, s)| {
@@ -574,20 +598,27 @@ mod tests {
     #[test]
     fn groups_parse() {
         assert_eq!(
-            parse_groups("gateway=8084, tansu").unwrap(),
+            parse_groups("gateway=8084, tansu, postgres=1, postgres=2").unwrap(),
             vec![
                 GroupSpec {
                     name: "gateway".into(),
-                    port: Some(8084)
+                    ports: vec![8084]
                 },
                 GroupSpec {
                     name: "tansu".into(),
-                    port: None
+                    ports: vec![]
+                },
+                GroupSpec {
+                    name: "postgres".into(),
+                    ports: vec![1, 2]
                 },
             ]
         );
         assert!(parse_groups("gateway=x").is_err());
-        assert_eq!(default_groups().len(), 7);
+        let defaults = default_groups();
+        assert_eq!(defaults.len(), 7);
+        let postgres = defaults.iter().find(|g| g.name == "postgres").unwrap();
+        assert_eq!(postgres.ports, [55432, 55433, 55434, 55435]);
     }
 
     #[test]

@@ -23,7 +23,10 @@ usage: cargo xtask <command>
 
 commands:
   up [--kafka HOST:PORT] [--partitions N] [--broker-storage memory|sqlite] [--release]
-      Start PostgreSQL (port 55432, data kept in .data/postgres), the tansu
+     [--postgres-per-service]
+      Start PostgreSQL (port 55432, data kept in .data/postgres; with
+      --postgres-per-service one server per service database on ports
+      55432-55435, data in .data/postgres/<database>), the tansu
       broker (port 9092, in memory unless --broker-storage sqlite) unless
       --kafka names an existing one, the outbox relay
       (dashboard 8090) and the services (gateway 8084, order 8081,

@@ -1,18 +1,30 @@
 //! Port checks before anything starts, so a taken port ends with one clear
 //! line instead of a half-started stack.
 
-use std::net::TcpListener;
+use std::{
+    net::TcpListener,
+    time::{Duration, Instant},
+};
 
-/// Fails naming the first taken port, its user and the fix.
+/// Fails naming the first taken port, its user and the fix. A port that no
+/// server listens on may be the local end of some client's connection for a
+/// moment (the stack's ports lie in Linux's ephemeral range): that one gets
+/// a few seconds to become free.
 pub fn ensure_free(ports: &[(u16, &str)]) -> anyhow::Result<()> {
     for &(port, what) in ports {
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            let holder = holder(port)
-                .map(|h| format!(" (held by {h})"))
-                .unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind(("127.0.0.1", port)).is_err() {
+            let holder = holder(port);
+            if holder.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            let holder = holder
+                .map(|h| format!("held by {h}"))
+                .unwrap_or_else(|| "no server listens on it: a connection uses it".into());
             anyhow::bail!(
-                "port {port} ({what}) is already in use{holder}: stop that process \
-                 (`ss -ltnp 'sport = :{port}'` shows it) and run again"
+                "port {port} ({what}) is already in use ({holder}): stop that process \
+                 (`ss -tanp 'sport = :{port}'` shows it) and run again"
             );
         }
     }

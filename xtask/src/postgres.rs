@@ -175,9 +175,18 @@ impl Cluster {
             .is_ok_and(|s| s.success())
     }
 
-    /// Runs an SQL file with psql as the superuser, stopping at the first error.
-    pub fn psql_file(&self, database: &str, file: &Path) -> anyhow::Result<()> {
+    /// Runs an SQL file with psql as the superuser, stopping at the first
+    /// error, with psql `variables` set.
+    pub fn psql_file(
+        &self,
+        database: &str,
+        file: &Path,
+        variables: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let mut command = self.psql(database);
+        for (name, value) in variables {
+            command.arg("-v").arg(format!("{name}={value}"));
+        }
         command.arg("-f").arg(file);
         process::run("psql", command, None).with_context(|| format!("running {}", file.display()))
     }

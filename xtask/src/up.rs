@@ -74,6 +74,7 @@ pub struct Args {
     partitions: u32,
     storage: StorageChoice,
     release: bool,
+    postgres_per_service: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,7 @@ impl Args {
             // and its fetches slow down until they time out (measured).
             storage: StorageChoice::Memory,
             release: false,
+            postgres_per_service: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -108,6 +110,7 @@ impl Args {
             match flag {
                 "--kafka" => options.kafka = Some(value()?),
                 "--release" => options.release = true,
+                "--postgres-per-service" => options.postgres_per_service = true,
                 "--partitions" => {
                     options.partitions = value()?
                         .parse()
@@ -132,7 +135,8 @@ impl Args {
 /// Everything started so far; stopped in order when dropped.
 #[derive(Default)]
 struct Stack {
-    postgres: Option<Proc>,
+    /// One server, or one per service (`--postgres-per-service`).
+    postgres: Vec<Proc>,
     broker: Option<Proc>,
     services: Vec<Proc>,
     relay: Option<Proc>,
@@ -140,7 +144,7 @@ struct Stack {
 
 impl Stack {
     fn shutdown(&mut self) {
-        let any = self.postgres.is_some() || self.broker.is_some();
+        let any = !self.postgres.is_empty() || self.broker.is_some();
         if any {
             say("stopping: services, relay, broker, PostgreSQL");
         }
@@ -151,11 +155,17 @@ impl Stack {
         for mut service in self.services.drain(..) {
             service.stop();
         }
-        for mut proc in [self.relay.take(), self.broker.take(), self.postgres.take()]
+        for mut proc in [self.relay.take(), self.broker.take()]
             .into_iter()
             .flatten()
         {
             proc.stop();
+        }
+        for server in &mut self.postgres {
+            server.begin_stop();
+        }
+        for mut server in self.postgres.drain(..) {
+            server.stop();
         }
         if any {
             say("stopped");
@@ -223,21 +233,19 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     if let Some(note) = pg_note {
         say(&note);
     }
-    let cluster = Cluster {
-        socket_dir: pg_dir.join("socket"),
-        data_dir: pg_dir.join("data"),
-        port: POSTGRES_PORT,
-        run_as: account,
-        log_file: None,
-    };
-    if cluster.init(false)? {
-        say(&format!(
-            "created a PostgreSQL cluster in {}",
-            cluster.data_dir.display()
-        ));
+    let servers = servers(&pg_dir, account, options.postgres_per_service);
+    for server in &servers {
+        if server.cluster.init(false)? {
+            say(&format!(
+                "created a PostgreSQL cluster in {}",
+                server.cluster.data_dir.display()
+            ));
+        }
     }
-    stack.postgres = Some(cluster.start()?);
-    bootstrap(&cluster, &root.join("db").join("bootstrap"))?;
+    for server in &servers {
+        stack.postgres.push(server.cluster.start()?);
+        bootstrap(server, &root.join("db").join("bootstrap"))?;
+    }
 
     // The broker.
     let brokers = match &options.kafka {
@@ -258,16 +266,13 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
 
     // The services (their migrations create the outbox tables and the
     // relay's publications), then the relay.
-    let pg = format!("127.0.0.1:{POSTGRES_PORT}");
     for service in &SERVICES {
+        let server = server_of(&servers, service);
         let mut command = Command::new(bin_dir.join(service.binary));
         base_env(&mut command);
         command
             .env("APP__HTTP__PORT", service.port.to_string())
-            .env(
-                "APP__DATABASE__URL",
-                format!("postgres://{SERVICE_LOGIN}@{pg}/{}", service.database),
-            )
+            .env("APP__DATABASE__URL", server.service_url(service.database))
             .env("APP__AUTH__PUBLIC_KEY_FILE", &keys.public)
             // Everything shares this machine's cores: one HTTP worker and one
             // runtime thread per service (fewer threads waking each other;
@@ -305,7 +310,11 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     for service in &SERVICES {
         relay.env(
             format!("APP__SOURCES__{}__URL", service.source.to_uppercase()),
-            format!("postgres://{RELAY_LOGIN}@{pg}/{}", service.database),
+            format!(
+                "postgres://{RELAY_LOGIN}@127.0.0.1:{}/{}",
+                server_of(&servers, service).cluster.port,
+                service.database
+            ),
         );
     }
     stack.relay = Some(Proc::spawn(
@@ -316,12 +325,19 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     wait_ready(&mut stack, "outbox-relay", RELAY_PORT, "/health")?;
     wait_streaming(&mut stack)?;
 
-    summary(&brokers, started.elapsed(), &cluster);
+    summary(&brokers, started.elapsed(), &servers);
     supervise(&mut stack)
 }
 
 fn needed_ports(options: &Args) -> Vec<(u16, &'static str)> {
-    let mut ports = vec![(POSTGRES_PORT, "PostgreSQL")];
+    let servers = if options.postgres_per_service {
+        SERVICES.len()
+    } else {
+        1
+    };
+    let mut ports: Vec<(u16, &'static str)> = (0..servers)
+        .map(|i| (POSTGRES_PORT + i as u16, "PostgreSQL"))
+        .collect();
     if options.kafka.is_none() {
         ports.push((BROKER_PORT, "broker"));
     }
@@ -365,16 +381,93 @@ fn postgres_location(
     Ok((fallback, Some(note)))
 }
 
-/// Roles and databases (db/bootstrap/*.sql, idempotent, every `up`).
-fn bootstrap(cluster: &Cluster, dir: &Path) -> anyhow::Result<()> {
+/// One PostgreSQL server of the stack and the databases it holds.
+struct Server {
+    cluster: Cluster,
+    databases: Vec<&'static str>,
+}
+
+impl Server {
+    /// The services reach their server through its Unix socket: a round
+    /// trip costs both sides less kernel time than over TCP loopback (a
+    /// third more `pgbench -S` transactions per second on this machine;
+    /// within the noise for the whole stack, docs/perf.md). The relay stays
+    /// on TCP (its replication client speaks TCP only, and it streams
+    /// rather than round-trips).
+    fn service_url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SERVICE_LOGIN}@{}:{}/{database}",
+            percent_encode(&self.cluster.socket_dir.to_string_lossy()),
+            self.cluster.port
+        )
+    }
+}
+
+/// The servers: one holding the four databases in `pg_dir` (port
+/// [`POSTGRES_PORT`]), or with `per_service` one per database in
+/// `pg_dir/<database>` on consecutive ports. Separate servers are what a
+/// production deployment of database-per-service looks like, and they
+/// spare PostgreSQL 15 work: it wakes every walsender of a server on each
+/// commit, and each logical walsender reads the whole server's WAL, so in
+/// one server each commit wakes all four relay streams (docs/perf.md).
+fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) -> Vec<Server> {
+    let cluster = |dir: PathBuf, port: u16| Cluster {
+        socket_dir: dir.join("socket"),
+        data_dir: dir.join("data"),
+        port,
+        run_as: account,
+        log_file: None,
+    };
+    if !per_service {
+        return vec![Server {
+            cluster: cluster(pg_dir.to_owned(), POSTGRES_PORT),
+            databases: SERVICES.iter().map(|s| s.database).collect(),
+        }];
+    }
+    SERVICES
+        .iter()
+        .zip(POSTGRES_PORT..)
+        .map(|(service, port)| Server {
+            cluster: cluster(pg_dir.join(service.database), port),
+            databases: vec![service.database],
+        })
+        .collect()
+}
+
+fn server_of<'a>(servers: &'a [Server], service: &Service) -> &'a Server {
+    servers
+        .iter()
+        .find(|s| s.databases.contains(&service.database))
+        .expect("every database has a server")
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for a
+/// socket directory in the host part of a connection URL.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Roles and the server's databases (db/bootstrap/*.sql with `databases`
+/// set to their comma-separated names; idempotent, every `up`).
+fn bootstrap(server: &Server, dir: &Path) -> anyhow::Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
+    let databases = server.databases.join(",");
     for file in files {
-        cluster.psql_file("postgres", &file)?;
+        server
+            .cluster
+            .psql_file("postgres", &file, &[("databases", &databases)])?;
     }
     Ok(())
 }
@@ -480,8 +573,8 @@ fn check_children(stack: &mut Stack, when: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summary(brokers: &str, elapsed: Duration, cluster: &Cluster) {
-    let lines = [
+fn summary(brokers: &str, elapsed: Duration, servers: &[Server]) {
+    let mut lines = vec![
         format!("the stack is ready ({:.1} s)", elapsed.as_secs_f64()),
         "  gateway     http://127.0.0.1:8084   (curl http://127.0.0.1:8084/api/health)".into(),
         "  Swagger UI  http://127.0.0.1:8084/swagger-ui.html".into(),
@@ -489,14 +582,17 @@ fn summary(brokers: &str, elapsed: Duration, cluster: &Cluster) {
             "  dashboard   http://127.0.0.1:{RELAY_PORT}/   (relay metrics: /metrics, /api/status)"
         ),
         "  services    order :8081, payment :8082, delivery :8083".into(),
-        format!(
-            "  PostgreSQL  {}  (data: {})",
-            cluster.admin_url(),
-            cluster.data_dir.display()
-        ),
-        format!("  broker      {brokers}"),
-        "Ctrl-C stops everything.".into(),
     ];
+    for server in servers {
+        lines.push(format!(
+            "  PostgreSQL  {}  ({}; data: {})",
+            server.cluster.admin_url(),
+            server.databases.join(", "),
+            server.cluster.data_dir.display()
+        ));
+    }
+    lines.push(format!("  broker      {brokers}"));
+    lines.push("Ctrl-C stops everything.".into());
     for line in lines {
         say(&line);
     }
@@ -519,5 +615,51 @@ fn supervise(stack: &mut Stack) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_directories_are_percent_encoded_into_the_url() {
+        assert_eq!(
+            percent_encode("/work/my clone/.data/postgres/socket"),
+            "%2Fwork%2Fmy%20clone%2F.data%2Fpostgres%2Fsocket"
+        );
+        let server = &servers(Path::new("/d/postgres"), None, false)[0];
+        assert_eq!(
+            server.service_url("commerce_order"),
+            format!("postgres://{SERVICE_LOGIN}@%2Fd%2Fpostgres%2Fsocket:55432/commerce_order")
+        );
+    }
+
+    #[test]
+    fn one_server_holds_every_database_or_each_has_its_own() {
+        let one = servers(Path::new("/d"), None, false);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].cluster.data_dir, Path::new("/d/data"));
+        for service in &SERVICES {
+            assert_eq!(server_of(&one, service).cluster.port, POSTGRES_PORT);
+        }
+
+        let each = servers(Path::new("/d"), None, true);
+        let ports: Vec<u16> = SERVICES
+            .iter()
+            .map(|s| server_of(&each, s).cluster.port)
+            .collect();
+        assert_eq!(ports, [55432, 55433, 55434, 55435]);
+        let order = server_of(&each, &SERVICES[1]);
+        assert_eq!(order.databases, ["commerce_order"]);
+        assert_eq!(order.cluster.data_dir, Path::new("/d/commerce_order/data"));
+        let ports_needed = needed_ports(&Args::parse(&["--postgres-per-service".into()]).unwrap());
+        assert_eq!(
+            ports_needed
+                .iter()
+                .filter(|(_, what)| *what == "PostgreSQL")
+                .count(),
+            4
+        );
     }
 }
