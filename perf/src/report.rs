@@ -236,6 +236,7 @@ impl Report {
                 "p99 ms",
                 "max ms",
                 "held",
+                "saga p50 / p99 ms (server)",
                 "final statuses",
             ],
             rows: self
@@ -251,6 +252,10 @@ impl Report {
                         ms(s.p99_ms),
                         ms(s.max_ms),
                         if s.held { "yes" } else { "no" }.into(),
+                        s.sagas.map_or_else(
+                            || "-".into(),
+                            |t| format!("{} / {}", ms(t.p50_ms), ms(t.p99_ms)),
+                        ),
                         s.final_statuses
                             .iter()
                             .map(|(k, v)| format!("{k} {v}"))
@@ -795,6 +800,7 @@ mod tests {
                 max_ms: 30.0,
                 held: true,
                 final_statuses: BTreeMap::from([("DELIVERY_SCHEDULED".into(), 1000)]),
+                sagas: None,
             }],
             max_rate_held: Some(100.0),
             processes: vec![series.summary()],

@@ -23,13 +23,17 @@ struct Fake {
     orders: HashMap<String, (String, Instant)>,
 }
 
+/// A final order says its saga took [`SAGA_TIME`] inside the system.
 fn order_json(id: &str, created: Instant) -> Value {
-    let status = if created.elapsed() >= SAGA_TIME {
-        "DELIVERY_SCHEDULED"
+    let (status, updated_at) = if created.elapsed() >= SAGA_TIME {
+        ("DELIVERY_SCHEDULED", "2026-11-25T13:00:00.030Z")
     } else {
-        "PENDING"
+        ("PENDING", "2026-11-25T13:00:00.000Z")
     };
-    json!({ "id": id, "status": status, "reason": null, "total_cents": 100 })
+    json!({
+        "id": id, "status": status, "reason": null, "total_cents": 100,
+        "created_at": "2026-11-25T13:00:00.000Z", "updated_at": updated_at,
+    })
 }
 
 fn route(fake: &Mutex<Fake>, method: &str, path: &str, token: &str) -> (u16, Value) {
@@ -305,12 +309,16 @@ async fn saturation_steps_up_and_checks_final_statuses() {
     assert_eq!(report.max_rate_held, Some(150.0));
     assert_eq!(report.steps[1].placed, 100);
     assert_eq!(report.steps[2].final_statuses["DELIVERY_SCHEDULED"], 150);
+    let sagas = report.steps[2].sagas.expect("server-side saga times");
+    assert_eq!(sagas.count, 150);
+    assert!((sagas.p99_ms - 30.0).abs() < 0.1, "{sagas:?}");
     let check = report
         .checks
         .iter()
         .find(|c| c.name.starts_with("every saga"))
         .unwrap();
     assert!(check.passed, "{check:?}");
+    assert!(check.detail.contains("every order was final"), "{check:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

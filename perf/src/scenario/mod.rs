@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use crate::api::{Api, OrderState, PlacedOrder, User, is_final};
 use crate::cli::Cli;
 use crate::metrics::Outcome;
+use crate::stats::LatencySummary;
 
 pub const PASSWORD: &str = "load-test-Passw0rd";
 
@@ -75,6 +76,9 @@ pub struct StepResult {
     pub held: bool,
     /// Final status counts of this step's orders after the drain.
     pub final_statuses: BTreeMap<String, u64>,
+    /// `updated_at - created_at` of this step's final orders: how long their
+    /// sagas took inside the system (None: no final order, or no drain).
+    pub sagas: Option<LatencySummary>,
 }
 
 /// What a scenario hands to the report besides the recorder's figures.

@@ -11,10 +11,13 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::{Check, Customer, Outcomes, StepResult, has_room, place_random_order, wait_all};
-use crate::api::{Api, is_final};
+use hdrhistogram::Histogram;
+
+use crate::api::{Api, OrderState, is_final};
 use crate::cli::Cli;
 use crate::metrics::Recorder;
 use crate::schedule::{rate_steps, run_open_loop};
+use crate::stats::{LatencySummary, micros, new_histogram};
 
 /// A step holds when its p99 is within the limit and under 1% of its requests failed.
 pub fn step_held(p99_ms: f64, limit_ms: f64, requests: u64, errors: u64) -> bool {
@@ -80,6 +83,7 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
             max_ms: latency.max_ms,
             held,
             final_statuses: BTreeMap::new(),
+            sagas: None,
         });
         if !held {
             break;
@@ -95,25 +99,33 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
     if cli.drain_timeout > 0.0 {
         eprintln!("checking the final status of {} orders", placed.len());
         let drain_api = api.with_recorder(Arc::new(Recorder::new()));
-        let statuses = drain(
+        let placement_ended = Instant::now();
+        let (states, all_final) = drain(
             &drain_api,
             customers,
             &placed,
             Duration::from_secs_f64(cli.drain_timeout),
         )
         .await;
+        let mut saga_times: Vec<Histogram<u64>> = steps.iter().map(|_| new_histogram()).collect();
         for (step, _, id) in &placed {
-            let status = statuses
+            let status = states
                 .get(id.as_str())
                 .map(|s| {
-                    if is_final(s) {
-                        s.clone()
+                    if is_final(&s.status) {
+                        if let Some(took) = s.server_side {
+                            let _ = saga_times[*step].record(micros(took));
+                        }
+                        s.status.clone()
                     } else {
-                        format!("UNFINISHED({s})")
+                        format!("UNFINISHED({})", s.status)
                     }
                 })
                 .unwrap_or_else(|| "NOT LISTED".into());
             *steps[*step].final_statuses.entry(status).or_default() += 1;
+        }
+        for (step, times) in steps.iter_mut().zip(&saga_times) {
+            step.sagas = (!times.is_empty()).then(|| LatencySummary::from_histogram(times));
         }
         let held_steps: Vec<&StepResult> = steps.iter().filter(|s| s.held).collect();
         let unfinished: u64 = held_steps
@@ -126,8 +138,15 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
             name: "every saga of the held steps completes".into(),
             passed: !held_steps.is_empty() && unfinished == 0,
             detail: format!(
-                "{unfinished} of {} orders of held steps not final after the drain",
-                held_steps.iter().map(|s| s.placed).sum::<u64>()
+                "{unfinished} of {} orders of held steps not final after the drain{}",
+                held_steps.iter().map(|s| s.placed).sum::<u64>(),
+                match all_final {
+                    Some(at) => format!(
+                        "; every order was final {:.1} s after the last step ended",
+                        at.duration_since(placement_ended).as_secs_f64()
+                    ),
+                    None => String::new(),
+                }
             ),
         });
     } else {
@@ -166,16 +185,18 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
     Ok(outcomes)
 }
 
-/// Lists every customer's orders until all `placed` orders are final or `limit` passes.
+/// Lists every customer's orders until all `placed` orders are final or
+/// `limit` passes. Returns the last state seen of each order and, when all
+/// were final, when that was seen (to within the one-second listing pace).
 async fn drain(
     api: &Api,
     customers: &[Arc<Customer>],
     placed: &[(usize, usize, String)],
     limit: Duration,
-) -> HashMap<String, String> {
+) -> (HashMap<String, OrderState>, Option<Instant>) {
     const PAGE_SIZE: u32 = 100;
     let deadline = Instant::now() + limit;
-    let mut statuses: HashMap<String, String> = HashMap::new();
+    let mut statuses: HashMap<String, OrderState> = HashMap::new();
     let mut pending_users: Vec<usize> = {
         let mut users: Vec<usize> = placed.iter().map(|(_, who, _)| *who).collect();
         users.sort_unstable();
@@ -187,12 +208,12 @@ async fn drain(
         for who in pending_users.iter().copied() {
             let (api, customer) = (api.clone(), customers[who].clone());
             tasks.spawn(async move {
-                let mut seen: HashMap<String, String> = HashMap::new();
+                let mut seen: HashMap<String, OrderState> = HashMap::new();
                 for page in 1.. {
                     match api.list_orders(&customer.user, page, PAGE_SIZE).await {
                         // A page with nothing new also ends the walk, should the server ignore `page`.
                         Ok(orders) if orders.iter().any(|o| !seen.contains_key(&o.id)) => {
-                            seen.extend(orders.into_iter().map(|o| (o.id, o.status)));
+                            seen.extend(orders.into_iter().map(|o| (o.id.clone(), o)));
                         }
                         _ => break,
                     }
@@ -203,17 +224,20 @@ async fn drain(
         let mut still_pending = Vec::new();
         while let Some(Ok((who, orders))) = tasks.join_next().await {
             let mut open = false;
-            for (id, status) in orders {
-                open |= !is_final(&status);
-                statuses.insert(id, status);
+            for (id, state) in orders {
+                open |= !is_final(&state.status);
+                statuses.insert(id, state);
             }
             if open {
                 still_pending.push(who);
             }
         }
         let all_listed = placed.iter().all(|(_, _, id)| statuses.contains_key(id));
-        if (still_pending.is_empty() && all_listed) || Instant::now() >= deadline {
-            return statuses;
+        if still_pending.is_empty() && all_listed {
+            return (statuses, Some(Instant::now()));
+        }
+        if Instant::now() >= deadline {
+            return (statuses, None);
         }
         pending_users = if all_listed {
             still_pending
