@@ -80,6 +80,8 @@ pub struct Report {
     pub sagas_started: Option<u64>,
     pub steps: Vec<StepResult>,
     pub max_rate_held: Option<f64>,
+    #[serde(default)]
+    pub max_rate_sagas_kept_up: Option<f64>,
     pub processes: Vec<GroupSummary>,
     pub process_series: Vec<GroupSeries>,
     pub checks: Vec<Check>,
@@ -424,6 +426,14 @@ impl Report {
             let _ = write!(out, "\nhighest rate held: {rate:.0} orders/s");
         } else if !self.steps.is_empty() {
             out.push_str("\nhighest rate held: none (the first step failed)");
+        }
+        if self.steps.iter().any(|s| s.sagas.is_some()) {
+            match self.max_rate_sagas_kept_up {
+                Some(rate) => {
+                    let _ = write!(out, "\nsagas kept up to: {rate:.0} orders/s");
+                }
+                None => out.push_str("\nsagas kept up to: none (not even in the first step)"),
+            }
         }
         out
     }
@@ -803,6 +813,7 @@ mod tests {
                 sagas: None,
             }],
             max_rate_held: Some(100.0),
+            max_rate_sagas_kept_up: None,
             processes: vec![series.summary()],
             process_series: vec![series],
             checks: vec![Check {

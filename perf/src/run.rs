@@ -113,6 +113,7 @@ pub async fn execute(cli: &Cli, command: String) -> anyhow::Result<(Report, Path
         sagas_started: outcomes.sagas_started,
         steps: outcomes.steps,
         max_rate_held: outcomes.max_rate_held,
+        max_rate_sagas_kept_up: outcomes.max_rate_sagas_kept_up,
         processes: process_series.iter().map(|s| s.summary()).collect(),
         process_series,
         checks: outcomes.checks,

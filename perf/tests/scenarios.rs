@@ -319,6 +319,8 @@ async fn saturation_steps_up_and_checks_final_statuses() {
         .unwrap();
     assert!(check.passed, "{check:?}");
     assert!(check.detail.contains("every order was final"), "{check:?}");
+    // The fake's sagas take 30 ms at any rate: they keep up with every step.
+    assert_eq!(report.max_rate_sagas_kept_up, Some(150.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,9 @@ pub struct Outcomes {
     pub sagas_started: Option<u64>,
     pub steps: Vec<StepResult>,
     pub max_rate_held: Option<f64>,
+    /// The highest rate up to which every step also had its sagas' p99
+    /// inside the system within the latency limit (None: none, or no drain).
+    pub max_rate_sagas_kept_up: Option<f64>,
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
 }
