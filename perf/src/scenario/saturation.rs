@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::{Check, Customer, Outcomes, StepResult, has_room, place_random_order, wait_all};
-use hdrhistogram::Histogram;
-
 use crate::api::{Api, OrderState, is_final};
 use crate::cli::Cli;
 use crate::metrics::Recorder;
