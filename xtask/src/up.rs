@@ -330,14 +330,11 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn needed_ports(options: &Args) -> Vec<(u16, &'static str)> {
-    let servers = if options.postgres_per_service {
-        SERVICES.len()
-    } else {
-        1
-    };
-    let mut ports: Vec<(u16, &'static str)> = (0..servers)
-        .map(|i| (POSTGRES_PORT + i as u16, "PostgreSQL"))
-        .collect();
+    let mut ports: Vec<(u16, &'static str)> =
+        servers(Path::new("."), None, options.postgres_per_service)
+            .iter()
+            .map(|server| (server.cluster.port, "PostgreSQL"))
+            .collect();
     if options.kafka.is_none() {
         ports.push((BROKER_PORT, "broker"));
     }
@@ -653,13 +650,17 @@ mod tests {
         let order = server_of(&each, &SERVICES[1]);
         assert_eq!(order.databases, ["commerce_order"]);
         assert_eq!(order.cluster.data_dir, Path::new("/d/commerce_order/data"));
-        let ports_needed = needed_ports(&Args::parse(&["--postgres-per-service".into()]).unwrap());
-        assert_eq!(
-            ports_needed
-                .iter()
+        let postgres_ports = |args: &[String]| -> Vec<u16> {
+            needed_ports(&Args::parse(args).unwrap())
+                .into_iter()
                 .filter(|(_, what)| *what == "PostgreSQL")
-                .count(),
-            4
+                .map(|(port, _)| port)
+                .collect()
+        };
+        assert_eq!(postgres_ports(&[]), [55432]);
+        assert_eq!(
+            postgres_ports(&["--postgres-per-service".into()]),
+            [55432, 55433, 55434, 55435]
         );
     }
 }
