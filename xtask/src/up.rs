@@ -40,6 +40,8 @@ struct Service {
     database: &'static str,
     /// Relay source name (`APP__SOURCES__<NAME>__URL`).
     source: &'static str,
+    /// Its PostgreSQL server's name in the logs with `--postgres-per-service`.
+    postgres: &'static str,
 }
 
 const SERVICES: [Service; 4] = [
@@ -48,24 +50,28 @@ const SERVICES: [Service; 4] = [
         port: 8084,
         database: "commerce_gateway",
         source: "gateway",
+        postgres: "pg-gateway",
     },
     Service {
         binary: "order-service",
         port: 8081,
         database: "commerce_order",
         source: "order",
+        postgres: "pg-order",
     },
     Service {
         binary: "payment-service",
         port: 8082,
         database: "commerce_payment",
         source: "payment",
+        postgres: "pg-payment",
     },
     Service {
         binary: "delivery-service",
         port: 8083,
         database: "commerce_delivery",
         source: "delivery",
+        postgres: "pg-delivery",
     },
 ];
 
@@ -408,7 +414,8 @@ impl Server {
 /// commit, and each logical walsender reads the whole server's WAL, so in
 /// one server each commit wakes all four relay streams (docs/perf.md).
 fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) -> Vec<Server> {
-    let cluster = |dir: PathBuf, port: u16| Cluster {
+    let cluster = |name: &'static str, dir: PathBuf, port: u16| Cluster {
+        name,
         socket_dir: dir.join("socket"),
         data_dir: dir.join("data"),
         port,
@@ -417,7 +424,7 @@ fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) ->
     };
     if !per_service {
         return vec![Server {
-            cluster: cluster(pg_dir.to_owned(), POSTGRES_PORT),
+            cluster: cluster("postgres", pg_dir.to_owned(), POSTGRES_PORT),
             databases: SERVICES.iter().map(|s| s.database).collect(),
         }];
     }
@@ -425,7 +432,7 @@ fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) ->
         .iter()
         .zip(POSTGRES_PORT..)
         .map(|(service, port)| Server {
-            cluster: cluster(pg_dir.join(service.database), port),
+            cluster: cluster(service.postgres, pg_dir.join(service.database), port),
             databases: vec![service.database],
         })
         .collect()
