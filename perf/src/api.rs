@@ -161,7 +161,10 @@ impl Api {
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below actix-web's keep-alive (5 s, which the services keep): a
+            // connection the server is closing must not be picked for a
+            // request (seen once as a `SendRequest` error at 500 orders/s).
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()?;
         Ok(Self {
             http,
