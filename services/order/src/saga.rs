@@ -183,20 +183,19 @@ async fn apply_event(
     let before = SagaFacts::of(&row);
     let mut facts = before.clone();
     record(&mut facts, event, row.total_cents)?;
-    // New facts are written with the first status change they cause (one
-    // statement), or alone when they cause none.
-    let mut unwritten = (facts != before).then(|| {
+    let new_facts = facts != before;
+    if new_facts {
         facts.clone().copy_into(&mut row);
-        facts
-    });
+    }
     let mut transitions = Vec::new();
     while let Some(change) = next_change(&row)? {
+        // Writes the row's facts, the new ones included, with the status.
         let status = store::change_status(conn, &mut row, change, trace_id).await?;
-        unwritten = None;
         tracing::info!(%order_id, %status, reason = ?row.status_reason, "order status changed");
         transitions.push(status);
     }
-    if let Some(facts) = unwritten {
+    // New facts that caused no status change are written alone.
+    if new_facts && transitions.is_empty() {
         store::record_facts(conn, &mut row, facts).await?;
     }
     Ok(Outcome::Applied {
