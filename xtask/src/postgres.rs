@@ -44,7 +44,7 @@ log_min_messages = warning
 
 pub struct Cluster {
     /// The server's name in the logs.
-    pub name: &'static str,
+    pub name: String,
     pub data_dir: PathBuf,
     pub socket_dir: PathBuf,
     pub port: u16,
@@ -140,7 +140,7 @@ impl Cluster {
             ]),
             log_file: self.log_file.clone(),
         };
-        let mut server = Proc::spawn(self.name, command, options)?;
+        let mut server = Proc::spawn(&self.name, command, options)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = server.exited() {

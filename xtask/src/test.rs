@@ -93,7 +93,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         None => {
             let cluster = Cluster {
-                name: "postgres",
+                name: "postgres".into(),
                 data_dir: dir.join("pg"),
                 socket_dir: dir.join("pg-socket"),
                 port: ports::free_port()?,

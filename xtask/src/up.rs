@@ -38,10 +38,9 @@ struct Service {
     binary: &'static str,
     port: u16,
     database: &'static str,
-    /// Relay source name (`APP__SOURCES__<NAME>__URL`).
+    /// Relay source name (`APP__SOURCES__<NAME>__URL`); with
+    /// `--postgres-per-service` its server logs as `pg-<source>`.
     source: &'static str,
-    /// Its PostgreSQL server's name in the logs with `--postgres-per-service`.
-    postgres: &'static str,
 }
 
 const SERVICES: [Service; 4] = [
@@ -50,28 +49,24 @@ const SERVICES: [Service; 4] = [
         port: 8084,
         database: "commerce_gateway",
         source: "gateway",
-        postgres: "pg-gateway",
     },
     Service {
         binary: "order-service",
         port: 8081,
         database: "commerce_order",
         source: "order",
-        postgres: "pg-order",
     },
     Service {
         binary: "payment-service",
         port: 8082,
         database: "commerce_payment",
         source: "payment",
-        postgres: "pg-payment",
     },
     Service {
         binary: "delivery-service",
         port: 8083,
         database: "commerce_delivery",
         source: "delivery",
-        postgres: "pg-delivery",
     },
 ];
 
@@ -414,7 +409,7 @@ impl Server {
 /// commit, and each logical walsender reads the whole server's WAL, so in
 /// one server each commit wakes all four relay streams (docs/perf.md).
 fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) -> Vec<Server> {
-    let cluster = |name: &'static str, dir: PathBuf, port: u16| Cluster {
+    let cluster = |name: String, dir: PathBuf, port: u16| Cluster {
         name,
         socket_dir: dir.join("socket"),
         data_dir: dir.join("data"),
@@ -424,7 +419,7 @@ fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) ->
     };
     if !per_service {
         return vec![Server {
-            cluster: cluster("postgres", pg_dir.to_owned(), POSTGRES_PORT),
+            cluster: cluster("postgres".into(), pg_dir.to_owned(), POSTGRES_PORT),
             databases: SERVICES.iter().map(|s| s.database).collect(),
         }];
     }
@@ -432,7 +427,11 @@ fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) ->
         .iter()
         .zip(POSTGRES_PORT..)
         .map(|(service, port)| Server {
-            cluster: cluster(service.postgres, pg_dir.join(service.database), port),
+            cluster: cluster(
+                format!("pg-{}", service.source),
+                pg_dir.join(service.database),
+                port,
+            ),
             databases: vec![service.database],
         })
         .collect()
@@ -656,6 +655,8 @@ mod tests {
         assert_eq!(ports, [55432, 55433, 55434, 55435]);
         let order = server_of(&each, &SERVICES[1]);
         assert_eq!(order.databases, ["commerce_order"]);
+        assert_eq!(order.cluster.name, "pg-order");
+        assert_eq!(one[0].cluster.name, "postgres");
         assert_eq!(order.cluster.data_dir, Path::new("/d/commerce_order/data"));
         let postgres_ports = |args: &[String]| -> Vec<u16> {
             needed_ports(&Args::parse(args).unwrap())
