@@ -8,6 +8,7 @@ use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::cli::WaitUntil;
 use crate::metrics::{Outcome, Recorder};
 
 /// Final order states: the saga has nothing more to do.
@@ -329,17 +330,19 @@ impl Api {
         OrderState::from_json(&v).ok_or_else(|| Outcome::Body("order without id/status".into()))
     }
 
-    /// `GET /api/orders/{id}` with `Prefer: wait=seconds`: the server holds
-    /// the answer until the order changes (or is final, or the time is up).
-    /// Recorded as `wait_order`, apart from plain reads. The flag tells
-    /// whether the server honoured the wait (`Preference-Applied`).
+    /// `GET /api/orders/{id}?until=...` with `Prefer: wait=seconds`: the
+    /// server holds the answer until the order changes or is settled, as
+    /// `until` says (or the time is up). Recorded as `wait_order`, apart from
+    /// plain reads. The flag tells whether the server honoured the wait
+    /// (`Preference-Applied`).
     pub async fn wait_order(
         &self,
         user: &User,
         id: &str,
         seconds: u64,
+        until: WaitUntil,
     ) -> Result<(OrderState, bool), Outcome> {
-        let path = format!("/api/orders/{id}");
+        let path = format!("/api/orders/{id}?until={}", until.as_str());
         let (v, applied) = self
             .call_applied(Req {
                 token: Some(&user.token),

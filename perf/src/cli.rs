@@ -5,6 +5,23 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// What a waiting read of an order waits for (the order service's `until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WaitUntil {
+    Change,
+    Settled,
+}
+
+impl WaitUntil {
+    /// The value of the `until` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitUntil::Change => "change",
+            WaitUntil::Settled => "settled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
     /// The seed's Gatling scenario: users ramped over --ramp s, each placing an order
@@ -76,6 +93,13 @@ pub struct Cli {
     /// and cost about one request per status change. 0: plain polling instead.
     #[arg(long, default_value_t = 5)]
     pub wait_s: u64,
+
+    /// saga: what each waiting read waits for (`until` of `GET /api/orders/{id}`):
+    /// `settled` answers once the saga is done with the order (one read per order),
+    /// `change` at every status change (one read per step, as a UI following the
+    /// order would).
+    #[arg(long, value_enum, default_value_t = WaitUntil::Settled)]
+    pub wait_until: WaitUntil,
 
     /// saga: seconds after which an order that is not final counts as UNFINISHED.
     #[arg(long, default_value_t = 30.0)]

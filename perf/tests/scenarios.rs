@@ -105,10 +105,16 @@ async fn spawn_fake_gateway() -> String {
                         return;
                     }
                     let mut parts = request_line.split_whitespace();
-                    let (method, path) = (
+                    let (method, target) = (
                         parts.next().unwrap_or("").to_string(),
                         parts.next().unwrap_or("").to_string(),
                     );
+                    // A waiting read asks `?until=settled`: the fake's orders
+                    // change once, so it is answered when the order is final.
+                    let path = match target.split_once('?') {
+                        Some((path, "until=settled")) => path.to_string(),
+                        _ => target,
+                    };
                     let (mut length, mut token, mut prefer) =
                         (0usize, String::new(), String::new());
                     loop {

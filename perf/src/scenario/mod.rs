@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::api::{Api, OrderState, PlacedOrder, User, is_final};
-use crate::cli::Cli;
+use crate::cli::{Cli, WaitUntil};
 use crate::metrics::Outcome;
 use crate::stats::LatencySummary;
 
@@ -182,9 +182,13 @@ pub enum Follow {
     /// `GET` every `next_poll(interval, waited)`.
     Poll(Duration),
     /// `GET` with `Prefer: wait=seconds`: the server answers when the order
-    /// changes. A server that does not honour it (no `Preference-Applied`)
-    /// is polled at the interval instead.
-    Wait { seconds: u64, interval: Duration },
+    /// changes or is settled (`until`). A server that does not honour it (no
+    /// `Preference-Applied`) is polled at the interval instead.
+    Wait {
+        seconds: u64,
+        until: WaitUntil,
+        interval: Duration,
+    },
 }
 
 /// Follows an order until it is final or `timeout` passed since `sent`;
@@ -205,9 +209,16 @@ pub async fn follow_saga(
                 tokio::time::sleep(next_poll(interval, sent.elapsed())).await;
                 api.get_order(&customer.user, id).await
             }
-            Follow::Wait { seconds, interval } => {
+            Follow::Wait {
+                seconds,
+                until,
+                interval,
+            } => {
                 let left = timeout.saturating_sub(sent.elapsed()).as_secs().max(1);
-                match api.wait_order(&customer.user, id, seconds.min(left)).await {
+                match api
+                    .wait_order(&customer.user, id, seconds.min(left), until)
+                    .await
+                {
                     Ok((state, true)) => Ok(state),
                     other => {
                         tokio::time::sleep(next_poll(interval, sent.elapsed())).await;

@@ -12,7 +12,7 @@ use super::{
     Check, Customer, Follow, Outcomes, follow_saga, has_room, place_random_order, wait_all,
 };
 use crate::api::Api;
-use crate::cli::Cli;
+use crate::cli::{Cli, WaitUntil};
 use crate::schedule::run_open_loop;
 
 pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::Result<Outcomes> {
@@ -27,6 +27,7 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
         0 => Follow::Poll(cli.poll_interval()),
         seconds => Follow::Wait {
             seconds,
+            until: cli.wait_until,
             interval: cli.poll_interval(),
         },
     };
@@ -78,6 +79,7 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
         ("users".to_string(), json!(customers.len())),
         ("poll_interval_ms".to_string(), json!(cli.poll_interval_ms)),
         ("wait_s".to_string(), json!(cli.wait_s)),
+        ("wait_until".to_string(), json!(cli.wait_until.as_str())),
         ("saga_timeout_s".to_string(), json!(cli.saga_timeout)),
         ("cancel_scheduled".to_string(), json!(cli.cancel_scheduled)),
     ]);
@@ -108,10 +110,16 @@ pub async fn run(api: &Api, cli: &Cli, customers: &[Arc<Customer>]) -> anyhow::R
     }
     let resolution = if cli.wait_s > 0 {
         format!(
-            "each GET carries `Prefer: wait={}`, so the order service answers as soon as the order \
-             changes and the figures are exact to the network hop (reads that were held are \
+            "each GET carries `Prefer: wait={}` and `until={}`, so the order service answers as soon \
+             as the order {} and the figures are exact to the network hop (reads that were held are \
              `wait_order`; had the server not honoured the wait, polls would have been {} ms apart)",
-            cli.wait_s, cli.poll_interval_ms
+            cli.wait_s,
+            cli.wait_until.as_str(),
+            match cli.wait_until {
+                WaitUntil::Settled => "is settled",
+                WaitUntil::Change => "changes",
+            },
+            cli.poll_interval_ms
         )
     } else {
         format!(

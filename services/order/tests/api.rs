@@ -80,6 +80,13 @@ async fn operational_endpoints_answer() {
         get["responses"]["200"]["headers"]["Preference-Applied"].is_object(),
         "{get}"
     );
+    let until = get["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "until" && p["in"] == "query")
+        .unwrap_or_else(|| panic!("no until query parameter: {get}"));
+    assert_eq!(until["enum"], json!(["change", "settled"]), "{until}");
     assert!(!spec["securityDefinitions"].as_object().unwrap().is_empty());
     assert!(spec["definitions"]["Order"].is_object());
     let required = &spec["definitions"]["PlaceOrderRequest"]["required"];

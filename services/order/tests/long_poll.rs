@@ -141,6 +141,63 @@ async fn a_waiting_request_answers_when_the_order_changes() {
 }
 
 #[tokio::test]
+async fn until_settled_answers_only_once_the_saga_is_done_with_the_order() {
+    let app = listening_app().await;
+    let customer = Customer::new();
+    let placed = app.place_ok(&customer).await;
+    let id = placed["id"].as_str().unwrap();
+    let settled = format!("{id}?until=settled");
+
+    // A change that leaves the saga working (PAID) does not answer: the
+    // wait runs out (1 s) and answers with the changed order.
+    let started = Instant::now();
+    let waiting = start_waiting(&app, &customer, &settled, "wait=1", 0).await;
+    execute(&app, "UPDATE orders SET status = 'PAID' WHERE id = $1", id).await;
+    let (response, answered_at) = waiting.await.unwrap();
+    let took = answered_at - started;
+    assert!(
+        took >= Duration::from_secs(1),
+        "answered after {took:?}, before the wait ran out"
+    );
+    assert_eq!(applied(&response), Some("wait=1"));
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["status"], "PAID");
+
+    // Through another change that settles nothing, to the one that does.
+    let waiting = start_waiting(&app, &customer, &settled, "wait=5", 0).await;
+    execute(
+        &app,
+        "UPDATE orders SET payment_status = 'CONFIRMED' WHERE id = $1",
+        id,
+    )
+    .await;
+    let updated_at = Instant::now();
+    execute(
+        &app,
+        "UPDATE orders SET status = 'DELIVERY_SCHEDULED' WHERE id = $1",
+        id,
+    )
+    .await;
+    let (response, answered_at) = waiting.await.unwrap();
+    assert!(answered_at - updated_at < Duration::from_secs(2));
+    assert_eq!(applied(&response), Some("wait=5"));
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["status"], "DELIVERY_SCHEDULED");
+    assert_eq!(order["payment"]["status"], "CONFIRMED", "{order}");
+
+    // A settled order answers at once; an unknown `until` is a 400.
+    let started = Instant::now();
+    let response = get_with_prefer(&app, &customer, &settled, "wait=5").await;
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let response = get_with_prefer(&app, &customer, &format!("{id}?until=later"), "wait=5").await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["code"], "INVALID_QUERY", "{error}");
+    assert_eq!(gauge(&app, "order_long_polls_waiting").await, 0);
+}
+
+#[tokio::test]
 async fn an_order_the_saga_is_done_with_answers_at_once() {
     let app = listening_app().await;
     let customer = Customer::new();

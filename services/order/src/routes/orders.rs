@@ -16,7 +16,9 @@ use uuid::Uuid;
 use super::{
     extract::{FetchedOrder, IdempotencyKeyHeader, OptionalJson, PlacedOrder, PreferWait},
     request_trace::RequestId,
-    schemas::{CancelRequest, ListQuery, Order, OrderPage, PlaceOrderRequest},
+    schemas::{
+        CancelRequest, GetOrderQuery, ListQuery, Order, OrderPage, PlaceOrderRequest, WaitUntil,
+    },
 };
 use crate::{
     domain::{
@@ -179,17 +181,20 @@ pub async fn place_order(
 /// Get one of your orders
 ///
 /// With `Prefer: wait=N` (1-20 s) on an order the saga is still working on
-/// (PENDING or PAID), the answer waits until the order changes or N seconds
-/// pass, then returns the current order with `Preference-Applied: wait=N`.
+/// (PENDING or PAID), the answer waits until the order changes (or, with
+/// `until=settled`, until the saga is done with it) or N seconds pass, then
+/// returns the current order with `Preference-Applied: wait=N`.
 #[api_v2_operation(tags(Orders))]
 pub async fn get_order(
     user: AuthUser,
     path: web::Path<Uuid>,
     wait: PreferWait,
+    query: web::Query<GetOrderQuery>,
     pool: web::Data<DbPool>,
     changes: web::Data<OrderChanges>,
 ) -> Result<FetchedOrder, ApiError> {
     let order_id = path.into_inner();
+    let until = query.into_inner().until;
     let Some(seconds) = wait.0 else {
         let view = read_order(&pool, order_id, user.user_id).await?;
         return Ok(FetchedOrder {
@@ -202,12 +207,7 @@ pub async fn get_order(
     // read wakes us even if it commits before we start waiting.
     let mut subscription = changes.subscribe(order_id);
     let first = read_order(&pool, order_id, user.user_id).await?;
-    let settled = first
-        .order
-        .status
-        .parse::<OrderStatus>()
-        .map_or(true, OrderStatus::is_settled);
-    if settled {
+    if is_settled(&first) {
         return Ok(FetchedOrder {
             order: first.into(),
             waited_seconds: None,
@@ -233,7 +233,11 @@ pub async fn get_order(
                     subscription = changes.subscribe(order_id);
                 }
                 let current = reread_order(&pool, last.clone(), user.user_id).await?;
-                if current.order != last.order {
+                let answer = match until {
+                    WaitUntil::Change => current.order != last.order,
+                    WaitUntil::Settled => is_settled(&current),
+                };
+                if answer {
                     break current;
                 }
                 last = current;
@@ -244,6 +248,15 @@ pub async fn get_order(
         order: current.into(),
         waited_seconds: Some(seconds),
     })
+}
+
+/// Whether the saga is done with the order (an unreadable status counts as
+/// done: waiting would not make it readable).
+fn is_settled(view: &OrderView) -> bool {
+    view.order
+        .status
+        .parse::<OrderStatus>()
+        .map_or(true, OrderStatus::is_settled)
 }
 
 /// One of `customer_id`'s orders; the pooled connection is returned at once.

@@ -76,6 +76,30 @@ pub struct CancelRequest {
     pub reason: Option<String>,
 }
 
+/// `GET /api/orders/{id}` query.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, Apiv2Schema)]
+pub struct GetOrderQuery {
+    /// What a long-poll (`Prefer: wait=N`) waits for: `change` (the default)
+    /// answers at the order's next change; `settled` only once the saga is
+    /// done with it (DELIVERY_SCHEDULED, REJECTED or CANCELLED), so a client
+    /// that wants the outcome asks once instead of once per step. Either way
+    /// the answer comes after N seconds at the latest. Ignored without
+    /// `Prefer: wait`.
+    #[serde(default)]
+    pub until: WaitUntil,
+}
+
+/// What a long-poll waits for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, Apiv2Schema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitUntil {
+    /// The order's next change (status or what payment and delivery said).
+    #[default]
+    Change,
+    /// The saga is done with the order.
+    Settled,
+}
+
 /// `GET /api/orders` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, Apiv2Schema)]
 pub struct ListQuery {
