@@ -60,6 +60,12 @@ struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabel {
+    source: String,
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     source: String,
     state: &'static str,
@@ -85,6 +91,7 @@ struct Families {
     reconnects: Family<SourceLabel, Counter>,
     errors: Family<SourceLabel, Counter>,
     latency: Family<SourceLabel, Histogram>,
+    produce: Family<TopicLabel, Histogram>,
 }
 
 impl Default for Metrics {
@@ -108,6 +115,9 @@ impl Metrics {
             errors: Family::default(),
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+            }),
+            produce: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
             }),
         };
         let f = families.clone();
@@ -156,6 +166,11 @@ impl Metrics {
             "commit_to_ack_seconds",
             "Time from the PostgreSQL commit to the broker's acknowledgement",
             f.latency,
+        );
+        registry.register(
+            "produce_seconds",
+            "Time of one produce request, from sending it to the broker's answer, per topic",
+            f.produce,
         );
         Self {
             registry,
@@ -242,6 +257,7 @@ pub struct SourceMetrics {
     reconnects: Counter,
     errors: Counter,
     latency: Histogram,
+    families: Families,
 }
 
 impl SourceMetrics {
@@ -283,6 +299,7 @@ impl SourceMetrics {
             reconnects: f.reconnects.get_or_create(&label).clone(),
             errors: f.errors.get_or_create(&label).clone(),
             latency: f.latency.get_or_create(&label).clone(),
+            families: f.clone(),
         };
         metrics.show_state(SourceState::Connecting);
         metrics
@@ -312,6 +329,19 @@ impl SourceMetrics {
         for (state, gauge) in &self.state {
             gauge.set(i64::from(*state == current));
         }
+    }
+
+    /// The histogram of this source's produce requests to `topic`: with the
+    /// commit-to-ack time it tells the broker's share of a hop from the
+    /// relay's (decoding, batching, waiting for the previous request).
+    pub fn produce_histogram(&self, topic: &str) -> Histogram {
+        self.families
+            .produce
+            .get_or_create(&TopicLabel {
+                source: self.name.clone(),
+                topic: topic.to_owned(),
+            })
+            .clone()
     }
 
     pub fn reconnecting(&self) {

@@ -25,8 +25,11 @@ use rskafka::record::Record;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::config::KafkaConfig;
 use crate::inflight::TxnId;
+use crate::metrics::SourceMetrics;
 use crate::outbox::OutgoingRecord;
 
 /// Most records in one produce request.
@@ -75,6 +78,7 @@ struct Job {
 pub struct Publisher {
     client: Client,
     config: KafkaConfig,
+    metrics: Arc<SourceMetrics>,
     topics: HashMap<String, Vec<mpsc::UnboundedSender<Job>>>,
     deliveries: mpsc::UnboundedSender<Delivery>,
     workers: JoinSet<()>,
@@ -84,6 +88,7 @@ impl Publisher {
     /// Connects to the brokers; deliveries are reported on the returned channel.
     pub async fn connect(
         config: &KafkaConfig,
+        metrics: Arc<SourceMetrics>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), PublishError> {
         let timeout = config.produce_timeout();
         let builder = ClientBuilder::new(config.broker_list())
@@ -94,6 +99,7 @@ impl Publisher {
         let publisher = Self {
             client,
             config: config.clone(),
+            metrics,
             topics: HashMap::new(),
             deliveries,
             workers: JoinSet::new(),
@@ -197,6 +203,7 @@ impl Publisher {
             timeout,
             max_batch_bytes: self.config.max_record_bytes,
             busy_interval: self.config.busy_produce_interval(),
+            produce_time: self.metrics.produce_histogram(topic),
         };
         self.workers.spawn(worker.run());
         Ok(sender)
@@ -210,6 +217,7 @@ struct PartitionWorker {
     timeout: Duration,
     max_batch_bytes: usize,
     busy_interval: Duration,
+    produce_time: Histogram,
 }
 
 impl PartitionWorker {
@@ -297,7 +305,10 @@ impl PartitionWorker {
 
     async fn send(&self, records: Vec<Record>) -> Result<(), ProduceFailure> {
         let produce = self.client.produce(records, Compression::NoCompression);
-        match tokio::time::timeout(self.timeout, produce).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, produce).await;
+        self.produce_time.observe(started.elapsed().as_secs_f64());
+        match answer {
             Ok(Ok(_offsets)) => Ok(()),
             Ok(Err(KafkaError::ServerError {
                 protocol_error,

@@ -154,7 +154,7 @@ impl Source {
             }
         };
 
-        let (mut publisher, acks) = Publisher::connect(&self.kafka).await?;
+        let (mut publisher, acks) = Publisher::connect(&self.kafka, self.metrics.clone()).await?;
         publisher.prepare(&self.kafka.topic_list()).await?;
 
         let stream = connection

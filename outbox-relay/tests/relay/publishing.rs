@@ -92,6 +92,19 @@ async fn publishes_outbox_inserts_as_envelope_records() {
         Some(15_000 * 32)
     );
 
+    // Every produce request is timed per topic; the 5,000 rows of one
+    // transaction travelled in batches, not one request each.
+    let metrics = relay.get_text("/metrics").await.expect("metrics");
+    let count = format!("relay_produce_seconds_count{{source=\"publish\",topic=\"{topic}\"}} ");
+    let requests: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&count)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {count}in\n{metrics}"));
+    assert!(
+        (1..1_000).contains(&requests),
+        "{requests} produce requests for 5,002 records"
+    );
+
     // A graceful stop confirms everything that was acknowledged: restarted,
     // the relay publishes what is new and nothing again. (Measuring the
     // slot's lag instead would count other tests' WAL.)
