@@ -1,8 +1,9 @@
 //! Order change notifications for long-polling (`GET /api/orders/{id}` with
-//! `Prefer: wait=N`). A trigger on `orders` announces every committed update
-//! on the `order_changed` channel, whichever instance made it; one listener
-//! task per process holds a dedicated PostgreSQL connection on `LISTEN` and
-//! wakes the requests subscribed to that order. While the listener is down
+//! `Prefer: wait=N`). A trigger on `orders` announces every committed update,
+//! with the status it left, on the `order_changed` channel, whichever instance
+//! made it; one listener task per process holds a dedicated PostgreSQL
+//! connection on `LISTEN` and passes each change to the requests subscribed
+//! to that order, in commit order. While the listener is down
 //! (it reconnects with backoff) subscribers are told to re-read their order
 //! every [`FALLBACK_POLL`], so nothing hangs on a lost notification.
 
@@ -18,7 +19,7 @@ use std::{
 use futures::{StreamExt, stream};
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use tokio::{
-    sync::{oneshot, watch},
+    sync::{mpsc, watch},
     task::JoinHandle,
     time::Instant,
 };
@@ -26,8 +27,10 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::domain::OrderStatus;
+
 /// The channel the `orders_notify_changed` trigger notifies, with the order
-/// id as payload.
+/// id and the status the change left it in as payload (`<id> <STATUS>`).
 pub const CHANNEL: &str = "order_changed";
 /// The listener connection's `application_name` (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "order-service-listener";
@@ -40,7 +43,9 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-type Waiters = HashMap<Uuid, Vec<(u64, oneshot::Sender<()>)>>;
+/// Each subscriber's sender gets every change of its order (the status it
+/// left, when the notification said) until the subscription is dropped.
+type Waiters = HashMap<Uuid, Vec<(u64, mpsc::UnboundedSender<Option<OrderStatus>>)>>;
 
 /// The in-process registry of subscribers by order id, fed by the listener.
 #[derive(Clone)]
@@ -112,13 +117,13 @@ impl OrderChanges {
         Ok(tokio::spawn(async move { changes.listen(config).await }))
     }
 
-    /// Subscribes to the next change of `order_id`. Subscribe before reading
-    /// the order: a change committed after the read then cannot be missed.
+    /// Subscribes to the changes of `order_id` from now on. Subscribe before
+    /// reading the order: a change committed after the read then cannot be missed.
     /// The request counts as waiting (`order_long_polls_waiting`) from its
     /// first [`Subscription::wait`] on, once it holds the order it answers
     /// with if the service stops.
     pub fn subscribe(&self, order_id: Uuid) -> Subscription {
-        let (sender, notified) = oneshot::channel();
+        let (sender, notified) = mpsc::unbounded_channel();
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         self.inner
             .waiters()
@@ -130,7 +135,6 @@ impl OrderChanges {
             order_id,
             key,
             notified,
-            fired: false,
             counted: false,
             listening: self.inner.listening.subscribe(),
         }
@@ -141,11 +145,16 @@ impl OrderChanges {
         self.inner.waiters().len()
     }
 
-    fn notify(&self, order_id: Uuid) {
-        let senders = self.inner.waiters().remove(&order_id);
-        for (_, sender) in senders.into_iter().flatten() {
-            // The subscriber may be gone already (its request ended).
-            sender.send(()).ok();
+    /// Tells every subscriber of `order_id` that it changed (to `status`,
+    /// when known). Subscribers stay subscribed: none misses a change that
+    /// comes right after another.
+    fn notify(&self, order_id: Uuid, status: Option<OrderStatus>) {
+        if let Some(senders) = self.inner.waiters().get(&order_id) {
+            for (_, sender) in senders {
+                // The receiver lives as long as the subscription that
+                // unregisters it on drop.
+                sender.send(status).ok();
+            }
         }
     }
 
@@ -207,9 +216,9 @@ impl OrderChanges {
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(notification)) => {
-                        match notification.payload().parse::<Uuid>() {
-                            Ok(order_id) => changes.notify(order_id),
-                            Err(_) => tracing::warn!(
+                        match parse_payload(notification.payload()) {
+                            Some((order_id, status)) => changes.notify(order_id, status),
+                            None => tracing::warn!(
                                 payload = notification.payload(),
                                 "ignoring an {CHANNEL} notification without an order id"
                             ),
@@ -254,6 +263,15 @@ impl OrderChanges {
     }
 }
 
+/// `<order id>` or `<order id> <status>` (an unknown status is no hint).
+fn parse_payload(payload: &str) -> Option<(Uuid, Option<OrderStatus>)> {
+    let (id, status) = match payload.split_once(' ') {
+        Some((id, status)) => (id, status.parse().ok()),
+        None => (payload, None),
+    };
+    Some((id.parse().ok()?, status))
+}
+
 async fn check(client: &Client) -> Result<(), ListenerDown> {
     match tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("")).await {
         Ok(answer) => answer.map(drop).map_err(ListenerDown::from),
@@ -264,9 +282,10 @@ async fn check(client: &Client) -> Result<(), ListenerDown> {
 /// Why [`Subscription::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
-    /// The order changed. The subscription is used up: subscribe again to
-    /// wait for the next change.
-    Notified,
+    /// The order changed, to the status given when the notification said.
+    /// Changes come in commit order, each once; the next `wait` reports the
+    /// next one.
+    Notified(Option<OrderStatus>),
     /// Notifications may have been missed (the listener is down, or went up
     /// or down): re-read the order and compare.
     Recheck,
@@ -282,8 +301,7 @@ pub struct Subscription {
     inner: Arc<Inner>,
     order_id: Uuid,
     key: u64,
-    notified: oneshot::Receiver<()>,
-    fired: bool,
+    notified: mpsc::UnboundedReceiver<Option<OrderStatus>>,
     /// Counted in the `order_long_polls_waiting` gauge (from the first wait).
     counted: bool,
     listening: watch::Receiver<bool>,
@@ -302,12 +320,8 @@ impl Subscription {
         tokio::select! {
             biased;
             () = self.inner.shutdown.cancelled() => Wake::ShuttingDown,
-            // A dropped sender cannot happen while subscribed; re-reading is
-            // the safe answer anyway.
-            _ = &mut self.notified, if !self.fired => {
-                self.fired = true;
-                Wake::Notified
-            }
+            // The sender is registered until this subscription drops.
+            Some(status) = self.notified.recv() => Wake::Notified(status),
             Ok(()) = self.listening.changed() => Wake::Recheck,
             () = tokio::time::sleep_until(deadline) => Wake::TimedOut,
             () = tokio::time::sleep(FALLBACK_POLL), if !listening => Wake::Recheck,
@@ -350,9 +364,15 @@ mod tests {
         let mut first = changes.subscribe(order);
         let mut second = changes.subscribe(order);
         let mut other = changes.subscribe(Uuid::new_v4());
-        changes.notify(order);
-        assert_eq!(first.wait(soon()).await, Wake::Notified);
-        assert_eq!(second.wait(soon()).await, Wake::Notified);
+        changes.notify(order, Some(OrderStatus::Paid));
+        assert_eq!(
+            first.wait(soon()).await,
+            Wake::Notified(Some(OrderStatus::Paid))
+        );
+        assert_eq!(
+            second.wait(soon()).await,
+            Wake::Notified(Some(OrderStatus::Paid))
+        );
         let quick = Instant::now() + Duration::from_millis(20);
         assert_eq!(other.wait(quick).await, Wake::TimedOut);
     }
@@ -369,11 +389,53 @@ mod tests {
         assert_eq!(changes.watched_orders(), 2);
         drop(second);
         assert_eq!(changes.watched_orders(), 1);
-        changes.notify(notified.order_id);
-        assert_eq!(changes.watched_orders(), 0);
+        // Notified, still subscribed (to the next change).
+        changes.notify(notified.order_id, None);
+        assert_eq!(changes.watched_orders(), 1);
         drop(notified);
         assert_eq!(changes.watched_orders(), 0);
         assert_eq!(changes.inner.subscribers.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_sees_every_change_in_order_even_back_to_back() {
+        let changes = changes();
+        changes.set_listening(true);
+        let order = Uuid::new_v4();
+        let mut subscription = changes.subscribe(order);
+        // Two changes dispatched before the subscriber looks: both count.
+        changes.notify(order, Some(OrderStatus::Paid));
+        changes.notify(order, Some(OrderStatus::DeliveryScheduled));
+        changes.notify(order, None);
+        assert_eq!(
+            subscription.wait(soon()).await,
+            Wake::Notified(Some(OrderStatus::Paid))
+        );
+        assert_eq!(
+            subscription.wait(soon()).await,
+            Wake::Notified(Some(OrderStatus::DeliveryScheduled))
+        );
+        assert_eq!(subscription.wait(soon()).await, Wake::Notified(None));
+        let quick = Instant::now() + Duration::from_millis(20);
+        assert_eq!(subscription.wait(quick).await, Wake::TimedOut);
+    }
+
+    #[test]
+    fn payloads_carry_the_order_id_and_maybe_its_status() {
+        let id = Uuid::new_v4();
+        assert_eq!(
+            parse_payload(&format!("{id} PAID")),
+            Some((id, Some(OrderStatus::Paid)))
+        );
+        // The trigger before the status was added, or a status this build
+        // does not know: a change without a hint.
+        assert_eq!(parse_payload(&id.to_string()), Some((id, None)));
+        assert_eq!(
+            parse_payload(&format!("{id} LOST_IN_SPACE")),
+            Some((id, None))
+        );
+        assert_eq!(parse_payload("not-an-id PAID"), None);
+        assert_eq!(parse_payload(""), None);
     }
 
     #[tokio::test]

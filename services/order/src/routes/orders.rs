@@ -224,14 +224,14 @@ pub async fn get_order(
             // Stopping: answer with what we have instead of holding the
             // request (and a database round trip) up.
             Wake::ShuttingDown => break last,
+            // Waiting for the outcome, and this change left the saga working
+            // on the order: nothing to answer and nothing to read (the change
+            // that settles it is announced too).
+            Wake::Notified(Some(status)) if until == WaitUntil::Settled && !status.is_settled() => {
+            }
             // A notification may be for a change the first read already saw
-            // (committed just before it): only a real change answers. The
-            // subscription is renewed before reading again, so a change
-            // after this read still wakes us.
-            wake @ (Wake::Notified | Wake::Recheck) => {
-                if wake == Wake::Notified {
-                    subscription = changes.subscribe(order_id);
-                }
+            // (committed just before it): only a real change answers.
+            Wake::Notified(_) | Wake::Recheck => {
                 let current = reread_order(&pool, last.clone(), user.user_id).await?;
                 let answer = match until {
                     WaitUntil::Change => current.order != last.order,
