@@ -257,7 +257,8 @@ pub struct SourceMetrics {
     reconnects: Counter,
     errors: Counter,
     latency: Histogram,
-    families: Families,
+    /// Per topic, created when the publisher first produces to it.
+    produce: Family<TopicLabel, Histogram>,
 }
 
 impl SourceMetrics {
@@ -299,7 +300,7 @@ impl SourceMetrics {
             reconnects: f.reconnects.get_or_create(&label).clone(),
             errors: f.errors.get_or_create(&label).clone(),
             latency: f.latency.get_or_create(&label).clone(),
-            families: f.clone(),
+            produce: f.produce.clone(),
         };
         metrics.show_state(SourceState::Connecting);
         metrics
@@ -335,8 +336,7 @@ impl SourceMetrics {
     /// commit-to-ack time it tells the broker's share of a hop from the
     /// relay's (decoding, batching, waiting for the previous request).
     pub fn produce_histogram(&self, topic: &str) -> Histogram {
-        self.families
-            .produce
+        self.produce
             .get_or_create(&TopicLabel {
                 source: self.name.clone(),
                 topic: topic.to_owned(),

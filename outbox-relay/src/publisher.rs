@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
@@ -24,8 +25,6 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::KafkaConfig;
 use crate::inflight::TxnId;
