@@ -311,11 +311,7 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     for service in &SERVICES {
         relay.env(
             format!("APP__SOURCES__{}__URL", service.source.to_uppercase()),
-            format!(
-                "postgres://{RELAY_LOGIN}@127.0.0.1:{}/{}",
-                server_of(&servers, service).cluster.port,
-                service.database
-            ),
+            server_of(&servers, service).relay_url(service.database),
         );
     }
     stack.relay = Some(Proc::spawn(
@@ -396,6 +392,14 @@ impl Server {
         format!(
             "postgres://{SERVICE_LOGIN}@{}:{}/{database}",
             percent_encode(&self.cluster.socket_dir.to_string_lossy()),
+            self.cluster.port
+        )
+    }
+
+    /// The relay's URL (TCP, see [`Server::service_url`]).
+    fn relay_url(&self, database: &str) -> String {
+        format!(
+            "postgres://{RELAY_LOGIN}@127.0.0.1:{}/{database}",
             self.cluster.port
         )
     }
