@@ -1,7 +1,8 @@
 //! The SQL side of a source, over a normal connection: checks (and creates)
 //! the publication, inspects the slot, and probes the server's WAL position
-//! for exact slot lag. Used at session start and, while someone watches or
-//! events flow, for the lag probe; never while the relay is idle.
+//! for exact slot lag. Used at session start, while someone watches or
+//! events flow (the lag probe) and at a graceful stop (saving the slot's
+//! position); never while the relay is idle.
 
 use std::time::Duration;
 
@@ -147,6 +148,57 @@ impl Catalog {
         )
         .await?;
         Ok(row.try_get(0)?)
+    }
+
+    /// Has PostgreSQL write the slot's confirmed position to disk at its next
+    /// checkpoint (the shutdown checkpoint included), at least `confirmed`.
+    ///
+    /// PostgreSQL 15 saves a logical slot when its restart point moves, not
+    /// when a streaming client confirms further, so after a server restart
+    /// the slot can resume seconds behind what the relay confirmed and
+    /// replay those transactions. Harmless (consumers skip repeats) but
+    /// avoidable after a planned stop: advancing the slot through SQL marks
+    /// it for saving. Possible only once the walsender let go of the slot,
+    /// so "in use" is retried for up to `patience`. Returns the position
+    /// saved, or `None` when the slot is gone.
+    pub async fn save_slot_position(
+        &self,
+        slot: &str,
+        confirmed: Lsn,
+        patience: Duration,
+    ) -> Result<Option<Lsn>, CatalogError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let confirmed = confirmed.to_string();
+        loop {
+            let answer = within(
+                self.timeout,
+                self.client.query_opt(
+                    "SELECT (pg_replication_slot_advance(slot_name, \
+                         greatest(confirmed_flush_lsn, $2::text::pg_lsn))).end_lsn::text \
+                     FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot, &confirmed],
+                ),
+            )
+            .await;
+            match answer {
+                Ok(None) => return Ok(None),
+                Ok(Some(row)) => {
+                    let text: String = row.try_get(0)?;
+                    return text.parse().map(Some).map_err(
+                        |e: crate::replication::lsn::InvalidLsn| {
+                            CatalogError::Unexpected(e.to_string())
+                        },
+                    );
+                }
+                Err(CatalogError::Database(e))
+                    if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `pg_current_wal_lsn()`: where the server's WAL ends now.

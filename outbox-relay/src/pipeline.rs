@@ -83,14 +83,16 @@ impl Pipeline {
         }
     }
 
+    /// Streams until `shutdown` (then drains what is in flight, within the
+    /// grace period) and returns the position confirmed last.
     pub async fn run(
         mut self,
         mut stream: ReplicationStream,
         mut publisher: Publisher,
         mut deliveries: mpsc::UnboundedReceiver<Delivery>,
-        catalog: Catalog,
+        catalog: &Catalog,
         shutdown: &CancellationToken,
-    ) -> Result<(), SourceError> {
+    ) -> Result<Lsn, SourceError> {
         let mut ticker = tokio::time::interval(self.settings.status_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut drain_until: Option<Instant> = None;
@@ -103,7 +105,7 @@ impl Pipeline {
                     drain_until = Some(Instant::now() + self.settings.shutdown_grace);
                 }
                 // Before the stream: a busy stream must not starve status updates.
-                _ = ticker.tick() => self.on_tick(&mut stream, &catalog).await?,
+                _ = ticker.tick() => self.on_tick(&mut stream, catalog).await?,
                 Some(delivery) = deliveries.recv() => self.on_delivery(delivery, &mut publisher).await?,
                 message = stream.next(), if can_read => {
                     self.on_message(message?, &mut publisher, &mut stream).await?;
@@ -116,7 +118,7 @@ impl Pipeline {
                 stream.send_status(self.confirmed, false).await?;
                 tracing::info!(source = %self.settings.source, confirmed = %self.confirmed, "stopped streaming");
                 stream.close().await;
-                return Ok(());
+                return Ok(self.confirmed);
             }
         }
     }

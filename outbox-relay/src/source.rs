@@ -62,6 +62,10 @@ fn is_access_denied(sqlstate: &str) -> bool {
     matches!(sqlstate, "28000" | "28P01" | "42501")
 }
 
+/// How long a graceful stop waits for the walsender to release the slot
+/// before saving its position.
+const SAVE_SLOT_PATIENCE: Duration = Duration::from_secs(3);
+
 /// A configured source and what it reports to.
 pub struct Source {
     name: String,
@@ -174,14 +178,31 @@ impl Source {
             status_interval: Duration::from_millis(self.replication.status_interval_ms),
             shutdown_grace: Duration::from_millis(self.replication.shutdown_grace_ms),
         };
-        Pipeline::new(
+        let confirmed = Pipeline::new(
             settings,
             confirmed,
             Arc::clone(&self.metrics),
             Arc::clone(&self.registry),
         )
-        .run(stream, publisher, acks, catalog, shutdown)
-        .await
+        .run(stream, publisher, acks, &catalog, shutdown)
+        .await?;
+        // A graceful stop: make the confirmed position survive a restart of
+        // the server too (see `save_slot_position`).
+        match catalog
+            .save_slot_position(&slot, confirmed, SAVE_SLOT_PATIENCE)
+            .await
+        {
+            Ok(Some(saved)) => {
+                tracing::info!(source = %self.name, slot, %saved, "slot position saved")
+            }
+            Ok(None) => {
+                tracing::warn!(source = %self.name, slot, "slot vanished before its position was saved")
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.name, slot, error = %e, "slot position not saved; after a server restart the last transactions may be published again")
+            }
+        }
+        Ok(())
     }
 
     /// The confirmed position of an existing, usable slot; `None` if missing.
