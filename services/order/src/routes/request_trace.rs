@@ -45,7 +45,6 @@ pub async fn trace_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let request_id = RequestId::of(&req);
-    let api = req.path().starts_with("/api/");
     let span = tracing::info_span!("http", method = %req.method(), path = %req.path(),
         request_id = %request_id.0);
     let header = HeaderValue::from_str(&request_id.0).ok();
@@ -57,10 +56,10 @@ pub async fn trace_requests(
     match &mut result {
         Ok(response) => {
             let status = response.status().as_u16();
+            // Answered requests at debug, as the gateway logs them: at info,
+            // two lines per order at any rate would drown the saga's own.
             if status >= 500 {
                 tracing::error!(status, elapsed_ms, "request failed");
-            } else if api {
-                tracing::info!(status, elapsed_ms, "request");
             } else {
                 tracing::debug!(status, elapsed_ms, "request");
             }
