@@ -182,14 +182,7 @@ impl Catalog {
             .await;
             match answer {
                 Ok(None) => return Ok(None),
-                Ok(Some(row)) => {
-                    let text: String = row.try_get(0)?;
-                    return text.parse().map(Some).map_err(
-                        |e: crate::replication::lsn::InvalidLsn| {
-                            CatalogError::Unexpected(e.to_string())
-                        },
-                    );
-                }
+                Ok(Some(row)) => return lsn_column(&row).map(Some),
                 Err(CatalogError::Database(e))
                     if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
                         && tokio::time::Instant::now() < deadline =>
@@ -209,12 +202,15 @@ impl Catalog {
                 .query_one("SELECT pg_current_wal_lsn()::text", &[]),
         )
         .await?;
-        let text: String = row.try_get(0)?;
-        text.parse()
-            .map_err(|e: crate::replication::lsn::InvalidLsn| {
-                CatalogError::Unexpected(e.to_string())
-            })
+        lsn_column(&row)
     }
+}
+
+/// The first column of `row`, a `pg_lsn` selected as text.
+fn lsn_column(row: &tokio_postgres::Row) -> Result<Lsn, CatalogError> {
+    let text: String = row.try_get(0)?;
+    text.parse()
+        .map_err(|e: crate::replication::lsn::InvalidLsn| CatalogError::Unexpected(e.to_string()))
 }
 
 /// An error and its causes, `outer: inner: ...` (tokio-postgres keeps the
