@@ -1,6 +1,7 @@
 //! Failures: kill -9 mid-stream, a cut replication connection, the broker
-//! going away, WAL retention while the outbox is idle, and one source down
-//! among several.
+//! going away, WAL retention while the outbox is idle, one source down
+//! among several, and what a server restart after a graceful stop resumes
+//! from.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
