@@ -29,7 +29,7 @@ pub struct GroupSpec {
 /// PostgreSQL 55432 (and 55433-55435 with one server per service), broker 9092.
 pub const DEFAULT_GROUPS: &str = "gateway=8084,order-service=8081,payment-service=8082,\
      delivery-service=8083,outbox-relay=8090,\
-     postgres=55432,postgres=55433,postgres=55434,postgres=55435,tansu=9092";
+     postgres=55432,postgres=55433,postgres=55434,postgres=55435,kafka=9092";
 
 /// Parses `name=port,name,...` (a name without a port is matched by name
 /// only; a name given with several ports is one group listening on all).
@@ -598,14 +598,14 @@ mod tests {
     #[test]
     fn groups_parse() {
         assert_eq!(
-            parse_groups("gateway=8084, tansu, postgres=1, postgres=2").unwrap(),
+            parse_groups("gateway=8084, kafka, postgres=1, postgres=2").unwrap(),
             vec![
                 GroupSpec {
                     name: "gateway".into(),
                     ports: vec![8084]
                 },
                 GroupSpec {
-                    name: "tansu".into(),
+                    name: "kafka".into(),
                     ports: vec![]
                 },
                 GroupSpec {

@@ -1,7 +1,7 @@
 //! Developer commands for the workspace (`cargo xtask <command>`).
 //!
 //! - `up`: the whole system natively: a private PostgreSQL cluster, the
-//!   tansu broker, the relay and the four services, until Ctrl-C.
+//!   Kafka broker, the relay and the four services, until Ctrl-C.
 //! - `test`: every test of the workspace against a throwaway PostgreSQL
 //!   cluster and broker.
 
@@ -22,24 +22,28 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  up [--kafka HOST:PORT] [--partitions N] [--broker-storage memory|sqlite] [--release]
-     [--postgres-per-service]
+  up [--kafka HOST:PORT] [--partitions N] [--release] [--postgres-per-service]
+     [--data-dir DIR] [--port-offset N]
       Start PostgreSQL (port 55432, data kept in .data/postgres; with
       --postgres-per-service one server per service database on ports
-      55432-55435, data in .data/postgres/<database>), the tansu
-      broker (port 9092, in memory unless --broker-storage sqlite) unless
-      --kafka names an existing one, the outbox relay
+      55432-55435, data in .data/postgres/<database>), Apache Kafka
+      (port 9092, controller 9093, data kept in .data/kafka) unless
+      --kafka names an existing broker, the outbox relay
       (dashboard 8090) and the services (gateway 8084, order 8081,
       payment 8082, delivery 8083). Ctrl-C stops everything. --release
       runs optimised builds (for load tests; the first build takes minutes).
+      --data-dir keeps the data elsewhere than .data; --port-offset N adds N
+      to every port (a second stack beside the first). With
+      COMMERCE_BIN_DIR set, its binaries run as they are (no build).
   test [-- <test runner args>]
       Build the binaries, start a throwaway PostgreSQL cluster and broker on
       free ports (unless TEST_DATABASE_URL / TEST_KAFKA_BROKERS are set), run
       every test of the workspace, tear everything down, exit with the tests'
       status.
   install-broker
-      Install the tansu broker into ~/.cache/cdc-commerce unless it is there
-      (`up` and `test` do this on demand too) and print its path.
+      Fetch Apache Kafka's jars (xtask/kafka/pom.xml) with Maven into
+      ~/.cache/cdc-commerce/kafka-<version> unless they are there (`up` and
+      `test` do this on demand too) and print their directory.
 ";
 
 fn main() -> ExitCode {

@@ -1,12 +1,10 @@
 //! Where things live: the workspace, its git-ignored `.data/`, the per-machine
-//! cache (`~/.cache/cdc-commerce`: broker binary, shared target dir), and the
-//! PostgreSQL binaries.
+//! cache (`~/.cache/cdc-commerce`: the broker's jars, shared target dir), and
+//! the PostgreSQL binaries.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-
-pub const TANSU_VERSION: &str = "0.6.0";
 
 /// The workspace `cargo xtask` was run in. `cargo run` passes the manifest
 /// directory at run time; that one wins over the compile-time value, since a
@@ -35,16 +33,19 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache").join("cdc-commerce")
 }
 
-/// Installation root of the tansu broker (`<root>/bin/tansu`).
-pub fn tansu_root() -> PathBuf {
-    cache_dir().join(format!("tansu-{TANSU_VERSION}"))
+/// The pom naming the broker's jars and pinning Kafka's version.
+pub fn kafka_pom() -> PathBuf {
+    workspace_root().join("xtask/kafka/pom.xml")
 }
 
-/// The broker binary: `TANSU_BIN` if set, else the cached installation.
-pub fn tansu_bin() -> PathBuf {
-    std::env::var_os("TANSU_BIN")
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| tansu_root().join("bin").join("tansu"), PathBuf::from)
+/// The script that configures, formats and starts one Kafka node.
+pub fn kafka_run_script() -> PathBuf {
+    workspace_root().join("xtask/kafka/run.sh")
+}
+
+/// Where one Kafka version's jars live (`<home>/libs`).
+pub fn kafka_home(version: &str) -> PathBuf {
+    cache_dir().join(format!("kafka-{version}"))
 }
 
 /// PostgreSQL server binaries: `PG_BIN_DIR`, default Debian's PostgreSQL 15.

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: every test of the workspace against a real PostgreSQL
-//! cluster and a real broker. Both are throwaway (a temp directory, free
-//! ports, the broker in memory) unless `TEST_DATABASE_URL` /
+//! cluster and a real Kafka. Both are throwaway (a temp directory, free
+//! ports) unless `TEST_DATABASE_URL` /
 //! `TEST_KAFKA_BROKERS` name existing ones. Torn down when the tests end,
 //! fail or are interrupted; the exit status is the tests'.
 
@@ -14,8 +14,7 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    broker::{self, Storage},
-    paths, ports,
+    broker, paths, ports,
     postgres::{self, Cluster},
     process::{self, Proc, say},
     signals,
@@ -58,9 +57,9 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     if external_db.is_none() {
         postgres::check_binaries()?;
     }
-    if external_kafka.is_none() {
-        broker::ensure_installed()?;
-    }
+    // Tests that need a broker of their own (a whole saga stack, a broker
+    // outage) start one from these jars with xtask/kafka/run.sh.
+    let kafka_libs = broker::ensure_installed()?;
 
     say("building the binaries the tests start (cargo build)");
     // The workspace's feature set, as the test build uses, so the two
@@ -116,61 +115,70 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             brokers
         }
         None => {
-            let port = ports::free_port()?;
-            env.broker = Some(broker::start(
-                port,
-                Storage::Memory,
-                Some(dir.join("tansu.log")),
-            )?);
+            let node = broker::Node {
+                port: ports::free_port()?,
+                controller_port: ports::free_port()?,
+                dir: dir.join("kafka"),
+                heap: "384m",
+                log_file: Some(dir.join("kafka.log")),
+            };
+            env.broker = Some(node.start()?);
             say(&format!(
-                "tansu on port {port} (log: {})",
-                dir.join("tansu.log").display()
+                "Kafka on port {} (log: {})",
+                node.port,
+                dir.join("kafka.log").display()
             ));
-            format!("127.0.0.1:{port}")
+            node.brokers()
         }
     };
 
+    let test_env: [(&str, std::ffi::OsString); 5] = [
+        ("TEST_DATABASE_URL", database_url.into()),
+        ("TEST_KAFKA_BROKERS", brokers.into()),
+        ("TEST_KAFKA_LIBS", kafka_libs.into()),
+        ("COMMERCE_BIN_DIR", bin_dir.into()),
+        ("TMPDIR", dir.join("tmp").into()),
+    ];
     let nextest = use_nextest();
-    let mut runner = Command::new(paths::cargo());
-    runner.current_dir(&root);
-    if nextest {
-        runner.args(["nextest", "run"]);
-    } else {
-        runner.arg("test");
-    }
-    // The whole workspace unless the caller picked packages.
+    // The picked packages, or the whole workspace.
     let picks_packages = runner_args
         .iter()
         .any(|a| a == "-p" || a.starts_with("--package") || (a.starts_with("-p") && a.len() > 2));
-    if !picks_packages {
-        runner.arg("--workspace");
-    }
-    runner.arg("--no-fail-fast");
-    runner
-        .args(&runner_args)
-        .env("TEST_DATABASE_URL", &database_url)
-        .env("TEST_KAFKA_BROKERS", &brokers)
-        .env("COMMERCE_BIN_DIR", &bin_dir)
-        .env("TMPDIR", dir.join("tmp"));
-    say(&format!(
-        "running the tests ({})",
-        if nextest {
-            "cargo nextest"
-        } else {
-            "cargo test"
-        }
-    ));
-    let mut code = run_tests(runner)?;
-    // nextest does not run doctests.
-    if nextest && code == 0 && runner_args.is_empty() && signals::received().is_none() {
+    let mut code = 0;
+    // nextest does not run doctests: they go first, so that the runner's
+    // summary is the last test result printed.
+    if nextest && runner_args.is_empty() {
         let mut doc = Command::new(paths::cargo());
         doc.args(["test", "--workspace", "--doc"])
             .current_dir(&root)
-            .env("TEST_DATABASE_URL", &database_url)
-            .env("TEST_KAFKA_BROKERS", &brokers)
-            .env("COMMERCE_BIN_DIR", &bin_dir)
-            .env("TMPDIR", dir.join("tmp"));
+            .envs(test_env.clone());
+        say("running the doctests (cargo test --doc)");
         code = run_tests(doc)?;
+    }
+    if code == 0 && signals::received().is_none() {
+        let mut runner = Command::new(paths::cargo());
+        runner.current_dir(&root);
+        if nextest {
+            runner.args(["nextest", "run"]);
+        } else {
+            runner.arg("test");
+        }
+        if !picks_packages {
+            runner.arg("--workspace");
+        }
+        runner
+            .arg("--no-fail-fast")
+            .args(&runner_args)
+            .envs(test_env);
+        say(&format!(
+            "running the tests ({})",
+            if nextest {
+                "cargo nextest"
+            } else {
+                "cargo test"
+            }
+        ));
+        code = run_tests(runner)?;
     }
 
     if let Some(signal) = signals::received() {
@@ -182,7 +190,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     if code != 0 {
-        for log in ["postgres.log", "tansu.log"] {
+        for log in ["postgres.log", "kafka.log"] {
             print_tail(&dir.join(log), 15);
         }
     }

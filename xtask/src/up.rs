@@ -1,6 +1,6 @@
-//! `cargo xtask up`: the whole system on this machine. PostgreSQL keeps its
-//! data in `.data/`, the broker keeps its records in memory (README: why);
-//! the services and the relay run from
+//! `cargo xtask up`: the whole system on this machine. PostgreSQL and Kafka
+//! keep their data in `.data/`, so a second `up` resumes where the first
+//! stopped; the services and the relay run from
 //! the workspace's debug build (`--release`: the optimised one, for load
 //! tests). Every process logs into this terminal with
 //! its name as prefix. Ctrl-C (or SIGTERM) stops everything in order:
@@ -18,8 +18,7 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    broker::{self, Storage},
-    http, keys, paths, ports,
+    broker, http, keys, paths, ports,
     postgres::{self, Cluster},
     process::{self, Options, Proc, say},
     signals,
@@ -27,6 +26,8 @@ use crate::{
 
 pub const POSTGRES_PORT: u16 = 55432;
 pub const BROKER_PORT: u16 = 9092;
+/// The Kafka node's controller listener (KRaft).
+pub const CONTROLLER_PORT: u16 = 9093;
 pub const RELAY_PORT: u16 = 8090;
 /// Logins from db/bootstrap: the services own their databases; the relay
 /// has replication and connect rights only.
@@ -73,15 +74,20 @@ const SERVICES: [Service; 4] = [
 pub struct Args {
     kafka: Option<String>,
     partitions: u32,
-    storage: StorageChoice,
     release: bool,
     postgres_per_service: bool,
+    /// Where PostgreSQL, Kafka and the dev keys keep their data.
+    data_dir: PathBuf,
+    /// Added to every port of the stack, so a second stack (another clone,
+    /// a test) can run beside the first.
+    port_offset: u16,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum StorageChoice {
-    Memory,
-    Sqlite,
+impl Args {
+    /// A port of the stack: its default plus `--port-offset`.
+    fn port(&self, default: u16) -> u16 {
+        default + self.port_offset
+    }
 }
 
 impl Args {
@@ -89,12 +95,10 @@ impl Args {
         let mut options = Self {
             kafka: None,
             partitions: 3,
-            // SQLite would keep the records across runs, but tansu 0.6's
-            // SQLite engine grows by ~100 KB/s under the consumers' polling
-            // and its fetches slow down until they time out (measured).
-            storage: StorageChoice::Memory,
             release: false,
             postgres_per_service: false,
+            data_dir: paths::data_dir(),
+            port_offset: 0,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -112,19 +116,20 @@ impl Args {
                 "--kafka" => options.kafka = Some(value()?),
                 "--release" => options.release = true,
                 "--postgres-per-service" => options.postgres_per_service = true,
+                "--data-dir" => options.data_dir = PathBuf::from(value()?),
+                "--port-offset" => {
+                    options.port_offset = value()?
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 5000)
+                        .context("--port-offset needs a number from 0 to 5000")?;
+                }
                 "--partitions" => {
                     options.partitions = value()?
                         .parse()
                         .ok()
                         .filter(|n| *n > 0)
                         .context("--partitions needs a positive number")?;
-                }
-                "--broker-storage" => {
-                    options.storage = match value()?.as_str() {
-                        "sqlite" => StorageChoice::Sqlite,
-                        "memory" => StorageChoice::Memory,
-                        other => anyhow::bail!("--broker-storage is sqlite or memory, not {other}"),
-                    }
                 }
                 other => anyhow::bail!("unknown option {other} (see `cargo xtask --help`)"),
             }
@@ -206,35 +211,50 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     let needed_ports = needed_ports(&options);
     ports::ensure_free(&needed_ports)?;
     let account = postgres::server_account()?;
-    let (pg_dir, pg_note) = postgres_location(&root, account)?;
+    let (pg_dir, pg_note) = postgres_location(&options.data_dir, account)?;
     if options.kafka.is_none() {
         broker::ensure_installed()?;
     }
 
-    say("building the services and the relay (cargo build)");
-    let mut build = Command::new(paths::cargo());
-    build.arg("build").current_dir(&root);
-    if options.release {
-        build.arg("--release");
-    }
-    for service in &SERVICES {
-        build.args(["-p", service.binary]);
-    }
-    build.args(["-p", "outbox-relay"]);
-    process::run_inherited(build).context("building the binaries failed (see the errors above)")?;
-    let profile = if options.release { "release" } else { "debug" };
-    let bin_dir = paths::target_dir()?.join(profile);
+    let bin_dir = match std::env::var_os("COMMERCE_BIN_DIR").filter(|d| !d.is_empty()) {
+        // Binaries built already (the tests' build): used as they are.
+        Some(dir) => {
+            say(&format!("using the binaries in {}", dir.to_string_lossy()));
+            PathBuf::from(dir)
+        }
+        None => {
+            say("building the services and the relay (cargo build)");
+            let mut build = Command::new(paths::cargo());
+            build.arg("build").current_dir(&root);
+            if options.release {
+                build.arg("--release");
+            }
+            for service in &SERVICES {
+                build.args(["-p", service.binary]);
+            }
+            build.args(["-p", "outbox-relay"]);
+            process::run_inherited(build)
+                .context("building the binaries failed (see the errors above)")?;
+            let profile = if options.release { "release" } else { "debug" };
+            paths::target_dir()?.join(profile)
+        }
+    };
     // The build may have taken a while.
     ports::ensure_free(&needed_ports)?;
 
-    let keys = keys::ensure(paths::data_dir().join("keys"))?;
+    let keys = keys::ensure(options.data_dir.join("keys"))?;
     let mut stack = Stack::default();
 
     // PostgreSQL.
     if let Some(note) = pg_note {
         say(&note);
     }
-    let servers = servers(&pg_dir, account, options.postgres_per_service);
+    let servers = servers(
+        &pg_dir,
+        account,
+        options.postgres_per_service,
+        options.port(POSTGRES_PORT),
+    );
     for server in &servers {
         if server.cluster.init(false)? {
             say(&format!(
@@ -255,13 +275,16 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
             brokers.clone()
         }
         None => {
-            let storage = match options.storage {
-                StorageChoice::Sqlite => Storage::Sqlite(paths::data_dir().join("tansu")),
-                StorageChoice::Memory => Storage::Memory,
+            let node = broker::Node {
+                port: options.port(BROKER_PORT),
+                controller_port: options.port(CONTROLLER_PORT),
+                dir: options.data_dir.join("kafka"),
+                heap: "512m",
+                log_file: None,
             };
-            stack.broker = Some(broker::start(BROKER_PORT, storage, None)?);
-            broker::create_topics(BROKER_PORT, options.partitions);
-            format!("127.0.0.1:{BROKER_PORT}")
+            stack.broker = Some(node.start()?);
+            broker::create_topics(&node.brokers(), options.partitions)?;
+            node.brokers()
         }
     };
 
@@ -272,7 +295,7 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         let mut command = Command::new(bin_dir.join(service.binary));
         base_env(&mut command);
         command
-            .env("APP__HTTP__PORT", service.port.to_string())
+            .env("APP__HTTP__PORT", options.port(service.port).to_string())
             .env("APP__DATABASE__URL", server.service_url(service.database))
             .env("APP__AUTH__PUBLIC_KEY_FILE", &keys.public)
             // Everything shares this machine's cores: one HTTP worker and one
@@ -285,7 +308,7 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
             for upstream in &SERVICES[1..] {
                 command.env(
                     format!("APP__UPSTREAMS__{}", upstream.source.to_uppercase()),
-                    format!("http://127.0.0.1:{}", upstream.port),
+                    format!("http://127.0.0.1:{}", options.port(upstream.port)),
                 );
             }
         } else {
@@ -299,13 +322,13 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         stack.services.push(proc);
     }
     for service in &SERVICES {
-        wait_ready(&mut stack, service.binary, service.port, "/ready")?;
+        wait_ready(&mut stack, service.binary, options.port(service.port), "/ready")?;
     }
 
     let mut relay = Command::new(bin_dir.join("outbox-relay"));
     base_env(&mut relay);
     relay
-        .env("APP__HTTP__PORT", RELAY_PORT.to_string())
+        .env("APP__HTTP__PORT", options.port(RELAY_PORT).to_string())
         .env("APP__KAFKA__BROKERS", &brokers)
         .env("APP__KAFKA__PARTITIONS", options.partitions.to_string());
     for service in &SERVICES {
@@ -319,24 +342,31 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         relay,
         Options::term(Duration::from_secs(10)),
     )?);
-    wait_ready(&mut stack, "outbox-relay", RELAY_PORT, "/health")?;
-    wait_streaming(&mut stack)?;
+    let relay_port = options.port(RELAY_PORT);
+    wait_ready(&mut stack, "outbox-relay", relay_port, "/health")?;
+    wait_streaming(&mut stack, relay_port)?;
 
-    summary(&brokers, started.elapsed(), &servers);
+    summary(&options, &brokers, started.elapsed(), &servers);
     supervise(&mut stack)
 }
 
 fn needed_ports(options: &Args) -> Vec<(u16, &'static str)> {
     let mut ports: Vec<(u16, &'static str)> =
-        servers(Path::new("."), None, options.postgres_per_service)
+        servers(
+            Path::new("."),
+            None,
+            options.postgres_per_service,
+            options.port(POSTGRES_PORT),
+        )
             .iter()
             .map(|server| (server.cluster.port, "PostgreSQL"))
             .collect();
     if options.kafka.is_none() {
-        ports.push((BROKER_PORT, "broker"));
+        ports.push((options.port(BROKER_PORT), "Kafka"));
+        ports.push((options.port(CONTROLLER_PORT), "Kafka controller"));
     }
-    ports.extend(SERVICES.iter().map(|s| (s.port, s.binary)));
-    ports.push((RELAY_PORT, "outbox-relay dashboard"));
+    ports.extend(SERVICES.iter().map(|s| (options.port(s.port), s.binary)));
+    ports.push((options.port(RELAY_PORT), "outbox-relay dashboard"));
     ports
 }
 
@@ -345,10 +375,10 @@ fn needed_ports(options: &Args) -> Vec<(u16, &'static str)> {
 /// directory under /var/tmp named after the clone. Returns a note to show
 /// in that case.
 fn postgres_location(
-    root: &Path,
+    data_dir: &Path,
     account: Option<process::RunAs>,
 ) -> anyhow::Result<(PathBuf, Option<String>)> {
-    let preferred = paths::data_dir().join("postgres");
+    let preferred = data_dir.join("postgres");
     let Some(account) = account else {
         return Ok((preferred, None));
     };
@@ -357,7 +387,7 @@ fn postgres_location(
     if postgres::reachable_by(&preferred, account) {
         return Ok((preferred, None));
     }
-    let hash = root
+    let hash = data_dir
         .to_string_lossy()
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -406,13 +436,18 @@ impl Server {
 }
 
 /// The servers: one holding the four databases in `pg_dir` (port
-/// [`POSTGRES_PORT`]), or with `per_service` one per database in
+/// `first_port`), or with `per_service` one per database in
 /// `pg_dir/<database>` on consecutive ports. Separate servers are what a
 /// production deployment of database-per-service looks like, and they
 /// spare PostgreSQL 15 work: it wakes every walsender of a server on each
 /// commit, and each logical walsender reads the whole server's WAL, so in
 /// one server each commit wakes all four relay streams (docs/perf.md).
-fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) -> Vec<Server> {
+fn servers(
+    pg_dir: &Path,
+    account: Option<process::RunAs>,
+    per_service: bool,
+    first_port: u16,
+) -> Vec<Server> {
     let cluster = |name: String, dir: PathBuf, port: u16| Cluster {
         name,
         socket_dir: dir.join("socket"),
@@ -423,13 +458,13 @@ fn servers(pg_dir: &Path, account: Option<process::RunAs>, per_service: bool) ->
     };
     if !per_service {
         return vec![Server {
-            cluster: cluster("postgres".into(), pg_dir.to_owned(), POSTGRES_PORT),
+            cluster: cluster("postgres".into(), pg_dir.to_owned(), first_port),
             databases: SERVICES.iter().map(|s| s.database).collect(),
         }];
     }
     SERVICES
         .iter()
-        .zip(POSTGRES_PORT..)
+        .zip(first_port..)
         .map(|(service, port)| Server {
             cluster: cluster(
                 format!("pg-{}", service.source),
@@ -524,11 +559,11 @@ fn wait_ready(stack: &mut Stack, name: &str, port: u16, path: &str) -> anyhow::R
 
 /// Waits (up to 30 s) for every relay source to stream; only warns if one
 /// does not, since the relay keeps retrying and the dashboard says why.
-fn wait_streaming(stack: &mut Stack) -> anyhow::Result<()> {
+fn wait_streaming(stack: &mut Stack, relay_port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         check_children(stack, "during start-up")?;
-        let body = http::get(RELAY_PORT, "/api/status")
+        let body = http::get(relay_port, "/api/status")
             .map(|(_, b)| b)
             .unwrap_or_default();
         let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -580,15 +615,25 @@ fn check_children(stack: &mut Stack, when: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summary(brokers: &str, elapsed: Duration, servers: &[Server]) {
+fn summary(options: &Args, brokers: &str, elapsed: Duration, servers: &[Server]) {
+    let port = |service: usize| options.port(SERVICES[service].port);
+    let gateway = port(0);
     let mut lines = vec![
         format!("the stack is ready ({:.1} s)", elapsed.as_secs_f64()),
-        "  gateway     http://127.0.0.1:8084   (curl http://127.0.0.1:8084/api/health)".into(),
-        "  Swagger UI  http://127.0.0.1:8084/swagger-ui.html".into(),
         format!(
-            "  dashboard   http://127.0.0.1:{RELAY_PORT}/   (relay metrics: /metrics, /api/status)"
+            "  gateway     http://127.0.0.1:{gateway}   (curl http://127.0.0.1:{gateway}/api/health)"
         ),
-        "  services    order :8081, payment :8082, delivery :8083".into(),
+        format!("  Swagger UI  http://127.0.0.1:{gateway}/swagger-ui.html"),
+        format!(
+            "  dashboard   http://127.0.0.1:{}/   (relay metrics: /metrics, /api/status)",
+            options.port(RELAY_PORT)
+        ),
+        format!(
+            "  services    order :{}, payment :{}, delivery :{}",
+            port(1),
+            port(2),
+            port(3)
+        ),
     ];
     for server in servers {
         lines.push(format!(
@@ -635,7 +680,7 @@ mod tests {
             percent_encode("/work/my clone/.data/postgres/socket"),
             "%2Fwork%2Fmy%20clone%2F.data%2Fpostgres%2Fsocket"
         );
-        let server = &servers(Path::new("/d/postgres"), None, false)[0];
+        let server = &servers(Path::new("/d/postgres"), None, false, POSTGRES_PORT)[0];
         assert_eq!(
             server.service_url("commerce_order"),
             format!("postgres://{SERVICE_LOGIN}@%2Fd%2Fpostgres%2Fsocket:55432/commerce_order")
@@ -644,14 +689,14 @@ mod tests {
 
     #[test]
     fn one_server_holds_every_database_or_each_has_its_own() {
-        let one = servers(Path::new("/d"), None, false);
+        let one = servers(Path::new("/d"), None, false, POSTGRES_PORT);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].cluster.data_dir, Path::new("/d/data"));
         for service in &SERVICES {
             assert_eq!(server_of(&one, service).cluster.port, POSTGRES_PORT);
         }
 
-        let each = servers(Path::new("/d"), None, true);
+        let each = servers(Path::new("/d"), None, true, POSTGRES_PORT);
         let ports: Vec<u16> = SERVICES
             .iter()
             .map(|s| server_of(&each, s).cluster.port)
@@ -674,5 +719,13 @@ mod tests {
             postgres_ports(&["--postgres-per-service".into()]),
             [55432, 55433, 55434, 55435]
         );
+        assert_eq!(
+            postgres_ports(&["--port-offset=100".into(), "--postgres-per-service".into()]),
+            [55532, 55533, 55534, 55535]
+        );
+        let shifted = Args::parse(&["--port-offset".into(), "7".into()]).unwrap();
+        let all: Vec<u16> = needed_ports(&shifted).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(all, [55439, 9099, 9100, 8091, 8088, 8089, 8090, 8097]);
+        assert!(Args::parse(&["--port-offset".into(), "9000".into()]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! End-to-end tests of the relay binary against real PostgreSQL and a real
-//! Kafka-protocol broker (tansu). Each test owns its databases, slots and
+//! Kafka (the test broker, or one of the test's own). Each test owns its databases, slots and
 //! topics (random names) and starts its own relay process.
 
 mod dashboard;

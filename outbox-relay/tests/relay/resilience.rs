@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use test_support::{ChildProcess, KafkaReader, free_port, wait_until};
+use test_support::{KafkaNode, KafkaReader, free_port, wait_until};
 
 use crate::helpers::{
     Relay, SourceSpec, confirmed_flush_lsn, current_wal_lsn, duplicates, insert_events,
@@ -130,62 +130,10 @@ async fn a_cut_replication_connection_resumes_from_the_slot() {
     assert!(status["reconnects"].as_u64() >= Some(1), "{status}");
 }
 
-/// A broker of this test's own with durable (sqlite) storage, so it can be
-/// stopped and started again without losing what it acknowledged.
-struct OwnBroker {
-    process: Option<ChildProcess>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl OwnBroker {
-    fn start() -> OwnBroker {
-        let mut broker = OwnBroker {
-            process: None,
-            port: free_port(),
-            dir: tempfile::tempdir().expect("broker dir"),
-        };
-        broker.spawn();
-        broker
-    }
-
-    fn spawn(&mut self) {
-        let bin = std::env::var("TANSU_BIN")
-            .unwrap_or_else(|_| "/root/.cache/cdc-commerce/tansu-0.6.0/bin/tansu".into());
-        assert!(
-            std::path::Path::new(&bin).is_file(),
-            "tansu not found at {bin} (set TANSU_BIN)"
-        );
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        // tansu resolves sqlite:// paths against its working directory.
-        let script = format!(
-            "cd '{}' && exec '{bin}' broker --listener-url {url} --advertised-listener-url {url} \
-             --storage-engine sqlite://broker.db",
-            self.dir.path().display()
-        );
-        self.process = Some(ChildProcess::spawn_with_args(
-            "tansu",
-            "/bin/sh",
-            ["-c", &script],
-            std::iter::empty::<(&str, &str)>(),
-        ));
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// tansu sometimes ignores SIGTERM; SIGINT, then SIGKILL.
-    fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop_with(libc::SIGINT, Duration::from_secs(5));
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_broker_outage_of_10_seconds_loses_nothing() {
-    let mut broker = OwnBroker::start();
+    // A broker of this test's own, to take away and bring back.
+    let mut broker = KafkaNode::start().await;
     let (db, _client) = outbox_database("relay_outage").await;
     let source = SourceSpec::new("outage", &db);
     let topic = unique("rt_outage");
@@ -219,7 +167,7 @@ async fn a_broker_outage_of_10_seconds_loses_nothing() {
     assert!(status["last_error"].is_string(), "{status}");
     // The outage itself: the broker stays away for 10 seconds.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_since.elapsed())).await;
-    broker.spawn();
+    broker.resume().await;
     writer.await.expect("writer");
 
     relay

@@ -7,9 +7,9 @@
 //! Every consumer reads its topics from offset 0, and every payment and
 //! delivery service acts on every order it sees. Two stacks on one broker
 //! would therefore both charge and book each other's orders. Each stack
-//! gets its own tansu broker when the binary is at hand (`TANSU_BIN`, or
-//! where `cargo xtask` installs it); otherwise the stacks share
-//! `TEST_KAFKA_BROKERS` and run one at a time.
+//! gets a Kafka node of its own (`StackBroker`, from the jars `cargo xtask
+//! test` names); otherwise the stacks share `TEST_KAFKA_BROKERS` and run one
+//! at a time.
 
 mod common;
 
@@ -91,7 +91,7 @@ struct Stack {
 
 impl Stack {
     async fn start(options: StackOptions) -> Stack {
-        let broker = StackBroker::start(START_TIMEOUT).await;
+        let broker = StackBroker::start().await;
         let brokers = broker.brokers.clone();
         let payment_db = fresh_database("order_e2e_payment").await;
         let delivery_db = fresh_database("order_e2e_delivery").await;

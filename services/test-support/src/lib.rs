@@ -1,11 +1,11 @@
 //! Helpers for tests that exercise the real thing (zero2prod / IOx style):
 //! fresh databases on a real PostgreSQL, the real binaries as child
-//! processes, tokens the services accept, a Kafka reader that copes with
-//! tansu's quirks, a headless browser, and wait-until helpers instead of
-//! sleeps.
+//! processes, tokens the services accept, a Kafka reader, Kafka nodes of a
+//! test's own, a headless browser, and wait-until helpers instead of sleeps.
 //!
 //! Environment (set by `cargo xtask test`, defaulting to the shared dev
-//! instances): `TEST_DATABASE_URL`, `TEST_KAFKA_BROKERS`, `COMMERCE_BIN_DIR`,
+//! instances): `TEST_DATABASE_URL`, `TEST_KAFKA_BROKERS`, `TEST_KAFKA_LIBS`
+//! (the broker's jars, for nodes of a test's own), `COMMERCE_BIN_DIR`,
 //! `TEST_LOG` (print child logs live).
 
 mod auth;
@@ -22,7 +22,7 @@ mod relay;
 mod wait;
 
 pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
-pub use broker::StackBroker;
+pub use broker::{KafkaNode, StackBroker};
 pub use browser::Browser;
 pub use db::{
     TestDatabase, admin_client, database_url, fresh_database, query_i64, try_query_i64,

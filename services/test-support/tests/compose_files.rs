@@ -379,3 +379,31 @@ fn docker_compose_agrees() {
         assert_eq!(service.restart(), theirs.restart(), "{}", service.name);
     }
 }
+
+/// compose.yaml and the native stack run the same Kafka: every
+/// `apache/kafka` image has the version xtask/kafka/pom.xml pins.
+#[test]
+fn compose_runs_the_kafka_version_of_the_native_stack() {
+    let pom = std::fs::read_to_string(workspace_root().join("xtask/kafka/pom.xml")).unwrap();
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("xtask/kafka/pom.xml pins <kafka.version>")
+        .trim();
+    let compose = Compose::load();
+    let images: Vec<String> = compose
+        .services()
+        .iter()
+        .filter_map(|s| s.value["image"].as_str().map(str::to_owned))
+        .filter(|image| image.starts_with("apache/kafka:"))
+        .collect();
+    assert!(!images.is_empty(), "compose.yaml runs no apache/kafka image");
+    for image in images {
+        assert_eq!(
+            image,
+            format!("apache/kafka:{version}"),
+            "compose.yaml and xtask/kafka/pom.xml disagree on the Kafka version"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! jq exactly as a reader would paste them, succeed against a live stack of
 //! the real binaries (gateway, order, payment, delivery services and the
 //! outbox relay as child processes, each service on a fresh database, a
-//! private tansu broker when one is installed). The script itself checks
+//! Kafka node of its own). The script itself checks
 //! the outcomes a reader is told to expect (`test "$STATUS" = ...`, `curl
 //! -f` on every request); this test adds the figures of the output.
 
@@ -60,7 +60,7 @@ fn base_env() -> Vec<(String, String)> {
 
 impl Stack {
     async fn start() -> Stack {
-        let broker = StackBroker::start(START_TIMEOUT).await;
+        let broker = StackBroker::start().await;
         let keys = jwt_keys();
         let public_key = keys.public_key_file.display().to_string();
         let mut services = Vec::new();
