@@ -36,10 +36,11 @@ commands:
       to every port (a second stack beside the first). With
       COMMERCE_BIN_DIR set, its binaries run as they are (no build).
   test [-- <test runner args>]
-      Build the binaries, start a throwaway PostgreSQL cluster and broker on
-      free ports (unless TEST_DATABASE_URL / TEST_KAFKA_BROKERS are set), run
-      every test of the workspace, tear everything down, exit with the tests'
-      status.
+      Fetch the broker's jars if needed, build the binaries, start a
+      throwaway PostgreSQL cluster and Kafka node on free ports (unless
+      TEST_DATABASE_URL / TEST_KAFKA_BROKERS are set), run every test of the
+      workspace (TEST_KAFKA_LIBS lets tests start Kafka nodes of their own),
+      tear everything down, exit with the tests' status.
   install-broker
       Fetch Apache Kafka's jars (xtask/kafka/pom.xml) with Maven into
       ~/.cache/cdc-commerce/kafka-<version> unless they are there (`up` and
