@@ -216,10 +216,13 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 async fn client(brokers: &str) -> Result<rskafka::client::Client, String> {
     let bootstrap = brokers.split(',').map(|b| b.trim().to_owned()).collect();
-    tokio::time::timeout(Duration::from_secs(2), ClientBuilder::new(bootstrap).build())
-        .await
-        .map_err(|_| "no answer within 2 s".to_owned())?
-        .map_err(|e| e.to_string())
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        ClientBuilder::new(bootstrap).build(),
+    )
+    .await
+    .map_err(|_| "no answer within 2 s".to_owned())?
+    .map_err(|e| e.to_string())
 }
 
 async fn answers_metadata(brokers: &str) -> Result<(), String> {

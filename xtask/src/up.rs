@@ -322,7 +322,12 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         stack.services.push(proc);
     }
     for service in &SERVICES {
-        wait_ready(&mut stack, service.binary, options.port(service.port), "/ready")?;
+        wait_ready(
+            &mut stack,
+            service.binary,
+            options.port(service.port),
+            "/ready",
+        )?;
     }
 
     let mut relay = Command::new(bin_dir.join("outbox-relay"));
@@ -351,16 +356,15 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn needed_ports(options: &Args) -> Vec<(u16, &'static str)> {
-    let mut ports: Vec<(u16, &'static str)> =
-        servers(
-            Path::new("."),
-            None,
-            options.postgres_per_service,
-            options.port(POSTGRES_PORT),
-        )
-            .iter()
-            .map(|server| (server.cluster.port, "PostgreSQL"))
-            .collect();
+    let mut ports: Vec<(u16, &'static str)> = servers(
+        Path::new("."),
+        None,
+        options.postgres_per_service,
+        options.port(POSTGRES_PORT),
+    )
+    .iter()
+    .map(|server| (server.cluster.port, "PostgreSQL"))
+    .collect();
     if options.kafka.is_none() {
         ports.push((options.port(BROKER_PORT), "Kafka"));
         ports.push((options.port(CONTROLLER_PORT), "Kafka controller"));

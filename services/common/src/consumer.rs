@@ -4,9 +4,14 @@
 //! - Position: `consumer_offsets` holds `(group, topic, partition) -> next
 //!   offset` in the service's own database. A fetch is handled in ONE
 //!   transaction that applies the handler's effects, records each event id in
-//!   `inbox` and advances the offset, so effects happen once per offset. The
-//!   stored offset is always the offset after the last record of a completely
-//!   handled fetch (or 0): a batch boundary, which tansu's memory engine needs.
+//!   `inbox` and advances the offset, so effects happen once per offset.
+//! - Out of range: when the broker no longer has the stored offset, its log
+//!   start and end (ListOffsets) decide. Past the end (the topic was
+//!   recreated, the broker lost its data): the partition starts over from
+//!   its log start; the inbox skips what was handled before. Before the log
+//!   start (retention or DeleteRecords removed records not handled yet): the
+//!   partition jumps to the log start; that is data loss, logged at error
+//!   level and counted in `consumer_offsets_skipped_total`.
 //! - Repeats: the relay is at-least-once, so the same event can sit at two
 //!   offsets; an event id already in `inbox` is skipped (the offset still
 //!   advances).
@@ -27,11 +32,15 @@
 //!   is written to `dead_letters` with the reason; the partition moves on.
 //!   [`HandleError::Transient`] rolls the fetch back and retries it with
 //!   exponential backoff.
-//! - Broker calls all carry deadlines; on an error the partition client is
-//!   rebuilt (tansu drops connections instead of answering with errors).
+//! - Broker calls all carry deadlines (rskafka's own retries would otherwise
+//!   go on as long as the broker is unreachable); after a failed or
+//!   timed-out call the partition client is rebuilt, with a new connection
+//!   and fresh metadata; after a failed one the partition first waits out
+//!   the backoff (a timed-out one has waited already).
 //! - Metrics: `consumer_lag` (high watermark - next offset) per partition,
 //!   `consumer_event_age_seconds` (occurred_at to handled) per topic,
-//!   records by outcome, retries, fetch errors, partitions owned.
+//!   records by outcome, retries, fetch errors, offsets skipped (records
+//!   deleted before they were handled), partitions owned.
 //!
 //! Usage (in a service's startup):
 //! ```ignore
@@ -66,7 +75,10 @@ use prometheus_client::{
 };
 use rskafka::{
     BackoffConfig,
-    client::{ClientBuilder, partition::PartitionClient, partition::UnknownTopicHandling},
+    client::{
+        ClientBuilder,
+        partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
+    },
     record::RecordAndOffset,
 };
 use serde::{Deserialize, Serialize};
@@ -96,28 +108,19 @@ pub struct ConsumerConfig {
     #[serde(with = "duration_serde")]
     pub lease_ttl: Duration,
     /// Fetch `max_wait` while a partition is idle (the last fetch brought
-    /// nothing): how long the broker may hold a fetch open for new records.
-    /// tansu's memory engine always holds it this long, so it is a latency
-    /// floor per hop; every fetch costs broker CPU, so not zero.
+    /// nothing): how long the broker may hold a fetch open waiting for new
+    /// records. Kafka answers a held fetch as soon as a record arrives, so
+    /// this adds no latency; it only bounds how long an idle fetch waits
+    /// (and so how often an idle partition is asked).
     #[serde(with = "duration_serde")]
     pub fetch_max_wait: Duration,
-    /// While fetches bring records, the next one asks for what is there now
-    /// (`max_wait` 0), sent no sooner than this after the previous one
-    /// started: a busy partition is read every few milliseconds instead of
-    /// waiting `fetch_max_wait` per fetch, and the broker is not asked more
-    /// often than this (each fetch of new records costs it CPU).
+    /// While fetches bring records, the next one is sent no sooner than this
+    /// after the previous one started and asks for what is there now
+    /// (`max_wait` 0): the records of a busy partition that arrive in the
+    /// meantime are fetched and applied together, in one transaction,
+    /// instead of one fetch and one transaction per record.
     #[serde(with = "duration_serde")]
     pub busy_fetch_interval: Duration,
-    /// A partition whose fetches brought nothing for this long is quiet: its
-    /// fetches use `quiet_fetch_max_wait` until records come again.
-    #[serde(with = "duration_serde")]
-    pub quiet_after: Duration,
-    /// Fetch `max_wait` of a quiet partition (never below `fetch_max_wait`).
-    /// With tansu every fetch costs the broker CPU whether or not it finds
-    /// records, so a quiet partition is asked less often; the price is at
-    /// most this much latency on the first event after a quiet spell.
-    #[serde(with = "duration_serde")]
-    pub quiet_fetch_max_wait: Duration,
     pub fetch_max_bytes: i32,
     /// Deadline of every broker call (on top of `fetch_max_wait` for fetches).
     #[serde(with = "duration_serde")]
@@ -138,10 +141,8 @@ impl Default for ConsumerConfig {
             topics: Vec::new(),
             instance_id: default_instance_id(),
             lease_ttl: Duration::from_secs(10),
-            fetch_max_wait: Duration::from_millis(10),
+            fetch_max_wait: Duration::from_millis(500),
             busy_fetch_interval: Duration::from_millis(5),
-            quiet_after: Duration::from_secs(2),
-            quiet_fetch_max_wait: Duration::from_millis(100),
             fetch_max_bytes: 1024 * 1024,
             broker_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
@@ -167,17 +168,6 @@ impl ConsumerConfig {
 
     fn renew_interval(&self) -> Duration {
         (self.lease_ttl / 3).max(Duration::from_millis(50))
-    }
-
-    /// How long the broker may hold the next fetch of a partition that is
-    /// not busy (the last fetch brought nothing), whose last records came
-    /// `idle_for` ago.
-    fn idle_max_wait(&self, idle_for: Duration) -> Duration {
-        if idle_for >= self.quiet_after {
-            self.quiet_fetch_max_wait.max(self.fetch_max_wait)
-        } else {
-            self.fetch_max_wait
-        }
     }
 }
 
@@ -307,6 +297,7 @@ struct Metrics {
     records: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     fetch_errors: Family<Labels, Counter>,
+    skipped: Family<Labels, Counter>,
     owned: Family<Labels, Gauge>,
     age: Family<Labels, Histogram>,
 }
@@ -318,6 +309,7 @@ impl Metrics {
             records: Family::default(),
             retries: Family::default(),
             fetch_errors: Family::default(),
+            skipped: Family::default(),
             owned: Family::default(),
             age: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
@@ -342,6 +334,12 @@ impl Metrics {
             "consumer_fetch_errors",
             "Failed or timed-out broker calls",
             metrics.fetch_errors.clone(),
+        );
+        registry.register(
+            "consumer_offsets_skipped",
+            "Offsets jumped over because the broker deleted their records (retention, \
+             DeleteRecords) before they were handled: lost events",
+            metrics.skipped.clone(),
         );
         registry.register(
             "consumer_partitions_owned",
@@ -505,8 +503,8 @@ impl Coordinator {
                 .execute(&mut conn)
                 .await?;
             }
-            // A topic recreated with fewer partitions (a memory broker
-            // restarted with another partition count): leases of partitions
+            // A topic recreated with fewer partitions (deleted and created
+            // again, or a broker that lost its data): leases of partitions
             // that no longer exist would count towards the fair share and
             // could crowd out real ones. Their workers stop below.
             diesel::sql_query(
@@ -881,9 +879,6 @@ impl Worker {
         // `ConsumerConfig::busy_fetch_interval`).
         let mut busy = false;
         let mut fetch_started = Instant::now();
-        // When the last fetch that brought records started (a partition
-        // without records for `quiet_after` is fetched less often).
-        let mut records_seen = Instant::now();
         while !self.cancel.is_cancelled() {
             if client.is_none() {
                 match self.partition_client().await {
@@ -908,7 +903,7 @@ impl Worker {
                 }
                 Duration::ZERO
             } else {
-                self.config.idle_max_wait(records_seen.elapsed())
+                self.config.fetch_max_wait
             };
             fetch_started = Instant::now();
             busy = false;
@@ -925,19 +920,59 @@ impl Worker {
             let (records, high_watermark) = match result {
                 Ok(Ok(fetched)) => fetched,
                 Ok(Err(error)) if is_out_of_range(&error) => {
-                    // Kafka's answer to an offset past the end; the end
-                    // decides below whether the partition was recreated.
-                    let client = client.as_ref().expect("set above");
-                    match self.probe_end(client).await {
-                        Some(end) => (Vec::new(), end),
-                        None => {
+                    // The broker no longer has `next`: its log start and end
+                    // say why. Whatever happens, the next fetch comes after
+                    // a pause or from a new position, never at once from
+                    // the same one.
+                    let client_ref = client.as_ref().expect("set above");
+                    let range = match self.log_range(client_ref).await {
+                        Ok(range) => range,
+                        Err(error) => {
                             self.metrics.fetch_errors.get_or_create(&labels).inc();
+                            tracing::warn!(topic = %self.topic, partition = self.partition,
+                                error = %format!("{error:#}"), "listing the partition's offsets failed");
+                            client = None;
                             if !self.pause(backoff.next()).await {
                                 return;
                             }
                             continue;
                         }
+                    };
+                    let Some(jump) = Jump::decide(next, range) else {
+                        // In range again: the log moved between the fetch
+                        // and the listing (records produced meanwhile, a
+                        // new leader catching up). Fetch again, after a
+                        // pause.
+                        tracing::warn!(topic = %self.topic, partition = self.partition,
+                            offset = next, log_start = range.0, log_end = range.1,
+                            "fetch out of range, but the offset is within the log now");
+                        if !self.pause(backoff.next()).await {
+                            return;
+                        }
+                        continue;
+                    };
+                    match self.apply(&[], stored, jump.to()).await {
+                        Ok(_) => {
+                            self.log_jump(next, range, jump);
+                            (next, stored, stored_at) = (jump.to(), jump.to(), Instant::now());
+                            if let Jump::Deleted { skipped, .. } = jump {
+                                self.metrics.skipped.get_or_create(&labels).inc_by(skipped);
+                            }
+                            self.metrics
+                                .lag
+                                .get_or_create(&labels)
+                                .set((range.1 - next).max(0));
+                        }
+                        Err(ApplyError::Fenced) => return,
+                        Err(ApplyError::Transient(error)) => {
+                            tracing::warn!(topic = %self.topic, partition = self.partition,
+                                error = %format!("{error:#}"), "moving the offset failed");
+                            if !self.pause(backoff.next()).await {
+                                return;
+                            }
+                        }
                     }
+                    continue;
                 }
                 Ok(Err(error)) => {
                     self.metrics.fetch_errors.get_or_create(&labels).inc();
@@ -958,27 +993,10 @@ impl Worker {
             };
             backoff.reset();
             let Some(last) = records.last() else {
-                if high_watermark < next {
-                    // The partition ends before our position: the topic was
-                    // recreated or the broker lost its data (tansu answers
-                    // such a fetch with nothing instead of an error).
-                    // Everything in it is new to us: start it over (the
-                    // inbox still skips events handled before).
-                    tracing::error!(topic = %self.topic, partition = self.partition,
-                        stored = next, end = high_watermark,
-                        "partition ends before the stored offset; starting over from 0");
-                    match self.apply(&[], stored, 0).await {
-                        Ok(_) => (next, stored) = (0, 0),
-                        Err(ApplyError::Fenced) => return,
-                        Err(ApplyError::Transient(error)) => {
-                            tracing::warn!(error = %format!("{error:#}"), "resetting the offset failed");
-                            if !self.pause(backoff.next()).await {
-                                return;
-                            }
-                        }
-                    }
-                    continue;
-                }
+                // Nothing new. The high watermark may be below `next` for a
+                // moment (a new leader that has not caught up yet); a
+                // position past the end of the log is answered with
+                // OFFSET_OUT_OF_RANGE instead (above).
                 self.metrics
                     .lag
                     .get_or_create(&labels)
@@ -989,7 +1007,6 @@ impl Worker {
                 continue;
             };
             busy = true;
-            records_seen = fetch_started;
             let new_next = last.offset + 1;
             let decoded: Vec<Decoded> = records.iter().map(Decoded::of).collect();
             let wanted: Vec<&Decoded> = decoded.iter().filter(|d| self.wanted(d)).collect();
@@ -1108,17 +1125,33 @@ impl Worker {
         .map_err(|_| anyhow::anyhow!("partition client timed out"))??)
     }
 
-    /// The partition's end (high watermark), from a fetch at offset 0.
-    async fn probe_end(&self, client: &PartitionClient) -> Option<i64> {
-        let probe = client.fetch_records(0, 1..self.config.fetch_max_bytes, 0);
-        match tokio::time::timeout(self.config.broker_timeout, probe).await {
-            Ok(Ok((_, end))) => Some(end),
-            Ok(Err(error)) => {
-                tracing::warn!(topic = %self.topic, partition = self.partition,
-                    error = %error, "probing the end of the partition failed");
-                None
-            }
-            Err(_) => None,
+    /// The partition's log start and end (ListOffsets earliest and latest):
+    /// the offsets a fetch may start at.
+    async fn log_range(&self, client: &PartitionClient) -> anyhow::Result<(i64, i64)> {
+        let deadline = self.config.broker_timeout;
+        let offset = |at| async move {
+            tokio::time::timeout(deadline, client.get_offset(at))
+                .await
+                .map_err(|_| anyhow::anyhow!("ListOffsets ({at:?}) timed out"))?
+                .map_err(anyhow::Error::from)
+        };
+        tokio::try_join!(offset(OffsetAt::Earliest), offset(OffsetAt::Latest))
+    }
+
+    /// Logs a jump of the position that was just stored.
+    fn log_jump(&self, from: i64, (log_start, log_end): (i64, i64), jump: Jump) {
+        match jump {
+            Jump::PastTheEnd { to } => tracing::error!(
+                topic = %self.topic, partition = self.partition, stored = from, log_start, log_end,
+                "the partition ends before the stored offset (topic recreated or broker data \
+                 lost); starting it over from its log start {to}"
+            ),
+            Jump::Deleted { to, skipped } => tracing::error!(
+                topic = %self.topic, partition = self.partition, stored = from, log_start, log_end,
+                skipped,
+                "records were deleted before they were handled (retention or DeleteRecords); \
+                 {skipped} offsets skipped, going on from the log start {to}: their events are lost"
+            ),
         }
     }
 
@@ -1434,6 +1467,43 @@ impl Worker {
     }
 }
 
+/// Where a partition goes when the broker answered a fetch at the stored
+/// offset with OFFSET_OUT_OF_RANGE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Jump {
+    /// The log ends before the offset: the topic was recreated or the broker
+    /// lost its data. Everything in the log may be new to us: start over
+    /// from its start (the inbox skips events handled before).
+    PastTheEnd { to: i64 },
+    /// The log starts after the offset: `skipped` offsets were deleted
+    /// (retention, DeleteRecords) before they were handled. Nothing can
+    /// bring them back: go on from the log start.
+    Deleted { to: i64, skipped: u64 },
+}
+
+impl Jump {
+    /// For a fetch at `next` out of range of the log `[start, end]` (ListOffsets
+    /// earliest and latest); `None` when `next` is in range after all.
+    fn decide(next: i64, (start, end): (i64, i64)) -> Option<Jump> {
+        if next < start {
+            Some(Jump::Deleted {
+                to: start,
+                skipped: (start - next) as u64,
+            })
+        } else if next > end {
+            Some(Jump::PastTheEnd { to: start })
+        } else {
+            None
+        }
+    }
+
+    fn to(self) -> i64 {
+        match self {
+            Jump::PastTheEnd { to } | Jump::Deleted { to, .. } => to,
+        }
+    }
+}
+
 fn is_out_of_range(error: &rskafka::client::error::Error) -> bool {
     matches!(
         error,
@@ -1601,10 +1671,8 @@ mod tests {
     fn config_round_trips_through_serde() {
         let config = ConsumerConfig::default();
         let json = serde_json::to_value(&config).unwrap();
-        assert_eq!(json["fetch_max_wait"], "10ms");
+        assert_eq!(json["fetch_max_wait"], "500ms");
         assert_eq!(json["busy_fetch_interval"], "5ms");
-        assert_eq!(json["quiet_after"], "2000ms");
-        assert_eq!(json["quiet_fetch_max_wait"], "100ms");
         let back: ConsumerConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, config);
         let partial: ConsumerConfig =
@@ -1613,20 +1681,42 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_partition_is_fetched_with_the_longer_wait() {
-        let config = ConsumerConfig::default();
-        let ms = Duration::from_millis;
-        assert_eq!(config.idle_max_wait(ms(0)), ms(10));
-        assert_eq!(config.idle_max_wait(ms(1_999)), ms(10));
-        assert_eq!(config.idle_max_wait(ms(2_000)), ms(100));
-        assert_eq!(config.idle_max_wait(Duration::from_secs(3_600)), ms(100));
-        // With a real Kafka (compose: 500 ms) the quiet wait is never the
-        // shorter one.
-        let kafka = ConsumerConfig {
-            fetch_max_wait: ms(500),
-            ..ConsumerConfig::default()
-        };
-        assert_eq!(kafka.idle_max_wait(Duration::from_secs(60)), ms(500));
+    fn the_removed_quiet_settings_are_rejected() {
+        // `deny_unknown_fields`: a config file still setting them fails loudly.
+        for key in ["quiet_after", "quiet_fetch_max_wait"] {
+            let old = serde_json::json!({ key: "2s" });
+            assert!(
+                serde_json::from_value::<ConsumerConfig>(old).is_err(),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_offset_out_of_range_jumps_to_the_log_start() {
+        // Past the end (recreated topic, lost data): start over, skip nothing.
+        assert_eq!(
+            Jump::decide(1_000, (0, 3)),
+            Some(Jump::PastTheEnd { to: 0 })
+        );
+        assert_eq!(
+            Jump::decide(1_000, (40, 43)),
+            Some(Jump::PastTheEnd { to: 40 })
+        );
+        // Before the log start (retention, DeleteRecords): the records in
+        // between are lost and counted.
+        assert_eq!(
+            Jump::decide(2, (4, 7)),
+            Some(Jump::Deleted { to: 4, skipped: 2 })
+        );
+        assert_eq!(
+            Jump::decide(0, (5, 5)),
+            Some(Jump::Deleted { to: 5, skipped: 5 })
+        );
+        // Within the log (its ends moved between fetch and listing): no jump.
+        assert_eq!(Jump::decide(4, (4, 7)), None);
+        assert_eq!(Jump::decide(7, (4, 7)), None);
+        assert_eq!(Jump::decide(0, (0, 0)), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The consumer runtime against a real broker and PostgreSQL: repeats are
 //! applied once, poison goes to `dead_letters` without blocking, unwanted
-//! events cost no writes, and two instances split partitions and take over
-//! from each other.
+//! events cost no writes, two instances split partitions and take over
+//! from each other, and a stored offset the broker no longer has (past the
+//! end, or deleted by retention) moves to the log start.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -17,7 +18,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use prometheus_client::registry::Registry;
 use rskafka::{
-    client::partition::{Compression, UnknownTopicHandling},
+    client::partition::{Compression, OffsetAt, UnknownTopicHandling},
     record::Record,
 };
 use test_support::{
@@ -123,6 +124,16 @@ fn start_with(
     instance: &str,
     concurrency: Concurrency,
 ) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+    start_observed(setup, instance, concurrency, &mut Registry::default())
+}
+
+/// Starts an instance whose metrics go to `registry`.
+fn start_observed(
+    setup: &Setup,
+    instance: &str,
+    concurrency: Concurrency,
+    registry: &mut Registry,
+) -> (tokio::task::JoinHandle<()>, CancellationToken) {
     let shutdown = CancellationToken::new();
     let handle = consumer::spawn(
         setup.pool.clone(),
@@ -132,10 +143,68 @@ fn start_with(
             concurrency,
             cured: false,
         }),
-        &mut Registry::default(),
+        registry,
         shutdown.clone(),
     );
     (handle, shutdown)
+}
+
+/// The value of the sample of `registry` whose name and labels start with
+/// `prefix` (e.g. `consumer_offsets_skipped_total{`), if there is one.
+fn metric(registry: &Registry, prefix: &str) -> Option<f64> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// The group `test` has handled partition 0 of the topic up to `offset`.
+async fn store_offset(setup: &Setup, offset: i64) {
+    setup
+        .database
+        .client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) \
+             VALUES ('test', '{}', 0, {offset})",
+            setup.topic
+        ))
+        .await
+        .unwrap();
+}
+
+/// Deletes the records of partition 0 of `topic` below `offset`, as
+/// retention does: the partition's log starts at `offset` afterwards.
+async fn delete_records_below(topic: &str, offset: i64) {
+    let client = kafka_client(&kafka_brokers()).await;
+    let partition = client
+        .partition_client(topic, 0, UnknownTopicHandling::Retry)
+        .await
+        .unwrap();
+    let deadline = Duration::from_secs(10);
+    tokio::time::timeout(deadline, partition.delete_records(offset, 5_000))
+        .await
+        .expect("DeleteRecords timed out")
+        .expect("DeleteRecords");
+    let start = tokio::time::timeout(deadline, partition.get_offset(OffsetAt::Earliest))
+        .await
+        .expect("ListOffsets timed out")
+        .expect("ListOffsets");
+    assert_eq!(start, offset, "the log start after DeleteRecords");
+}
+
+/// The handled event ids, in the order they were handled.
+async fn effects_in_order(database: &TestDatabase) -> Vec<Uuid> {
+    database
+        .client()
+        .await
+        .query("SELECT event_id FROM effects ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 fn envelope(reason: &str) -> Envelope {
@@ -449,8 +518,8 @@ async fn unwanted_events_leave_no_inbox_rows_and_their_offsets_are_stored_anyway
 
 #[tokio::test]
 async fn leases_of_partitions_that_no_longer_exist_are_dropped() {
-    // The topic had 3 partitions once (e.g. a memory broker restarted with
-    // another partition count); now it has 1.
+    // The topic had 3 partitions once (it was deleted and created again
+    // with fewer); now it has 1.
     let setup = setup(1).await;
     let database = &setup.database;
     database
@@ -603,22 +672,15 @@ async fn two_instances_split_partitions_and_one_takes_over_from_a_dead_one() {
 async fn a_stored_offset_beyond_the_end_of_a_recreated_partition_starts_over() {
     let setup = setup(1).await;
     let database = &setup.database;
-    // As if the broker had lost its data after 50 records were handled.
-    database
-        .client()
-        .await
-        .batch_execute(&format!(
-            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) \
-             VALUES ('test', '{}', 0, 50)",
-            setup.topic
-        ))
-        .await
-        .unwrap();
+    // As if the broker had lost its data after 1000 records were handled.
+    store_offset(&setup, 1000).await;
     let brokers = kafka_brokers();
     let (first, second) = (envelope("OK"), envelope("OK"));
     produce_envelope(&brokers, &setup.topic, 0, &first.aggregate_id, &first).await;
     produce_envelope(&brokers, &setup.topic, 0, &second.aggregate_id, &second).await;
-    let (_handle, shutdown) = start(&setup, "only");
+    let mut registry = Registry::default();
+    let (_handle, shutdown) =
+        start_observed(&setup, "only", Concurrency::Serialized, &mut registry);
 
     wait_until(WAIT, "the partition to be consumed from 0", || async {
         (query_i64(database, "SELECT count(*) FROM effects").await == 2).then_some(())
@@ -627,6 +689,92 @@ async fn a_stored_offset_beyond_the_end_of_a_recreated_partition_starts_over() {
     assert_eq!(
         query_i64(database, "SELECT next_offset FROM consumer_offsets").await,
         2
+    );
+    assert_eq!(
+        metric(&registry, "consumer_offsets_skipped_total{"),
+        None,
+        "starting over loses nothing"
+    );
+    shutdown.cancel();
+}
+
+/// Past the end of a partition whose log no longer starts at 0 (the records
+/// below 1 are gone): the partition starts over from its log start. A fetch
+/// at 0 would be out of range too.
+#[tokio::test]
+async fn a_stored_offset_past_the_end_starts_over_from_the_log_start() {
+    let setup = setup(1).await;
+    let database = &setup.database;
+    let brokers = kafka_brokers();
+    let old: Vec<Envelope> = (0..3).map(|_| envelope("OK")).collect();
+    for event in &old {
+        produce_envelope(&brokers, &setup.topic, 0, &event.aggregate_id, event).await;
+    }
+    delete_records_below(&setup.topic, 1).await;
+    store_offset(&setup, 1000).await;
+    let mut registry = Registry::default();
+    let (_handle, shutdown) =
+        start_observed(&setup, "only", Concurrency::Serialized, &mut registry);
+
+    wait_for_stored_offset(
+        database,
+        3,
+        "the partition to be consumed from its log start",
+    )
+    .await;
+    let later = envelope("OK");
+    produce_envelope(&brokers, &setup.topic, 0, &later.aggregate_id, &later).await;
+    wait_for_stored_offset(database, 4, "a new record to be consumed").await;
+    assert_eq!(
+        effects_in_order(database).await,
+        vec![old[1].event_id, old[2].event_id, later.event_id]
+    );
+    assert_eq!(
+        metric(&registry, "consumer_offsets_skipped_total{"),
+        None,
+        "starting over loses nothing"
+    );
+    shutdown.cancel();
+}
+
+/// Retention (here DeleteRecords) removed records the group had not handled
+/// yet: the stored offset is below the log start, and a fetch there is out
+/// of range. The partition goes on from the log start instead of asking for
+/// the lost offset forever, and the loss is counted.
+#[tokio::test]
+async fn records_deleted_before_they_were_handled_are_skipped_and_counted() {
+    let setup = setup(1).await;
+    let database = &setup.database;
+    let brokers = kafka_brokers();
+    let old: Vec<Envelope> = (0..5).map(|_| envelope("OK")).collect();
+    for event in &old {
+        produce_envelope(&brokers, &setup.topic, 0, &event.aggregate_id, event).await;
+    }
+    // The group had handled offsets 0 and 1 when it stopped; meanwhile the
+    // broker deleted everything below 4: offsets 2 and 3 are lost.
+    store_offset(&setup, 2).await;
+    delete_records_below(&setup.topic, 4).await;
+    let mut registry = Registry::default();
+    let (_handle, shutdown) =
+        start_observed(&setup, "only", Concurrency::Serialized, &mut registry);
+
+    let new = [envelope("OK"), envelope("OK")];
+    for event in &new {
+        produce_envelope(&brokers, &setup.topic, 0, &event.aggregate_id, event).await;
+    }
+    wait_for_stored_offset(database, 7, "the records from the log start to be consumed").await;
+    assert_eq!(
+        effects_in_order(database).await,
+        vec![old[4].event_id, new[0].event_id, new[1].event_id]
+    );
+    let labels = format!(
+        "consumer_offsets_skipped_total{{group=\"test\",topic=\"{}\",partition=\"0\"}}",
+        setup.topic
+    );
+    assert_eq!(
+        metric(&registry, &labels),
+        Some(2.0),
+        "the two lost offsets"
     );
     shutdown.cancel();
 }

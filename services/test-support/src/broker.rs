@@ -18,7 +18,9 @@ use std::{
 use commerce_common::events::topics;
 use rskafka::client::ClientBuilder;
 
-use crate::{ChildProcess, compose::workspace_root, ensure_topics, free_port, kafka_brokers, wait_until};
+use crate::{
+    ChildProcess, compose::workspace_root, ensure_topics, free_port, kafka_brokers, wait_until,
+};
 
 /// How long a node may take to answer metadata requests (a JVM start and,
 /// the first time, formatting its storage).
@@ -107,7 +109,10 @@ impl KafkaNode {
 
 async fn answers_metadata(brokers: &str) -> bool {
     let attempt = async {
-        let client = ClientBuilder::new(vec![brokers.to_owned()]).build().await.ok()?;
+        let client = ClientBuilder::new(vec![brokers.to_owned()])
+            .build()
+            .await
+            .ok()?;
         client.list_topics().await.ok()
     };
     matches!(

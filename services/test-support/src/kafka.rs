@@ -1,9 +1,7 @@
 //! A small Kafka client for tests: create topics, produce an envelope, read
-//! what the relay published. Written around tansu 0.6's defects (FACTS.md):
-//! fetches start only at batch boundaries (offset 0 or right after a fully
-//! handled fetch), the end of a partition comes from the high watermark,
-//! and every call has a deadline because the broker drops connections on
-//! errors.
+//! what the relay published. Every broker call has a deadline, so a test
+//! against a broker that is down or stuck fails with a message instead of
+//! hanging.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -18,8 +16,10 @@ use rskafka::{
     record::Record,
 };
 
-/// Per-call retry deadline: tansu answers errors by hanging up, and
-/// rskafka's default backoff would retry forever.
+/// Deadline of each broker call, retries included: rskafka retries what it
+/// deems retriable (a broken connection, no leader yet, an unknown topic
+/// with `UnknownTopicHandling::Retry`) and, with its default backoff, does
+/// so forever.
 const CALL_DEADLINE: Duration = Duration::from_secs(15);
 const MAX_FETCH_BYTES: i32 = 16 * 1024 * 1024;
 
@@ -65,17 +65,30 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) {
                 protocol_error: ProtocolError::TopicAlreadyExists,
                 ..
             }) => {}
-            // The broker may have hung up after creating it concurrently:
-            // the listing below decides.
+            // Another error (a timeout while the controller still creates
+            // it, say): the listing below decides.
             Err(e) => eprintln!("create_topic {topic}: {e}"),
         }
     }
-    let existing = list_topics(&client).await;
-    for topic in topics {
+    // Kafka answers CreateTopics before every broker's metadata lists the
+    // topic with a leader for each partition.
+    let complete = |listed: &BTreeMap<String, Vec<i32>>| {
+        topics
+            .iter()
+            .all(|t| listed.get(*t).is_some_and(|p| !p.is_empty()))
+    };
+    let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
+    loop {
+        let listed = list_topics(&client).await;
+        if complete(&listed) {
+            return;
+        }
         assert!(
-            existing.contains_key(*topic),
-            "topic {topic} could not be created on {brokers}"
+            tokio::time::Instant::now() < deadline,
+            "topics {topics:?} could not be created on {brokers} (listed: {:?})",
+            listed.keys().collect::<Vec<_>>()
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -174,12 +187,10 @@ impl KafkaReader {
                         panic!("fetch {}/{}: {e}", self.topic, partition.partition())
                     });
                 let Some(last) = records.last() else { break };
-                // Right after a completely handled fetch: a batch boundary.
                 *next = last.offset + 1;
                 out.extend(
                     records
                         .into_iter()
-                        .filter(|r| r.offset >= 0)
                         .map(|r| to_record(&self.topic, partition.partition(), r.offset, r.record)),
                 );
                 if *next >= high_watermark {

@@ -398,7 +398,10 @@ fn compose_runs_the_kafka_version_of_the_native_stack() {
         .filter_map(|s| s.value["image"].as_str().map(str::to_owned))
         .filter(|image| image.starts_with("apache/kafka:"))
         .collect();
-    assert!(!images.is_empty(), "compose.yaml runs no apache/kafka image");
+    assert!(
+        !images.is_empty(),
+        "compose.yaml runs no apache/kafka image"
+    );
     for image in images {
         assert_eq!(
             image,
