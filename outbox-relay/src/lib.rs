@@ -8,6 +8,7 @@
 //! - [`source`]: one source's connect/reconnect loop; [`pipeline`]: its stream
 //! - [`inflight`]: ordered acknowledgement of in-flight transactions
 //! - [`outbox`]: row -> Kafka record (or dead letter); [`publisher`]: rskafka
+//!   ([`nodelay`]: `TCP_NODELAY` on its broker connections)
 //! - [`metrics`], [`http`]: Prometheus, JSON status, dashboard
 
 pub mod backoff;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod inflight;
 pub mod metrics;
+pub mod nodelay;
 pub mod outbox;
 pub mod pipeline;
 pub mod publisher;

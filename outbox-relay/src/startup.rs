@@ -59,12 +59,15 @@ impl Application {
             "relay running"
         );
 
+        // rskafka's requests stall on Nagle without it (see the module).
+        let nodelay = tokio::spawn(crate::nodelay::keep_set(shutdown.clone()));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         wait_for_signal().await;
         tracing::info!("shutting down");
         shutdown.cancel();
         while sources.join_next().await.is_some() {}
+        let _ = nodelay.await;
         handle.stop(true).await;
         server.await.map_err(std::io::Error::other)?
     }
