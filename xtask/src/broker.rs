@@ -136,6 +136,7 @@ fn which(program: &str) -> Option<PathBuf> {
 
 /// One Kafka node: clients on 127.0.0.1:`port`, its controller on
 /// `controller_port`, data in `dir` (formatted on the first start).
+#[derive(Clone)]
 pub struct Node {
     pub port: u16,
     pub controller_port: u16,

@@ -42,6 +42,7 @@ max_connections = 300
 log_min_messages = warning
 ";
 
+#[derive(Clone)]
 pub struct Cluster {
     /// The server's name in the logs.
     pub name: String,

@@ -70,6 +70,7 @@ impl Options {
 pub struct Proc {
     name: String,
     child: Child,
+    started: Instant,
     stop: StopPolicy,
     status: Option<ExitStatus>,
     readers: Vec<JoinHandle<()>>,
@@ -126,6 +127,7 @@ impl Proc {
         Ok(Self {
             name: name.to_owned(),
             child,
+            started: Instant::now(),
             stop,
             status: None,
             readers,
@@ -134,6 +136,15 @@ impl Proc {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How long ago it was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The exit status if the child has ended (without blocking).

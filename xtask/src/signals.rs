@@ -1,13 +1,15 @@
 //! Ctrl-C and SIGTERM become a flag the supervision loops poll, so shutdown
 //! runs in order on the main thread instead of inside a signal handler.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+static COUNT: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
+    // Only atomic operations: async-signal-safe.
     RECEIVED.store(signal, Ordering::SeqCst);
+    COUNT.fetch_add(1, Ordering::SeqCst);
 }
 
 pub fn install() {
@@ -25,6 +27,11 @@ pub fn received() -> Option<i32> {
         0 => None,
         signal => Some(signal),
     }
+}
+
+/// How many stop signals arrived (a second Ctrl-C cuts a drain short).
+pub fn count() -> usize {
+    COUNT.load(Ordering::SeqCst)
 }
 
 pub fn name(signal: i32) -> &'static str {

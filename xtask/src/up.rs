@@ -1,14 +1,17 @@
 //! `cargo xtask up`: the whole system on this machine. PostgreSQL and Kafka
 //! keep their data in `.data/`, so a second `up` resumes where the first
-//! stopped; the services and the relay run from
-//! the workspace's debug build (`--release`: the optimised one, for load
-//! tests). Every process logs into this terminal with
-//! its name as prefix. Ctrl-C (or SIGTERM) stops everything in order:
-//! services, relay, broker, PostgreSQL. A child that dies on its own stops
-//! the whole stack (fail fast: a half-running saga is more confusing than a
-//! clear error).
+//! stopped; the services and the relay run from the workspace's debug build
+//! (`--release`: the optimised one, for load tests). Every process logs into
+//! this terminal with its name as prefix. Ctrl-C (or SIGTERM) first drains:
+//! the gateway stops taking requests and the sagas in flight settle (at most
+//! 15 s; a second Ctrl-C skips it); then everything stops in order:
+//! services, relay, broker, PostgreSQL. A child that dies on its own is
+//! restarted with backoff, as compose's `restart:` policy does
+//! (`--fail-fast`: the whole stack stops instead).
 
 use std::{
+    collections::HashMap,
+    ffi::OsString,
     io::IsTerminal,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -81,6 +84,8 @@ pub struct Args {
     /// Added to every port of the stack, so a second stack (another clone,
     /// a test) can run beside the first.
     port_offset: u16,
+    /// A child that dies stops the whole stack instead of being restarted.
+    fail_fast: bool,
 }
 
 impl Args {
@@ -99,6 +104,7 @@ impl Args {
             postgres_per_service: false,
             data_dir: paths::data_dir(),
             port_offset: 0,
+            fail_fast: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -115,6 +121,7 @@ impl Args {
             match flag {
                 "--kafka" => options.kafka = Some(value()?),
                 "--release" => options.release = true,
+                "--fail-fast" => options.fail_fast = true,
                 "--postgres-per-service" => options.postgres_per_service = true,
                 "--data-dir" => options.data_dir = PathBuf::from(value()?),
                 "--port-offset" => {
@@ -138,6 +145,9 @@ impl Args {
     }
 }
 
+/// Starts one process of the stack, again after it died.
+type Starter = Box<dyn FnMut() -> anyhow::Result<Proc>>;
+
 /// Everything started so far; stopped in order when dropped.
 #[derive(Default)]
 struct Stack {
@@ -146,9 +156,31 @@ struct Stack {
     broker: Option<Proc>,
     services: Vec<Proc>,
     relay: Option<Proc>,
+    /// How to start each of them again, by name.
+    starters: HashMap<String, Starter>,
 }
 
 impl Stack {
+    /// Starts a process and keeps `starter` to restart it.
+    fn start(
+        &mut self,
+        name: &str,
+        mut starter: impl FnMut() -> anyhow::Result<Proc> + 'static,
+    ) -> anyhow::Result<Proc> {
+        let proc = starter()?;
+        self.starters.insert(name.to_owned(), Box::new(starter));
+        Ok(proc)
+    }
+
+    /// Every running process, in start order.
+    fn all(&mut self) -> impl Iterator<Item = &mut Proc> {
+        self.postgres
+            .iter_mut()
+            .chain(self.broker.iter_mut())
+            .chain(self.services.iter_mut())
+            .chain(self.relay.iter_mut())
+    }
+
     fn shutdown(&mut self) {
         let any = !self.postgres.is_empty() || self.broker.is_some();
         if any {
@@ -180,18 +212,8 @@ impl Stack {
 
     /// The first child that exited, with its status.
     fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
-        let all = self
-            .postgres
-            .iter_mut()
-            .chain(self.broker.iter_mut())
-            .chain(self.services.iter_mut())
-            .chain(self.relay.iter_mut());
-        for proc in all {
-            if let Some(status) = proc.exited() {
-                return Some((proc.name().to_owned(), status));
-            }
-        }
-        None
+        self.all()
+            .find_map(|proc| Some((proc.name().to_owned(), proc.exited()?)))
     }
 }
 
@@ -264,7 +286,9 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         }
     }
     for server in &servers {
-        stack.postgres.push(server.cluster.start()?);
+        let cluster = server.cluster.clone();
+        let server_proc = stack.start(&cluster.name.clone(), move || cluster.start())?;
+        stack.postgres.push(server_proc);
         bootstrap(server, &root.join("db").join("bootstrap"))?;
     }
 
@@ -282,9 +306,10 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
                 heap: "512m",
                 log_file: None,
             };
-            stack.broker = Some(node.start()?);
-            broker::create_topics(&node.brokers(), options.partitions)?;
-            node.brokers()
+            let brokers = node.brokers();
+            stack.broker = Some(stack.start("kafka", move || node.start())?);
+            broker::create_topics(&brokers, options.partitions)?;
+            brokers
         }
     };
 
@@ -292,33 +317,40 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     // relay's publications), then the relay.
     for service in &SERVICES {
         let server = server_of(&servers, service);
-        let mut command = Command::new(bin_dir.join(service.binary));
-        base_env(&mut command);
-        command
-            .env("APP__HTTP__PORT", options.port(service.port).to_string())
-            .env("APP__DATABASE__URL", server.service_url(service.database))
-            .env("APP__AUTH__PUBLIC_KEY_FILE", &keys.public)
+        let mut env: Vec<(String, OsString)> = vec![
+            (
+                "APP__HTTP__PORT".into(),
+                options.port(service.port).to_string().into(),
+            ),
+            (
+                "APP__DATABASE__URL".into(),
+                server.service_url(service.database).into(),
+            ),
+            (
+                "APP__AUTH__PUBLIC_KEY_FILE".into(),
+                keys.public.clone().into(),
+            ),
             // Everything shares this machine's cores: one HTTP worker and one
             // runtime thread per service (fewer threads waking each other;
             // measured in docs/perf.md).
-            .env("APP__HTTP__WORKERS", "1")
-            .env("TOKIO_WORKER_THREADS", "1");
+            ("APP__HTTP__WORKERS".into(), "1".into()),
+            ("TOKIO_WORKER_THREADS".into(), "1".into()),
+        ];
         if service.binary == "gateway" {
-            command.env("APP__AUTH__PRIVATE_KEY_FILE", &keys.private);
+            env.push((
+                "APP__AUTH__PRIVATE_KEY_FILE".into(),
+                keys.private.clone().into(),
+            ));
             for upstream in &SERVICES[1..] {
-                command.env(
+                env.push((
                     format!("APP__UPSTREAMS__{}", upstream.source.to_uppercase()),
-                    format!("http://127.0.0.1:{}", options.port(upstream.port)),
-                );
+                    format!("http://127.0.0.1:{}", options.port(upstream.port)).into(),
+                ));
             }
         } else {
-            command.env("APP__KAFKA__BROKERS", &brokers);
+            env.push(("APP__KAFKA__BROKERS".into(), brokers.clone().into()));
         }
-        let proc = Proc::spawn(
-            service.binary,
-            command,
-            Options::term(Duration::from_secs(10)),
-        )?;
+        let proc = stack.start(service.binary, binary(&bin_dir, service.binary, env))?;
         stack.services.push(proc);
     }
     for service in &SERVICES {
@@ -330,29 +362,48 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         )?;
     }
 
-    let mut relay = Command::new(bin_dir.join("outbox-relay"));
-    base_env(&mut relay);
-    relay
-        .env("APP__HTTP__PORT", options.port(RELAY_PORT).to_string())
-        .env("APP__KAFKA__BROKERS", &brokers)
-        .env("APP__KAFKA__PARTITIONS", options.partitions.to_string());
+    let mut relay: Vec<(String, OsString)> = vec![
+        (
+            "APP__HTTP__PORT".into(),
+            options.port(RELAY_PORT).to_string().into(),
+        ),
+        ("APP__KAFKA__BROKERS".into(), brokers.clone().into()),
+        (
+            "APP__KAFKA__PARTITIONS".into(),
+            options.partitions.to_string().into(),
+        ),
+    ];
     for service in &SERVICES {
-        relay.env(
+        relay.push((
             format!("APP__SOURCES__{}__URL", service.source.to_uppercase()),
-            server_of(&servers, service).relay_url(service.database),
-        );
+            server_of(&servers, service)
+                .relay_url(service.database)
+                .into(),
+        ));
     }
-    stack.relay = Some(Proc::spawn(
-        "outbox-relay",
-        relay,
-        Options::term(Duration::from_secs(10)),
-    )?);
+    stack.relay = Some(stack.start("outbox-relay", binary(&bin_dir, "outbox-relay", relay))?);
     let relay_port = options.port(RELAY_PORT);
     wait_ready(&mut stack, "outbox-relay", relay_port, "/health")?;
     wait_streaming(&mut stack, relay_port)?;
 
     summary(&options, &brokers, started.elapsed(), &servers);
-    supervise(&mut stack)
+    supervise(&mut stack, &options)
+}
+
+/// Starts one of our binaries with `env` (on top of [`base_env`]); stopped
+/// with SIGTERM, SIGKILL after 10 s.
+fn binary(
+    bin_dir: &Path,
+    name: &'static str,
+    env: Vec<(String, OsString)>,
+) -> impl FnMut() -> anyhow::Result<Proc> + 'static {
+    let program = bin_dir.join(name);
+    move || {
+        let mut command = Command::new(&program);
+        base_env(&mut command);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        Proc::spawn(name, command, Options::term(Duration::from_secs(10)))
+    }
 }
 
 fn needed_ports(options: &Args) -> Vec<(u16, &'static str)> {
@@ -654,24 +705,241 @@ fn summary(options: &Args, brokers: &str, elapsed: Duration, servers: &[Server])
     }
 }
 
-/// Runs until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1).
-fn supervise(stack: &mut Stack) -> anyhow::Result<ExitCode> {
+/// A process that died and waits for its restart.
+struct Restart {
+    name: String,
+    due: Instant,
+    /// Restarts in a row, each after a longer pause.
+    attempt: u32,
+}
+
+/// The pause before restart number `attempt` (1 s, doubling, at most 30 s).
+fn restart_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+/// A process that ran this long before dying starts its backoff over.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Runs until Ctrl-C/SIGTERM (a drained stop, exit 0). A child that dies is
+/// restarted with backoff, as compose's `restart:` does; with `--fail-fast`
+/// the whole stack stops instead (exit 1).
+fn supervise(stack: &mut Stack, options: &Args) -> anyhow::Result<ExitCode> {
+    let mut restarts: Vec<Restart> = Vec::new();
+    let mut attempts: HashMap<String, u32> = HashMap::new();
     loop {
         if let Some(signal) = signals::received() {
             say(&format!("{} received", signals::name(signal)));
+            drain(stack, options);
             stack.shutdown();
             return Ok(ExitCode::SUCCESS);
         }
-        if let Some((name, status)) = stack.exited() {
+        let died: Vec<(String, std::process::ExitStatus, Duration)> = stack
+            .all()
+            .filter(|proc| !restarts.iter().any(|r| r.name == proc.name()))
+            .filter_map(|proc| Some((proc.name().to_owned(), proc.exited()?, proc.uptime())))
+            .collect();
+        for (name, status, ran) in died {
+            if options.fail_fast {
+                say(&format!(
+                    "ERROR: {name} exited unexpectedly ({}); stopping the stack (--fail-fast). \
+                     Its log is above.",
+                    process::describe(status)
+                ));
+                stack.shutdown();
+                return Ok(ExitCode::FAILURE);
+            }
+            let attempt = attempts.entry(name.clone()).or_default();
+            if ran >= HEALTHY_RUN {
+                *attempt = 0;
+            }
+            *attempt += 1;
+            let delay = restart_delay(*attempt);
             say(&format!(
-                "ERROR: {name} exited unexpectedly ({}); stopping the stack. Its log is above.",
-                process::describe(status)
+                "ERROR: {name} exited unexpectedly ({}) after {:.0} s; restarting it in {:.0?} \
+                 (restart {} in a row). Its log is above.",
+                process::describe(status),
+                ran.as_secs_f64(),
+                delay,
+                attempt
             ));
-            stack.shutdown();
-            return Ok(ExitCode::FAILURE);
+            restarts.push(Restart {
+                name,
+                due: Instant::now() + delay,
+                attempt: *attempt,
+            });
+        }
+        let now = Instant::now();
+        let (due, waiting): (Vec<Restart>, Vec<Restart>) =
+            restarts.drain(..).partition(|r| r.due <= now);
+        restarts = waiting;
+        for restart in due {
+            let started = stack
+                .starters
+                .get_mut(&restart.name)
+                .map(|start| start())
+                .unwrap_or_else(|| Err(anyhow::anyhow!("no way to start {}", restart.name)));
+            match started {
+                Ok(proc) => {
+                    say(&format!("{} is back (pid {})", restart.name, proc.pid()));
+                    if let Some(slot) = stack.all().find(|p| p.name() == restart.name) {
+                        *slot = proc;
+                    }
+                }
+                Err(error) => {
+                    let attempt = restart.attempt + 1;
+                    attempts.insert(restart.name.clone(), attempt);
+                    let delay = restart_delay(attempt);
+                    say(&format!(
+                        "ERROR: restarting {} failed: {error:#}; next try in {delay:.0?}",
+                        restart.name
+                    ));
+                    restarts.push(Restart {
+                        due: Instant::now() + delay,
+                        attempt,
+                        ..restart
+                    });
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// How long a stop waits for the sagas in flight to settle.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Consecutive quiet probes (200 ms apart) that count as settled.
+const QUIET_PROBES: u32 = 5;
+
+/// The first part of a stop: the gateway stops taking requests, then the
+/// sagas in flight settle: the relay has published every outbox row and
+/// every consumer has read its partitions to the end, with nothing new
+/// published for a moment. Bounded by [`DRAIN_TIMEOUT`], with a progress
+/// line a second; a second Ctrl-C ends it at once.
+fn drain(stack: &mut Stack, options: &Args) {
+    let relay_running = stack.relay.as_mut().is_some_and(|r| r.exited().is_none());
+    let gateway = stack.services.iter_mut().find(|p| p.name() == "gateway");
+    let Some(gateway) = gateway.filter(|_| relay_running) else {
+        return;
+    };
+    gateway.stop();
+    say(&format!(
+        "draining: the gateway takes no more requests; waiting up to {DRAIN_TIMEOUT:?} for the \
+         relay and the consumers to catch up (Ctrl-C again stops at once)"
+    ));
+    let signals_before = signals::count();
+    let started = Instant::now();
+    let mut last_published = None;
+    let mut quiet = 0;
+    let mut last_report = Instant::now();
+    loop {
+        if signals::count() > signals_before {
+            say("second signal: stopping without waiting");
+            return;
+        }
+        let progress = Progress::probe(options);
+        let settled = progress.is_idle() && last_published == Some(progress.published);
+        last_published = Some(progress.published);
+        quiet = if settled { quiet + 1 } else { 0 };
+        if quiet >= QUIET_PROBES {
+            say(&format!(
+                "drained in {:.1} s: every outbox row published, every consumer caught up",
+                started.elapsed().as_secs_f64()
+            ));
+            return;
+        }
+        if started.elapsed() >= DRAIN_TIMEOUT {
+            say(&format!(
+                "WARNING: not drained after {DRAIN_TIMEOUT:?} ({progress}); stopping anyway: \
+                 the rest resumes on the next `up`"
+            ));
+            return;
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            say(&format!("draining: {progress}"));
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What is still in flight, from the relay's `/api/status` and the
+/// services' `consumer_lag` metrics.
+struct Progress {
+    /// Events the relay published so far (all sources).
+    published: u64,
+    /// Sources with work not yet confirmed, or not streaming.
+    relay_busy: Vec<String>,
+    /// Records behind the end of their partitions, all consumers.
+    consumer_lag: f64,
+    /// A probe that did not answer.
+    unknown: Vec<String>,
+}
+
+impl Progress {
+    fn probe(options: &Args) -> Progress {
+        let mut progress = Progress {
+            published: 0,
+            relay_busy: Vec::new(),
+            consumer_lag: 0.0,
+            unknown: Vec::new(),
+        };
+        match http::get(options.port(RELAY_PORT), "/api/status") {
+            Ok((200, body)) => {
+                let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                for source in status["sources"].as_array().into_iter().flatten() {
+                    progress.published += source["events_published"].as_u64().unwrap_or(0);
+                    let idle = source["state"] == "streaming"
+                        && source["lag_seconds"].as_f64() == Some(0.0);
+                    if !idle {
+                        progress
+                            .relay_busy
+                            .push(source["name"].as_str().unwrap_or("?").to_owned());
+                    }
+                }
+            }
+            _ => progress.unknown.push("outbox-relay".into()),
+        }
+        for service in SERVICES.iter().filter(|s| s.binary != "gateway") {
+            match http::get(options.port(service.port), "/metrics") {
+                Ok((200, body)) => progress.consumer_lag += consumer_lag(&body),
+                _ => progress.unknown.push(service.binary.into()),
+            }
+        }
+        progress
+    }
+
+    fn is_idle(&self) -> bool {
+        self.relay_busy.is_empty() && self.consumer_lag == 0.0 && self.unknown.is_empty()
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "relay sources with work in flight: {}; consumers {} records behind",
+            if self.relay_busy.is_empty() {
+                "none".to_owned()
+            } else {
+                self.relay_busy.join(", ")
+            },
+            self.consumer_lag
+        )?;
+        if !self.unknown.is_empty() {
+            write!(f, "; no answer from {}", self.unknown.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The sum of the `consumer_lag` samples of a Prometheus text exposition.
+fn consumer_lag(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("consumer_lag{") || line.starts_with("consumer_lag "))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[cfg(test)]
@@ -731,5 +999,25 @@ mod tests {
         let all: Vec<u16> = needed_ports(&shifted).into_iter().map(|(p, _)| p).collect();
         assert_eq!(all, [55439, 9099, 9100, 8091, 8088, 8089, 8090, 8097]);
         assert!(Args::parse(&["--port-offset".into(), "9000".into()]).is_err());
+        assert!(!Args::parse(&[]).unwrap().fail_fast);
+        assert!(Args::parse(&["--fail-fast".into()]).unwrap().fail_fast);
+    }
+
+    #[test]
+    fn restarts_back_off_from_one_second_to_thirty() {
+        let delays: Vec<u64> = (1..=8).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn consumer_lag_sums_every_partition() {
+        let metrics = "# HELP consumer_lag Records not yet handled\n\
+             # TYPE consumer_lag gauge\n\
+             consumer_lag{group=\"payment\",topic=\"orders\",partition=\"0\"} 3\n\
+             consumer_lag{group=\"payment\",topic=\"users\",partition=\"0\"} 0\n\
+             consumer_lag_other 7\n\
+             consumer_records_total{outcome=\"handled\"} 12\n";
+        assert_eq!(consumer_lag(metrics), 3.0);
+        assert_eq!(consumer_lag(""), 0.0);
     }
 }

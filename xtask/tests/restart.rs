@@ -1,8 +1,9 @@
-//! `cargo xtask up` stopped with Ctrl-C in the middle of a burst of orders
-//! and started again, as a user would: every order the gateway accepted
-//! ends final, and every wallet was charged exactly the totals of its
-//! customer's DELIVERY_SCHEDULED orders. The whole native stack runs, from
-//! the binaries the tests use (`COMMERCE_BIN_DIR`), on ports shifted by
+//! `cargo xtask up` as a user runs it: stopped with Ctrl-C in the middle of
+//! a burst of orders and started again, every order the gateway accepted
+//! ends final and every wallet was charged exactly the totals of its
+//! customer's DELIVERY_SCHEDULED orders; a service killed with SIGKILL is
+//! restarted and its sagas complete. The whole native stack runs, from the
+//! binaries the tests use (`COMMERCE_BIN_DIR`), on ports shifted by
 //! `--port-offset` and with its data in a directory of the test's own.
 
 use std::{
@@ -32,6 +33,7 @@ const FINAL: [&str; 3] = ["DELIVERY_SCHEDULED", "REJECTED", "CANCELLED"];
 /// The stack's default ports (xtask/src/up.rs), shifted by the offset.
 const DEFAULT_PORTS: [u16; 8] = [55432, 9092, 9093, 8081, 8082, 8083, 8084, 8090];
 const GATEWAY: u16 = 8084;
+const PAYMENT: u16 = 8082;
 
 /// An offset that leaves every port of the stack free right now.
 fn free_port_offset() -> u16 {
@@ -91,6 +93,55 @@ async fn up(data_dir: &Path, offset: u16) -> ChildProcess {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     process
+}
+
+/// The pid of the process listening on `port` (`ss`).
+fn listener_pid(port: u16) -> u32 {
+    let output = std::process::Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("nothing listens on port {port}: {text}"))
+}
+
+/// Places one order and waits (`Prefer: wait`) until it is final.
+async fn place_and_settle(http: &reqwest::Client, base: &str, customer: &Customer) -> String {
+    let response = http
+        .post(format!("{base}/api/orders"))
+        .bearer_auth(&customer.token)
+        .json(&json!({
+            "items": [{"sku": "BOOK-1", "quantity": 1, "unit_price_cents": 1250}],
+            "shipping_address": {"name": "Ada", "street": "1 Main St", "city": "Berlin",
+                                 "postal_code": "10115", "country": "DE"}
+        }))
+        .send()
+        .await
+        .expect("place an order");
+    assert_eq!(response.status(), 202, "place an order");
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(Duration::from_secs(60), "the order to be final", || async {
+        let order: Value = http
+            .get(format!("{base}/api/orders/{id}?until=settled"))
+            .bearer_auth(&customer.token)
+            .header("Prefer", "wait=5")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let status = order["status"].as_str()?.to_owned();
+        FINAL.contains(&status.as_str()).then_some(status)
+    })
+    .await
 }
 
 /// Ctrl-C, and the stack's orderly stop.
@@ -226,6 +277,10 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
     stopping.store(true, Ordering::Relaxed);
     let interrupted_at = Instant::now();
     interrupt(&mut stack);
+    assert!(
+        stack.log_contains("drained in"),
+        "the stop drained the sagas in flight"
+    );
     let mut seen: Vec<(usize, String)> = Vec::new();
     while let Some(ids) = burst.join_next().await {
         seen.extend(ids.expect("burst task"));
@@ -302,5 +357,45 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
     }
     println!("final statuses: {statuses:?}");
     assert!(statuses.get("DELIVERY_SCHEDULED").copied().unwrap_or(0) > 0);
+    interrupt(&mut stack);
+}
+
+#[tokio::test]
+async fn a_service_killed_with_sigkill_is_restarted_and_its_sagas_complete() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let offset = free_port_offset();
+    let base = format!("http://127.0.0.1:{}", GATEWAY + offset);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut stack = up(data.path(), offset).await;
+    let customer = register(&http, &base, 0).await;
+    assert_eq!(
+        place_and_settle(&http, &base, &customer).await,
+        "DELIVERY_SCHEDULED"
+    );
+
+    let payment = listener_pid(PAYMENT + offset);
+    // SAFETY: kill(2) on a pid of the stack this test started.
+    unsafe { libc::kill(payment as i32, libc::SIGKILL) };
+    // The order waits for the payment service to come back.
+    assert_eq!(
+        place_and_settle(&http, &base, &customer).await,
+        "DELIVERY_SCHEDULED"
+    );
+    assert!(
+        stack.log_contains("payment-service exited unexpectedly (killed by signal 9)"),
+        "the death is reported"
+    );
+    assert!(stack.log_contains("payment-service is back"));
+    assert_ne!(listener_pid(PAYMENT + offset), payment, "a new process");
+    assert!(stack.is_running(), "the rest of the stack kept running");
+    assert_eq!(
+        INITIAL_CREDIT - balance(&http, &base, &customer).await,
+        2 * 1250,
+        "both orders charged once"
+    );
     interrupt(&mut stack);
 }
