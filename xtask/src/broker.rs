@@ -176,13 +176,18 @@ impl Node {
         let deadline = started + START_TIMEOUT;
         loop {
             if let Some(status) = broker.exited() {
-                anyhow::bail!(
-                    "Kafka exited during start-up ({}); its log is {}",
-                    process::describe(status),
-                    self.log_file
-                        .as_ref()
-                        .map_or("above".into(), |f| f.display().to_string())
-                );
+                let log = match &self.log_file {
+                    Some(file) => format!(
+                        "its log ({}) ends with:\n{}",
+                        file.display(),
+                        tail(file, 10)
+                    ),
+                    None => "its log is above".into(),
+                };
+                return Err(anyhow::Error::new(StartupExit).context(format!(
+                    "Kafka exited during start-up ({}); {log}",
+                    process::describe(status)
+                )));
             }
             if let Some(signal) = signals::received() {
                 anyhow::bail!("interrupted by {}", signals::name(signal));
@@ -205,6 +210,26 @@ impl Node {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Kafka ended during start-up (e.g. a port taken meanwhile), as opposed to
+/// not answering in time.
+#[derive(Debug)]
+pub struct StartupExit;
+
+impl std::fmt::Display for StartupExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kafka exited during start-up")
+    }
+}
+
+impl std::error::Error for StartupExit {}
+
+/// The last `lines` lines of a file (empty if it cannot be read).
+fn tail(file: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {

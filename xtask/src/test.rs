@@ -115,14 +115,27 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             brokers
         }
         None => {
-            let node = broker::Node {
-                port: ports::free_port()?,
-                controller_port: ports::free_port()?,
-                dir: dir.join("kafka"),
-                heap: "384m",
-                log_file: Some(dir.join("kafka.log")),
+            let mut attempt = 1;
+            let (node, proc) = loop {
+                let node = broker::Node {
+                    port: ports::free_port()?,
+                    controller_port: ports::free_port()?,
+                    dir: dir.join("kafka"),
+                    heap: "384m",
+                    log_file: Some(dir.join("kafka.log")),
+                };
+                match node.start() {
+                    Ok(proc) => break (node, proc),
+                    // A free port can be taken by another process before
+                    // Kafka binds it: try other ones.
+                    Err(e) if attempt < 3 && e.is::<broker::StartupExit>() => {
+                        say(&format!("{e:#}; trying other ports"));
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
             };
-            env.broker = Some(node.start()?);
+            env.broker = Some(proc);
             say(&format!(
                 "Kafka on port {} (log: {})",
                 node.port,

@@ -18,9 +18,7 @@ use std::{
 use commerce_common::events::topics;
 use rskafka::client::ClientBuilder;
 
-use crate::{
-    ChildProcess, compose::workspace_root, ensure_topics, free_port, kafka_brokers, wait_until,
-};
+use crate::{ChildProcess, compose::workspace_root, ensure_topics, free_port, kafka_brokers};
 
 /// How long a node may take to answer metadata requests (a JVM start and,
 /// the first time, formatting its storage).
@@ -65,6 +63,15 @@ impl KafkaNode {
             libs,
             dir: tempfile::tempdir().expect("a directory for the broker's data"),
         };
+        // A free port can be taken by another process before Kafka binds it
+        // (the tests run side by side): then other ports.
+        for _ in 1..3 {
+            if node.spawn().await {
+                return node;
+            }
+            node.process = None;
+            (node.port, node.controller_port) = (free_port(), free_port());
+        }
         node.resume().await;
         node
     }
@@ -77,6 +84,15 @@ impl KafkaNode {
     /// Starts the stopped node again on the same ports and data, and waits
     /// until it answers.
     pub async fn resume(&mut self) {
+        assert!(
+            self.spawn().await,
+            "the test's Kafka exited during start-up"
+        );
+    }
+
+    /// Starts the node and waits until it answers metadata requests; false
+    /// when it exits first (its log is printed then).
+    async fn spawn(&mut self) -> bool {
         assert!(self.process.is_none(), "the broker is running");
         let script = workspace_root().join("xtask/kafka/run.sh");
         let args: [std::ffi::OsString; 4] = [
@@ -85,18 +101,31 @@ impl KafkaNode {
             self.port.to_string().into(),
             self.controller_port.to_string().into(),
         ];
-        self.process = Some(ChildProcess::spawn_with_args(
+        let brokers = self.brokers();
+        let process = self.process.insert(ChildProcess::spawn_with_args(
             "kafka",
             script,
             args,
             [("KAFKA_HEAP", "256m")],
         ));
-        let brokers = self.brokers();
-        wait_until(START_TIMEOUT, "the test's Kafka to answer", || {
-            let brokers = brokers.clone();
-            async move { answers_metadata(&brokers).await.then_some(()) }
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if answers_metadata(&brokers).await {
+                return true;
+            }
+            if !process.is_running() {
+                eprintln!(
+                    "the test's Kafka on {brokers} exited during start-up:\n{}",
+                    process.logs().join("\n")
+                );
+                return false;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the test's Kafka on {brokers} did not answer within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A controlled shutdown (SIGTERM); the data stays for [`resume`](Self::resume).
