@@ -14,9 +14,9 @@ use std::{
 
 use test_support::compose::{Compose, workspace_root};
 
-/// The ports users reach on the host (docs/operations.md, DESIGN.md).
-const DOCUMENTED_HOST_PORTS: [(&str, u16); 3] =
-    [("gateway", 8084), ("outbox-relay", 8090), ("kafka", 29092)];
+/// The ports users reach on the host (docs/operations.md): the gateway and
+/// the relay's dashboard, nothing else.
+const DOCUMENTED_HOST_PORTS: [(&str, u16); 2] = [("gateway", 8084), ("outbox-relay", 8090)];
 
 /// The container port each long-running service listens on.
 const SERVICE_PORTS: [(&str, u16); 5] = [
@@ -173,6 +173,44 @@ fn the_build_context_keeps_what_the_build_needs() {
         runtime.contains("curl"),
         "the healthchecks run curl, so the runtime stage installs it"
     );
+}
+
+/// Only the gateway and the dashboard are published, on 127.0.0.1 unless
+/// PUBLISH_ADDRESS says otherwise; Kafka (no listener for the host),
+/// PostgreSQL and the services stay on the compose network.
+#[test]
+fn only_the_gateway_and_the_dashboard_are_published_on_localhost() {
+    let compose = Compose::load();
+    let mut published = BTreeSet::new();
+    for service in compose.services() {
+        for port in service.value["ports"].as_sequence().into_iter().flatten() {
+            let raw = port.as_str().expect("ports are strings").to_owned();
+            let bound = test_support::compose::interpolate(&raw).unwrap();
+            assert!(
+                bound.starts_with("127.0.0.1:"),
+                "{}: {raw} is published on 127.0.0.1 by default",
+                service.name
+            );
+            assert!(
+                raw.starts_with("${PUBLISH_ADDRESS:-127.0.0.1}:"),
+                "{}: {raw}: PUBLISH_ADDRESS chooses the address",
+                service.name
+            );
+            published.insert(service.name.clone());
+        }
+    }
+    assert_eq!(
+        published,
+        BTreeSet::from(["gateway".to_owned(), "outbox-relay".to_owned()])
+    );
+    let kafka = compose.service("kafka").environment();
+    for key in ["KAFKA_LISTENERS", "KAFKA_ADVERTISED_LISTENERS"] {
+        let listeners = &kafka[key];
+        assert!(
+            !listeners.contains("localhost") && !listeners.contains("HOST"),
+            "{key}: no listener for the host ({listeners})"
+        );
+    }
 }
 
 #[test]
