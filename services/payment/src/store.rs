@@ -143,7 +143,12 @@ pub async fn charge(
     });
     let announcement = outbox::NewRow::new(&confirmed, trace_id);
     let mut charged = debit(conn, order, amount.cents(), &announcement).await?;
-    if !charged && open_wallet(conn, order.customer_id, initial_credit_cents).await? {
+    if !charged {
+        // No wallet, or not enough in it. Open it if missing and debit again
+        // either way: when the HTTP path (GET /api/wallet, a top-up) opens
+        // the wallet at this very moment, the insert waits for it and adds
+        // nothing, but the wallet and its credit exist once it returns.
+        open_wallet(conn, order.customer_id, initial_credit_cents).await?;
         charged = debit(conn, order, amount.cents(), &announcement).await?;
     }
 

@@ -425,3 +425,44 @@ async fn two_instances_split_the_partitions_and_the_survivor_finishes_after_a_ki
     let handled_by = query_i64(&database, "SELECT count(*) FROM inbox").await;
     assert_eq!(handled_by, 60);
 }
+
+/// The wallet-opening race: the HTTP path (`GET /api/wallet`, a top-up)
+/// opens the customer's wallet while the consumer charges their first
+/// order. The charge's debit finds no wallet, its own open waits for the
+/// other one and inserts nothing; the wallet and its credit exist by then,
+/// so the order is charged, not refused for insufficient funds.
+#[tokio::test]
+async fn a_wallet_opened_by_the_http_path_during_the_first_charge_pays_the_order() {
+    let app = spawn_app().await;
+    let customer = Uuid::new_v4();
+    // The HTTP path's open, held uncommitted.
+    let mut http_path = app.database.client().await;
+    let opening = http_path.transaction().await.unwrap();
+    opening
+        .execute(
+            "INSERT INTO wallets (customer_id, balance_cents) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+            &[&customer, &INITIAL_CREDIT],
+        )
+        .await
+        .unwrap();
+
+    let order = order_created(customer, 600);
+    app.publish(&Event::OrderCreated(order.clone())).await;
+    // The consumer's open of the same wallet waits for ours.
+    wait_for_value(
+        &app.database,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        1,
+    )
+    .await;
+    opening.commit().await.unwrap();
+
+    drained(&app, 1).await;
+    assert_eq!(
+        payment_of(&app, order.order_id).await,
+        ("CONFIRMED".to_owned(), None, 600)
+    );
+    assert_eq!(balance(&app, customer).await, INITIAL_CREDIT - 600);
+}
