@@ -28,9 +28,13 @@
 //!   its fair share (`ceil(partitions / live instances)`); leases of a dead
 //!   instance expire and are taken over. On shutdown leases are released.
 //! - Poison: a record whose value is not an [`Envelope`], whose type or
-//!   payload is unknown, or whose handler returns [`HandleError::Permanent`]
-//!   is written to `dead_letters` with the reason; the partition moves on.
-//!   [`HandleError::Transient`] rolls the fetch back and retries it with
+//!   payload is unknown, whose envelope holds a NUL character (which no
+//!   PostgreSQL text can store), whose handler returns
+//!   [`HandleError::Permanent`] or fails on a data exception (SQLSTATE class
+//!   22: the record's values do not fit the database) is written to
+//!   `dead_letters` with the reason and its raw bytes; the partition moves
+//!   on. Other errors ([`HandleError::Transient`]: connection, serialization,
+//!   deadlock, constraint races) roll the fetch back and retry it with
 //!   exponential backoff.
 //! - Broker calls all carry deadlines (rskafka's own retries would otherwise
 //!   go on as long as the broker is unreachable); after a failed or
@@ -50,6 +54,7 @@
 //! ```
 
 use std::{
+    borrow::Cow,
     collections::{BTreeSet, HashMap},
     fmt,
     panic::AssertUnwindSafe,
@@ -208,10 +213,64 @@ impl fmt::Display for HandleError {
 
 impl std::error::Error for HandleError {}
 
+/// What `?` on a diesel error gives a handler: a data exception (the
+/// event's values do not fit the database) is permanent, anything else
+/// transient.
 impl From<diesel::result::Error> for HandleError {
     fn from(error: diesel::result::Error) -> Self {
-        HandleError::Transient(error.into())
+        match data_exception(&error) {
+            Some(reason) => HandleError::Permanent(reason),
+            None => HandleError::Transient(error.into()),
+        }
     }
+}
+
+/// Messages of PostgreSQL's data exceptions (SQLSTATE class 22) that values
+/// taken from a record can cause. diesel-async passes on only eight
+/// SQLSTATEs (as `DatabaseErrorKind`) and keeps the rest, class 22
+/// included, in a type that cannot be inspected, so the (English) server
+/// message is what is left to go by. A server with translated messages
+/// (`lc_messages`) retries these like any transient error; NUL characters,
+/// the likeliest cause, are refused before the handler runs either way
+/// (see [`decode_value`]).
+const DATA_EXCEPTIONS: [&str; 10] = [
+    "invalid byte sequence for encoding", // 22021 character_not_in_repertoire
+    "unsupported Unicode escape sequence", // 22P05 untranslatable_character
+    "has no equivalent in encoding",      // 22P05
+    "invalid input syntax for",           // 22P02 invalid_text_representation, 22007
+    "invalid input value for enum",       // 22P02
+    "malformed array literal",            // 22P02
+    "value too long for type",            // 22001 string_data_right_truncation
+    "out of range",                       // 22003 numeric_value_out_of_range, 22008
+    "numeric field overflow",             // 22003
+    "division by zero",                   // 22012
+];
+
+/// The dead-letter reason when `error` is a data exception: the database
+/// refused the record's values, and would refuse them again. Connection,
+/// serialization, deadlock and constraint errors are not (a constraint
+/// violation can be a race with a concurrent writer: retried).
+fn data_exception(error: &diesel::result::Error) -> Option<String> {
+    match error {
+        diesel::result::Error::DatabaseError(_, info)
+            if DATA_EXCEPTIONS.iter().any(|m| info.message().contains(m)) =>
+        {
+            Some(format!(
+                "the database refused the event's data: {}",
+                info.message()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A transient handler error that is a data exception after all (a diesel
+/// error wrapped by the handler): the dead-letter reason.
+fn permanent_cause(error: &anyhow::Error) -> Option<String> {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<diesel::result::Error>())
+        .find_map(data_exception)
 }
 
 /// What a service does with the events of its topics.
@@ -1396,6 +1455,13 @@ impl Worker {
                 }),
             Err(reason) => Err(HandleError::Permanent(reason)),
         };
+        let outcome = outcome.map_err(|error| match error {
+            HandleError::Transient(error) => match permanent_cause(&error) {
+                Some(reason) => HandleError::Permanent(reason),
+                None => HandleError::Transient(error),
+            },
+            permanent => permanent,
+        });
         match outcome {
             Ok(()) => {
                 if savepoints {
@@ -1421,6 +1487,10 @@ impl Worker {
         Ok(true)
     }
 
+    /// Writes `record` to `dead_letters`. Its key, value and headers are
+    /// kept byte for byte (`bytea`); the readable columns (event type,
+    /// headers as JSON, reason) are text, which cannot hold NUL: there a NUL
+    /// is written as the escape `\u0000`.
     async fn dead_letter(
         &self,
         conn: &mut AsyncPgConnection,
@@ -1439,15 +1509,24 @@ impl Worker {
             .or_else(|| header(headers::EVENT_ID).and_then(|v| v.parse().ok()));
         let event_type = envelope
             .map(|e| e.event_type.clone())
-            .or_else(|| header(headers::EVENT_TYPE));
+            .or_else(|| header(headers::EVENT_TYPE))
+            .map(|t| storable(&t).into_owned());
         let headers_json: serde_json::Map<String, serde_json::Value> = headers
             .iter()
-            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
+            .map(|(k, v)| {
+                let value = storable(&String::from_utf8_lossy(v)).into_owned();
+                (storable(k).into_owned(), value.into())
+            })
             .collect();
+        let (header_names, header_values): (Vec<&[u8]>, Vec<&[u8]>) = headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+            .unzip();
         diesel::sql_query(
             "INSERT INTO dead_letters (consumer_group, topic, partition, record_offset, \
-                 record_key, record_value, headers, event_id, event_type, reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 record_key, record_value, headers, header_names, header_values, event_id, \
+                 event_type, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind::<Text, _>(&self.config.group)
         .bind::<Text, _>(&self.topic)
@@ -1456,14 +1535,26 @@ impl Worker {
         .bind::<Nullable<Bytea>, _>(record.record.key.as_deref())
         .bind::<Nullable<Bytea>, _>(record.record.value.as_deref())
         .bind::<Jsonb, _>(serde_json::Value::Object(headers_json))
+        .bind::<Array<Bytea>, _>(header_names)
+        .bind::<Array<Bytea>, _>(header_values)
         .bind::<Nullable<SqlUuid>, _>(event_id)
         .bind::<Nullable<Text>, _>(event_type)
-        .bind::<Text, _>(reason)
+        .bind::<Text, _>(storable(reason))
         .execute(conn)
         .await?;
         tracing::warn!(topic = %self.topic, partition = self.partition, offset = record.offset,
             reason, "record dead-lettered");
         Ok(())
+    }
+}
+
+/// `text` as PostgreSQL `text` and `jsonb` can hold it: a NUL character
+/// (which both refuse) written as the escape `\u0000`.
+fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\\u0000"))
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -1538,16 +1629,48 @@ fn envelope_of(value: Option<&[u8]>) -> Result<Envelope, String> {
 
 /// A record's value as the runtime (and the dead-letter replay) sees it: its
 /// envelope and event, or why it cannot be handled (the dead letter's
-/// reason).
+/// reason). An envelope holding a NUL character (`\u0000` in its JSON) is
+/// refused: no PostgreSQL text or jsonb can store it, so a handler writing
+/// any of it would fail on every attempt. The outbox (jsonb) cannot even
+/// hold one, so such a record was not written by a service.
 pub(crate) fn decode_value(
     value: Option<&[u8]>,
 ) -> Result<(Envelope, Result<Event, String>), String> {
     envelope_of(value).map(|envelope| {
-        let event = envelope
-            .event()
-            .map_err(|e| format!("unknown event type or invalid payload: {e}"));
+        let event = match field_with_nul(&envelope) {
+            Some(field) => Err(format!(
+                "the envelope's {field} holds a NUL character (U+0000), which PostgreSQL \
+                 cannot store"
+            )),
+            None => envelope
+                .event()
+                .map_err(|e| format!("unknown event type or invalid payload: {e}")),
+        };
         (envelope, event)
     })
+}
+
+/// The first field of `envelope` that holds a NUL character, if any.
+fn field_with_nul(envelope: &Envelope) -> Option<&'static str> {
+    fn json_has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(json_has_nul),
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+            _ => false,
+        }
+    }
+    [
+        ("event_type", envelope.event_type.contains('\0')),
+        ("aggregate_type", envelope.aggregate_type.contains('\0')),
+        ("aggregate_id", envelope.aggregate_id.contains('\0')),
+        ("trace_id", envelope.trace_id.contains('\0')),
+        ("payload", json_has_nul(&envelope.payload)),
+    ]
+    .into_iter()
+    .find_map(|(field, nul)| nul.then_some(field))
 }
 
 /// Exponential backoff with jitter, from `initial` up to `max`.
@@ -1767,5 +1890,25 @@ mod tests {
         let (decoded, event) = decode(Some(&bytes)).unwrap();
         assert_eq!(decoded, envelope);
         assert!(event.is_err(), "unknown type is left to the caller");
+    }
+
+    #[test]
+    fn an_envelope_holding_a_nul_is_refused_and_dead_letter_text_escapes_it() {
+        let envelope = Envelope {
+            event_id: Uuid::new_v4(),
+            event_type: "PaymentFailed".into(),
+            aggregate_type: "payments".into(),
+            aggregate_id: "x".into(),
+            occurred_at: chrono::Utc::now(),
+            schema_version: 1,
+            trace_id: "t".into(),
+            payload: serde_json::json!({"reasons": [{"code": "a\u{0}b"}]}),
+        };
+        let bytes = serde_json::to_vec(&envelope).unwrap();
+        let (_, event) = decode_value(Some(&bytes)).unwrap();
+        let reason = event.unwrap_err();
+        assert!(reason.contains("payload holds a NUL"), "{reason}");
+        assert_eq!(storable("a\0b\0"), "a\\u0000b\\u0000");
+        assert!(matches!(storable("plain"), Cow::Borrowed("plain")));
     }
 }

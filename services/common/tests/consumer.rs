@@ -1,5 +1,6 @@
 //! The consumer runtime against a real broker and PostgreSQL: repeats are
-//! applied once, poison goes to `dead_letters` without blocking, unwanted
+//! applied once, poison goes to `dead_letters` without blocking (records
+//! PostgreSQL cannot store included), unwanted
 //! events cost no writes, two instances split partitions and take over
 //! from each other, and a stored offset the broker no longer has (past the
 //! end, or deleted by retention) moves to the log start.
@@ -31,8 +32,10 @@ use uuid::Uuid;
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/payment");
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Records every event it sees in `effects`; a `PaymentFailed` with reason
-/// `POISON` is a permanent failure.
+/// Records every event it sees in `effects` (with its trace id, as the
+/// services' outbox rows do); a `PaymentFailed` with reason `POISON` is a
+/// permanent failure, one with reason `NOT_A_NUMBER` makes the handler's
+/// statement fail on its data.
 struct Recorder {
     instance: String,
     concurrency: Concurrency,
@@ -54,14 +57,24 @@ impl EventHandler for Recorder {
                         return Err(HandleError::Permanent("poison payload".into()));
                     }
                     "PANIC" => panic!("the handler met a bug"),
+                    "NOT_A_NUMBER" => {
+                        // A data exception (22P02), as `?` hands it on.
+                        diesel::sql_query("SELECT $1::integer")
+                            .bind::<Text, _>(&failed.reason)
+                            .execute(conn)
+                            .await?;
+                    }
                     _ => {}
                 }
             }
-            diesel::sql_query("INSERT INTO effects (event_id, instance) VALUES ($1, $2)")
-                .bind::<SqlUuid, _>(envelope.event_id)
-                .bind::<Text, _>(&self.instance)
-                .execute(conn)
-                .await?;
+            diesel::sql_query(
+                "INSERT INTO effects (event_id, instance, trace) VALUES ($1, $2, $3)",
+            )
+            .bind::<SqlUuid, _>(envelope.event_id)
+            .bind::<Text, _>(&self.instance)
+            .bind::<Text, _>(&envelope.trace_id)
+            .execute(conn)
+            .await?;
             Ok(())
         })
     }
@@ -89,7 +102,8 @@ async fn setup(partitions: i32) -> Setup {
         .client()
         .await
         .batch_execute(
-            "CREATE TABLE effects (seq bigserial, event_id uuid NOT NULL, instance text NOT NULL)",
+            "CREATE TABLE effects (seq bigserial, event_id uuid NOT NULL, instance text NOT NULL, \
+                                   trace text NOT NULL)",
         )
         .await
         .unwrap();
@@ -229,24 +243,49 @@ fn envelope(reason: &str) -> Envelope {
 }
 
 async fn produce_raw(topic: &str, partition: i32, value: &[u8]) {
-    let client = kafka_client(&kafka_brokers()).await;
-    let partition = client
-        .partition_client(topic, partition, UnknownTopicHandling::Retry)
-        .await
-        .unwrap();
     let record = Record {
         key: Some(b"k".to_vec()),
         value: Some(value.to_vec()),
         headers: BTreeMap::new(),
         timestamp: chrono::Utc::now(),
     };
+    produce_records(topic, partition, vec![record]).await;
+}
+
+/// Produces `records` to `partition` of `topic` in one request.
+async fn produce_records(topic: &str, partition: i32, records: Vec<Record>) {
+    let client = kafka_client(&kafka_brokers()).await;
+    let partition = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .unwrap();
     tokio::time::timeout(
         Duration::from_secs(10),
-        partition.produce(vec![record], Compression::NoCompression),
+        partition.produce(records, Compression::NoCompression),
     )
     .await
     .unwrap()
     .unwrap();
+}
+
+/// A record as the relay writes it: key, `event_id`/`event_type` headers
+/// and the envelope as value.
+fn record_of(envelope: &Envelope) -> Record {
+    Record {
+        key: Some(envelope.aggregate_id.clone().into_bytes()),
+        value: Some(serde_json::to_vec(envelope).unwrap()),
+        headers: BTreeMap::from([
+            (
+                "event_id".into(),
+                envelope.event_id.to_string().into_bytes(),
+            ),
+            (
+                "event_type".into(),
+                envelope.event_type.clone().into_bytes(),
+            ),
+        ]),
+        timestamp: chrono::Utc::now(),
+    }
 }
 
 /// Waits until the stored offset of the (single) partition is `offset`.
@@ -344,6 +383,151 @@ async fn repeats_apply_once_and_poison_is_dead_lettered_without_blocking() {
     );
     assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 2);
     shutdown.cancel();
+}
+
+/// PostgreSQL's text and jsonb cannot hold a NUL character. Records with
+/// one in the value, the event type, the key or a header, and an event
+/// whose values the handler's statement refuses (a data exception), are
+/// handled or dead-lettered with their bytes kept; none holds up the
+/// partition, and the record after them is handled.
+#[tokio::test]
+async fn records_postgresql_cannot_store_are_dead_lettered_without_blocking() {
+    let setup = setup(1).await;
+    let database = &setup.database;
+    let mut nul_trace = envelope("OK");
+    nul_trace.trace_id = "tr\0ce".into();
+    let mut nul_type = envelope("OK");
+    nul_type.event_type = "Payment\0Failed".into();
+    let nul_key = envelope("OK");
+    let mut nul_key_record = record_of(&nul_key);
+    nul_key_record.key = Some(b"order\0-1".to_vec());
+    let nul_header = envelope("OK");
+    let mut nul_header_record = record_of(&nul_header);
+    nul_header_record
+        .headers
+        .insert("trace_id".into(), b"t\0".to_vec());
+    // No envelope, and NUL in its headers' names and values.
+    let garbage_headers = BTreeMap::from([
+        ("event_type".to_string(), b"Bad\0Type".to_vec()),
+        ("x-\0".to_string(), vec![0, 0xff, b'a']),
+    ]);
+    let garbage = Record {
+        key: Some(b"k\0".to_vec()),
+        value: Some(b"{\"event_type\": \"\0\"}".to_vec()),
+        headers: garbage_headers.clone(),
+        timestamp: chrono::Utc::now(),
+    };
+    let not_a_number = envelope("NOT_A_NUMBER");
+    let last = envelope("OK");
+    let records = vec![
+        record_of(&nul_trace),    // 0: dead letter
+        record_of(&nul_type),     // 1: dead letter
+        nul_key_record,           // 2: handled
+        nul_header_record,        // 3: handled
+        garbage.clone(),          // 4: dead letter
+        record_of(&not_a_number), // 5: dead letter
+        record_of(&last),         // 6: handled
+    ];
+    // One request before the consumer starts: they arrive in one fetch.
+    produce_records(&setup.topic, 0, records).await;
+    let (_handle, shutdown) = start(&setup, "only");
+    wait_for_stored_offset(database, 7, "the partition to be consumed to its end").await;
+    shutdown.cancel();
+
+    let mut handled = [nul_key.event_id, nul_header.event_id, last.event_id];
+    handled.sort();
+    let effects = query_ids_and_counts(
+        database,
+        "SELECT event_id, count(*) FROM effects GROUP BY event_id ORDER BY event_id",
+    )
+    .await;
+    assert_eq!(
+        effects,
+        handled.iter().map(|id| (*id, 1)).collect::<Vec<_>>(),
+        "the events without NUL in what the handler stores are handled once"
+    );
+
+    let client = database.client().await;
+    let rows = client
+        .query(
+            "SELECT record_offset, event_id, event_type, reason, record_key, record_value, \
+                    headers::text, header_names, header_values \
+             FROM dead_letters ORDER BY record_offset",
+            &[],
+        )
+        .await
+        .unwrap();
+    let offsets: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(offsets, vec![0, 1, 4, 5], "the dead letters");
+    let reason = |i: usize| rows[i].get::<_, String>(3);
+    assert!(reason(0).contains("trace_id holds a NUL"), "{}", reason(0));
+    assert_eq!(rows[0].get::<_, Option<Uuid>>(1), Some(nul_trace.event_id));
+    assert!(
+        reason(1).contains("event_type holds a NUL"),
+        "{}",
+        reason(1)
+    );
+    assert_eq!(
+        rows[1].get::<_, Option<String>>(2).as_deref(),
+        Some("Payment\\u0000Failed"),
+        "the readable event type escapes the NUL"
+    );
+    assert!(
+        reason(3).contains("invalid input syntax for type integer"),
+        "{}",
+        reason(3)
+    );
+    assert_eq!(
+        rows[3].get::<_, Option<Uuid>>(1),
+        Some(not_a_number.event_id)
+    );
+    // The record that is no envelope: its bytes as they were.
+    let garbage_row = &rows[2];
+    assert!(
+        garbage_row.get::<_, String>(3).contains("invalid envelope"),
+        "{}",
+        garbage_row.get::<_, String>(3)
+    );
+    assert_eq!(
+        garbage_row.get::<_, Option<String>>(2).as_deref(),
+        Some("Bad\\u0000Type")
+    );
+    assert_eq!(garbage_row.get::<_, Option<Vec<u8>>>(4), garbage.key);
+    assert_eq!(garbage_row.get::<_, Option<Vec<u8>>>(5), garbage.value);
+    let (names, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = garbage_headers
+        .into_iter()
+        .map(|(k, v)| (k.into_bytes(), v))
+        .unzip();
+    assert_eq!(garbage_row.get::<_, Option<Vec<Vec<u8>>>>(7), Some(names));
+    assert_eq!(garbage_row.get::<_, Option<Vec<Vec<u8>>>>(8), Some(values));
+    let readable: String = garbage_row.get(6);
+    assert!(
+        readable.contains("\"x-\\\\u0000\": \"\\\\u0000\u{fffd}a\""),
+        "the readable headers: {readable}"
+    );
+    assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 3);
+}
+
+/// The consumer tables are created by one migration copied into every
+/// consuming service's database: the copies must not drift.
+#[test]
+fn the_consumer_migrations_are_the_same_in_every_service() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../db/migrations");
+    for migration in [
+        "2026-11-25-000002_consumer",
+        "2026-12-04-000070_dead_letter_raw_headers",
+    ] {
+        for file in ["up.sql", "down.sql"] {
+            let read = |service: &str| {
+                std::fs::read_to_string(root.join(service).join(migration).join(file))
+                    .unwrap_or_else(|e| panic!("{service}/{migration}/{file}: {e}"))
+            };
+            let order = read("order");
+            for service in ["payment", "delivery"] {
+                assert_eq!(read(service), order, "{service}/{migration}/{file} differs");
+            }
+        }
+    }
 }
 
 /// A fetch's inbox entries are written together: an event twice in one
