@@ -28,6 +28,8 @@ pub struct Settings {
     pub saga: SagaConfig,
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
+    #[serde(default)]
+    pub cancellation: CancellationConfig,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             consumer: ConsumerConfig::default(),
             saga: SagaConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            cancellation: CancellationConfig::default(),
         }
     }
 }
@@ -64,6 +67,25 @@ pub struct SagaConfig {
 impl Default for SagaConfig {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+
+/// When a customer may still cancel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CancellationConfig {
+    /// A DELIVERY_SCHEDULED order can be cancelled until this long before its
+    /// delivery window starts; later, 409 TOO_LATE_TO_CANCEL (the parcel is
+    /// on its way).
+    #[serde(with = "commerce_common::consumer::duration_serde")]
+    pub cutoff_before_window: Duration,
+}
+
+impl Default for CancellationConfig {
+    fn default() -> Self {
+        Self {
+            cutoff_before_window: Duration::from_secs(2 * 3600),
+        }
     }
 }
 

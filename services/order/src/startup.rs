@@ -81,10 +81,12 @@ impl Application {
         let verifier = actix::Data::new(verifier);
         let order_metrics = actix::Data::new(order_metrics);
         let changes = actix::Data::new(changes);
+        let cancellation = actix::Data::new(settings.cancellation.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .configure(|cfg| operational.configure(cfg))
                 .app_data(verifier.clone())
+                .app_data(cancellation.clone())
                 .app_data(order_metrics.clone())
                 .app_data(changes.clone())
                 .route("/metrics", actix::get().to(routes::metrics))

@@ -535,6 +535,9 @@ pub enum CancelError {
     NotCancellable(&'static str),
     #[error("cancellation already requested")]
     AlreadyRequested,
+    /// The delivery window starts within the cutoff.
+    #[error("the delivery window starts at {window_start}")]
+    TooLate { window_start: DateTime<Utc> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -545,14 +548,16 @@ impl From<DieselError> for CancelError {
     }
 }
 
-/// The customer asks to cancel: allowed once paid and before the order
-/// ends; writes `OrderCancellationRequested`. The order becomes CANCELLED
-/// when the refund arrives.
+/// The customer asks to cancel: allowed once paid, before the order ends
+/// and, once a delivery window is booked, until `cutoff` before it starts;
+/// writes `OrderCancellationRequested`. The order becomes CANCELLED when the
+/// refund arrives.
 pub async fn request_cancellation(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     customer_id: Uuid,
     note: Option<&str>,
+    cutoff: std::time::Duration,
     trace_id: &str,
 ) -> Result<OrderView, CancelError> {
     conn.transaction::<_, CancelError, _>(async |conn| {
@@ -578,6 +583,12 @@ pub async fn request_cancellation(
             ));
         }
         let now = Utc::now();
+        if status == OrderStatus::DeliveryScheduled
+            && let Some(window_start) = row.delivery_window_start
+            && now + cutoff >= window_start
+        {
+            return Err(CancelError::TooLate { window_start });
+        }
         diesel::update(orders::table.find(order_id))
             .set((
                 orders::cancellation_requested_at.eq(now),

@@ -65,8 +65,12 @@ impl Order {
         })
     }
 
+    /// A window far ahead: always before the cancellation cutoff.
     fn scheduled(&self) -> Event {
-        let start = Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap();
+        self.scheduled_at(Utc.with_ymd_and_hms(2099, 11, 27, 8, 0, 0).unwrap())
+    }
+
+    fn scheduled_at(&self, start: chrono::DateTime<Utc>) -> Event {
         Event::DeliveryScheduled(DeliveryScheduled {
             delivery_id: delivery_id(self.id),
             order_id: self.id,
@@ -167,9 +171,9 @@ async fn happy_path_records_payment_and_delivery_and_repeats_apply_once() {
     assert_eq!(scheduled["delivery"]["tracking_number"], "TRK-0042");
     assert_eq!(
         scheduled["delivery"]["window_start"],
-        "2026-11-27T08:00:00Z"
+        "2099-11-27T08:00:00Z"
     );
-    assert_eq!(scheduled["delivery"]["window_end"], "2026-11-28T08:00:00Z");
+    assert_eq!(scheduled["delivery"]["window_end"], "2099-11-28T08:00:00Z");
     assert_eq!(status_events(&tap).await, [changed("DELIVERY_SCHEDULED")]);
     assert!(tap.events().await.is_empty(), "no further events");
 }
@@ -239,6 +243,30 @@ async fn no_capacity_waits_for_the_refund_then_cancels() {
             .await
             .is_empty()
     );
+}
+
+/// A scheduled order can be cancelled until the cutoff (2 h by default)
+/// before its delivery window starts; later the parcel is on its way.
+#[tokio::test]
+async fn cancelling_closes_two_hours_before_the_delivery_window() {
+    let app = spawn_app().await;
+    for (starts_in, expected) in [(Duration::minutes(119), 409), (Duration::minutes(125), 202)] {
+        let order = Order::place(&app).await;
+        let id = order.id.to_string();
+        transitions(&app, &order.confirmed()).await;
+        transitions(&app, &order.scheduled_at(Utc::now() + starts_in)).await;
+        let tap = OutboxTap::start(&app.db).await;
+        let answer = app.cancel(&order.customer, &id, None).await;
+        if expected == 409 {
+            assert_error(answer, 409, "TOO_LATE_TO_CANCEL", &[]).await;
+            assert!(tap.events().await.is_empty(), "nothing is written");
+            let order = order.json(&app).await;
+            assert_eq!(order["status"], "DELIVERY_SCHEDULED");
+            assert!(order["cancellation"].is_null(), "{order}");
+        } else {
+            assert_eq!(answer.status(), 202, "{starts_in} before the window");
+        }
+    }
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use super::{
     },
 };
 use crate::{
+    config::CancellationConfig,
     domain::{
         Cents, FieldProblem, NewOrder, NewOrderLine, OrderStatus, Quantity, RawAddress,
         ShippingAddress, Sku, check_line_count,
@@ -309,12 +310,15 @@ pub async fn list_orders(
 /// Allowed once the order is PAID or DELIVERY_SCHEDULED: answers 202 and
 /// the order becomes CANCELLED when the refund is confirmed. A PENDING order
 /// (payment in progress) answers 409 ORDER_NOT_CANCELLABLE: retry shortly.
+/// A DELIVERY_SCHEDULED order can be cancelled until 2 hours (configurable)
+/// before its delivery window starts; later, 409 TOO_LATE_TO_CANCEL.
 #[api_v2_operation(tags(Orders))]
 pub async fn cancel_order(
     user: AuthUser,
     path: web::Path<Uuid>,
     body: OptionalJson<CancelRequest>,
     pool: web::Data<DbPool>,
+    cancellation: web::Data<CancellationConfig>,
     req: HttpRequest,
 ) -> Result<AcceptedJson<Order>, ApiError> {
     let note = body
@@ -337,6 +341,7 @@ pub async fn cancel_order(
         path.into_inner(),
         user.user_id,
         note.as_deref(),
+        cancellation.cutoff_before_window,
         &trace_id(&req),
     )
     .await
@@ -346,6 +351,14 @@ pub async fn cancel_order(
         CancelError::AlreadyRequested => ApiError::conflict(
             "CANCELLATION_ALREADY_REQUESTED",
             "cancellation was already requested; the refund is under way",
+        ),
+        CancelError::TooLate { window_start } => ApiError::conflict(
+            "TOO_LATE_TO_CANCEL",
+            format!(
+                "the delivery window starts at {}; cancelling closes {} minutes before it",
+                window_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                cancellation.cutoff_before_window.as_secs() / 60
+            ),
         ),
         CancelError::Store(e) => ApiError::internal(e),
     })?;
