@@ -15,6 +15,7 @@ pub struct Config {
     pub upstreams: UpstreamsConfig,
     pub proxy: ProxyConfig,
     pub login_throttle: ThrottleConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -28,6 +29,7 @@ impl Default for Config {
             upstreams: UpstreamsConfig::default(),
             proxy: ProxyConfig::default(),
             login_throttle: ThrottleConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -71,6 +73,23 @@ impl Config {
             self.login_throttle.window_seconds > 0,
             "login_throttle.window_seconds must be positive"
         );
+        anyhow::ensure!(
+            self.login_throttle.max_tracked_keys > 0 && self.rate_limit.max_tracked_addresses > 0,
+            "login_throttle.max_tracked_keys and rate_limit.max_tracked_addresses must be positive"
+        );
+        for (name, rate) in self.rate_limit.all() {
+            anyhow::ensure!(
+                rate.requests > 0 && rate.per_seconds > 0,
+                "rate_limit.{name}: requests and per_seconds must be positive"
+            );
+        }
+        for proxy in &self.rate_limit.trusted_proxies {
+            crate::auth::client::IpNet::parse(proxy).map_err(|e| {
+                anyhow::anyhow!(
+                    "rate_limit.trusted_proxies: {proxy:?} is not an address or CIDR: {e}"
+                )
+            })?;
+        }
         Ok(())
     }
 }
@@ -189,22 +208,96 @@ impl ProxyConfig {
     }
 }
 
-/// Failed-login throttling: a sliding window per email and per client address.
+/// Failed-login throttling, all over one sliding window: a hard limit per
+/// (email, client address) pair and per address, and a softer per-email
+/// limit past which attempts on the account are spaced out (delayed, not
+/// refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
     pub window_seconds: u64,
-    pub max_failures_per_email: usize,
+    /// Failures of one email from one client address before that pair gets 429.
+    pub max_failures_per_email_and_address: usize,
+    /// Failures from one client address (any email) before it gets 429.
     pub max_failures_per_address: usize,
+    /// Failures of one email (any address) after which its attempts are spaced.
+    pub slow_down_after_failures_per_email: usize,
+    /// Spacing of the attempts on a slowed-down email.
+    pub slow_down_interval_ms: u64,
+    /// Longest wait for a slot; an attempt that would wait longer gets 429.
+    pub max_delay_ms: u64,
+    /// Keys remembered per kind (pairs, addresses, emails).
+    pub max_tracked_keys: usize,
 }
 
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
             window_seconds: 900,
-            max_failures_per_email: 5,
+            max_failures_per_email_and_address: 5,
             max_failures_per_address: 20,
+            slow_down_after_failures_per_email: 10,
+            slow_down_interval_ms: 2_000,
+            max_delay_ms: 10_000,
+            max_tracked_keys: 100_000,
         }
+    }
+}
+
+/// `requests` per `per_seconds`, as a token bucket: a burst of `requests`,
+/// refilled evenly over `per_seconds`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub requests: u32,
+    pub per_seconds: u64,
+}
+
+/// Request rate limits of the credential endpoints (each request costs a
+/// bcrypt), successes included, and the client address they are keyed on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Peers (addresses or CIDRs) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// `POST /api/login` per client address.
+    pub login_per_address: Rate,
+    /// `POST /api/register` per client address.
+    pub register_per_address: Rate,
+    /// Login and registration together, all clients: bounds the bcrypt work.
+    pub global: Rate,
+    /// Addresses remembered per limit.
+    pub max_tracked_addresses: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            login_per_address: Rate {
+                requests: 30,
+                per_seconds: 60,
+            },
+            register_per_address: Rate {
+                requests: 20,
+                per_seconds: 3_600,
+            },
+            global: Rate {
+                requests: 20,
+                per_seconds: 2,
+            },
+            max_tracked_addresses: 100_000,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn all(&self) -> [(&'static str, Rate); 3] {
+        [
+            ("login_per_address", self.login_per_address),
+            ("register_per_address", self.register_per_address),
+            ("global", self.global),
+        ]
     }
 }
 

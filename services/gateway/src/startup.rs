@@ -25,7 +25,10 @@ use paperclip::{
 use tracing::Instrument;
 
 use crate::{
-    auth::{password::PasswordHasher, throttle::LoginThrottle, tokens::TokenIssuer},
+    auth::{
+        client::ClientAddresses, password::PasswordHasher, rate_limit::RateLimits,
+        throttle::LoginThrottle, tokens::TokenIssuer,
+    },
     config::Config,
     metrics::Metrics,
     request_id::{self, X_REQUEST_ID},
@@ -61,6 +64,8 @@ impl Application {
             hasher,
             issuer,
             throttle: LoginThrottle::new(&config.login_throttle),
+            rate_limits: RateLimits::new(&config.rate_limit),
+            clients: ClientAddresses::new(&config.rate_limit.trusted_proxies)?,
             upstreams: config.upstreams.clone(),
             metrics: metrics.clone(),
         });

@@ -1,8 +1,23 @@
-//! Failed-login throttling: a sliding window of failure times per email and
-//! per client address, in memory. Per process, so with N gateway replicas an
-//! attacker gets N times the budget; a shared store (the database, Redis)
-//! would be the next step. Memory stays bounded: each key keeps at most its
-//! limit of timestamps, and keys whose window has passed are swept.
+//! Failed-login throttling, in memory, over one sliding window:
+//!
+//! - per (email, client address) pair: `max_failures_per_email_and_address`
+//!   failures, then 429 for that pair only (an attacker locks out himself,
+//!   not the owner on another address);
+//! - per client address, any email: `max_failures_per_address`, then 429;
+//! - per email, any address: past `slow_down_after_failures_per_email`
+//!   failures, attempts on the account get slots `slow_down_interval_ms`
+//!   apart and wait for theirs: a correct password is delayed, not refused
+//!   (unless the queue is longer than `max_delay_ms`).
+//!
+//! An attempt is reserved atomically before the password is checked (it
+//! counts as a failure from that moment), so concurrent guesses cannot all
+//! pass the check. A success takes the reservation back and clears its own
+//! (email, address) pair; an attempt dropped unresolved (database error,
+//! client gone) is taken back too.
+//!
+//! Per process: N gateway replicas give N times the budget. Memory is bounded:
+//! each key keeps at most its limit of timestamps, each kind of key at most
+//! `max_tracked_keys` (expired keys are swept first, then the stalest goes).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,96 +29,231 @@ use std::{
 
 use crate::config::ThrottleConfig;
 
+/// Longest throttle key kept: real emails are at most 254 bytes.
+const MAX_KEY_BYTES: usize = 256;
+
 pub struct LoginThrottle {
     window: Duration,
-    max_per_email: usize,
+    max_per_pair: usize,
     max_per_address: usize,
+    slow_after: usize,
+    interval: Duration,
+    max_delay: Duration,
+    max_keys: usize,
     state: Mutex<State>,
 }
 
+#[derive(Default)]
+struct Account {
+    failures: VecDeque<Instant>,
+    /// The slot after the last reserved one.
+    next_slot: Option<Instant>,
+}
+
 struct State {
-    by_email: HashMap<String, VecDeque<Instant>>,
-    by_address: HashMap<IpAddr, VecDeque<Instant>>,
+    pairs: HashMap<(String, IpAddr), VecDeque<Instant>>,
+    addresses: HashMap<IpAddr, VecDeque<Instant>>,
+    accounts: HashMap<String, Account>,
     last_sweep: Instant,
+}
+
+/// A reserved attempt: counted as a failure until [`LoginThrottle::succeeded`]
+/// or dropped unresolved.
+pub struct Attempt<'a> {
+    throttle: &'a LoginThrottle,
+    email: String,
+    address: IpAddr,
+    at: Instant,
+    /// How long to wait for this attempt's slot before checking the password.
+    pub delay: Duration,
+    resolved: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong: the reservation stays a failure.
+    pub fn failed(mut self) {
+        self.resolved = true;
+    }
+
+    /// The password was right: the reservation is taken back and the
+    /// (email, address) pair starts over.
+    pub fn succeeded(mut self) {
+        self.resolved = true;
+        self.throttle
+            .release(&self.email, self.address, self.at, true);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.resolved {
+            self.throttle
+                .release(&self.email, self.address, self.at, false);
+        }
+    }
+}
+
+/// The normalized throttle key of a typed email (also when it is invalid, so
+/// spelling variants share one budget), bounded in length.
+pub fn email_key(raw: &str) -> String {
+    let mut key = raw.trim().to_lowercase();
+    if key.len() > MAX_KEY_BYTES {
+        let mut end = MAX_KEY_BYTES;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        key.truncate(end);
+    }
+    key
 }
 
 impl LoginThrottle {
     pub fn new(config: &ThrottleConfig) -> Self {
         Self {
             window: Duration::from_secs(config.window_seconds),
-            max_per_email: config.max_failures_per_email.max(1),
+            max_per_pair: config.max_failures_per_email_and_address.max(1),
             max_per_address: config.max_failures_per_address.max(1),
+            slow_after: config.slow_down_after_failures_per_email.max(1),
+            interval: Duration::from_millis(config.slow_down_interval_ms),
+            max_delay: Duration::from_millis(config.max_delay_ms),
+            max_keys: config.max_tracked_keys.max(1),
             state: Mutex::new(State {
-                by_email: HashMap::new(),
-                by_address: HashMap::new(),
+                pairs: HashMap::new(),
+                addresses: HashMap::new(),
+                accounts: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
         }
     }
 
-    /// `Err(retry_after)` when either the email or the address has used up
-    /// its failures within the window.
-    pub fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), Duration> {
+    /// Reserves an attempt for `email` (an [`email_key`]) from `address`, or
+    /// `Err(retry_after)` when the pair or the address used up its failures,
+    /// or the account's queue is longer than the longest delay.
+    pub fn reserve(&self, email: &str, address: IpAddr) -> Result<Attempt<'_>, Duration> {
         let now = Instant::now();
         let mut state = self.state.lock().expect("throttle lock");
-        self.sweep(&mut state, now);
-        let email_wait = blocked_for(
-            state.by_email.get_mut(email),
-            self.max_per_email,
+        let state = &mut *state;
+        if now.duration_since(state.last_sweep) >= self.window {
+            self.sweep(state, now);
+        }
+        let pair_key = (email.to_owned(), address);
+        let pair_wait = blocked_for(
+            state.pairs.get_mut(&pair_key),
+            self.max_per_pair,
             self.window,
             now,
         );
-        let address_wait = address.and_then(|address| {
-            blocked_for(
-                state.by_address.get_mut(&address),
-                self.max_per_address,
-                self.window,
-                now,
-            )
-        });
-        match email_wait.max(address_wait) {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
-    }
-
-    pub fn record_failure(&self, email: &str, address: Option<IpAddr>) {
-        let now = Instant::now();
-        let mut state = self.state.lock().expect("throttle lock");
-        push(
-            &mut state.by_email,
-            email.to_owned(),
-            self.max_per_email,
+        let address_wait = blocked_for(
+            state.addresses.get_mut(&address),
+            self.max_per_address,
+            self.window,
             now,
         );
-        if let Some(address) = address {
-            push(&mut state.by_address, address, self.max_per_address, now);
+        if let Some(wait) = pair_wait.max(address_wait) {
+            return Err(wait);
+        }
+        let mut delay = Duration::ZERO;
+        let mut slot = now;
+        if let Some(account) = state.accounts.get_mut(email) {
+            expire(&mut account.failures, self.window, now);
+            if account.failures.len() >= self.slow_after {
+                slot = account.next_slot.map_or(now, |next| next.max(now));
+                delay = slot - now;
+                if delay > self.max_delay {
+                    return Err(delay - self.max_delay);
+                }
+            }
+        }
+
+        let full = state.pairs.len() >= self.max_keys
+            || state.addresses.len() >= self.max_keys
+            || state.accounts.len() >= self.max_keys;
+        if full {
+            self.sweep(state, now);
+        }
+        push(
+            &mut state.pairs,
+            pair_key,
+            self.max_per_pair,
+            self.max_keys,
+            now,
+        );
+        push(
+            &mut state.addresses,
+            address,
+            self.max_per_address,
+            self.max_keys,
+            now,
+        );
+        make_room(&mut state.accounts, email, self.max_keys, |a| {
+            a.failures.back().copied()
+        });
+        let account = state.accounts.entry(email.to_owned()).or_default();
+        account.failures.push_back(now);
+        while account.failures.len() > self.slow_after {
+            account.failures.pop_front();
+        }
+        account.next_slot = Some(slot + self.interval);
+        Ok(Attempt {
+            throttle: self,
+            email: email.to_owned(),
+            address,
+            at: now,
+            delay,
+            resolved: false,
+        })
+    }
+
+    fn release(&self, email: &str, address: IpAddr, at: Instant, success: bool) {
+        let mut state = self.state.lock().expect("throttle lock");
+        let pair_key = (email.to_owned(), address);
+        if success {
+            state.pairs.remove(&pair_key);
+        } else if let Some(times) = state.pairs.get_mut(&pair_key) {
+            remove_one(times, at);
+        }
+        if let Some(times) = state.addresses.get_mut(&address) {
+            remove_one(times, at);
+        }
+        if let Some(account) = state.accounts.get_mut(email) {
+            remove_one(&mut account.failures, at);
         }
     }
 
-    /// A successful login forgives the email's earlier failures (not the
-    /// address's: one address trying many accounts stays throttled).
-    pub fn record_success(&self, email: &str) {
-        self.state
-            .lock()
-            .expect("throttle lock")
-            .by_email
-            .remove(email);
+    /// Keys currently remembered, per kind (pairs, addresses, emails).
+    pub fn tracked(&self) -> (usize, usize, usize) {
+        let state = self.state.lock().expect("throttle lock");
+        (
+            state.pairs.len(),
+            state.addresses.len(),
+            state.accounts.len(),
+        )
     }
 
     fn sweep(&self, state: &mut State, now: Instant) {
-        if now.duration_since(state.last_sweep) < self.window {
-            return;
-        }
         let window = self.window;
-        let fresh = |times: &mut VecDeque<Instant>| {
-            times
-                .back()
-                .is_some_and(|last| now.duration_since(*last) < window)
-        };
-        state.by_email.retain(|_, times| fresh(times));
-        state.by_address.retain(|_, times| fresh(times));
+        let fresh = |last: Option<&Instant>| last.is_some_and(|t| now.duration_since(*t) < window);
+        state.pairs.retain(|_, times| fresh(times.back()));
+        state.addresses.retain(|_, times| fresh(times.back()));
+        state.accounts.retain(|_, account| {
+            fresh(account.failures.back()) || account.next_slot.is_some_and(|slot| slot > now)
+        });
         state.last_sweep = now;
+    }
+}
+
+fn remove_one(times: &mut VecDeque<Instant>, at: Instant) {
+    if let Some(index) = times.iter().rposition(|t| *t == at) {
+        times.remove(index);
+    }
+}
+
+fn expire(times: &mut VecDeque<Instant>, window: Duration, now: Instant) {
+    while times
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= window)
+    {
+        times.pop_front();
     }
 }
 
@@ -114,12 +264,7 @@ fn blocked_for(
     now: Instant,
 ) -> Option<Duration> {
     let times = times?;
-    while times
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= window)
-    {
-        times.pop_front();
-    }
+    expire(times, window, now);
     if times.len() < max {
         return None;
     }
@@ -127,7 +272,35 @@ fn blocked_for(
     Some(window.saturating_sub(now.duration_since(oldest)))
 }
 
-fn push<K: Eq + Hash>(map: &mut HashMap<K, VecDeque<Instant>>, key: K, max: usize, now: Instant) {
+/// When `map` is full and `key` is new, forgets the key whose last activity
+/// is the oldest (expired keys were swept before).
+fn make_room<K: Eq + Hash + Clone + std::borrow::Borrow<Q>, Q: Eq + Hash + ?Sized, V>(
+    map: &mut HashMap<K, V>,
+    key: &Q,
+    max_keys: usize,
+    last: impl Fn(&V) -> Option<Instant>,
+) {
+    if map.len() < max_keys || map.contains_key(key) {
+        return;
+    }
+    let stalest = map
+        .iter()
+        .min_by_key(|(_, v)| last(v))
+        .map(|(k, _)| k.clone());
+    if let Some(stalest) = stalest {
+        tracing::warn!(max_keys, "login throttle full: forgetting the stalest key");
+        map.remove::<K>(&stalest);
+    }
+}
+
+fn push<K: Eq + Hash + Clone>(
+    map: &mut HashMap<K, VecDeque<Instant>>,
+    key: K,
+    max: usize,
+    max_keys: usize,
+    now: Instant,
+) {
+    make_room(map, &key, max_keys, |times| times.back().copied());
     let times = map.entry(key).or_default();
     times.push_back(now);
     while times.len() > max {
@@ -139,39 +312,80 @@ fn push<K: Eq + Hash>(map: &mut HashMap<K, VecDeque<Instant>>, key: K, max: usiz
 mod tests {
     use super::*;
 
-    fn throttle(per_email: usize, per_address: usize) -> LoginThrottle {
+    fn throttle(pair: usize, address: usize, slow_after: usize) -> LoginThrottle {
         LoginThrottle::new(&ThrottleConfig {
             window_seconds: 60,
-            max_failures_per_email: per_email,
-            max_failures_per_address: per_address,
+            max_failures_per_email_and_address: pair,
+            max_failures_per_address: address,
+            slow_down_after_failures_per_email: slow_after,
+            slow_down_interval_ms: 1_000,
+            max_delay_ms: 2_500,
+            max_tracked_keys: 3,
         })
     }
 
-    #[test]
-    fn blocks_an_email_after_its_limit() {
-        let t = throttle(2, 100);
-        let ip = Some("10.0.0.1".parse().unwrap());
-        assert!(t.check("a@x.io", ip).is_ok());
-        t.record_failure("a@x.io", ip);
-        t.record_failure("a@x.io", ip);
-        let wait = t.check("a@x.io", ip).unwrap_err();
-        assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60));
-        assert!(t.check("b@x.io", ip).is_ok());
-        t.record_success("a@x.io");
-        assert!(t.check("a@x.io", ip).is_ok());
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
-    fn blocks_an_address_across_emails() {
-        let t = throttle(100, 3);
-        let ip = Some("10.0.0.2".parse().unwrap());
-        for i in 0..3 {
-            t.record_failure(&format!("u{i}@x.io"), ip);
-        }
-        assert!(t.check("new@x.io", ip).is_err());
+    fn a_pair_is_blocked_after_its_failures_and_reset_by_a_success() {
+        let t = throttle(2, 100, 100);
+        let a = ip("10.0.0.1");
+        t.reserve("a@x.io", a).unwrap().failed();
+        t.reserve("a@x.io", a).unwrap().failed();
+        let wait = t.reserve("a@x.io", a).err().unwrap();
+        assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60));
+        // Another address, same email: not blocked.
+        t.reserve("a@x.io", ip("10.0.0.2")).unwrap().succeeded();
+        let t = throttle(2, 100, 100);
+        t.reserve("a@x.io", a).unwrap().failed();
+        t.reserve("a@x.io", a).unwrap().succeeded();
+        t.reserve("a@x.io", a).unwrap().failed();
+        assert!(t.reserve("a@x.io", a).is_ok(), "the success reset the pair");
+    }
+
+    #[test]
+    fn reservations_count_before_they_resolve_and_unresolved_ones_are_undone() {
+        let t = throttle(2, 100, 100);
+        let a = ip("10.0.0.1");
+        let first = t.reserve("a@x.io", a).unwrap();
+        let second = t.reserve("a@x.io", a).unwrap();
         assert!(
-            t.check("new@x.io", Some("10.0.0.3".parse().unwrap()))
-                .is_ok()
+            t.reserve("a@x.io", a).is_err(),
+            "two in flight use the budget"
         );
+        drop(first);
+        second.failed();
+        assert!(t.reserve("a@x.io", a).is_ok());
+    }
+
+    #[test]
+    fn an_email_over_its_soft_limit_gets_spaced_slots() {
+        let t = throttle(100, 100, 2);
+        for i in 0..2 {
+            t.reserve("v@x.io", ip(&format!("10.0.1.{i}")))
+                .unwrap()
+                .failed();
+        }
+        let a = t.reserve("v@x.io", ip("10.0.2.1")).unwrap();
+        let b = t.reserve("v@x.io", ip("10.0.2.2")).unwrap();
+        assert!(a.delay > Duration::from_millis(900), "{:?}", a.delay);
+        assert!(b.delay > a.delay + Duration::from_millis(900));
+        // Past max_delay: refused with the time until a slot is near enough.
+        assert!(t.reserve("v@x.io", ip("10.0.2.3")).is_err());
+    }
+
+    #[test]
+    fn keys_are_bounded() {
+        let t = throttle(5, 5, 5);
+        for i in 0..50 {
+            t.reserve(&format!("u{i}@x.io"), ip(&format!("10.1.0.{i}")))
+                .unwrap()
+                .failed();
+        }
+        let (pairs, addresses, accounts) = t.tracked();
+        assert!(pairs <= 3 && addresses <= 3 && accounts <= 3);
+        assert_eq!(email_key(&"É".repeat(1000)).len(), 256);
     }
 }

@@ -1,4 +1,5 @@
-//! The password policy: 10 to 128 characters. bcrypt only reads the first 72
+//! The password policy: 10 to 128 characters, no control characters (none
+//! can be typed; a NUL would only ever be an attack). bcrypt only reads the first 72
 //! bytes of its input, so the hasher never feeds it the password directly
 //! (see `auth::password`); the upper bound only caps the work per request.
 
@@ -24,6 +25,12 @@ impl Password {
             return Err(Invalid::new(
                 "too_long",
                 format!("password must have at most {MAX_CHARS} characters"),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(Invalid::new(
+                "invalid_characters",
+                "password must not contain control characters",
             ));
         }
         if raw.trim().is_empty() {
@@ -57,5 +64,6 @@ mod tests {
         assert!(Password::parse("é".repeat(128)).is_ok());
         assert!(Password::parse("x".repeat(129)).is_err());
         assert!(Password::parse(" ".repeat(12)).is_err());
+        assert!(Password::parse("correct\u{0}horse".into()).is_err());
     }
 }

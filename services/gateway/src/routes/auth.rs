@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::{
+    auth::{rate_limit::Endpoint, throttle},
     domain::{Email, Invalid, Password, UserName},
     request_id,
     schema::users,
@@ -70,7 +71,7 @@ pub struct TokenResponse {
     code = 422,
     description = "VALIDATION_FAILED with the offending fields",
     code = 429,
-    description = "TOO_MANY_ATTEMPTS: too many failed logins; see Retry-After",
+    description = "TOO_MANY_ATTEMPTS (too many failed logins) or RATE_LIMITED (too many requests); see Retry-After",
     code = 503,
     description = "The database is unavailable"
 )]
@@ -84,6 +85,8 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("too many failed logins")]
     Throttled(Duration),
+    #[error("too many requests")]
+    RateLimited(Duration),
     #[error("{0}")]
     Api(ApiError),
 }
@@ -105,6 +108,11 @@ impl AuthError {
                 "TOO_MANY_ATTEMPTS",
                 "too many failed logins, retry later",
             ),
+            Self::RateLimited(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "too many requests, retry later",
+            ),
             Self::Api(api) => api.clone(),
         }
     }
@@ -118,7 +126,7 @@ impl ResponseError for AuthError {
     fn error_response(&self) -> HttpResponse {
         let api = self.api();
         let mut response = HttpResponse::build(api.status);
-        if let Self::Throttled(wait) = self {
+        if let Self::Throttled(wait) | Self::RateLimited(wait) = self {
             // Round up: a client that waits exactly this long gets through.
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response.insert_header(("Retry-After", seconds.max(1).to_string()));
@@ -154,7 +162,7 @@ fn field(name: &str, invalid: Invalid) -> FieldError {
 }
 
 /// The errors registration can answer with (documentation only).
-#[api_v2_errors_overlay(401, 429)]
+#[api_v2_errors_overlay(401)]
 #[derive(Debug)]
 pub struct RegisterError(AuthError);
 
@@ -208,6 +216,13 @@ async fn register_user(
         }
     };
 
+    let address = state.clients.of(req);
+    if let Err(wait) = state.rate_limits.take(Endpoint::Register, address) {
+        state.metrics.registration("rate_limited");
+        return Err(AuthError::RateLimited(wait));
+    }
+    // Hashed before the insert, also when the email turns out to be taken:
+    // 409 costs the same time as 201.
     let password_hash = state.hasher.hash(&password).await?;
     let user = UserBody {
         id: Uuid::now_v7(),
@@ -256,25 +271,42 @@ async fn check_credentials(
     state: &AppState,
     body: LoginRequest,
 ) -> Result<TokenResponse, AuthError> {
-    // The throttle key is the normalized email even when it is not a valid
-    // address, so spelling variants share one budget.
-    let email_key = body.email.trim().to_lowercase();
-    let address = req.peer_addr().map(|a| a.ip());
-    if let Err(wait) = state.throttle.check(&email_key, address) {
-        state.metrics.login("throttled");
-        return Err(AuthError::Throttled(wait));
+    let email_key = throttle::email_key(&body.email);
+    let address = state.clients.of(req);
+    // Reserved before anything else, atomically: concurrent guesses cannot
+    // all pass; the reservation counts as a failure until it succeeds.
+    let attempt = match state.throttle.reserve(&email_key, address) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            state.metrics.login("throttled");
+            return Err(AuthError::Throttled(wait));
+        }
+    };
+    if let Err(wait) = state.rate_limits.take(Endpoint::Login, address) {
+        state.metrics.login("rate_limited");
+        return Err(AuthError::RateLimited(wait));
+    }
+    if !attempt.delay.is_zero() {
+        tokio::time::sleep(attempt.delay).await;
     }
 
-    let user = if body.password.chars().count() > crate::domain::PASSWORD_MAX_CHARS {
-        None
-    } else {
-        let mut conn = state.pool.get().await.map_err(ApiError::from)?;
-        users::table
-            .filter(users::email.eq(&email_key))
-            .select((users::id, users::email, users::name, users::password_hash))
-            .first::<(Uuid, String, String, String)>(&mut conn)
-            .await
-            .optional()?
+    // Only a valid email can belong to an account (registration parses it);
+    // anything else (a NUL, which PostgreSQL refuses, a huge string) is
+    // answered like an unknown user without asking the database.
+    let lookup = Email::parse(&body.email)
+        .ok()
+        .filter(|_| body.password.chars().count() <= crate::domain::PASSWORD_MAX_CHARS);
+    let user = match lookup {
+        None => None,
+        Some(email) => {
+            let mut conn = state.pool.get().await.map_err(ApiError::from)?;
+            users::table
+                .filter(users::email.eq(email.as_str()))
+                .select((users::id, users::email, users::name, users::password_hash))
+                .first::<(Uuid, String, String, String)>(&mut conn)
+                .await
+                .optional()?
+        }
     };
     let (user, stored_hash) = match user {
         Some((id, email, name, hash)) => (Some(UserBody { id, email, name }), Some(hash)),
@@ -284,12 +316,12 @@ async fn check_credentials(
     let valid = state.hasher.verify(&body.password, stored_hash).await?;
     match user {
         Some(user) if valid => {
-            state.throttle.record_success(&email_key);
+            attempt.succeeded();
             state.metrics.login("ok");
             token_response(state, user)
         }
         _ => {
-            state.throttle.record_failure(&email_key, address);
+            attempt.failed();
             state.metrics.login("invalid");
             Err(AuthError::InvalidCredentials)
         }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use commerce_common::db::DbPool;
 
 use crate::{
-    auth::{password::PasswordHasher, throttle::LoginThrottle, tokens::TokenIssuer},
+    auth::{
+        client::ClientAddresses, password::PasswordHasher, rate_limit::RateLimits,
+        throttle::LoginThrottle, tokens::TokenIssuer,
+    },
     config::UpstreamsConfig,
     metrics::Metrics,
 };
@@ -23,6 +26,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub issuer: TokenIssuer,
     pub throttle: LoginThrottle,
+    pub rate_limits: RateLimits,
+    pub clients: ClientAddresses,
     pub upstreams: UpstreamsConfig,
     pub metrics: Arc<Metrics>,
 }

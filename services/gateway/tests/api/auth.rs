@@ -166,8 +166,9 @@ async fn wrong_password_and_unknown_email_answer_the_same_in_similar_time() {
     // A realistic cost, so that the bcrypt work dominates the timing.
     let app = spawn_app_with(|c| {
         c.auth.bcrypt_cost = 8;
-        c.login_throttle.max_failures_per_email = 100;
+        c.login_throttle.max_failures_per_email_and_address = 100;
         c.login_throttle.max_failures_per_address = 100;
+        c.login_throttle.slow_down_after_failures_per_email = 100;
     })
     .await;
     app.register("erin@example.com", PASSWORD, "Erin").await;
@@ -210,7 +211,7 @@ async fn wrong_password_and_unknown_email_answer_the_same_in_similar_time() {
 #[tokio::test]
 async fn repeated_failures_for_one_email_are_throttled_with_retry_after() {
     let app = spawn_app_with(|c| {
-        c.login_throttle.max_failures_per_email = 3;
+        c.login_throttle.max_failures_per_email_and_address = 3;
         c.login_throttle.window_seconds = 600;
     })
     .await;
@@ -223,7 +224,8 @@ async fn repeated_failures_for_one_email_are_throttled_with_retry_after() {
             StatusCode::UNAUTHORIZED
         );
     }
-    // Blocked now, even with the right password and another spelling.
+    // Blocked now from this address, even with the right password and
+    // another spelling.
     let blocked = app.login("FRANK@example.com", PASSWORD).await;
     assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry_after: u64 = blocked.headers()["retry-after"]
@@ -248,7 +250,7 @@ async fn repeated_failures_for_one_email_are_throttled_with_retry_after() {
 #[tokio::test]
 async fn repeated_failures_from_one_address_are_throttled_across_emails() {
     let app = spawn_app_with(|c| {
-        c.login_throttle.max_failures_per_email = 100;
+        c.login_throttle.max_failures_per_email_and_address = 100;
         c.login_throttle.max_failures_per_address = 4;
     })
     .await;

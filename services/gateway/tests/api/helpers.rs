@@ -45,6 +45,28 @@ impl TestApp {
             .expect("login request")
     }
 
+    /// A login as if from `client` behind a proxy (`X-Forwarded-For`).
+    pub async fn login_from(&self, client: &str, email: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/login"))
+            .header("X-Forwarded-For", client)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    /// A registration as if from `client` behind a proxy (`X-Forwarded-For`).
+    pub async fn register_from(&self, client: &str, email: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/register"))
+            .header("X-Forwarded-For", client)
+            .json(&json!({"email": email, "password": "correct horse battery", "name": "N"}))
+            .send()
+            .await
+            .expect("register request")
+    }
+
     pub async fn me(&self, authorization: Option<&str>) -> reqwest::Response {
         let mut request = self.http.get(self.url("/api/me"));
         if let Some(value) = authorization {
@@ -68,6 +90,11 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config.upstreams.payment = nowhere.clone();
     config.upstreams.delivery = nowhere;
     config.proxy.probe_timeout_ms = 1_000;
+    // Tests make many requests from one address; the tests of the limits
+    // set them low again.
+    config.rate_limit.login_per_address.requests = 10_000;
+    config.rate_limit.register_per_address.requests = 10_000;
+    config.rate_limit.global.requests = 10_000;
     config
 }
 

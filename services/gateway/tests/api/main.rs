@@ -1,9 +1,11 @@
 //! End-to-end tests of the gateway over HTTP: real PostgreSQL, the real app
 //! on port 0, fake upstream services started in the test.
 
+mod abuse;
 mod auth;
 mod browser;
 mod docs;
 mod helpers;
+mod hostile_input;
 mod proxy;
 mod tokens;
