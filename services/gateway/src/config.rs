@@ -16,6 +16,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub login_throttle: ThrottleConfig,
     pub rate_limit: RateLimitConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -30,6 +31,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             login_throttle: ThrottleConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -298,6 +300,24 @@ impl RateLimitConfig {
             ("register_per_address", self.register_per_address),
             ("global", self.global),
         ]
+    }
+}
+
+/// `/metrics` has its own listener, never the public port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub host: String,
+    /// Unset: metrics are not served.
+    pub port: Option<u16>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: None,
+        }
     }
 }
 

@@ -9,7 +9,10 @@ use actix_web::{
     body::{BodySize, MessageBody},
     dev::{Server, Service, ServiceResponse},
     guard,
-    http::{StatusCode, header},
+    http::{
+        StatusCode,
+        header::{self, HeaderValue},
+    },
     middleware::{ErrorHandlerResponse, ErrorHandlers},
     web as aweb,
 };
@@ -48,6 +51,8 @@ const JSON_LIMIT: usize = 16 * 1024;
 pub struct Application {
     port: u16,
     server: Server,
+    metrics_port: Option<u16>,
+    metrics_server: Option<Server>,
 }
 
 impl Application {
@@ -70,6 +75,13 @@ impl Application {
             metrics: metrics.clone(),
         });
         let metrics = aweb::Data::from(metrics);
+        let (metrics_port, metrics_server) = match config.metrics.port {
+            None => (None, None),
+            Some(port) => {
+                let (port, server) = metrics_server(&config.metrics.host, port, metrics.clone())?;
+                (Some(port), Some(server))
+            }
+        };
         let verifier = aweb::Data::new(verifier);
         let docs = aweb::Data::new(ApiDocs::new(&config.upstreams, config.proxy.spec_cache()));
 
@@ -119,7 +131,6 @@ impl Application {
             )
             .route("/health", aweb::get().to(health::health))
             .route("/ready", aweb::get().to(health::ready))
-            .route("/metrics", aweb::get().to(health::metrics))
             .route("/openapi.json", aweb::get().to(docs::openapi))
             .route("/swagger-ui.html", aweb::get().to(docs::swagger_ui))
             .wrap_api_with_spec(gateway_spec())
@@ -144,10 +155,18 @@ impl Application {
                     method = %req.method(),
                     path = req.path(),
                 );
+                // Answers of the credential endpoints carry tokens (or say
+                // whether credentials were right): never cached.
+                let no_store = matches!(req.path(), "/api/register" | "/api/login");
                 let call = srv.call(req);
                 async move {
                     let mut response = call.await?;
                     response.headers_mut().insert(X_REQUEST_ID, id);
+                    if no_store {
+                        let headers = response.headers_mut();
+                        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+                    }
                     tracing::debug!(status = response.status().as_u16(), "answered");
                     Ok(response)
                 }
@@ -158,16 +177,58 @@ impl Application {
         .workers(workers)
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            metrics_port,
+            metrics_server,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+    /// The port `/metrics` is served on (`metrics.port`), if any.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
     }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        match self.metrics_server {
+            None => self.server.await,
+            Some(metrics) => {
+                let handle = metrics.handle();
+                let metrics = tokio::spawn(metrics);
+                let result = self.server.await;
+                handle.stop(true).await;
+                let _ = metrics.await;
+                result
+            }
+        }
+    }
+}
+
+/// `/metrics` on its own listener (`metrics.host`:`metrics.port`), one
+/// worker: not on the public port, where anyone could read it.
+fn metrics_server(
+    host: &str,
+    port: u16,
+    metrics: aweb::Data<Metrics>,
+) -> anyhow::Result<(u16, Server)> {
+    let listener = TcpListener::bind((host, port))?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(metrics.clone())
+            .route("/metrics", aweb::get().to(health::metrics))
+            .default_service(aweb::to(|| async { route_not_found() }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((port, server))
 }
 
 /// actix answers a wrong method with an empty 405; give it the common shape.

@@ -152,8 +152,21 @@ pub async fn openapi(req: HttpRequest, docs: actix_web::web::Data<ApiDocs>) -> H
 
 /// `GET /swagger-ui.html`: Swagger UI on the merged document, from the
 /// bundled assets only (no CDN, no validator badge).
-pub async fn swagger_ui() -> HttpResponse {
+///
+/// The bundled Swagger UI (3.x) reads `?url=` and `?configUrl=` from the
+/// page address (GHSA-qrmm-w75w-3wpx, fixed upstream in 4.1.3 with
+/// `queryConfigEnabled`): a link could load a foreign document on this
+/// origin. So a page address with a query is redirected to the bare page,
+/// and the page also drops any query before Swagger UI starts. The token
+/// entered in "Authorize" is not persisted (`persistAuthorization: false`).
+pub async fn swagger_ui(req: HttpRequest) -> HttpResponse {
+    if !req.query_string().is_empty() {
+        return HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/swagger-ui.html"))
+            .finish();
+    }
     HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
         .content_type("text/html; charset=utf-8")
         .body(SWAGGER_PAGE)
 }
@@ -172,13 +185,17 @@ const SWAGGER_PAGE: &str = r##"<!DOCTYPE html>
   <script src="/swagger-ui/swagger-ui-bundle.js" charset="UTF-8"></script>
   <script src="/swagger-ui/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
   <script>
+    if (window.location.search) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.hash);
+    }
     window.onload = function () {
       window.ui = SwaggerUIBundle({
         url: "/openapi.json",
+        queryConfigEnabled: false,
         dom_id: "#swagger-ui",
         deepLinking: true,
         displayOperationId: true,
-        persistAuthorization: true,
+        persistAuthorization: false,
         validatorUrl: null,
         presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
         layout: "BaseLayout"

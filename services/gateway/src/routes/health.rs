@@ -10,6 +10,7 @@ use paperclip::actix::{Apiv2Schema, api_v2_errors, api_v2_operation, web};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, proxy::ProxyClient};
+use crate::metrics::Metrics;
 
 pub async fn health() -> HttpResponse {
     alive("gateway")
@@ -20,10 +21,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     readiness("gateway", check)
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.render())
+        .body(metrics.render())
 }
 
 /// One component's state.
@@ -73,7 +74,13 @@ pub async fn api_health(
     let client = ProxyClient::of(&req);
     let timeout = client.probe_timeout;
     let gateway = async {
-        let check = commerce_common::db::ready(&state.pool, &state.migration_version).await;
+        // The raw error names hosts, roles and databases: logged, not shown.
+        let check = commerce_common::db::ready(&state.pool, &state.migration_version)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "gateway database not ready");
+                "database unavailable".to_owned()
+            });
         component("gateway", check)
     };
     let services = join_all(
@@ -106,7 +113,10 @@ async fn probe(
         Ok(response) if response.status().is_success() => Ok(()),
         Ok(response) => Err(format!("/ready answered {}", response.status().as_u16())),
         Err(awc::error::SendRequestError::Timeout) => Err("timed out".to_owned()),
-        Err(error) => Err(format!("unreachable: {error}")),
+        Err(error) => {
+            tracing::warn!(service = name, %error, "service unreachable");
+            Err("unreachable".to_owned())
+        }
     };
     component(name, check)
 }

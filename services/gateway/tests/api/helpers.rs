@@ -18,6 +18,8 @@ use test_support::{TestDatabase, fresh_database, jwt_keys};
 
 pub struct TestApp {
     pub address: String,
+    /// `http://127.0.0.1:<metrics.port>`.
+    pub metrics_address: String,
     pub db: TestDatabase,
     pub http: reqwest::Client,
 }
@@ -90,6 +92,7 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config.upstreams.payment = nowhere.clone();
     config.upstreams.delivery = nowhere;
     config.proxy.probe_timeout_ms = 1_000;
+    config.metrics.port = Some(0);
     // Tests make many requests from one address; the tests of the limits
     // set them low again.
     config.rate_limit.login_per_address.requests = 10_000;
@@ -111,9 +114,14 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     customize(&mut config);
     let application = Application::build(config).await.expect("gateway builds");
     let address = format!("http://127.0.0.1:{}", application.port());
+    let metrics_address = format!(
+        "http://127.0.0.1:{}",
+        application.metrics_port().expect("metrics port")
+    );
     tokio::spawn(application.run_until_stopped());
     TestApp {
         address,
+        metrics_address,
         db,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

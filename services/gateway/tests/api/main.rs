@@ -7,5 +7,6 @@ mod browser;
 mod docs;
 mod helpers;
 mod hostile_input;
+mod hygiene;
 mod proxy;
 mod tokens;

@@ -347,7 +347,7 @@ async fn health_reports_every_service() {
     down.login("nobody@example.com", "some password").await;
     let metrics = down
         .http
-        .get(down.url("/metrics"))
+        .get(format!("{}/metrics", down.metrics_address))
         .send()
         .await
         .unwrap()
