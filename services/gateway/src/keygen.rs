@@ -1,7 +1,9 @@
-//! `gateway generate-keys <dir>`: the Ed25519 key pair that signs and
-//! verifies access tokens, for a new deployment (compose's `keys` job).
-//! Writes `jwt.pem` (PKCS#8, private, mode 0600) and `jwt.pub.pem` (SPKI)
-//! only when missing, so re-running it never invalidates issued tokens.
+//! `gateway generate-keys <dir> [<public-dir>]`: the Ed25519 key pair that
+//! signs and verifies access tokens, for a new deployment (compose's `keys`
+//! job). Writes `jwt.pem` (PKCS#8, private, mode 0600) and `jwt.pub.pem`
+//! (SPKI) only when missing, so re-running it never invalidates issued
+//! tokens. With `<public-dir>` it also keeps a copy of the public key there:
+//! the directory the services mount, which never holds the private key.
 
 use std::{
     fmt,
@@ -101,6 +103,27 @@ pub fn ensure_key_pair(dir: &Path) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Makes `dir/jwt.pub.pem` the public key of the pair in `keys_dir`
+/// (written when missing or different: it follows the private key).
+/// Returns its path.
+pub fn publish_public_key(keys_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let signing = read_private(&keys_dir.join(PRIVATE_KEY_FILE))?;
+    let expected = public_pem(&signing)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let public = dir.join(PUBLIC_KEY_FILE);
+    if std::fs::read_to_string(&public).is_ok_and(|found| found.trim() == expected.trim()) {
+        return Ok(public);
+    }
+    // Replaced in one rename: a service starting meanwhile reads the old
+    // file or the new one, never half of it.
+    let partial = dir.join(format!("{PUBLIC_KEY_FILE}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    write_new(&partial, expected.as_bytes(), 0o644)?;
+    std::fs::rename(&partial, &public)
+        .with_context(|| format!("replacing {}", public.display()))?;
+    Ok(public)
+}
+
 fn read_private(path: &Path) -> anyhow::Result<SigningKey> {
     let pem =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -158,6 +181,35 @@ mod tests {
             Outcome::DerivedPublic { .. }
         ));
         assert_eq!(std::fs::read_to_string(&public).unwrap(), public_pem);
+    }
+
+    #[test]
+    fn publishes_the_public_key_alone_and_follows_a_new_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, public_dir) = (dir.path().join("keys"), dir.path().join("public"));
+        ensure_key_pair(&keys).unwrap();
+        let published = publish_public_key(&keys, &public_dir).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&public_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            [PUBLIC_KEY_FILE],
+            "no private key in the public directory"
+        );
+        assert_eq!(
+            std::fs::read(&published).unwrap(),
+            std::fs::read(keys.join(PUBLIC_KEY_FILE)).unwrap()
+        );
+        // A new pair (the operator replaced the keys): the copy follows.
+        std::fs::remove_dir_all(&keys).unwrap();
+        ensure_key_pair(&keys).unwrap();
+        publish_public_key(&keys, &public_dir).unwrap();
+        assert_eq!(
+            std::fs::read(&published).unwrap(),
+            std::fs::read(keys.join(PUBLIC_KEY_FILE)).unwrap()
+        );
     }
 
     #[test]

@@ -85,19 +85,24 @@ fn every_setting_is_documented() {
     assert_config_documented(SERVICE, &defaults, &[]);
 }
 
-/// The `keys` job's command (`generate-keys <dir>`) run with the real
-/// binary: it writes a pair the gateway's own loader accepts, keeps it on a
-/// second run, and the services' verifier accepts the tokens it signs.
+/// The `keys` job's command (`generate-keys <dir> <public-dir>`) run with
+/// the real binary: it writes a pair the gateway's own loader accepts, keeps
+/// it on a second run, and the services' verifier accepts the tokens it
+/// signs with the public copy, which is alone in its directory.
 #[test]
 fn the_keys_job_writes_a_key_pair_the_gateway_and_services_accept() {
     let compose = Compose::load();
     let mut command = compose.service("keys").command();
     let (_, container_dir) = compose.jwt_keys_location();
+    let (_, container_public_dir) = compose.jwt_public_key_location();
     let dir = tempfile::tempdir().unwrap();
     let keys_dir = dir.path().join("keys");
+    let public_dir = dir.path().join("public");
     for arg in &mut command {
         if *arg == container_dir {
             *arg = keys_dir.display().to_string();
+        } else if *arg == container_public_dir {
+            *arg = public_dir.display().to_string();
         }
     }
     let run = || {
@@ -133,8 +138,11 @@ fn the_keys_job_writes_a_key_pair_the_gateway_and_services_accept() {
         .expect("the gateway loads the pair (and checks they match)");
     let user = uuid::Uuid::new_v4();
     let token = issuer.issue(user).expect("a token").token;
-    let verifier =
-        commerce_common::auth::JwtVerifier::from_public_pem(&std::fs::read(&public).unwrap())
-            .expect("the services load the public key");
+    // The services mount the public directory: the public key, alone.
+    assert!(!public_dir.join("jwt.pem").exists(), "no private key there");
+    let services_key = std::fs::read(public_dir.join("jwt.pub.pem")).unwrap();
+    assert_eq!(services_key, std::fs::read(&public).unwrap());
+    let verifier = commerce_common::auth::JwtVerifier::from_public_pem(&services_key)
+        .expect("the services load the public key");
     assert_eq!(verifier.verify(&token).expect("a valid token").sub, user);
 }

@@ -117,16 +117,30 @@ impl Compose {
     }
 
     /// `(volume, directory)` the `keys` job writes the JWT key pair into
-    /// (its `generate-keys <dir>` argument and the volume mounted there).
+    /// (its `generate-keys <dir> <public-dir>` first argument and the volume
+    /// mounted there).
     pub fn jwt_keys_location(&self) -> (String, String) {
+        self.keys_job_location(1)
+    }
+
+    /// `(volume, directory)` the `keys` job copies the public key into (its
+    /// second argument): what the services mount.
+    pub fn jwt_public_key_location(&self) -> (String, String) {
+        self.keys_job_location(2)
+    }
+
+    fn keys_job_location(&self, argument: usize) -> (String, String) {
         let keys = self.service("keys");
         let command = keys.command();
         assert_eq!(
             command.first().map(String::as_str),
             Some("generate-keys"),
-            "the keys job runs `generate-keys <dir>`"
+            "the keys job runs `generate-keys <dir> <public-dir>`"
         );
-        let dir = command.get(1).expect("generate-keys <dir>").clone();
+        let dir = command
+            .get(argument)
+            .expect("generate-keys <dir> <public-dir>")
+            .clone();
         let volume = keys
             .volumes()
             .into_iter()
@@ -136,21 +150,29 @@ impl Compose {
         (volume, dir)
     }
 
-    /// Asserts that `service` mounts the JWT key volume where `file` lives
-    /// and that `file` is one of the two files the keys job writes.
+    /// Asserts that `service` reads `file` from a volume the keys job
+    /// writes `name` into (mounted at `file`'s directory): the private key
+    /// only from the pair's volume, the public key from either.
     pub fn assert_reads_jwt_key(&self, service: &str, file: &Path, name: &str) {
-        let (volume, dir) = self.jwt_keys_location();
         assert_eq!(
-            file,
-            Path::new(&dir).join(name),
-            "{service}: the key file the keys job writes"
+            file.file_name().and_then(|f| f.to_str()),
+            Some(name),
+            "{service}: the file the keys job writes"
         );
+        let mut volumes = vec![self.jwt_keys_location().0];
+        if name != "jwt.pem" {
+            volumes.push(self.jwt_public_key_location().0);
+        }
+        let dir = file.parent().expect("a file in a directory");
+        let mounted = self.service(service).volumes();
         assert!(
-            self.service(service)
-                .volumes()
+            mounted
                 .iter()
-                .any(|(source, target)| *source == volume && *target == dir),
-            "{service} mounts volume {volume} at {dir}"
+                .any(|(source, target)| volumes.contains(source) && Path::new(target) == dir),
+            "{service}: {} is {name} from one of the volumes {volumes:?}, mounted at {} \
+             (mounts: {mounted:?})",
+            file.display(),
+            dir.display()
         );
     }
 }

@@ -448,3 +448,33 @@ fn compose_runs_the_kafka_version_of_the_native_stack() {
         );
     }
 }
+
+/// The private signing key lives only where the gateway (and the job that
+/// writes it) can read it; every other container mounts the public copy.
+#[test]
+fn only_the_gateway_mounts_the_private_key() {
+    let compose = Compose::load();
+    let (private_volume, _) = compose.jwt_keys_location();
+    let (public_volume, _) = compose.jwt_public_key_location();
+    assert_ne!(private_volume, public_volume);
+    let readers: BTreeSet<String> = compose
+        .services()
+        .iter()
+        .filter(|s| s.volumes().iter().any(|(v, _)| *v == private_volume))
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(
+        readers,
+        BTreeSet::from(["gateway".to_owned(), "keys".to_owned()])
+    );
+    for service in ["order", "payment", "delivery"] {
+        assert!(
+            compose
+                .service(service)
+                .volumes()
+                .iter()
+                .any(|(v, _)| *v == public_volume),
+            "{service} mounts the public key"
+        );
+    }
+}
