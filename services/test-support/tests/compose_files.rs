@@ -478,3 +478,44 @@ fn only_the_gateway_mounts_the_private_key() {
         );
     }
 }
+
+/// Every `docker compose exec <service> <program>` in the docs runs a
+/// program the container has: in the images built from docker/Dockerfile
+/// that is `app` (the binary) or a tool of its base image.
+#[test]
+fn documented_exec_commands_name_programs_the_containers_have() {
+    let compose = Compose::load();
+    let dockerfile = std::fs::read_to_string(workspace_root().join("docker/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("/usr/local/bin/app"),
+        "the binary is `app`"
+    );
+    let mut checked = 0;
+    for doc in [
+        "README.md",
+        "docs/operations.md",
+        "docs/consumer-runtime.md",
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(doc)).unwrap();
+        for line in text.lines() {
+            let Some(rest) = line.split("docker compose exec ").nth(1) else {
+                continue;
+            };
+            let words: Vec<&str> = rest.split_whitespace().filter(|w| *w != "-T").collect();
+            let (Some(service), Some(program)) = (words.first(), words.get(1)) else {
+                continue;
+            };
+            if compose.service(service).build().is_some() {
+                assert!(
+                    ["app", "curl", "sh", "bash"].contains(program),
+                    "{doc}: `{line}`: the {service} image has no `{program}` (its binary is `app`)"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "the docs show a command run in a built container"
+    );
+}
