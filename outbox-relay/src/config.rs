@@ -73,6 +73,12 @@ pub struct KafkaConfig {
     /// larger batches (less work per record for the broker and for every
     /// consumer's fetch). A quiet partition produces at once. 0 turns it off.
     pub busy_produce_interval_ms: u64,
+    /// Produce attempts of a record the broker keeps answering with a
+    /// retriable error (NOT_ENOUGH_REPLICAS, CORRUPT_MESSAGE, ...), with a
+    /// growing pause between them (100 ms doubling, at most 10 s); after the
+    /// last one the record goes to the dead-letter topic. Records the broker
+    /// refuses for good go there at once. At least 1.
+    pub max_produce_attempts: u32,
 }
 
 impl Default for KafkaConfig {
@@ -85,6 +91,7 @@ impl Default for KafkaConfig {
             max_in_flight_records: 5_000,
             max_record_bytes: 1_000_000,
             busy_produce_interval_ms: 5,
+            max_produce_attempts: 10,
         }
     }
 }

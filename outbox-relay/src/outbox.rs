@@ -244,6 +244,12 @@ pub fn dead_letter_of_record(
     }
 }
 
+/// Whether `topic` receives dead letters (`<topic>.dlq`, the fallback
+/// included): its records are never dead-lettered in turn.
+pub fn is_dead_letter_topic(topic: &str) -> bool {
+    topic.ends_with(DEAD_LETTER_SUFFIX)
+}
+
 /// `<topic>.dlq`, or the fallback when that is not a valid topic name.
 fn dead_letter_topic(topic: Option<&str>) -> String {
     match topic.map(|t| format!("{t}{DEAD_LETTER_SUFFIX}")) {

@@ -1,10 +1,14 @@
 //! What reaches Kafka: envelopes, keys and headers; unicode, TOASTed and
-//! many-row transactions; other tables ignored; dead letters; per-key order.
+//! many-row transactions; other tables ignored; dead letters (rows that
+//! cannot be published, records the broker refuses or keeps failing, topics
+//! it will not create, and a source held when the dead letter fails too);
+//! per-key order.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use test_support::KafkaReader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
     Relay, SourceSpec, insert_events, outbox_database, read_until_distinct, unique,
@@ -196,6 +200,211 @@ async fn rows_that_cannot_be_published_go_to_a_dead_letter_topic() {
     let status = relay.source_status("dlq").await.expect("status");
     assert_eq!(status["dead_letters"], 1);
     assert!(relay.process.log_contains("sent to the dead-letter topic"));
+}
+
+/// Creates `topic` (one partition, one replica) with topic-level `configs`,
+/// which rskafka's controller client cannot set: a CreateTopics (v2) request
+/// written by hand. Returns once the topic is in the broker's metadata.
+async fn create_topic_with(topic: &str, configs: &[(&str, &str)]) {
+    fn string(buf: &mut Vec<u8>, s: &str) {
+        buf.extend((s.len() as i16).to_be_bytes());
+        buf.extend(s.as_bytes());
+    }
+    let mut request = Vec::new();
+    request.extend(19_i16.to_be_bytes()); // CreateTopics
+    request.extend(2_i16.to_be_bytes()); // version
+    request.extend(1_i32.to_be_bytes()); // correlation id
+    string(&mut request, "relay-test");
+    request.extend(1_i32.to_be_bytes()); // one topic
+    string(&mut request, topic);
+    request.extend(1_i32.to_be_bytes()); // partitions
+    request.extend(1_i16.to_be_bytes()); // replication factor
+    request.extend(0_i32.to_be_bytes()); // no assignments
+    request.extend((configs.len() as i32).to_be_bytes());
+    for (name, value) in configs {
+        string(&mut request, name);
+        string(&mut request, value);
+    }
+    request.extend(10_000_i32.to_be_bytes()); // timeout
+    request.push(0); // validate only: no
+
+    let brokers = test_support::kafka_brokers();
+    let broker = brokers.split(',').next().expect("a broker").trim();
+    let mut stream = tokio::net::TcpStream::connect(broker)
+        .await
+        .expect("connect to the broker");
+    stream
+        .write_all(&(request.len() as i32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&request).await.unwrap();
+    let length = stream.read_i32().await.expect("CreateTopics answer");
+    let mut answer = vec![0; length as usize];
+    stream.read_exact(&mut answer).await.unwrap();
+    // correlation id, throttle time, topic count, then the topic's name and error code.
+    let name_length = i16::from_be_bytes([answer[12], answer[13]]) as usize;
+    let at = 14 + name_length;
+    let code = i16::from_be_bytes([answer[at], answer[at + 1]]);
+    assert_eq!(
+        code,
+        0,
+        "CreateTopics {topic} {configs:?}: error code {code}, {}",
+        String::from_utf8_lossy(&answer[at + 2..])
+    );
+    KafkaReader::new(&brokers, topic).await;
+}
+
+/// Inserts one event for `topic` that occurred a day ago.
+async fn insert_day_old_event(client: &tokio_postgres::Client, topic: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO outbox VALUES ($1, $2, 'k', 'Old', 1, 't', now() - interval '1 day', \
+                                       '{\"old\": true}')",
+            &[&id, &topic],
+        )
+        .await
+        .expect("old insert");
+    id
+}
+
+/// The JSON value of the dead letter of `event_id` in `topic`.
+async fn dead_letter_of(topic: &str, event_id: uuid::Uuid) -> serde_json::Value {
+    let mut reader = KafkaReader::new(&test_support::kafka_brokers(), topic).await;
+    let dead = reader
+        .wait_for(READ_TIMEOUT, &format!("the dead letter in {topic}"), |r| {
+            r.header("event_id") == Some(&event_id.to_string())
+        })
+        .await;
+    serde_json::from_slice(&dead.value).expect("JSON dead letter")
+}
+
+/// Records the broker will not store, for good (INVALID_TIMESTAMP, which
+/// the relay used to retry by restarting its session, forever) or because
+/// it refuses to create their topic, go to the dead-letter topic with the
+/// reason; the source goes on without a single reconnect. (A retriable
+/// error that persists, such as NOT_ENOUGH_REPLICAS, cannot be provoked on
+/// the one-node test broker: it took acks=-1 produces to a topic created
+/// with `min.insync.replicas` 2 without an error.)
+#[tokio::test]
+async fn records_the_broker_will_not_store_go_to_the_dead_letter_topic() {
+    let (db, client) = outbox_database("relay_refused").await;
+    let source = SourceSpec::new("refused", &db);
+    // Refuses records older than an hour.
+    let strict = unique("rt_strict");
+    create_topic_with(&strict, &[("message.timestamp.before.max.ms", "3600000")]).await;
+    // "<x>_y" cannot be created next to "<x>.y" (they collide in metrics names).
+    let base = unique("rt_taken");
+    create_topic_with(&format!("{base}.y"), &[]).await;
+    let colliding = format!("{base}_y");
+
+    let relay = Relay::start_with(
+        &[&source],
+        &[("APP__KAFKA__MAX_PRODUCE_ATTEMPTS", "3".into())],
+    )
+    .await;
+    relay
+        .wait_for_state("refused", "streaming", Duration::from_secs(20))
+        .await;
+    let old = insert_day_old_event(&client, &strict).await;
+    insert_events(&client, &strict, "k", 1, 1).await;
+    insert_events(&client, &colliding, "k", 1, 1).await;
+    insert_events(&client, &strict, "k", 2, 1).await;
+
+    let brokers = test_support::kafka_brokers();
+    let mut reader = KafkaReader::new(&brokers, &strict).await;
+    let records = read_until_distinct(&mut reader, 2, READ_TIMEOUT).await;
+    let seqs: Vec<i64> = records
+        .iter()
+        .map(|r| r.envelope().payload["seq"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2],
+        "the source went on past the refused record"
+    );
+
+    let refused = dead_letter_of(&format!("{strict}.dlq"), old).await;
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("InvalidTimestamp"), "{refused}");
+    assert!(!reason.contains("attempts"), "refused at once: {refused}");
+    assert_eq!(refused["topic"], strict.as_str());
+
+    let mut dead = KafkaReader::new(&brokers, &format!("{colliding}.dlq")).await;
+    let uncreatable = read_until_distinct(&mut dead, 1, READ_TIMEOUT).await;
+    let value: serde_json::Value = serde_json::from_slice(&uncreatable[0].value).unwrap();
+    assert!(
+        value["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("topic {colliding} cannot be created")),
+        "{value}"
+    );
+
+    let status = wait_until(READ_TIMEOUT, "all four transactions confirmed", || async {
+        relay
+            .source_status("refused")
+            .await
+            .filter(|s| s["transactions_confirmed"].as_u64() >= Some(4))
+    })
+    .await;
+    assert_eq!(status["dead_letters"], 2, "{status}");
+    assert_eq!(status["reconnects"], 0, "no session restarted: {status}");
+    assert_eq!(status["state"], "streaming", "{status}");
+}
+
+/// When the dead letter cannot be stored either, the source holds there:
+/// state `error` with the reason (in /api/status and the metrics), nothing
+/// confirmed past the record, no reconnect loop and nothing skipped.
+#[tokio::test]
+async fn a_source_whose_dead_letter_fails_too_stops_with_an_error() {
+    let (db, client) = outbox_database("relay_held").await;
+    let source = SourceSpec::new("held", &db);
+    let strict = unique("rt_held");
+    create_topic_with(&strict, &[("message.timestamp.before.max.ms", "3600000")]).await;
+    // Takes no record of a dead letter's size.
+    let dead_letters = format!("{strict}.dlq");
+    create_topic_with(&dead_letters, &[("max.message.bytes", "200")]).await;
+    let relay = Relay::start_with(
+        &[&source],
+        &[("APP__KAFKA__MAX_PRODUCE_ATTEMPTS", "3".into())],
+    )
+    .await;
+    relay
+        .wait_for_state("held", "streaming", Duration::from_secs(20))
+        .await;
+
+    let old = insert_day_old_event(&client, &strict).await;
+    let status = relay.wait_for_state("held", "error", READ_TIMEOUT).await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "dead letter of event {old} cannot be stored in {dead_letters}"
+        )) && error.contains("MessageTooLarge"),
+        "{status}"
+    );
+    let metrics = relay.get_text("/metrics").await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "relay_source_state{source=\"held\",state=\"error\"} 1"),
+        "{metrics}"
+    );
+
+    // Later events are still published, but nothing is confirmed past the
+    // held record, and the state stays `error` without a reconnect.
+    insert_events(&client, &strict, "k", 1, 1).await;
+    let mut reader = KafkaReader::new(&test_support::kafka_brokers(), &strict).await;
+    read_until_distinct(&mut reader, 1, READ_TIMEOUT).await;
+    let status = relay.source_status("held").await.expect("status");
+    assert_eq!(status["state"], "error", "{status}");
+    assert_eq!(status["reconnects"], 0, "{status}");
+    assert_eq!(status["transactions_confirmed"], 0, "{status}");
+    assert!(
+        !relay
+            .process
+            .log_contains("broker refused a dead letter; skipped")
+    );
 }
 
 #[tokio::test]
