@@ -1,6 +1,7 @@
 -- Roles of the native dev stack (`cargo xtask up` runs every *.sql here, in
--- order, as the superuser, on each start: keep it idempotent). The same
--- roles as the compose container's docker-init.sh:
+-- order, as the superuser, on each start: keep it idempotent). Compose's
+-- docker-init.sh gives each service a role of its own; a developer's
+-- machine keeps one for the four:
 --   commerce      the services: owns the four databases and, through the
 --                 migrations, their tables and the outbox publications;
 --   outbox_relay  the relay: REPLICATION and CONNECT only, no table access.

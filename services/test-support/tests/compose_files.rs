@@ -347,11 +347,31 @@ fn database_urls_match_the_bootstrap() {
                 "{}: {key}: docker-init.sh creates role {user}",
                 service.name
             );
+            // One role per service, named like its database; the relay's
+            // role reads every database.
             let password_var = match user {
-                "commerce" => "SERVICE_DB_PASSWORD",
-                "outbox_relay" => "RELAY_DB_PASSWORD",
-                other => panic!("unexpected role {other}"),
+                "outbox_relay" => "RELAY_DB_PASSWORD".to_owned(),
+                role if role == database => format!(
+                    "{}_DB_PASSWORD",
+                    role.trim_start_matches("commerce_").to_uppercase()
+                ),
+                other => panic!(
+                    "{}: {key}: role {other} does not own {database}",
+                    service.name
+                ),
             };
+            if user != "outbox_relay" {
+                assert!(
+                    init.contains(&format!("CREATE DATABASE {database} OWNER {user};")),
+                    "{}: {key}: {user} owns {database}",
+                    service.name
+                );
+                assert!(
+                    service.name != "outbox-relay",
+                    "the relay connects with its own role"
+                );
+            }
+            let password_var = password_var.as_str();
             assert_eq!(
                 postgres_env.get(password_var).map(String::as_str),
                 Some(password),
