@@ -264,6 +264,15 @@ async fn every_validation_rule_reports_its_field() {
         ),
         (
             with(&|b| {
+                b["items"] = json!([
+                    {"sku": "FREE-1", "quantity": 3, "unit_price_cents": 0},
+                    {"sku": "FREE-2", "quantity": 1, "unit_price_cents": 0}
+                ])
+            }),
+            vec![("items", "zero_total")],
+        ),
+        (
+            with(&|b| {
                 b.as_object_mut().unwrap().remove("shipping_address");
             }),
             vec![("shipping_address", "required")],

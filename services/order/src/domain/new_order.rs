@@ -237,6 +237,14 @@ impl NewOrder {
                     format!("the order total must be at most {MAX_TOTAL_CENTS} cents"),
                 )
             })?;
+        // Free items exist, free orders do not: a 0-cent charge always
+        // succeeds, so free orders could book every delivery window.
+        if total == Cents::ZERO {
+            return Err(FieldProblem::new(
+                "zero_total",
+                "the order total must be more than 0 cents",
+            ));
+        }
         Ok(Self {
             lines,
             address,
@@ -339,6 +347,16 @@ mod tests {
         assert_eq!(
             NewOrder::new(lines, address()).unwrap_err().code,
             "total_too_large"
+        );
+    }
+
+    #[test]
+    fn free_items_yes_free_orders_no() {
+        let order = NewOrder::new(vec![line(1, 0), line(1, 5)], address()).unwrap();
+        assert_eq!(order.total().get(), 5);
+        assert_eq!(
+            NewOrder::new(vec![line(2, 0)], address()).unwrap_err().code,
+            "zero_total"
         );
     }
 
