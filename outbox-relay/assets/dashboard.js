@@ -32,7 +32,8 @@ function sourceCard(name) {
     el("span", { class: "muted since" }));
   const numbers = el("div", { class: "numbers" });
   [["lag", "Slot lag"], ["lag-seconds", "Lag"], ["events", "Events published"], ["rate", "Events/s"],
-   ["p50", "p50"], ["p99", "p99"], ["reconnects", "Reconnects"], ["dead-letters", "Dead letters"], ["lsn", "Confirmed LSN"]]
+   ["p50", "p50"], ["p99", "p99"], ["reconnects", "Reconnects"], ["reconnects-per-minute", "Reconnects/min"],
+   ["dead-letters", "Dead letters"], ["lsn", "Confirmed LSN"]]
     .forEach(([cls, label]) => numbers.append(el("div", {}, label, el("b", { class: cls }, "–"))));
   const charts = el("div", { class: "charts" });
   CHARTS.forEach((c) => charts.append(el("figure", {}, el("figcaption", {}, c.title),
@@ -79,6 +80,12 @@ function render(entry, s, eps) {
   q(".p50").textContent = s.latency_p50_ms == null ? "–" : s.latency_p50_ms.toFixed(1) + " ms";
   q(".p99").textContent = s.latency_p99_ms == null ? "–" : s.latency_p99_ms.toFixed(1) + " ms";
   q(".reconnects").textContent = s.reconnects;
+  // A source that fails again soon after it starts streaming shows
+  // `streaming` most of the time; this number gives it away.
+  const perMinute = q(".reconnects-per-minute");
+  perMinute.textContent = s.reconnects_per_minute;
+  perMinute.classList.toggle("flapping", s.reconnects_per_minute > 2);
+  perMinute.title = s.reconnects_per_minute > 2 ? "flapping: the source keeps failing soon after it reconnects" : "";
   q(".dead-letters").textContent = s.dead_letters;
   q(".lsn").textContent = s.confirmed_lsn;
   for (const chart of CHARTS) draw(q(`canvas[data-chart="${chart.key}"]`), chart, entry.history);

@@ -1,4 +1,8 @@
-//! Exponential backoff with full jitter for reconnect attempts.
+//! Exponential backoff with equal jitter for reconnect attempts: each pause
+//! is random in [cap/2, cap], the cap doubling from the initial pause up to
+//! the longest. The source starts it over only after a healthy session (see
+//! `replication.healthy_session_ms`), so a failure that recurs right after
+//! streaming starts keeps backing off instead of retrying at the initial pace.
 
 use std::time::Duration;
 

@@ -123,6 +123,10 @@ pub struct ReplicationConfig {
     /// First and longest pause between reconnect attempts (jittered).
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// The reconnect backoff starts over only after a session streamed this
+    /// long and made progress (confirmed a position past where it started,
+    /// or had nothing to do); a failure that recurs sooner keeps backing off.
+    pub healthy_session_ms: u64,
     /// How long shutdown waits for in-flight acknowledgements.
     pub shutdown_grace_ms: u64,
 }
@@ -134,6 +138,7 @@ impl Default for ReplicationConfig {
             connect_timeout_ms: 5_000,
             backoff_initial_ms: 250,
             backoff_max_ms: 30_000,
+            healthy_session_ms: 30_000,
             shutdown_grace_ms: 5_000,
         }
     }

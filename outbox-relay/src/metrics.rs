@@ -2,7 +2,7 @@
 //! commit-to-ack latency, as Prometheus metrics and as a JSON snapshot for
 //! the dashboard. State changes are logged here, once each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ use crate::replication::Lsn;
 const LATENCY_WINDOW: Duration = Duration::from_secs(10);
 /// A viewer counts as watching for this long after a request.
 const WATCH_TIMEOUT_MS: i64 = 5_000;
+/// Reconnects are also counted over this sliding window (flapping).
+const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,6 +91,7 @@ struct Families {
     transactions: Family<SourceLabel, Counter>,
     dead_letters: Family<SourceLabel, Counter>,
     reconnects: Family<SourceLabel, Counter>,
+    reconnects_per_minute: Family<SourceLabel, Gauge>,
     errors: Family<SourceLabel, Counter>,
     latency: Family<SourceLabel, Histogram>,
     produce: Family<TopicLabel, Histogram>,
@@ -112,6 +115,7 @@ impl Metrics {
             transactions: Family::default(),
             dead_letters: Family::default(),
             reconnects: Family::default(),
+            reconnects_per_minute: Family::default(),
             errors: Family::default(),
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
@@ -129,7 +133,7 @@ impl Metrics {
         );
         registry.register(
             "lag_seconds",
-            "Age of the newest confirmed transaction while work is pending, else 0",
+            "Age of the oldest transaction received but not yet confirmed, else 0",
             f.lag_seconds,
         );
         registry.register(
@@ -156,6 +160,12 @@ impl Metrics {
             "reconnects",
             "Replication sessions restarted after a failure",
             f.reconnects,
+        );
+        registry.register(
+            "reconnects_per_minute",
+            "Replication sessions restarted in the last 60 s; above 2 or so the source is \
+             flapping (failing again soon after it started streaming)",
+            f.reconnects_per_minute,
         );
         registry.register(
             "errors",
@@ -192,6 +202,10 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         self.mark_watched();
+        // The sliding window moves with time, not only with reconnects.
+        for source in lock(&self.sources).values() {
+            source.reconnects_last_minute();
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -228,6 +242,9 @@ pub struct SourceSnapshot {
     pub transactions_confirmed: u64,
     pub dead_letters: u64,
     pub reconnects: u64,
+    /// Reconnects in the last 60 s: a source that fails again soon after it
+    /// starts streaming shows `streaming` most of the time, but not here.
+    pub reconnects_per_minute: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
@@ -241,6 +258,8 @@ struct Status {
     lag_bytes: u64,
     lag_seconds: f64,
     latency: LatencyWindow,
+    /// When the reconnects of the last [`RECONNECT_WINDOW`] happened.
+    recent_reconnects: VecDeque<Instant>,
 }
 
 /// One source's metrics; cheap to update from the replication loop.
@@ -255,6 +274,7 @@ pub struct SourceMetrics {
     transactions: Counter,
     dead_letters: Counter,
     reconnects: Counter,
+    reconnects_per_minute: Gauge,
     errors: Counter,
     latency: Histogram,
     /// Per topic, created when the publisher first produces to it.
@@ -289,6 +309,7 @@ impl SourceMetrics {
                 lag_bytes: 0,
                 lag_seconds: 0.0,
                 latency: LatencyWindow::new(),
+                recent_reconnects: VecDeque::new(),
             }),
             state,
             lag_bytes: f.lag_bytes.get_or_create(&label).clone(),
@@ -298,6 +319,7 @@ impl SourceMetrics {
             transactions: f.transactions.get_or_create(&label).clone(),
             dead_letters: f.dead_letters.get_or_create(&label).clone(),
             reconnects: f.reconnects.get_or_create(&label).clone(),
+            reconnects_per_minute: f.reconnects_per_minute.get_or_create(&label).clone(),
             errors: f.errors.get_or_create(&label).clone(),
             latency: f.latency.get_or_create(&label).clone(),
             produce: f.produce.clone(),
@@ -346,6 +368,29 @@ impl SourceMetrics {
 
     pub fn reconnecting(&self) {
         self.reconnects.inc();
+        let mut status = lock(&self.status);
+        status.recent_reconnects.push_back(Instant::now());
+        self.count_recent_reconnects(&mut status);
+    }
+
+    /// Reconnects in the last 60 s (also refreshes the gauge).
+    pub fn reconnects_last_minute(&self) -> u64 {
+        self.count_recent_reconnects(&mut lock(&self.status))
+    }
+
+    fn count_recent_reconnects(&self, status: &mut Status) -> u64 {
+        let now = Instant::now();
+        while status
+            .recent_reconnects
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RECONNECT_WINDOW)
+        {
+            status.recent_reconnects.pop_front();
+        }
+        let count = status.recent_reconnects.len() as u64;
+        self.reconnects_per_minute
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        count
     }
 
     pub fn dead_lettered(&self) {
@@ -383,6 +428,7 @@ impl SourceMetrics {
 
     pub fn snapshot(&self) -> SourceSnapshot {
         let mut status = lock(&self.status);
+        let reconnects_per_minute = self.count_recent_reconnects(&mut status);
         let (p50, p99, max) = status.latency.percentiles();
         SourceSnapshot {
             name: self.name.clone(),
@@ -396,6 +442,7 @@ impl SourceMetrics {
             transactions_confirmed: self.transactions.get(),
             dead_letters: self.dead_letters.get(),
             reconnects: self.reconnects.get(),
+            reconnects_per_minute,
             latency_p50_ms: p50,
             latency_p99_ms: p99,
             latency_max_ms: max,
@@ -496,6 +543,22 @@ mod tests {
         let p50 = snapshot.latency_p50_ms.unwrap();
         assert!((3.9..4.1).contains(&p50), "{p50}");
         assert!(metrics.is_watched());
+    }
+
+    #[test]
+    fn counts_the_reconnects_of_the_last_minute() {
+        let metrics = Metrics::new();
+        let source = metrics.source("flap");
+        for _ in 0..3 {
+            source.reconnecting();
+        }
+        assert_eq!(source.snapshot().reconnects_per_minute, 3);
+        assert_eq!(source.snapshot().reconnects, 3);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"relay_reconnects_per_minute{source="flap"} 3"#),
+            "{text}"
+        );
     }
 
     #[test]

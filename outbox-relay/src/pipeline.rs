@@ -37,6 +37,8 @@ pub struct PipelineSettings {
     pub max_record_bytes: usize,
     pub status_interval: Duration,
     pub shutdown_grace: Duration,
+    /// How long a session streams before it can count as healthy.
+    pub healthy_after: Duration,
 }
 
 pub struct Pipeline {
@@ -53,6 +55,9 @@ pub struct Pipeline {
     server_position: Lsn,
     events_since_probe: bool,
     last_probe: Option<Instant>,
+    /// When streaming started and from which confirmed position.
+    started: Instant,
+    start_confirmed: Lsn,
 }
 
 /// The transaction being received (between Begin and Commit).
@@ -80,11 +85,15 @@ impl Pipeline {
             server_position: confirmed,
             events_since_probe: false,
             last_probe: None,
+            started: Instant::now(),
+            start_confirmed: confirmed,
         }
     }
 
     /// Streams until `shutdown` (then drains what is in flight, within the
-    /// grace period) and returns the position confirmed last.
+    /// grace period) and returns the position confirmed last. Sets `healthy`
+    /// once the session proved itself (see `is_healthy`), so
+    /// that the source starts its reconnect backoff over after it ends.
     pub async fn run(
         mut self,
         mut stream: ReplicationStream,
@@ -92,6 +101,7 @@ impl Pipeline {
         mut deliveries: mpsc::UnboundedReceiver<Delivery>,
         catalog: &Catalog,
         shutdown: &CancellationToken,
+        healthy: &mut bool,
     ) -> Result<Lsn, SourceError> {
         let mut ticker = tokio::time::interval(self.settings.status_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -105,7 +115,10 @@ impl Pipeline {
                     drain_until = Some(Instant::now() + self.settings.shutdown_grace);
                 }
                 // Before the stream: a busy stream must not starve status updates.
-                _ = ticker.tick() => self.on_tick(&mut stream, catalog).await?,
+                _ = ticker.tick() => {
+                    self.on_tick(&mut stream, catalog).await?;
+                    *healthy = *healthy || self.is_healthy();
+                }
                 Some(delivery) = deliveries.recv() => self.on_delivery(delivery, &mut publisher).await?,
                 message = stream.next(), if can_read => {
                     self.on_message(message?, &mut publisher, &mut stream).await?;
@@ -121,6 +134,17 @@ impl Pipeline {
                 return Ok(self.confirmed);
             }
         }
+    }
+
+    /// A session is healthy once it streamed for `healthy_after` and made
+    /// progress: it confirmed a position past where it started (a
+    /// transaction, or an idle keepalive), or it has nothing pending at all.
+    /// A failure that recurs before that (a record the broker refuses, a
+    /// change the server cannot decode) never resets the backoff.
+    fn is_healthy(&self) -> bool {
+        self.started.elapsed() >= self.settings.healthy_after
+            && (self.confirmed > self.start_confirmed
+                || (self.open.is_none() && self.in_flight.is_empty()))
     }
 
     async fn on_message(

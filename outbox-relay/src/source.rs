@@ -101,10 +101,17 @@ impl Source {
             Duration::from_millis(self.replication.backoff_max_ms),
         );
         loop {
-            let error = match self.session(&shutdown, &mut backoff).await {
+            let mut healthy = false;
+            let error = match self.session(&shutdown, &mut healthy).await {
                 Ok(()) => break,
                 Err(error) => error,
             };
+            // Start over only after a session that proved itself: a failure
+            // that recurs once streaming started must not retry at the
+            // initial pace (and re-send the unconfirmed tail each time).
+            if healthy {
+                backoff.reset();
+            }
             let operator = error.needs_operator();
             let state = if operator {
                 SourceState::Error
@@ -132,7 +139,7 @@ impl Source {
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        healthy: &mut bool,
     ) -> Result<(), SourceError> {
         let timeout = Duration::from_millis(self.replication.connect_timeout_ms);
         let url = self.config.url.expose();
@@ -167,7 +174,6 @@ impl Source {
         tracing::info!(source = %self.name, slot, %confirmed, server = %server_lsn, "streaming");
         self.metrics.set_state(SourceState::Streaming, None);
         self.metrics.confirmed_idle(confirmed);
-        backoff.reset();
 
         let settings = PipelineSettings {
             source: self.name.clone(),
@@ -177,6 +183,7 @@ impl Source {
             max_record_bytes: self.kafka.max_record_bytes,
             status_interval: Duration::from_millis(self.replication.status_interval_ms),
             shutdown_grace: Duration::from_millis(self.replication.shutdown_grace_ms),
+            healthy_after: Duration::from_millis(self.replication.healthy_session_ms),
         };
         let confirmed = Pipeline::new(
             settings,
@@ -184,7 +191,7 @@ impl Source {
             Arc::clone(&self.metrics),
             Arc::clone(&self.registry),
         )
-        .run(stream, publisher, acks, &catalog, shutdown)
+        .run(stream, publisher, acks, &catalog, shutdown, healthy)
         .await?;
         // A graceful stop: make the confirmed position survive a restart of
         // the server too (see `save_slot_position`).

@@ -84,6 +84,18 @@ async fn check_dashboard(relay: &Relay, browser: &Client, client: &tokio_postgre
         text_of(browser, "#source-broken .state").await.as_deref(),
         Some("reconnecting")
     );
+    // Its reconnects of the last minute (flapping shows here).
+    wait_until(
+        Duration::from_secs(20),
+        "the broken source's reconnects per minute",
+        || async {
+            text_of(browser, "#source-broken .reconnects-per-minute")
+                .await
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|n| *n >= 2)
+        },
+    )
+    .await;
 
     // Four charts per source, drawn (not blank) on real canvases.
     let charts = browser

@@ -6,3 +6,4 @@ mod dashboard;
 mod helpers;
 mod publishing;
 mod resilience;
+mod supervision;
