@@ -22,6 +22,12 @@ pub enum ConfigError {
         source_name: String,
         message: String,
     },
+    #[error("configuration: {key} = {value} is invalid: {message}")]
+    Setting {
+        key: &'static str,
+        value: String,
+        message: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -252,6 +258,54 @@ impl RelayConfig {
                 message: "no brokers".into(),
             });
         }
+        self.validate_settings()
+    }
+
+    /// Numbers that would make a source fail (or panic) only once it runs.
+    fn validate_settings(&self) -> Result<(), ConfigError> {
+        let (kafka, replication) = (&self.kafka, &self.replication);
+        let above_zero: [(&'static str, u64); 5] = [
+            ("kafka.produce_timeout_ms", kafka.produce_timeout_ms),
+            (
+                "replication.status_interval_ms",
+                replication.status_interval_ms,
+            ),
+            (
+                "replication.connect_timeout_ms",
+                replication.connect_timeout_ms,
+            ),
+            (
+                "replication.backoff_initial_ms",
+                replication.backoff_initial_ms,
+            ),
+            (
+                "replication.healthy_session_ms",
+                replication.healthy_session_ms,
+            ),
+        ];
+        for (key, value) in above_zero {
+            if value == 0 {
+                return Err(ConfigError::Setting {
+                    key,
+                    value: value.to_string(),
+                    message: "must be above 0",
+                });
+            }
+        }
+        if kafka.partitions < 1 {
+            return Err(ConfigError::Setting {
+                key: "kafka.partitions",
+                value: kafka.partitions.to_string(),
+                message: "must be at least 1",
+            });
+        }
+        if replication.backoff_max_ms < replication.backoff_initial_ms {
+            return Err(ConfigError::Setting {
+                key: "replication.backoff_max_ms",
+                value: replication.backoff_max_ms.to_string(),
+                message: "must be at least replication.backoff_initial_ms",
+            });
+        }
         Ok(())
     }
 
@@ -306,6 +360,25 @@ mod tests {
             ));
             Ok(())
         });
+    }
+
+    #[test]
+    fn rejects_a_zero_status_interval_by_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP__SOURCES__ORDER__URL", "postgres://u@h/db");
+            jail.set_env("APP__REPLICATION__STATUS_INTERVAL_MS", "0");
+            let error = RelayConfig::load().expect_err("0 is refused");
+            assert_eq!(
+                error.to_string(),
+                "configuration: replication.status_interval_ms = 0 is invalid: must be above 0"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        RelayConfig::default().validate().expect("valid defaults");
     }
 
     #[test]

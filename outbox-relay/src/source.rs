@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -57,6 +58,15 @@ impl SourceError {
     }
 }
 
+/// The message of a panic payload (`panic!` with a literal or a format).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// invalid_authorization_specification, invalid_password, insufficient_privilege
 fn is_access_denied(sqlstate: &str) -> bool {
     matches!(sqlstate, "28000" | "28P01" | "42501")
@@ -94,12 +104,54 @@ impl Source {
         }
     }
 
-    /// Streams until `shutdown`, reconnecting after every failure.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(
+    /// Runs the source until `shutdown`, restarting its task after a panic
+    /// (a bug, but one source's bug must not silently end its streaming
+    /// while the rest of the relay looks fine): the panic is logged, the
+    /// source shows `error` with the panic's message and counts a
+    /// reconnect, and it starts again after a backoff pause.
+    pub async fn supervise(self, shutdown: CancellationToken) {
+        let source = Arc::new(self);
+        let mut backoff = source.backoff();
+        let healthy_after = Duration::from_millis(source.replication.healthy_session_ms);
+        loop {
+            let started = tokio::time::Instant::now();
+            // A set of one: dropping it (the relay's own stop) aborts the task.
+            let mut task = JoinSet::new();
+            task.spawn(Arc::clone(&source).run(shutdown.clone()));
+            let panic = match task.join_next().await {
+                Some(Err(error)) if error.is_panic() => panic_message(error.into_panic()),
+                _ => break,
+            };
+            if started.elapsed() >= healthy_after {
+                backoff.reset();
+            }
+            tracing::error!(source = %source.name, panic = %panic, "source task panicked; restarting it");
+            source.metrics.set_state(
+                SourceState::Error,
+                Some(format!("the source task panicked ({panic}); restarting it")),
+            );
+            source.metrics.reconnecting();
+            if shutdown.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        source.metrics.set_state(SourceState::Stopped, None);
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
             Duration::from_millis(self.replication.backoff_initial_ms),
             Duration::from_millis(self.replication.backoff_max_ms),
-        );
+        )
+    }
+
+    /// Streams until `shutdown`, reconnecting after every failure.
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = self.backoff();
         loop {
             let mut healthy = false;
             let error = match self.session(&shutdown, &mut healthy).await {

@@ -51,7 +51,7 @@ impl Application {
                 self.config.replication.clone(),
                 Arc::clone(&self.metrics),
             );
-            sources.spawn(source.run(shutdown.clone()));
+            sources.spawn(source.supervise(shutdown.clone()));
         }
         tracing::info!(
             port = self.port,

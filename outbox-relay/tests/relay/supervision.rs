@@ -1,11 +1,14 @@
 //! Failures that used to loop hot, hang or go unnoticed: a failure that
 //! recurs right after streaming starts (backs off, shows as reconnects per
-//! minute).
+//! minute), a configuration that would panic a source (refused at start-up)
+//! and a source task that panics (reported and restarted).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use test_support::{read_topic, wait_until};
+use outbox_relay::config::{RelayConfig, Secret, SourceConfig};
+use outbox_relay::startup::Application;
+use test_support::{ChildProcess, ReplicationSlots, bin_path, free_port, read_topic, wait_until};
 
 use crate::helpers::{Relay, SourceSpec, outbox_database, unique};
 
@@ -125,4 +128,97 @@ async fn a_failure_that_recurs_after_streaming_starts_backs_off_and_shows_as_fla
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("relay_reconnects_per_minute in {metrics}"));
     assert!(gauge >= 3, "relay_reconnects_per_minute {gauge}");
+}
+
+#[tokio::test]
+async fn a_zero_status_interval_is_refused_at_start_up_by_name() {
+    let mut relay = ChildProcess::spawn(
+        "relay",
+        bin_path("outbox-relay"),
+        [
+            ("APP__HTTP__PORT", free_port().to_string()),
+            (
+                "APP__SOURCES__ZERO__URL",
+                "postgres://u@127.0.0.1/db".into(),
+            ),
+            ("APP__REPLICATION__STATUS_INTERVAL_MS", "0".into()),
+            ("LOG_FORMAT", "pretty".into()),
+        ],
+    );
+    let status = wait_until(
+        Duration::from_secs(20),
+        "the relay to refuse its configuration",
+        || {
+            let status = relay.try_wait();
+            async move { status }
+        },
+    )
+    .await;
+    assert!(!status.success(), "exit status {status}");
+    let expected = "replication.status_interval_ms = 0 is invalid: must be above 0";
+    assert!(relay.log_contains(expected), "{:?}", relay.logs());
+}
+
+#[tokio::test]
+async fn a_panicking_source_is_reported_and_restarted() {
+    let (db, _client) = outbox_database("relay_panic").await;
+    let slot = unique("relay_test");
+    let _slots = ReplicationSlots(vec![(db.url.clone(), slot.clone())]);
+    // A zero status interval made `tokio::time::interval` panic right after
+    // START_REPLICATION. Start-up validation now refuses it, so this relay
+    // runs in-process with the configuration built by hand: a real panic in
+    // a real source task.
+    let mut config = RelayConfig::default();
+    config.http.port = 0;
+    config.kafka.brokers = test_support::kafka_brokers();
+    config.kafka.topics = String::new();
+    config.replication.status_interval_ms = 0;
+    config.replication.backoff_max_ms = 2_000;
+    config.sources.insert(
+        "panicky".into(),
+        SourceConfig {
+            url: Secret::new(db.url.clone()),
+            slot: Some(slot),
+            publication: "outbox_relay".into(),
+            table: "outbox".into(),
+        },
+    );
+    let app = Application::build(config).expect("the relay builds");
+    let status_url = format!("http://127.0.0.1:{}/api/status", app.port());
+    let relay = tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    let source_status = || async {
+        let status: serde_json::Value =
+            http.get(&status_url).send().await.ok()?.json().await.ok()?;
+        status["sources"].get(0).cloned()
+    };
+
+    let failed = wait_until(
+        Duration::from_secs(30),
+        "the panic to show as the source's error",
+        || async {
+            source_status()
+                .await
+                .filter(|s| s["state"] == "error" && s["reconnects"].as_u64() >= Some(1))
+        },
+    )
+    .await;
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("panicked"), "{failed}");
+    // Restarted (and, with the same configuration, panicking again).
+    wait_until(
+        Duration::from_secs(30),
+        "the source to be restarted",
+        || async {
+            source_status()
+                .await
+                .filter(|s| s["reconnects"].as_u64() >= Some(3))
+        },
+    )
+    .await;
+    relay.abort();
+    let _ = relay.await;
 }
