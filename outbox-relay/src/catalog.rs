@@ -34,6 +34,8 @@ pub enum CatalogError {
 /// A replication slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]
 pub struct SlotInfo {
+    /// The backend using the slot (or still creating it).
+    pub active_pid: Option<i32>,
     pub plugin: Option<String>,
     pub database: Option<String>,
     pub wal_status: Option<String>,
@@ -122,7 +124,8 @@ impl Catalog {
         let row = within(
             self.timeout,
             self.client.query_opt(
-                "SELECT plugin::text, database::text, wal_status, confirmed_flush_lsn::text \
+                "SELECT plugin::text, database::text, wal_status, confirmed_flush_lsn::text, \
+                        active_pid \
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             ),
@@ -133,6 +136,7 @@ impl Catalog {
         };
         let confirmed: Option<String> = row.try_get(3)?;
         Ok(Some(SlotInfo {
+            active_pid: row.try_get(4)?,
             plugin: row.try_get(0)?,
             database: row.try_get(1)?,
             wal_status: row.try_get(2)?,
@@ -192,6 +196,46 @@ impl Catalog {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The oldest transactions holding an xid anywhere in the cluster
+    /// (what CREATE_REPLICATION_SLOT waits for), oldest first, described for
+    /// an error message: sessions from `pg_stat_activity` (other roles'
+    /// sessions show only with `pg_read_all_stats` or as superuser) and
+    /// prepared transactions.
+    pub async fn oldest_transactions(&self, limit: i64) -> Result<Vec<String>, CatalogError> {
+        let sessions = within(
+            self.timeout,
+            self.client.query(
+                "SELECT format('pid %s (user %s, database %s, application %L, %s since %s, xid %s)', \
+                        pid, usename, datname, application_name, state, \
+                        to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), \
+                        backend_xid) \
+                 FROM pg_stat_activity \
+                 WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+                   AND backend_type <> 'walsender' \
+                 ORDER BY age(backend_xid) DESC LIMIT $1",
+                &[&limit],
+            ),
+        )
+        .await?;
+        let prepared = within(
+            self.timeout,
+            self.client.query(
+                "SELECT format('prepared transaction %L (owner %s, database %s, prepared %s, xid %s)', \
+                        gid, owner, database, \
+                        to_char(prepared AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), \
+                        transaction) \
+                 FROM pg_prepared_xacts ORDER BY age(transaction) DESC LIMIT $1",
+                &[&limit],
+            ),
+        )
+        .await?;
+        sessions
+            .iter()
+            .chain(&prepared)
+            .map(|row| row.try_get::<_, String>(0).map_err(CatalogError::from))
+            .collect()
     }
 
     /// `pg_current_wal_lsn()`: where the server's WAL ends now.

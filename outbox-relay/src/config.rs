@@ -126,6 +126,15 @@ pub struct ReplicationConfig {
     /// Interval of standby status updates.
     pub status_interval_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Deadline of IDENTIFY_SYSTEM, START_REPLICATION and of writing a
+    /// status update; past it the command is cancelled and the session
+    /// restarts.
+    pub command_timeout_ms: u64,
+    /// Deadline of CREATE_REPLICATION_SLOT, which waits until every
+    /// transaction open in the cluster when it started has ended; past it
+    /// the creation is cancelled and the error names the oldest open
+    /// transaction's backend.
+    pub create_slot_timeout_ms: u64,
     /// First and longest pause between reconnect attempts (jittered).
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
@@ -142,6 +151,8 @@ impl Default for ReplicationConfig {
         Self {
             status_interval_ms: 1_000,
             connect_timeout_ms: 5_000,
+            command_timeout_ms: 10_000,
+            create_slot_timeout_ms: 30_000,
             backoff_initial_ms: 250,
             backoff_max_ms: 30_000,
             healthy_session_ms: 30_000,
@@ -264,8 +275,16 @@ impl RelayConfig {
     /// Numbers that would make a source fail (or panic) only once it runs.
     fn validate_settings(&self) -> Result<(), ConfigError> {
         let (kafka, replication) = (&self.kafka, &self.replication);
-        let above_zero: [(&'static str, u64); 5] = [
+        let above_zero: [(&'static str, u64); 7] = [
             ("kafka.produce_timeout_ms", kafka.produce_timeout_ms),
+            (
+                "replication.command_timeout_ms",
+                replication.command_timeout_ms,
+            ),
+            (
+                "replication.create_slot_timeout_ms",
+                replication.create_slot_timeout_ms,
+            ),
             (
                 "replication.status_interval_ms",
                 replication.status_interval_ms,

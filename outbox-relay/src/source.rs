@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -13,9 +14,11 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::{KafkaConfig, ReplicationConfig, SourceConfig};
 use crate::metrics::{Metrics, SourceMetrics, SourceState};
 use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::{Delivery, PublishError, Publisher};
 use crate::replication::pgoutput::DecodeError;
-use crate::replication::{ConnectParams, Lsn, ReplicationConnection, ReplicationError};
+use crate::replication::{
+    CancelKey, ConnectParams, Lsn, ReplicationConnection, ReplicationError, ReplicationStream,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -34,6 +37,43 @@ pub enum SourceError {
     Publish(#[from] PublishError),
     #[error("decoding: {0}")]
     Decode(#[from] DecodeError),
+    #[error(
+        "CREATE_REPLICATION_SLOT did not finish within {after:?} and was cancelled: PostgreSQL \
+         creates a slot only once every transaction open in the cluster when it started has \
+         ended. Oldest open: {blockers}. End it (commit, roll back or pg_terminate_backend); \
+         the relay keeps retrying"
+    )]
+    SlotCreationBlocked { after: Duration, blockers: String },
+    #[error(
+        "replication slot {slot} is still being created by backend pid {pid} (a \
+         CREATE_REPLICATION_SLOT waiting for open transactions to end)"
+    )]
+    SlotBeingCreated { slot: String, pid: i32 },
+}
+
+/// A session that started streaming.
+struct Started {
+    catalog: Catalog,
+    stream: ReplicationStream,
+    publisher: Publisher,
+    acks: mpsc::UnboundedReceiver<Delivery>,
+    confirmed: Lsn,
+}
+
+/// How long a cancel request for a waiting command may take.
+const CANCEL_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The error of a slot creation that ran out of time, naming what it waits
+/// for (as far as the relay's role can see).
+async fn slot_creation_blocked(catalog: &Catalog, after: Duration) -> SourceError {
+    let blockers = match catalog.oldest_transactions(3).await {
+        Ok(list) if list.is_empty() => "none visible to the relay's role (other roles' \
+                                        sessions show only with pg_read_all_stats)"
+            .to_owned(),
+        Ok(list) => list.join("; "),
+        Err(e) => format!("unknown ({e})"),
+    };
+    SourceError::SlotCreationBlocked { after, blockers }
 }
 
 impl SourceError {
@@ -193,40 +233,35 @@ impl Source {
         shutdown: &CancellationToken,
         healthy: &mut bool,
     ) -> Result<(), SourceError> {
-        let timeout = Duration::from_millis(self.replication.connect_timeout_ms);
-        let url = self.config.url.expose();
         let slot = self.config.slot_name(&self.name);
-        let (schema, table) = self.config.qualified_table();
-
-        let catalog =
-            Catalog::connect(url, &format!("outbox-relay/{}/catalog", self.name), timeout).await?;
-        catalog
-            .ensure_publication(&self.config.publication, schema, table)
-            .await?;
-        let existing = self.check_slot(&catalog, &slot).await?;
-
-        let params = ConnectParams::from_url(url, &format!("outbox-relay/{}", self.name))?;
-        let mut connection = ReplicationConnection::connect(&params, timeout).await?;
-        let server_lsn = connection.identify_system().await?;
-        let confirmed = match existing {
-            Some(lsn) => lsn,
-            None => {
-                let start = connection.create_slot(&slot).await?;
-                tracing::info!(source = %self.name, slot, %start, "created replication slot");
-                start
-            }
+        // Setting up is raced with shutdown: a command can wait on the
+        // server for a long time (slot creation waits for open transactions).
+        let mut cancel = None;
+        let started = tokio::select! {
+            started = self.start(&slot, &mut cancel) => Some(started),
+            () = shutdown.cancelled() => None,
         };
-
-        let (mut publisher, acks) = Publisher::connect(&self.kafka, self.metrics.clone()).await?;
-        publisher.prepare(&self.kafka.topic_list()).await?;
-
-        let stream = connection
-            .start_replication(&slot, &self.config.publication)
-            .await?;
-        tracing::info!(source = %self.name, slot, %confirmed, server = %server_lsn, "streaming");
+        let Some(started) = started else {
+            // Dropping the connection does not stop a command the server is
+            // running (a slot creation would still finish once the
+            // transactions it waits for end): cancel it.
+            if let Some(key) = cancel {
+                key.cancel(CANCEL_PATIENCE).await;
+            }
+            tracing::info!(source = %self.name, "stopped while connecting");
+            return Ok(());
+        };
+        let Started {
+            catalog,
+            stream,
+            publisher,
+            acks,
+            confirmed,
+        } = started?;
         self.metrics.set_state(SourceState::Streaming, None);
         self.metrics.confirmed_idle(confirmed);
 
+        let (schema, table) = self.config.qualified_table();
         let settings = PipelineSettings {
             source: self.name.clone(),
             schema: schema.to_owned(),
@@ -264,11 +299,78 @@ impl Source {
         Ok(())
     }
 
+    /// Connects, checks the publication and the slot (creating a missing
+    /// one), connects the publisher and starts streaming. Every step has a
+    /// deadline; `cancel` gets the replication connection's cancel key as
+    /// soon as there is one.
+    async fn start(
+        &self,
+        slot: &str,
+        cancel: &mut Option<CancelKey>,
+    ) -> Result<Started, SourceError> {
+        let timeout = Duration::from_millis(self.replication.connect_timeout_ms);
+        let command_timeout = Duration::from_millis(self.replication.command_timeout_ms);
+        let url = self.config.url.expose();
+        let (schema, table) = self.config.qualified_table();
+
+        let catalog =
+            Catalog::connect(url, &format!("outbox-relay/{}/catalog", self.name), timeout).await?;
+        catalog
+            .ensure_publication(&self.config.publication, schema, table)
+            .await?;
+        let existing = self.check_slot(&catalog, slot).await?;
+
+        let params = ConnectParams::from_url(url, &format!("outbox-relay/{}", self.name))?;
+        let mut connection = ReplicationConnection::connect(&params, timeout).await?;
+        *cancel = connection.cancel_key();
+        let server_lsn = connection.identify_system(command_timeout).await?;
+        let confirmed = match existing {
+            Some(lsn) => lsn,
+            None => {
+                let deadline = Duration::from_millis(self.replication.create_slot_timeout_ms);
+                match connection.create_slot(slot, deadline).await {
+                    Ok(start) => {
+                        tracing::info!(source = %self.name, slot, %start, "created replication slot");
+                        start
+                    }
+                    Err(ReplicationError::Timeout { .. }) => {
+                        return Err(slot_creation_blocked(&catalog, deadline).await);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+
+        let (mut publisher, acks) = Publisher::connect(&self.kafka, self.metrics.clone()).await?;
+        publisher.prepare(&self.kafka.topic_list()).await?;
+
+        let stream = connection
+            .start_replication_within(slot, &self.config.publication, command_timeout)
+            .await?;
+        tracing::info!(source = %self.name, slot, %confirmed, server = %server_lsn, "streaming");
+        Ok(Started {
+            catalog,
+            stream,
+            publisher,
+            acks,
+            confirmed,
+        })
+    }
+
     /// The confirmed position of an existing, usable slot; `None` if missing.
     async fn check_slot(&self, catalog: &Catalog, slot: &str) -> Result<Option<Lsn>, SourceError> {
         let Some(info) = catalog.slot(slot).await? else {
             return Ok(None);
         };
+        if info.confirmed_flush.is_none()
+            && let Some(pid) = info.active_pid
+        {
+            // Another backend's CREATE_REPLICATION_SLOT has not finished.
+            return Err(SourceError::SlotBeingCreated {
+                slot: slot.to_owned(),
+                pid,
+            });
+        }
         if info.wal_status.as_deref() == Some("lost") {
             return Err(SourceError::SlotLost(slot.to_owned()));
         }

@@ -3,6 +3,7 @@
 //! in-flight acknowledgements and send a final status update).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use tokio::task::JoinSet;
@@ -12,6 +13,10 @@ use crate::config::RelayConfig;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::source::Source;
+
+/// Beyond the drain's grace period: the final status update, closing the
+/// connection and saving the slot's position.
+const STOP_PATIENCE: Duration = Duration::from_secs(8);
 
 pub struct Application {
     config: RelayConfig,
@@ -66,7 +71,23 @@ impl Application {
         wait_for_signal().await;
         tracing::info!("shutting down");
         shutdown.cancel();
-        while sources.join_next().await.is_some() {}
+        // Sources drain within `shutdown_grace_ms` and cancel what they
+        // wait for; a source stuck anyway (a bug) must not keep the process
+        // alive until the orchestrator's SIGKILL.
+        let patience =
+            Duration::from_millis(self.config.replication.shutdown_grace_ms) + STOP_PATIENCE;
+        let stopped = tokio::time::timeout(patience, async {
+            while sources.join_next().await.is_some() {}
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::error!(
+                ?patience,
+                "sources did not stop in time; aborting them (the slot keeps its confirmed position)"
+            );
+            sources.abort_all();
+            while sources.join_next().await.is_some() {}
+        }
         let _ = nodelay.await;
         handle.stop(true).await;
         server.await.map_err(std::io::Error::other)?

@@ -35,6 +35,11 @@ pub enum ReplicationError {
     Server { code: String, message: String },
     #[error("unexpected replication protocol message: {0}")]
     Protocol(String),
+    #[error("{command} got no answer within {after:?} (cancelled)")]
+    Timeout {
+        command: &'static str,
+        after: Duration,
+    },
 }
 
 impl ReplicationError {
@@ -103,7 +108,53 @@ pub struct ReplicationConnection {
     stream: TcpStream,
     read: BytesMut,
     write: BytesMut,
+    cancel: Option<CancelKey>,
 }
+
+/// What a CancelRequest for one backend needs (from BackendKeyData).
+#[derive(Debug, Clone)]
+pub struct CancelKey {
+    host: String,
+    port: u16,
+    process_id: i32,
+    secret_key: i32,
+}
+
+impl CancelKey {
+    /// The backend's process id (as `pg_stat_activity.pid` shows it).
+    pub fn process_id(&self) -> i32 {
+        self.process_id
+    }
+
+    /// Asks the server to cancel whatever command the backend runs, over a
+    /// connection of its own (the protocol's CancelRequest). Best effort:
+    /// errors are logged, and it gives up after `timeout`.
+    pub async fn cancel(&self, timeout: Duration) {
+        let request = async {
+            let mut stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            let mut buf = BytesMut::with_capacity(16);
+            frontend::cancel_request(self.process_id, self.secret_key, &mut buf);
+            stream.write_all(&buf).await?;
+            // The server closes the connection once it handled the request.
+            let mut rest = [0u8; 1];
+            let _ = stream.read(&mut rest).await;
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(timeout, request).await {
+            Ok(Ok(())) => tracing::debug!(pid = self.process_id, "cancel request sent"),
+            Ok(Err(e)) => {
+                tracing::warn!(pid = self.process_id, error = %e, "cancel request failed")
+            }
+            Err(_) => tracing::warn!(pid = self.process_id, "cancel request timed out"),
+        }
+    }
+}
+
+/// How long a cancel request may take (it is a connect and 16 bytes).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The deadline of a replication command when the caller names none.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ReplicationConnection {
     /// Connects and authenticates within `timeout`.
@@ -125,6 +176,7 @@ impl ReplicationConnection {
             stream,
             read: BytesMut::with_capacity(64 * 1024),
             write: BytesMut::with_capacity(1024),
+            cancel: None,
         };
         // Text output of timestamps must be unambiguous for the decoder.
         let parameters = [
@@ -139,8 +191,14 @@ impl ReplicationConnection {
         frontend::startup_message(parameters, &mut conn.write)?;
         conn.flush().await?;
         conn.authenticate(params).await?;
-        conn.wait_ready().await?;
+        conn.wait_ready(params).await?;
         Ok(conn)
+    }
+
+    /// What cancels this connection's running command (from another task,
+    /// e.g. at shutdown); `None` if the server sent no key.
+    pub fn cancel_key(&self) -> Option<CancelKey> {
+        self.cancel.clone()
     }
 
     async fn authenticate(&mut self, params: &ConnectParams) -> Result<()> {
@@ -207,14 +265,50 @@ impl ReplicationConnection {
         }
     }
 
-    /// Skips parameter statuses and key data up to the first ReadyForQuery.
-    async fn wait_ready(&mut self) -> Result<()> {
+    /// Keeps the cancel key, skips parameter statuses, up to the first
+    /// ReadyForQuery.
+    async fn wait_ready(&mut self, params: &ConnectParams) -> Result<()> {
         loop {
             match self.read_message().await? {
                 Message::ReadyForQuery(_) => return Ok(()),
+                Message::BackendKeyData(body) => {
+                    self.cancel = Some(CancelKey {
+                        host: params.host.clone(),
+                        port: params.port,
+                        process_id: body.process_id(),
+                        secret_key: body.secret_key(),
+                    });
+                }
                 Message::ErrorResponse(body) => return Err(server_error(body.fields())),
                 _ => {}
             }
+        }
+    }
+
+    /// [`simple_query`](Self::simple_query) with a deadline: past it the
+    /// server is asked to cancel the command, and the connection must be
+    /// dropped (its protocol state is unknown).
+    async fn query_within(
+        &mut self,
+        command: &'static str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<Option<String>>>> {
+        match tokio::time::timeout(timeout, self.simple_query(sql)).await {
+            Ok(rows) => rows,
+            Err(_) => {
+                self.cancel_running().await;
+                Err(ReplicationError::Timeout {
+                    command,
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    async fn cancel_running(&self) {
+        if let Some(key) = &self.cancel {
+            key.cancel(CANCEL_TIMEOUT).await;
         }
     }
 
@@ -236,8 +330,10 @@ impl ReplicationConnection {
     }
 
     /// `IDENTIFY_SYSTEM`: the server's current WAL flush position.
-    pub async fn identify_system(&mut self) -> Result<Lsn> {
-        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+    pub async fn identify_system(&mut self, timeout: Duration) -> Result<Lsn> {
+        let rows = self
+            .query_within("IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM", timeout)
+            .await?;
         rows.first()
             .and_then(|row| row.get(2).cloned().flatten())
             .and_then(|xlogpos| xlogpos.parse().ok())
@@ -245,13 +341,18 @@ impl ReplicationConnection {
     }
 
     /// Creates a logical slot for `pgoutput` without exporting a snapshot;
-    /// returns its consistent point (where its stream starts).
-    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn> {
+    /// returns its consistent point (where its stream starts). PostgreSQL
+    /// answers only once every transaction (with an xid) that was open in
+    /// the cluster when it started has ended; past `timeout` the creation
+    /// is cancelled (the half-made slot goes with it).
+    pub async fn create_slot(&mut self, slot: &str, timeout: Duration) -> Result<Lsn> {
         let sql = format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
             quote_ident(slot)
         );
-        let rows = self.simple_query(&sql).await?;
+        let rows = self
+            .query_within("CREATE_REPLICATION_SLOT", &sql, timeout)
+            .await?;
         rows.first()
             .and_then(|row| row.get(1).cloned().flatten())
             .and_then(|point| point.parse().ok())
@@ -262,30 +363,57 @@ impl ReplicationConnection {
             })
     }
 
-    /// Starts streaming from the slot's confirmed position.
+    /// Starts streaming from the slot's confirmed position, with
+    /// [`DEFAULT_COMMAND_TIMEOUT`] for the answer and the status updates.
     pub async fn start_replication(
+        self,
+        slot: &str,
+        publication: &str,
+    ) -> Result<ReplicationStream> {
+        self.start_replication_within(slot, publication, DEFAULT_COMMAND_TIMEOUT)
+            .await
+    }
+
+    /// Starts streaming from the slot's confirmed position; `timeout` bounds
+    /// the server's answer and, later, every write of a status update.
+    pub async fn start_replication_within(
         mut self,
         slot: &str,
         publication: &str,
+        timeout: Duration,
     ) -> Result<ReplicationStream> {
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
             quote_ident(slot),
             quote_literal(&quote_ident(publication)),
         );
-        frontend::query(&sql, &mut self.write)?;
+        match tokio::time::timeout(timeout, self.start_copy_both(&sql)).await {
+            Ok(Ok(())) => Ok(ReplicationStream {
+                conn: self,
+                write_timeout: timeout,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                self.cancel_running().await;
+                Err(ReplicationError::Timeout {
+                    command: "START_REPLICATION",
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    async fn start_copy_both(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.write)?;
         self.flush().await?;
         loop {
             let (tag, frame) = self.read_frame().await?;
             // postgres-protocol does not know CopyBothResponse ('W').
             if tag == b'W' {
-                return Ok(ReplicationStream { conn: self });
+                return Ok(());
             }
             match parse_message(frame)? {
-                Message::ErrorResponse(body) => {
-                    let error = server_error(body.fields());
-                    return Err(error);
-                }
+                Message::ErrorResponse(body) => return Err(server_error(body.fields())),
                 Message::NoticeResponse(_) => {}
                 other => return Err(unexpected(&other)),
             }
@@ -329,6 +457,9 @@ impl ReplicationConnection {
 /// The CopyBoth phase of a replication connection.
 pub struct ReplicationStream {
     conn: ReplicationConnection,
+    /// Deadline of writing a status update (a socket whose peer stopped
+    /// reading fills up and would block the session).
+    write_timeout: Duration,
 }
 
 impl ReplicationStream {
@@ -365,7 +496,12 @@ impl ReplicationStream {
         body.put_i64(pg_now());
         body.put_u8(u8::from(reply_requested));
         frontend::CopyData::new(body.freeze())?.write(&mut self.conn.write);
-        self.conn.flush().await
+        tokio::time::timeout(self.write_timeout, self.conn.flush())
+            .await
+            .map_err(|_| ReplicationError::Timeout {
+                command: "standby status update",
+                after: self.write_timeout,
+            })?
     }
 
     /// Ends the stream politely (CopyDone, Terminate); errors are irrelevant
@@ -373,8 +509,11 @@ impl ReplicationStream {
     pub async fn close(mut self) {
         frontend::copy_done(&mut self.conn.write);
         frontend::terminate(&mut self.conn.write);
-        let _ = self.conn.flush().await;
-        let _ = self.conn.stream.shutdown().await;
+        let polite = async {
+            let _ = self.conn.flush().await;
+            let _ = self.conn.stream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(self.write_timeout, polite).await;
     }
 }
 

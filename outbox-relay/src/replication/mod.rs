@@ -5,6 +5,7 @@ pub mod lsn;
 pub mod pgoutput;
 
 pub use connection::{
-    ConnectParams, ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage,
+    CancelKey, ConnectParams, ReplicationConnection, ReplicationError, ReplicationStream,
+    StreamMessage,
 };
 pub use lsn::Lsn;

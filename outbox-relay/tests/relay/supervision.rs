@@ -222,3 +222,115 @@ async fn a_panicking_source_is_reported_and_restarted() {
     relay.abort();
     let _ = relay.await;
 }
+
+#[tokio::test]
+async fn a_slot_creation_blocked_by_an_open_transaction_names_it_and_sigterm_still_stops() {
+    const CREATE_SLOT_TIMEOUT: Duration = Duration::from_secs(4);
+    let (db, client) = outbox_database("relay_blocked").await;
+    // A transaction holding an xid: CREATE_REPLICATION_SLOT waits for it
+    // (for every such transaction of the cluster) to end.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("SET application_name = 'slot_blocker'; BEGIN; SELECT txid_current();")
+        .await
+        .expect("the blocking transaction");
+    let blocker_pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+
+    let source = SourceSpec::new("blocked", &db);
+    let mut relay = Relay::start_with(
+        &[&source],
+        &[(
+            "APP__REPLICATION__CREATE_SLOT_TIMEOUT_MS",
+            CREATE_SLOT_TIMEOUT.as_millis().to_string(),
+        )],
+    )
+    .await;
+    let started = Instant::now();
+    let status = wait_until(
+        CREATE_SLOT_TIMEOUT + Duration::from_secs(10),
+        "the blocked slot creation's error",
+        || async {
+            relay.source_status("blocked").await.filter(|s| {
+                s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("CREATE_REPLICATION_SLOT"))
+            })
+        },
+    )
+    .await;
+    println!(
+        "slot creation blocked: error after {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        status["last_error"]
+    );
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("pid {blocker_pid} ")) && error.contains("slot_blocker"),
+        "the error names the blocking backend {blocker_pid}: {error}"
+    );
+    assert_eq!(status["state"], "reconnecting", "{status}");
+
+    // SIGTERM while the next attempt waits in CREATE_REPLICATION_SLOT.
+    wait_until(
+        Duration::from_secs(15),
+        "the next slot creation to wait",
+        || async {
+            client
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 \
+                     AND state = 'active' AND query LIKE 'CREATE_REPLICATION_SLOT%'",
+                    &[&"outbox-relay/blocked"],
+                )
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    let stopping = Instant::now();
+    let exit = relay
+        .process
+        .stop_with(libc::SIGTERM, Duration::from_secs(10));
+    let took = stopping.elapsed();
+    assert!(
+        exit.success(),
+        "the relay exited with {exit} after {took:?}"
+    );
+    assert!(
+        took < CREATE_SLOT_TIMEOUT / 2,
+        "SIGTERM took {took:?}: the waiting slot creation was not cancelled"
+    );
+    // The server stopped waiting too: no slot appears once the blocker ends.
+    wait_until(
+        Duration::from_secs(10),
+        "the relay's walsender to end",
+        || async {
+            client
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = $1",
+                    &[&"outbox-relay/blocked"],
+                )
+                .await
+                .ok()
+                .filter(|row| row.is_none())
+        },
+    )
+    .await;
+    blocker.batch_execute("COMMIT").await.expect("commit");
+    let slot = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&source.slot],
+        )
+        .await
+        .expect("pg_replication_slots");
+    assert!(
+        slot.is_none(),
+        "the cancelled creation left slot {}",
+        source.slot
+    );
+}
