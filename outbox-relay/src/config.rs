@@ -125,6 +125,12 @@ impl KafkaConfig {
 pub struct ReplicationConfig {
     /// Interval of standby status updates.
     pub status_interval_ms: u64,
+    /// A streaming session that received nothing from the server for this
+    /// long (keepalives included) is presumed dead and restarted. After a
+    /// third of it in silence, status updates ask the server for a reply,
+    /// so a live server is never silent that long. Also the replication
+    /// socket's `TCP_USER_TIMEOUT`.
+    pub receive_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     /// Deadline of IDENTIFY_SYSTEM, START_REPLICATION and of writing a
     /// status update; past it the command is cancelled and the session
@@ -150,6 +156,7 @@ impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
             status_interval_ms: 1_000,
+            receive_timeout_ms: 60_000,
             connect_timeout_ms: 5_000,
             command_timeout_ms: 10_000,
             create_slot_timeout_ms: 30_000,
@@ -316,6 +323,14 @@ impl RelayConfig {
                 key: "kafka.partitions",
                 value: kafka.partitions.to_string(),
                 message: "must be at least 1",
+            });
+        }
+        if replication.receive_timeout_ms < 3 * replication.status_interval_ms {
+            return Err(ConfigError::Setting {
+                key: "replication.receive_timeout_ms",
+                value: replication.receive_timeout_ms.to_string(),
+                message: "must be at least 3 x replication.status_interval_ms (the stream's \
+                          silence is checked, and a reply asked for, at each status update)",
             });
         }
         if replication.backoff_max_ms < replication.backoff_initial_ms {

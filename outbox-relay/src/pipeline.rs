@@ -39,6 +39,8 @@ pub struct PipelineSettings {
     pub shutdown_grace: Duration,
     /// How long a session streams before it can count as healthy.
     pub healthy_after: Duration,
+    /// Silence from the server after which the session is presumed dead.
+    pub receive_timeout: Duration,
 }
 
 pub struct Pipeline {
@@ -58,6 +60,11 @@ pub struct Pipeline {
     /// When streaming started and from which confirmed position.
     started: Instant,
     start_confirmed: Lsn,
+    /// Liveness: how long the server has been silent while the pipeline
+    /// listened, counted at status ticks (see `note_silence`).
+    silent_for: Duration,
+    heard_since_tick: bool,
+    last_tick: Instant,
 }
 
 /// The transaction being received (between Begin and Commit).
@@ -87,6 +94,9 @@ impl Pipeline {
             last_probe: None,
             started: Instant::now(),
             start_confirmed: confirmed,
+            silent_for: Duration::ZERO,
+            heard_since_tick: false,
+            last_tick: Instant::now(),
         }
     }
 
@@ -116,7 +126,7 @@ impl Pipeline {
                 }
                 // Before the stream: a busy stream must not starve status updates.
                 _ = ticker.tick() => {
-                    self.on_tick(&mut stream, catalog).await?;
+                    self.on_tick(&mut stream, catalog, can_read).await?;
                     *healthy = *healthy || self.is_healthy();
                 }
                 Some(delivery) = deliveries.recv() => self.on_delivery(delivery, &mut publisher).await?,
@@ -153,6 +163,7 @@ impl Pipeline {
         publisher: &mut Publisher,
         stream: &mut ReplicationStream,
     ) -> Result<(), SourceError> {
+        self.heard_since_tick = true;
         match message {
             StreamMessage::XLogData { wal_end, data } => {
                 self.server_position = self.server_position.max(wal_end);
@@ -353,12 +364,39 @@ impl Pipeline {
         }
     }
 
+    /// The server's silence while we listened, as of this tick. Each tick
+    /// adds the time since the previous one, at most a status interval (a
+    /// long handler between two ticks is the relay's time, not the
+    /// server's); a message since, or not listening (backpressure, drain),
+    /// starts it over.
+    fn note_silence(&mut self, listening: bool) -> Duration {
+        let gap = self.last_tick.elapsed().min(self.settings.status_interval);
+        self.last_tick = Instant::now();
+        if std::mem::take(&mut self.heard_since_tick) || !listening {
+            self.silent_for = Duration::ZERO;
+        } else {
+            self.silent_for += gap;
+        }
+        self.silent_for
+    }
+
     async fn on_tick(
         &mut self,
         stream: &mut ReplicationStream,
         catalog: &Catalog,
+        listening: bool,
     ) -> Result<(), SourceError> {
-        stream.send_status(self.confirmed, false).await?;
+        // Liveness: a half-open connection (host gone, network partition, a
+        // frozen server) delivers nothing and fails no write for many
+        // minutes. The server sends keepalives on its own only when it
+        // lacks our replies, so after a third of the timeout in silence the
+        // status update asks for one; still nothing by the timeout: dead.
+        let silence = self.note_silence(listening);
+        if silence >= self.settings.receive_timeout {
+            return Err(ReplicationError::Silent(silence).into());
+        }
+        let ask_for_reply = silence >= self.settings.receive_timeout / 3;
+        stream.send_status(self.confirmed, ask_for_reply).await?;
         self.probe_server_position(catalog).await;
         let lag_seconds = self
             .in_flight

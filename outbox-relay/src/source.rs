@@ -271,6 +271,7 @@ impl Source {
             status_interval: Duration::from_millis(self.replication.status_interval_ms),
             shutdown_grace: Duration::from_millis(self.replication.shutdown_grace_ms),
             healthy_after: Duration::from_millis(self.replication.healthy_session_ms),
+            receive_timeout: Duration::from_millis(self.replication.receive_timeout_ms),
         };
         let confirmed = Pipeline::new(
             settings,
@@ -322,6 +323,7 @@ impl Source {
 
         let params = ConnectParams::from_url(url, &format!("outbox-relay/{}", self.name))?;
         let mut connection = ReplicationConnection::connect(&params, timeout).await?;
+        connection.set_user_timeout(Duration::from_millis(self.replication.receive_timeout_ms))?;
         *cancel = connection.cancel_key();
         let server_lsn = connection.identify_system(command_timeout).await?;
         let confirmed = match existing {

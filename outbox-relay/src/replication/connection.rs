@@ -40,6 +40,11 @@ pub enum ReplicationError {
         command: &'static str,
         after: Duration,
     },
+    #[error(
+        "the server sent nothing for {0:?}, not even a keepalive when asked: the connection \
+         is presumed dead (replication.receive_timeout_ms)"
+    )]
+    Silent(Duration),
 }
 
 impl ReplicationError {
@@ -172,6 +177,7 @@ impl ReplicationConnection {
     async fn connect_inner(params: &ConnectParams) -> Result<Self> {
         let stream = TcpStream::connect((params.host.as_str(), params.port)).await?;
         stream.set_nodelay(true)?;
+        set_keepalive(&stream)?;
         let mut conn = Self {
             stream,
             read: BytesMut::with_capacity(64 * 1024),
@@ -193,6 +199,20 @@ impl ReplicationConnection {
         conn.authenticate(params).await?;
         conn.wait_ready(params).await?;
         Ok(conn)
+    }
+
+    /// `TCP_USER_TIMEOUT`: the kernel drops the connection when data it sent
+    /// (status updates) stays unacknowledged this long, e.g. after the
+    /// server's host vanished.
+    pub fn set_user_timeout(&self, timeout: Duration) -> Result<()> {
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        set_option(
+            &self.stream,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            millis,
+        )?;
+        Ok(())
     }
 
     /// What cancels this connection's running command (from another task,
@@ -514,6 +534,42 @@ impl ReplicationStream {
             let _ = self.conn.stream.shutdown().await;
         };
         let _ = tokio::time::timeout(self.write_timeout, polite).await;
+    }
+}
+
+/// TCP keepalive probes after 30 s without traffic, every 10 s, 3 unanswered
+/// ones close the socket: a peer that vanished while the session was idle in
+/// both directions is noticed (status updates keep it busy otherwise, where
+/// `TCP_USER_TIMEOUT` and the stream's receive timeout apply).
+fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    set_option(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30)?;
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10)?;
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
+}
+
+fn set_option(
+    stream: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket this stream owns, with a c_int value
+    // of the size passed.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

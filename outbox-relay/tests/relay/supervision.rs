@@ -1,7 +1,9 @@
 //! Failures that used to loop hot, hang or go unnoticed: a failure that
 //! recurs right after streaming starts (backs off, shows as reconnects per
-//! minute), a configuration that would panic a source (refused at start-up)
-//! and a source task that panics (reported and restarted).
+//! minute), a configuration that would panic a source (refused at start-up),
+//! a source task that panics (reported and restarted), a slot creation that
+//! waits for an open transaction (named; SIGTERM still stops the relay) and
+//! a frozen walsender (noticed within the receive timeout).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -10,7 +12,9 @@ use outbox_relay::config::{RelayConfig, Secret, SourceConfig};
 use outbox_relay::startup::Application;
 use test_support::{ChildProcess, ReplicationSlots, bin_path, free_port, read_topic, wait_until};
 
-use crate::helpers::{Relay, SourceSpec, outbox_database, unique};
+use crate::helpers::{
+    Relay, SourceSpec, insert_events, outbox_database, read_until_distinct, unique,
+};
 
 /// One outbox row per `seq` in `from..=to`, as SQL (for use inside a
 /// transaction of `batch_execute`).
@@ -333,4 +337,109 @@ async fn a_slot_creation_blocked_by_an_open_transaction_names_it_and_sigterm_sti
         "the cancelled creation left slot {}",
         source.slot
     );
+}
+
+/// A backend process of the test cluster stopped with SIGSTOP: it keeps its
+/// connections open and answers nothing (a half-open connection, as seen
+/// from the relay). Continued when dropped, also when the test fails.
+struct Frozen(i32);
+
+impl Frozen {
+    fn walsender(pid: i32) -> Frozen {
+        let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_else(|e| {
+            panic!(
+                "walsender {pid} is not a process of this machine ({e}): this test needs the \
+                 PostgreSQL cluster `cargo xtask test` starts"
+            )
+        });
+        assert!(
+            String::from_utf8_lossy(&title).contains("walsender"),
+            "process {pid} is not a walsender: {}",
+            String::from_utf8_lossy(&title)
+        );
+        // SAFETY: kill(2) on a process checked just above.
+        let stopped = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        assert_eq!(
+            stopped,
+            0,
+            "SIGSTOP {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process stopped in `walsender`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_walsender_is_noticed_within_the_receive_timeout() {
+    const RECEIVE_TIMEOUT: Duration = Duration::from_secs(3);
+    let (db, client) = outbox_database("relay_frozen").await;
+    let source = SourceSpec::new("frozen", &db);
+    let topic = unique("rt_frozen");
+    let relay = Relay::start_with(
+        &[&source],
+        &[(
+            "APP__REPLICATION__RECEIVE_TIMEOUT_MS",
+            RECEIVE_TIMEOUT.as_millis().to_string(),
+        )],
+    )
+    .await;
+    relay
+        .wait_for_state("frozen", "streaming", Duration::from_secs(20))
+        .await;
+    insert_events(&client, &topic, "k", 0, 10).await;
+    wait_until(Duration::from_secs(30), "10 events published", || async {
+        (relay.events_published("frozen").await >= 10).then_some(())
+    })
+    .await;
+    // Longer than the receive timeout, an idle but live session still streams.
+    tokio::time::sleep(RECEIVE_TIMEOUT * 2).await;
+    let status = relay.source_status("frozen").await.expect("status");
+    assert_eq!(status["state"], "streaming", "{status}");
+    assert_eq!(status["reconnects"], 0, "{status}");
+
+    let walsender: i32 = client
+        .query_one(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&source.slot],
+        )
+        .await
+        .expect("the slot's walsender")
+        .get(0);
+    let frozen = Frozen::walsender(walsender);
+    let since = Instant::now();
+    let status = wait_until(
+        RECEIVE_TIMEOUT + Duration::from_secs(5),
+        "the source to leave streaming",
+        || async {
+            relay
+                .source_status("frozen")
+                .await
+                .filter(|s| s["state"] != "streaming")
+        },
+    )
+    .await;
+    let took = since.elapsed();
+    println!("frozen walsender noticed after {took:?}: {status}");
+    // The error that ended the session (the status may already show the
+    // next attempt's: the frozen walsender still holds the slot).
+    assert!(
+        relay.process.log_contains("the server sent nothing for"),
+        "{status}"
+    );
+
+    // Events written meanwhile arrive once the server is back.
+    insert_events(&client, &topic, "k", 10, 10).await;
+    drop(frozen);
+    relay
+        .wait_for_state("frozen", "streaming", Duration::from_secs(30))
+        .await;
+    let mut reader = test_support::KafkaReader::new(&test_support::kafka_brokers(), &topic).await;
+    read_until_distinct(&mut reader, 20, Duration::from_secs(30)).await;
 }
