@@ -355,3 +355,67 @@ async fn save_screenshot(client: &Client) -> PathBuf {
     }
     path
 }
+
+/// Issue 21, item 9, in a real browser: a link with `?url=` does not make
+/// the page fetch a foreign document, and a token entered in "Authorize" is
+/// not kept in the browser's storage.
+#[tokio::test]
+async fn swagger_ui_ignores_a_foreign_url_and_keeps_no_token() {
+    let evil = crate::helpers::spawn_upstream().await;
+    let app = spawn_app_with(|_| {}).await;
+    let (_browser, client) = Browser::start().await;
+    let result = async {
+        client
+            .goto(&format!(
+                "{}/swagger-ui.html?url={}/openapi.json&configUrl={}/config.json",
+                app.address, evil.base, evil.base
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(".opblock"))
+            .await
+            .map_err(|e| format!("no operation rendered: {e}"))?;
+        let fetched = client
+            .execute(
+                "return performance.getEntriesByType('resource').map(e => e.name)
+                    .concat([location.href]);",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let foreign: Vec<&Value> = fetched
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|url| !url.as_str().unwrap_or_default().starts_with(&app.address))
+            .collect();
+        if !foreign.is_empty() || fetched.to_string().contains(&evil.base) {
+            return Err(format!("the page used the foreign address: {fetched}"));
+        }
+        authorize(&client, "a-token-that-must-not-be-stored").await?;
+        let stored = client
+            .execute(
+                "return JSON.stringify(Object.assign({}, window.localStorage)) +
+                    JSON.stringify(Object.assign({}, window.sessionStorage));",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if stored
+            .to_string()
+            .contains("a-token-that-must-not-be-stored")
+        {
+            return Err(format!("the token was stored: {stored}"));
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    client.close().await.ok();
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+    assert_eq!(evil.hits(), 0, "the foreign server was asked");
+}
