@@ -49,5 +49,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    products (sku) {
+        sku -> Text,
+        name -> Text,
+        price_cents -> Int8,
+        active -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(order_items -> orders (order_id));
-diesel::allow_tables_to_appear_in_same_query!(orders, order_items, idempotency_keys);
+diesel::allow_tables_to_appear_in_same_query!(orders, order_items, idempotency_keys, products);

@@ -20,7 +20,7 @@ use crate::{
     config::{CONSUMER_GROUP, IdempotencyConfig, SERVICE, Settings},
     metrics::OrderMetrics,
     order_changes::OrderChanges,
-    routes::{self, orders, request_trace::trace_requests},
+    routes::{self, orders, products, request_trace::trace_requests},
     saga::SagaHandler,
     store,
 };
@@ -93,7 +93,7 @@ impl Application {
                 .wrap(from_fn(trace_requests))
                 .wrap_api_with_spec(service::api_spec(
                     SERVICE,
-                    "Orders: place, read, list, cancel.",
+                    "Orders: place, read, list, cancel; the product catalog they are priced from.",
                 ))
                 .service(
                     web::resource("/api/orders")
@@ -104,6 +104,13 @@ impl Application {
                 .service(
                     web::resource("/api/orders/{id}/cancel")
                         .route(web::post().to(orders::cancel_order)),
+                )
+                .service(
+                    web::resource("/api/products").route(web::get().to(products::list_products)),
+                )
+                .service(
+                    web::resource("/api/products/{sku}")
+                        .route(web::get().to(products::get_product)),
                 )
                 .with_json_spec_at("/openapi.json")
                 .default_service(actix::to(service::unknown_route))

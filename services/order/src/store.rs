@@ -19,7 +19,7 @@ use crate::{
         DeliveryState, IllegalTransition, NewOrder, OrderStatus, StatusChange,
         order_status::UnknownStatus,
     },
-    schema::{idempotency_keys, order_items, orders},
+    schema::{idempotency_keys, order_items, orders, products},
 };
 
 /// The reason the order service puts on `OrderCancellationRequested`; the
@@ -162,6 +162,10 @@ pub enum Placed {
 pub enum PlaceError {
     #[error("the idempotency key was used with another request body")]
     KeyReused,
+    /// A product of the order changed (price, active flag) after its price
+    /// was read: nothing was stored; price the order again.
+    #[error("a product changed while the order was placed")]
+    CatalogChanged,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -201,22 +205,100 @@ pub async fn place_order(
         return Ok(Placed::Created(OrderView { order: row, items }));
     }
     // Nothing was inserted: the key was claimed before (a concurrent claim
-    // made the insert wait until it committed). Its order is committed too.
-    let Some(idem) = idempotency else {
-        return Err(DieselError::NotFound.into());
-    };
-    let (hash, existing): (String, Uuid) = idempotency_keys::table
+    // made the insert wait until it committed; its order is committed too),
+    // or a product changed since its price was read.
+    if let Some(idem) = idempotency
+        && let Some(placed) = replay(conn, customer_id, idem).await?
+    {
+        return Ok(placed);
+    }
+    Err(PlaceError::CatalogChanged)
+}
+
+/// The order an earlier request with this idempotency key created (`None`
+/// when the key is new); [`PlaceError::KeyReused`] when that request had
+/// another body.
+pub async fn replay(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    idem: &IdempotencyKey,
+) -> Result<Option<Placed>, PlaceError> {
+    let Some((hash, existing)): Option<(String, Uuid)> = idempotency_keys::table
         .find((customer_id, &idem.key))
         .select((idempotency_keys::request_hash, idempotency_keys::order_id))
         .first(conn)
-        .await?;
+        .await
+        .optional()?
+    else {
+        return Ok(None);
+    };
     if hash != idem.request_hash {
         return Err(PlaceError::KeyReused);
     }
     let view = find_order(conn, existing, customer_id)
         .await?
         .ok_or(DieselError::NotFound)?;
-    Ok(Placed::Replayed(view))
+    Ok(Some(Placed::Replayed(view)))
+}
+
+/// A product of the catalog.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = products)]
+pub struct ProductRow {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The catalog's price and active flag of each of `skus` that exists: one
+/// primary-key lookup per distinct SKU, one statement.
+pub async fn catalog_prices(
+    conn: &mut AsyncPgConnection,
+    skus: &[&str],
+) -> Result<Vec<(String, i64, bool)>, DieselError> {
+    products::table
+        .filter(products::sku.eq_any(skus))
+        .select((products::sku, products::price_cents, products::active))
+        .load(conn)
+        .await
+}
+
+/// One product, active or not.
+pub async fn find_product(
+    conn: &mut AsyncPgConnection,
+    sku: &str,
+) -> Result<Option<ProductRow>, DieselError> {
+    products::table
+        .find(sku)
+        .select(ProductRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A page (1-based) of the active products by SKU, and how many there are.
+pub async fn list_products(
+    conn: &mut AsyncPgConnection,
+    page: i64,
+    page_size: i64,
+) -> Result<(Vec<ProductRow>, i64), DieselError> {
+    let total: i64 = products::table
+        .filter(products::active)
+        .count()
+        .get_result(conn)
+        .await?;
+    let rows = products::table
+        .filter(products::active)
+        .order(products::sku)
+        .limit(page_size)
+        .offset((page - 1).saturating_mul(page_size))
+        .select(ProductRow::as_select())
+        .load(conn)
+        .await?;
+    Ok((rows, total))
 }
 
 /// Deletes the idempotency keys created more than `retention` ago; returns
@@ -239,19 +321,32 @@ pub async fn purge_idempotency_keys(
 /// six. With a key that was claimed before, nothing is inserted and no row
 /// comes back. The lines' foreign key and the key's deferred one are checked
 /// at the end of the statement, when the order row exists.
+///
+/// The prices were read from the catalog just before; `priced` checks in
+/// the statement's snapshot that every line's SKU is still active at that
+/// price (one primary-key lookup per line), and nothing is inserted when a
+/// product changed in between.
 static PLACE_ORDER: LazyLock<String> = LazyLock::new(|| {
     format!(
         "
-WITH claimed AS (
+WITH priced AS (
+    SELECT NOT EXISTS (
+        SELECT 1
+        FROM unnest($12::text[], $14::int8[]) AS line (sku, unit_price_cents)
+        LEFT JOIN products ON products.sku = line.sku
+        WHERE products.sku IS NULL OR NOT products.active
+           OR products.price_cents <> line.unit_price_cents
+    ) AS ok
+), claimed AS (
     INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id)
-    SELECT $2, $3, $4, $1 WHERE $3 IS NOT NULL
+    SELECT $2, $3, $4, $1 WHERE $3 IS NOT NULL AND (SELECT ok FROM priced)
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), placed AS (
     INSERT INTO orders (id, customer_id, status, total_cents, shipping_name,
                         shipping_street, shipping_city, shipping_postal_code, shipping_country)
     SELECT $1, $2, $5, $6, $7, $8, $9, $10, $11
-    WHERE $3 IS NULL OR EXISTS (SELECT 1 FROM claimed)
+    WHERE (SELECT ok FROM priced) AND ($3 IS NULL OR EXISTS (SELECT 1 FROM claimed))
     RETURNING *
 ), lines AS (
     INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents)

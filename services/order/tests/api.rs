@@ -188,9 +188,262 @@ async fn placing_an_order_answers_202_with_a_pending_order_and_the_server_total(
 }
 
 #[tokio::test]
+async fn an_order_without_prices_gets_the_catalogs_price_and_total() {
+    let app = spawn_app().await;
+    let tap = OutboxTap::start(&app.db).await;
+    let customer = Customer::new();
+    let mut body = valid_order();
+    for item in body["items"].as_array_mut().unwrap() {
+        item.as_object_mut().unwrap().remove("unit_price_cents");
+    }
+    let response = app.place(&customer, &body).await;
+    assert_eq!(response.status(), 202);
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["items"][0]["unit_price_cents"], 1250);
+    assert_eq!(order["items"][0]["subtotal_cents"], 2500);
+    assert_eq!(order["items"][1]["unit_price_cents"], 199);
+    assert_eq!(order["total_cents"], VALID_TOTAL);
+    let events = tap.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["total_cents"], VALID_TOTAL);
+    assert_eq!(events[0].1["items"][0]["unit_price_cents"], 1250);
+    assert_eq!(events[0].1["items"][1]["unit_price_cents"], 199);
+
+    // A later price change leaves the placed order's lines alone and
+    // prices the next order anew.
+    app.set_product("BOOK-1", 1500, true).await;
+    let id = order["id"].as_str().unwrap();
+    assert_eq!(app.order_json(&customer, id).await, order);
+    let response = app.place(&customer, &body).await;
+    assert_eq!(response.status(), 202);
+    let next: Value = response.json().await.unwrap();
+    assert_eq!(next["items"][0]["unit_price_cents"], 1500);
+    assert_eq!(next["total_cents"], 2 * 1500 + 3 * 199);
+}
+
+#[tokio::test]
+async fn a_client_price_other_than_the_catalogs_is_422_price_changed_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let tap = OutboxTap::start(&app.db).await;
+    let customer = Customer::new();
+    for price in [0, 1249, 1251] {
+        let mut body = valid_order();
+        body["items"][0]["unit_price_cents"] = json!(price);
+        let response = app.place(&customer, &body).await;
+        assert_eq!(response.status(), 422);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "PRICE_CHANGED", "{error}");
+        assert_eq!(
+            error["fields"],
+            json!([{
+                "field": "items[0].unit_price_cents",
+                "code": "price_changed",
+                "message": format!(
+                    "the unit price is 1250 cents, not {price}; send 1250 or leave \
+                     unit_price_cents out"
+                ),
+            }]),
+        );
+    }
+    // The catalog's price changed under an old client's feet.
+    app.set_product("pen_blue.2", 249, true).await;
+    let response = app.place(&customer, &valid_order()).await;
+    assert_error(
+        response,
+        422,
+        "PRICE_CHANGED",
+        &[("items[1].unit_price_cents", "price_changed")],
+    )
+    .await;
+    assert_eq!(app.stored_orders().await, 0);
+    assert!(tap.events().await.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_and_inactive_skus_are_422_naming_the_line() {
+    let app = spawn_app().await;
+    let tap = OutboxTap::start(&app.db).await;
+    let customer = Customer::new();
+    let mut body = valid_order();
+    body["items"][1]["sku"] = json!("NO-SUCH-THING");
+    assert_error(
+        app.place(&customer, &body).await,
+        422,
+        "VALIDATION_FAILED",
+        &[("items[1].sku", "unknown_product")],
+    )
+    .await;
+
+    app.set_product("OLD-1", 500, false).await;
+    let mut body = valid_order();
+    body["items"][0] = json!({"sku": "OLD-1", "quantity": 1});
+    assert_error(
+        app.place(&customer, &body).await,
+        422,
+        "VALIDATION_FAILED",
+        &[("items[0].sku", "inactive_product")],
+    )
+    .await;
+    // Deactivating a product stops new orders of it, with or without a price.
+    app.set_product("BOOK-1", 1250, false).await;
+    assert_error(
+        app.place(&customer, &valid_order()).await,
+        422,
+        "VALIDATION_FAILED",
+        &[("items[0].sku", "inactive_product")],
+    )
+    .await;
+    assert_eq!(app.stored_orders().await, 0);
+    assert!(tap.events().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_with_its_idempotency_key_gets_its_order_after_the_catalog_changed() {
+    let app = spawn_app().await;
+    let customer = Customer::new();
+    let place = || {
+        app.request(&customer, Method::POST, "/api/orders")
+            .header("Idempotency-Key", "catalog-1")
+            .json(&valid_order())
+            .send()
+    };
+    let first = place().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    app.set_product("BOOK-1", 1300, true).await;
+    let again = place().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["total_cents"], VALID_TOTAL);
+    // The same key with another body is still refused.
+    let mut other = valid_order();
+    other["items"][0]["quantity"] = json!(1);
+    other["items"][0]["unit_price_cents"] = json!(1300);
+    let reused = app
+        .request(&customer, Method::POST, "/api/orders")
+        .header("Idempotency-Key", "catalog-1")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_error(reused, 422, "IDEMPOTENCY_KEY_REUSED", &[]).await;
+    assert_eq!(app.stored_orders().await, 1);
+}
+
+#[tokio::test]
+async fn the_catalog_is_public_paged_and_one_product_is_404_when_unknown() {
+    let app = spawn_app().await;
+    let get = |path: String| app.http.get(format!("{}{path}", app.address)).send();
+    let all: Value = get("/api/products?page_size=100".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seeded = all["total_items"].as_i64().unwrap();
+    assert!(seeded >= 2, "{all}");
+    let book = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["sku"] == "BOOK-1")
+        .unwrap_or_else(|| panic!("BOOK-1 in {all}"));
+    assert_eq!(book["price_cents"], 1250);
+    assert_eq!(book["active"], true);
+    assert!(book["name"].is_string());
+
+    // Pages of 2, by SKU, cover every active product once.
+    let mut skus = Vec::new();
+    let pages = (seeded + 1) / 2;
+    for page in 1..=pages + 1 {
+        let response = get(format!("/api/products?page={page}&page_size=2"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["page"], page);
+        assert_eq!(body["page_size"], 2);
+        assert_eq!(body["total_items"], seeded);
+        assert_eq!(body["total_pages"], pages);
+        let items = body["items"].as_array().unwrap();
+        assert_eq!(
+            items.len(),
+            if page > pages {
+                0
+            } else {
+                2.min(seeded as usize - skus.len())
+            }
+        );
+        skus.extend(items.iter().map(|p| p["sku"].as_str().unwrap().to_owned()));
+    }
+    let mut sorted = skus.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(skus, sorted);
+    assert_eq!(skus.len() as i64, seeded);
+
+    // Inactive products are not listed, but can be looked at.
+    app.set_product("OLD-1", 500, false).await;
+    let listed: Value = get("/api/products?page_size=100".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["total_items"], seeded);
+    let old: Value = get("/api/products/OLD-1".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(old["active"], false);
+    assert_eq!(old["price_cents"], 500);
+    let one = get("/api/products/BOOK-1".into()).await.unwrap();
+    assert_eq!(one.status(), 200);
+    let one: Value = one.json().await.unwrap();
+    assert_eq!(one["sku"], "BOOK-1");
+    assert_eq!(one["price_cents"], 1250);
+
+    for path in [
+        "/api/products/NO-SUCH-THING".to_owned(),
+        "/api/products/a%00b".to_owned(),
+        format!("/api/products/{}", "x".repeat(5000)),
+    ] {
+        assert_error(get(path).await.unwrap(), 404, "NOT_FOUND", &[]).await;
+    }
+    for query in ["page=0", "page_size=101", "page=abc"] {
+        let response = get(format!("/api/products?{query}")).await.unwrap();
+        assert!(
+            response.status() == 400 || response.status() == 422,
+            "{query}"
+        );
+    }
+
+    let spec: Value = get("/openapi.json".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/api/products", "/api/products/{sku}"] {
+        let get = &spec["paths"][path]["get"];
+        assert!(get.is_object(), "{path} missing from the spec");
+        assert!(get.get("security").is_none(), "{path} is public: {get}");
+    }
+    assert!(spec["definitions"]["Product"].is_object());
+}
+
+#[tokio::test]
 async fn every_validation_rule_reports_its_field() {
     let app = spawn_app().await;
     let customer = Customer::new();
+    app.set_product("A", 1_000_000_000, true).await;
+    app.set_product("B", 1_000_000_000, true).await;
+    app.set_product("FREE-1", 0, true).await;
+    app.set_product("FREE-2", 0, true).await;
     let with = |edit: &dyn Fn(&mut Value)| {
         let mut body = valid_order();
         edit(&mut body);
@@ -250,14 +503,13 @@ async fn every_validation_rule_reports_its_field() {
             vec![
                 ("items[1].sku", "required"),
                 ("items[1].quantity", "required"),
-                ("items[1].unit_price_cents", "required"),
             ],
         ),
         (
             with(&|b| {
                 b["items"] = json!([
                     {"sku": "A", "quantity": 10_000, "unit_price_cents": 1_000_000_000},
-                    {"sku": "B", "quantity": 10_000, "unit_price_cents": 1_000_000_000}
+                    {"sku": "B", "quantity": 10_000}
                 ])
             }),
             vec![("items", "total_too_large")],
@@ -265,7 +517,7 @@ async fn every_validation_rule_reports_its_field() {
         (
             with(&|b| {
                 b["items"] = json!([
-                    {"sku": "FREE-1", "quantity": 3, "unit_price_cents": 0},
+                    {"sku": "FREE-1", "quantity": 3},
                     {"sku": "FREE-2", "quantity": 1, "unit_price_cents": 0}
                 ])
             }),

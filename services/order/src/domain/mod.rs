@@ -4,6 +4,7 @@
 pub mod facts;
 mod new_order;
 pub mod order_status;
+mod pricing;
 
 pub use facts::{DeliveryState, PaymentState};
 pub use new_order::{
@@ -11,3 +12,4 @@ pub use new_order::{
     NewOrderLine, Quantity, RawAddress, ShippingAddress, Sku, check_line_count,
 };
 pub use order_status::{IllegalTransition, OrderStatus, StatusChange};
+pub use pricing::{CatalogPrice, PricingError, RequestedLine, price_lines};

@@ -1,5 +1,5 @@
 //! A new order as the customer sent it, parsed: SKUs, quantities and prices
-//! within sane bounds, a complete shipping address, and a total computed
+//! (the catalog's, see `pricing`) within sane bounds, a complete shipping address, and a total computed
 //! with checked arithmetic.
 
 use std::fmt;
@@ -23,7 +23,7 @@ pub struct FieldProblem {
 }
 
 impl FieldProblem {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),

@@ -1,9 +1,10 @@
-//! HTTP routes: the orders API (in the OpenAPI document) and `/metrics`,
+//! HTTP routes: the orders and products API (in the OpenAPI document) and `/metrics`,
 //! which refreshes the per-status gauges first (the other operational
 //! endpoints are mounted by `commerce_common::service`).
 
 mod extract;
 pub mod orders;
+pub mod products;
 pub mod request_trace;
 pub mod schemas;
 

@@ -9,6 +9,7 @@ use commerce_common::{
     db::DbPool,
     http::{ApiError, FieldError, Page},
 };
+use diesel_async::AsyncPgConnection;
 use paperclip::actix::{AcceptedJson, api_v2_operation, web};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -23,8 +24,8 @@ use super::{
 use crate::{
     config::CancellationConfig,
     domain::{
-        Cents, FieldProblem, NewOrder, NewOrderLine, OrderStatus, Quantity, RawAddress,
-        ShippingAddress, Sku, check_line_count,
+        CatalogPrice, Cents, FieldProblem, NewOrder, OrderStatus, PricingError, Quantity,
+        RawAddress, RequestedLine, ShippingAddress, Sku, check_line_count, price_lines,
     },
     metrics::OrderMetrics,
     order_changes::{OrderChanges, Wake},
@@ -46,8 +47,16 @@ fn field(path: impl Into<String>, problem: FieldProblem) -> FieldError {
     }
 }
 
-/// Parses the body into a [`NewOrder`], collecting every field problem.
-pub fn parse_new_order(body: &PlaceOrderRequest) -> Result<NewOrder, Vec<FieldError>> {
+/// The body parsed: the lines as asked for (not priced yet) and the
+/// address.
+pub struct ParsedOrder {
+    pub lines: Vec<RequestedLine>,
+    pub address: ShippingAddress,
+}
+
+/// Parses the body, collecting every field problem. `unit_price_cents` is
+/// optional: the catalog sets the price, a sent one is only checked.
+pub fn parse_new_order(body: &PlaceOrderRequest) -> Result<ParsedOrder, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut lines = Vec::new();
     match &body.items.0 {
@@ -68,10 +77,10 @@ pub fn parse_new_order(body: &PlaceOrderRequest) -> Result<NewOrder, Vec<FieldEr
                         .map_or_else(|| Err(FieldProblem::required()), Quantity::parse);
                     let unit_price = item
                         .unit_price_cents
-                        .0
-                        .map_or_else(|| Err(FieldProblem::required()), Cents::parse_unit_price);
+                        .map(Cents::parse_unit_price)
+                        .transpose();
                     match (sku, quantity, unit_price) {
-                        (Ok(sku), Ok(quantity), Ok(unit_price)) => lines.push(NewOrderLine {
+                        (Ok(sku), Ok(quantity), Ok(unit_price)) => lines.push(RequestedLine {
                             sku,
                             quantity,
                             unit_price,
@@ -111,12 +120,63 @@ pub fn parse_new_order(body: &PlaceOrderRequest) -> Result<NewOrder, Vec<FieldEr
         },
     };
     match address {
-        Some(address) if errors.is_empty() => {
-            NewOrder::new(lines, address).map_err(|problem| vec![field("items", problem)])
-        }
+        Some(address) if errors.is_empty() => Ok(ParsedOrder { lines, address }),
         _ => Err(errors),
     }
 }
+
+/// Why an order could not be priced, as the API answers it.
+enum Refused {
+    Api(ApiError),
+    /// A catalog problem: answered unless the idempotency key was used
+    /// before (then that request's order is the answer).
+    Pricing(ApiError),
+}
+
+/// Prices the lines from the catalog (one read) and computes the total.
+async fn price_order(
+    conn: &mut AsyncPgConnection,
+    parsed: &ParsedOrder,
+) -> Result<NewOrder, Refused> {
+    let skus: Vec<&str> = parsed.lines.iter().map(|l| l.sku.as_str()).collect();
+    let catalog = store::catalog_prices(conn, &skus)
+        .await
+        .map_err(|e| Refused::Api(ApiError::internal(e)))?;
+    let lines = price_lines(&parsed.lines, |sku| {
+        catalog
+            .iter()
+            .find(|(known, _, _)| known == sku)
+            .map(|&(_, price, active)| CatalogPrice {
+                // The table's CHECK keeps prices within the domain's bounds.
+                price: Cents::parse_unit_price(price).unwrap_or(Cents::ZERO),
+                active,
+            })
+    })
+    .map_err(|error| {
+        let (mut api, problems) = match error {
+            PricingError::NotOrderable(problems) => (ApiError::validation(vec![]), problems),
+            PricingError::PriceChanged(problems) => (
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    PRICE_CHANGED,
+                    "a unit price is not the catalog's: the price changed; \
+                     GET /api/products/{sku} shows the current one",
+                ),
+                problems,
+            ),
+        };
+        api.body.fields = problems
+            .into_iter()
+            .map(|(i, name, problem)| field(format!("items[{i}].{name}"), problem))
+            .collect();
+        Refused::Pricing(api)
+    })?;
+    NewOrder::new(lines, parsed.address.clone())
+        .map_err(|problem| Refused::Api(ApiError::validation(vec![field("items", problem)])))
+}
+
+/// Code of the 422 answer when a client's unit price is not the catalog's.
+pub const PRICE_CHANGED: &str = "PRICE_CHANGED";
 
 /// SHA-256 of the request re-serialized: the same order written with other
 /// whitespace or key order is the same request.
@@ -130,8 +190,14 @@ fn request_hash(body: &PlaceOrderRequest) -> String {
 
 /// Place an order
 ///
-/// Validates the order, computes its total and stores it as PENDING; the
-/// payment service picks it up from the `OrderCreated` event.
+/// Validates the order, prices every line from the product catalog, computes
+/// the total and stores it as PENDING; the payment service picks it up from
+/// the `OrderCreated` event. A line is `sku` and `quantity`; an unknown or
+/// inactive SKU answers 422 naming the line (`items[i].sku`,
+/// `unknown_product` / `inactive_product`). `unit_price_cents` may be left
+/// out; when sent it must be the catalog's price, otherwise 422
+/// PRICE_CHANGED naming the line (`items[i].unit_price_cents`) and nothing is
+/// stored.
 #[api_v2_operation(tags(Orders))]
 pub async fn place_order(
     user: AuthUser,
@@ -141,28 +207,62 @@ pub async fn place_order(
     metrics: web::Data<OrderMetrics>,
     req: HttpRequest,
 ) -> Result<PlacedOrder, ApiError> {
-    let new_order = parse_new_order(&body).map_err(ApiError::validation)?;
+    let parsed = parse_new_order(&body).map_err(ApiError::validation)?;
     let idempotency = key.0.map(|key| IdempotencyKey {
         key,
         request_hash: request_hash(&body),
     });
     let mut conn = pool.get().await?;
-    let placed = store::place_order(
-        &mut conn,
-        user.user_id,
-        &new_order,
-        idempotency.as_ref(),
-        &trace_id(&req),
-    )
-    .await
-    .map_err(|error| match error {
-        PlaceError::KeyReused => ApiError::new(
+    let key_reused = || {
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "IDEMPOTENCY_KEY_REUSED",
             "this Idempotency-Key was already used with a different request body",
-        ),
-        PlaceError::Store(e) => ApiError::internal(e),
-    })?;
+        )
+    };
+    // A product that changes between the catalog read and the insert makes
+    // the insert store nothing: price again (a few times at most).
+    let mut attempts = 0;
+    let placed = loop {
+        attempts += 1;
+        let new_order = match price_order(&mut conn, &parsed).await {
+            Ok(new_order) => new_order,
+            Err(Refused::Api(error)) => return Err(error),
+            Err(Refused::Pricing(error)) => {
+                // A retry of a request that was placed before the catalog
+                // changed still gets its order.
+                if let Some(idem) = &idempotency {
+                    match store::replay(&mut conn, user.user_id, idem).await {
+                        Ok(Some(placed)) => break placed,
+                        Ok(None) => {}
+                        Err(PlaceError::KeyReused) => return Err(key_reused()),
+                        Err(e) => return Err(ApiError::internal(e)),
+                    }
+                }
+                return Err(error);
+            }
+        };
+        match store::place_order(
+            &mut conn,
+            user.user_id,
+            &new_order,
+            idempotency.as_ref(),
+            &trace_id(&req),
+        )
+        .await
+        {
+            Ok(placed) => break placed,
+            Err(PlaceError::CatalogChanged) if attempts < 3 => continue,
+            Err(PlaceError::CatalogChanged) => {
+                return Err(ApiError::conflict(
+                    "CATALOG_CHANGED",
+                    "the products of this order keep changing; retry in a moment",
+                ));
+            }
+            Err(PlaceError::KeyReused) => return Err(key_reused()),
+            Err(PlaceError::Store(e)) => return Err(ApiError::internal(e)),
+        }
+    };
     Ok(match placed {
         Placed::Created(view) => {
             metrics.orders_placed.inc();

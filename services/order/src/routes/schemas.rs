@@ -8,7 +8,7 @@ use paperclip::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{ItemRow, OrderView};
+use crate::store::{ItemRow, OrderView, ProductRow};
 
 /// A field the API requires, read as optional so that a missing one is
 /// reported with its name (a field-level error) instead of failing the
@@ -45,12 +45,14 @@ pub struct PlaceOrderRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Apiv2Schema)]
 #[serde(default)]
 pub struct OrderItemRequest {
-    /// 1 to 64 characters of `A-Z a-z 0-9 - _ .`
+    /// A SKU of the catalog (`GET /api/products`), e.g. `BOOK-1`.
     pub sku: Required<String>,
     /// 1 to 10000
     pub quantity: Required<i64>,
-    /// 0 to 1000000000 (integer cents)
-    pub unit_price_cents: Required<i64>,
+    /// Optional, and best left out: the catalog sets the price. When sent it
+    /// must be the catalog's unit price in cents, otherwise 422
+    /// `PRICE_CHANGED` and nothing is stored.
+    pub unit_price_cents: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Apiv2Schema)]
@@ -109,6 +111,51 @@ pub struct ListQuery {
     pub page_size: Option<i64>,
 }
 
+/// `GET /api/products` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Apiv2Schema)]
+pub struct ProductListQuery {
+    /// 1-based page number (default 1).
+    pub page: Option<i64>,
+    /// Products per page, 1 to 100 (default 20).
+    pub page_size: Option<i64>,
+}
+
+/// A product of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
+pub struct Product {
+    /// e.g. `BOOK-1`
+    pub sku: String,
+    pub name: String,
+    /// What one unit costs now, in cents; an order line keeps the price it
+    /// was placed at.
+    pub price_cents: i64,
+    /// Whether it can be ordered (the list shows active products only).
+    pub active: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of the catalog's active products, by SKU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
+pub struct ProductPage {
+    pub items: Vec<Product>,
+    pub page: i64,
+    pub page_size: i64,
+    pub total_items: i64,
+    pub total_pages: i64,
+}
+
+impl From<ProductRow> for Product {
+    fn from(row: ProductRow) -> Self {
+        Self {
+            sku: row.sku,
+            name: row.name,
+            price_cents: row.price_cents,
+            active: row.active,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
 /// An order as its owner sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
 pub struct Order {
@@ -119,7 +166,8 @@ pub struct Order {
     /// `NO_CAPACITY`, `CUSTOMER_CANCELLED`.
     pub reason: Option<String>,
     pub items: Vec<OrderItem>,
-    /// Computed by the server: the sum of quantity times unit price.
+    /// Computed by the server: the sum of quantity times the catalog's unit
+    /// price at placement time.
     pub total_cents: i64,
     pub shipping_address: Address,
     /// What the payment service said, once it did.

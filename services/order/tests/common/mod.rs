@@ -139,11 +139,38 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Puts a product into the catalog (or changes it).
+    pub async fn set_product(&self, sku: &str, price_cents: i64, active: bool) {
+        self.db
+            .client()
+            .await
+            .execute(
+                "INSERT INTO products (sku, name, price_cents, active) VALUES ($1, $1, $2, $3) \
+                 ON CONFLICT (sku) DO UPDATE SET price_cents = $2, active = $3, updated_at = now()",
+                &[&sku, &price_cents, &active],
+            )
+            .await
+            .expect("set a product");
+    }
+
+    /// How many orders are stored, whoever placed them.
+    pub async fn stored_orders(&self) -> i64 {
+        self.db
+            .client()
+            .await
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn connection(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.db.url).await.unwrap()
     }
 }
 
+/// An order of the seeded catalog's `BOOK-1` (1250 cents) and `pen_blue.2`
+/// (199 cents), sent with their prices as older clients do.
 pub fn valid_order() -> Value {
     json!({
         "items": [
