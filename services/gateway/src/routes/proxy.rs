@@ -1,5 +1,6 @@
-//! Forwarding `/api/orders...`, `/api/wallet...`, `/api/payments...` and
-//! `/api/deliveries...` to the owning service, path and query unchanged.
+//! Forwarding `/api/orders...`, `/api/products...`, `/api/wallet...`,
+//! `/api/payments...` and `/api/deliveries...` to the owning service, path
+//! and query unchanged. Reads of the product catalog need no token.
 //!
 //! Lean by design: bodies stream through in both directions (never buffered),
 //! each worker keeps a pool of keep-alive connections per service, and the
@@ -19,7 +20,7 @@ use actix_web::{
     body::{BodyStream, SizedStream},
     error::PayloadError,
     http::{
-        StatusCode,
+        Method, StatusCode,
         header::{self, HeaderMap, HeaderName, HeaderValue},
     },
     web,
@@ -32,12 +33,30 @@ use futures::Stream;
 use crate::{auth::edge::EdgeAuth, config::ProxyConfig, metrics::Metrics};
 
 /// The path prefixes each service owns.
-pub const ROUTES: [(&str, &str); 4] = [
+pub const ROUTES: [(&str, &str); 5] = [
     ("/api/orders", "order"),
+    ("/api/products", "order"),
     ("/api/wallet", "payment"),
     ("/api/payments", "payment"),
     ("/api/deliveries", "delivery"),
 ];
+
+/// Prefixes (of [`ROUTES`]) anyone may read without a token: `GET` and
+/// `HEAD` skip the edge token check there (the product catalog). Other
+/// methods are checked like everywhere else.
+pub const PUBLIC_READS: [&str; 1] = ["/api/products"];
+
+/// Whether `req` is a read of a public prefix.
+fn is_public_read(req: &HttpRequest) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && PUBLIC_READS.iter().any(|prefix| {
+            let path = req.path();
+            path == *prefix
+                || path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
 
 /// Resource-level data: where this prefix goes.
 #[derive(Clone)]
@@ -134,7 +153,9 @@ pub async fn forward(
     metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, ApiError> {
     let proxy = ProxyClient::of(&req);
-    if let Some(edge_auth) = &proxy.edge_auth {
+    if let Some(edge_auth) = &proxy.edge_auth
+        && !is_public_read(&req)
+    {
         edge_auth.check(&req)?;
     }
     let upstream = req
@@ -336,5 +357,26 @@ mod tests {
         let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept", "authorization", "x-request-id"]);
+    }
+
+    #[test]
+    fn only_reads_of_the_catalog_are_public() {
+        use actix_web::test::TestRequest;
+        let public = |method: Method, path: &str| {
+            is_public_read(
+                &TestRequest::default()
+                    .method(method)
+                    .uri(path)
+                    .to_http_request(),
+            )
+        };
+        assert!(public(Method::GET, "/api/products"));
+        assert!(public(Method::GET, "/api/products?page=2"));
+        assert!(public(Method::GET, "/api/products/BOOK-1"));
+        assert!(public(Method::HEAD, "/api/products/BOOK-1"));
+        assert!(!public(Method::POST, "/api/products"));
+        assert!(!public(Method::PUT, "/api/products/BOOK-1"));
+        assert!(!public(Method::GET, "/api/productsx"));
+        assert!(!public(Method::GET, "/api/orders"));
     }
 }

@@ -13,11 +13,13 @@ const GATEWAY_ROUTES: [(&str, &str); 4] = [
     ("get", "/api/health"),
 ];
 
-const SERVICE_ROUTES: [(&str, &str); 10] = [
+const SERVICE_ROUTES: [(&str, &str); 12] = [
     ("post", "/api/orders"),
     ("get", "/api/orders"),
     ("get", "/api/orders/{id}"),
     ("post", "/api/orders/{id}/cancel"),
+    ("get", "/api/products"),
+    ("get", "/api/products/{sku}"),
     ("get", "/api/wallet"),
     ("post", "/api/wallet/top-up"),
     ("get", "/api/payments"),

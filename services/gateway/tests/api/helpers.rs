@@ -164,6 +164,8 @@ pub async fn spawn_upstream() -> FakeUpstream {
             )
             .service(pweb::resource("/api/orders/{id}").route(pweb::get().to(get_order)))
             .service(pweb::resource("/api/orders/{id}/cancel").route(pweb::post().to(cancel_order)))
+            .service(pweb::resource("/api/products").route(pweb::get().to(list_products)))
+            .service(pweb::resource("/api/products/{sku}").route(pweb::get().to(get_product)))
             .service(pweb::resource("/api/wallet").route(pweb::get().to(get_wallet)))
             .service(pweb::resource("/api/wallet/top-up").route(pweb::post().to(top_up)))
             .service(pweb::resource("/api/payments").route(pweb::get().to(list_payments)))
@@ -242,6 +244,8 @@ documented!(
     list_orders,
     get_order,
     cancel_order,
+    list_products,
+    get_product,
     get_wallet,
     top_up,
     list_payments,

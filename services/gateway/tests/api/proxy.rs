@@ -115,6 +115,44 @@ async fn invalid_tokens_are_refused_at_the_edge() {
 }
 
 #[tokio::test]
+async fn the_product_catalog_is_public_to_read_and_nothing_else_is() {
+    let (app, upstream) = app_with_upstream(|_| {}).await;
+    for path in [
+        "/api/products",
+        "/api/products?page=2&page_size=5",
+        "/api/products/BOOK-1",
+    ] {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "GET {path} without a token"
+        );
+        let echo: Value = response.json().await.unwrap();
+        let (expected_path, expected_query) = path.split_once('?').unwrap_or((path, ""));
+        assert_eq!(echo["path"], expected_path);
+        assert_eq!(echo["query"], expected_query);
+    }
+    assert_eq!(upstream.hits(), 3);
+    // Writes to the catalog, and everything else, still need a token.
+    for (method, path, status) in [
+        ("POST", "/api/products", StatusCode::UNAUTHORIZED),
+        ("DELETE", "/api/products/BOOK-1", StatusCode::UNAUTHORIZED),
+        ("GET", "/api/orders", StatusCode::UNAUTHORIZED),
+        ("GET", "/api/productsx", StatusCode::NOT_FOUND),
+    ] {
+        let response = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+    }
+    assert_eq!(upstream.hits(), 3);
+}
+
+#[tokio::test]
 async fn hop_by_hop_headers_are_dropped_both_ways() {
     let (app, _upstream) = app_with_upstream(|_| {}).await;
     let response = app
