@@ -341,6 +341,15 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
                 "APP__AUTH__PRIVATE_KEY_FILE".into(),
                 keys.private.clone().into(),
             ));
+            // Every client of a development stack is 127.0.0.1: the
+            // per-address limits would count a load run (perf/) and the
+            // developer's curl as one client. The global bcrypt limit stays.
+            for key in [
+                "APP__RATE_LIMIT__REGISTER_PER_ADDRESS__REQUESTS",
+                "APP__RATE_LIMIT__LOGIN_PER_ADDRESS__REQUESTS",
+            ] {
+                env.push((key.into(), "1000000".into()));
+            }
             for upstream in &SERVICES[1..] {
                 env.push((
                     format!("APP__UPSTREAMS__{}", upstream.source.to_uppercase()),
