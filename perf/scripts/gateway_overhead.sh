@@ -25,7 +25,7 @@ token=$(curl -fsS -X POST "$gateway/api/register" -H 'content-type: application/
     | sed 's/.*"token":"\([^"]*\)".*/\1/')
 order=$(curl -fsS -X POST "$gateway/api/orders" -H "authorization: Bearer $token" \
     -H 'content-type: application/json' \
-    -d '{"items":[{"sku":"BENCH-1","quantity":1,"unit_price_cents":100}],
+    -d '{"items":[{"sku":"BENCH-1","quantity":1}],
          "shipping_address":{"name":"Bench","street":"1 Main St","city":"Berlin",
                              "postal_code":"10115","country":"DE"}}' \
     | sed 's/^{"id":"\([^"]*\)".*/\1/')

@@ -1,7 +1,7 @@
 //! The gateway's public API as the load sees it: every call is timed and
 //! reported to the recorder under a request type (`place_order`, `get_order`, ...).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -25,6 +25,9 @@ pub struct Api {
     base: Arc<str>,
     recorder: Arc<Recorder>,
     step: Option<usize>,
+    /// What orders are made of: set once by [`Api::load_catalog`], shared by
+    /// every copy.
+    products: Arc<OnceLock<Vec<CatalogItem>>>,
 }
 
 /// A registered user and their token.
@@ -89,26 +92,48 @@ pub fn orders_of_list(v: &Value) -> Vec<OrderState> {
         .unwrap_or_default()
 }
 
-/// A cheap random order (a few items of 1-99 cents) so wallets last and sagas complete.
-pub fn random_order_body(rng: &mut impl Rng) -> Value {
-    const SKUS: &[&str] = &[
-        "SKU-BOOK-001",
-        "SKU-MUG-002",
-        "SKU-PEN-003",
-        "SKU-TEA-004",
-        "SKU-CAP-005",
-    ];
+/// A product the load orders: its SKU and unit price (cents), as
+/// `GET /api/products` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogItem {
+    pub sku: String,
+    pub price_cents: i64,
+}
+
+/// Dearest product the load orders when the catalog has cheaper ones: cheap
+/// orders let the wallets last (each new account starts with 1000.00).
+pub const MAX_LOAD_PRICE_CENTS: i64 = 99;
+
+/// The products the load orders from the whole catalog: those of 1 to
+/// [`MAX_LOAD_PRICE_CENTS`] cents, or, when there are none, the five
+/// cheapest that are not free (a free line alone is a zero total, refused).
+pub fn load_products(mut all: Vec<CatalogItem>) -> Vec<CatalogItem> {
+    all.retain(|item| item.price_cents > 0);
+    all.sort_by(|a, b| (a.price_cents, &a.sku).cmp(&(b.price_cents, &b.sku)));
+    let cheap = all
+        .iter()
+        .filter(|item| item.price_cents <= MAX_LOAD_PRICE_CENTS)
+        .count();
+    all.truncate(if cheap > 0 { cheap } else { 5 });
+    all
+}
+
+/// A cheap random order of `products` (1-3 lines of 1-2 units; the server
+/// prices them, so no `unit_price_cents` is sent) and the total the server
+/// will compute for it.
+pub fn random_order_body(rng: &mut impl Rng, products: &[CatalogItem]) -> (Value, i64) {
+    assert!(!products.is_empty(), "the catalog was loaded first");
     let lines = rng.gen_range(1..=3);
+    let mut total = 0;
     let items: Vec<Value> = (0..lines)
         .map(|_| {
-            json!({
-                "sku": SKUS[rng.gen_range(0..SKUS.len())],
-                "quantity": rng.gen_range(1..=2),
-                "unit_price_cents": rng.gen_range(1..=99),
-            })
+            let product = &products[rng.gen_range(0..products.len())];
+            let quantity = rng.gen_range(1..=2);
+            total += quantity * product.price_cents;
+            json!({"sku": product.sku, "quantity": quantity})
         })
         .collect();
-    json!({
+    let body = json!({
         "items": items,
         "shipping_address": {
             "name": "Load Test",
@@ -117,23 +142,27 @@ pub fn random_order_body(rng: &mut impl Rng) -> Value {
             "postal_code": "10115",
             "country": "DE",
         }
-    })
+    });
+    (body, total)
 }
 
-/// The sum the server should compute for a body made by `random_order_body`.
-pub fn order_total(body: &Value) -> i64 {
-    body["items"]
+/// The catalog items of a `GET /api/products` page.
+fn catalog_items(page: &Value) -> Vec<CatalogItem> {
+    page["items"]
         .as_array()
         .map(|items| {
             items
                 .iter()
-                .map(|i| {
-                    i["quantity"].as_i64().unwrap_or(0)
-                        * i["unit_price_cents"].as_i64().unwrap_or(0)
+                .filter(|item| item["active"].as_bool() != Some(false))
+                .filter_map(|item| {
+                    Some(CatalogItem {
+                        sku: item["sku"].as_str()?.to_owned(),
+                        price_cents: item["price_cents"].as_i64()?,
+                    })
                 })
-                .sum()
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 fn classify(error: &reqwest::Error) -> Outcome {
@@ -172,7 +201,48 @@ impl Api {
             base: base.trim_end_matches('/').into(),
             recorder,
             step: None,
+            products: Arc::default(),
         })
+    }
+
+    /// Reads the product catalog (`GET /api/products`, every page, no token)
+    /// and keeps the products orders are made of ([`load_products`]);
+    /// returns how many.
+    pub async fn load_catalog(&self) -> anyhow::Result<usize> {
+        let mut all = Vec::new();
+        for page in 1.. {
+            let path = format!("/api/products?page={page}&page_size=100");
+            let v = self
+                .call(Req {
+                    required: &["items"],
+                    ..Req::new("list_products", Method::GET, &path)
+                })
+                .await
+                .map_err(|outcome| anyhow::anyhow!("GET {path} at {}: {outcome:?}", self.base))?;
+            let items = catalog_items(&v);
+            let last = items.is_empty()
+                || v["total_pages"]
+                    .as_i64()
+                    .is_none_or(|pages| i64::from(page) >= pages);
+            all.extend(items);
+            if last || page >= 1_000 {
+                break;
+            }
+        }
+        let products = load_products(all);
+        anyhow::ensure!(
+            !products.is_empty(),
+            "the catalog at {}/api/products has no product with a price to order",
+            self.base
+        );
+        let count = products.len();
+        let _ = self.products.set(products);
+        Ok(count)
+    }
+
+    /// The products orders are made of (empty before [`Api::load_catalog`]).
+    pub fn products(&self) -> &[CatalogItem] {
+        self.products.get().map_or(&[], Vec::as_slice)
     }
 
     /// The same client, recording into another recorder (e.g. for set-up traffic).
@@ -465,15 +535,55 @@ mod tests {
         assert!(orders_of_list(&json!({"nothing": 1})).is_empty());
     }
 
+    fn item(sku: &str, price_cents: i64) -> CatalogItem {
+        CatalogItem {
+            sku: sku.into(),
+            price_cents,
+        }
+    }
+
     #[test]
     fn random_orders_are_cheap_and_valid() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let products = [item("A", 49), item("B", 99), item("C", 1)];
         for _ in 0..100 {
-            let body = random_order_body(&mut rng);
-            let total = order_total(&body);
+            let (body, total) = random_order_body(&mut rng, &products);
             assert!((1..=3 * 2 * 99).contains(&total), "{total}");
+            let items = body["items"].as_array().unwrap();
+            let priced: i64 = items
+                .iter()
+                .map(|i| {
+                    let sku = i["sku"].as_str().unwrap();
+                    let price = products.iter().find(|p| p.sku == sku).unwrap().price_cents;
+                    i["quantity"].as_i64().unwrap() * price
+                })
+                .sum();
+            assert_eq!(priced, total);
+            assert!(items.iter().all(|i| i.get("unit_price_cents").is_none()));
             assert!(body["shipping_address"]["country"].is_string());
         }
+    }
+
+    #[test]
+    fn the_load_orders_the_cheap_products_of_the_catalog() {
+        let chosen = load_products(vec![
+            item("BOOK-1", 1250),
+            item("PEN", 35),
+            item("FREE", 0),
+            item("CAP", 99),
+        ]);
+        assert_eq!(chosen, [item("PEN", 35), item("CAP", 99)]);
+        let dear: Vec<CatalogItem> = (1..=7).map(|n| item(&format!("D{n}"), 1000 * n)).collect();
+        let chosen = load_products(dear);
+        assert_eq!(chosen.len(), 5);
+        assert_eq!(chosen[0], item("D1", 1000));
+        assert!(load_products(vec![item("FREE", 0)]).is_empty());
+        let page = json!({"items": [
+            {"sku": "A", "price_cents": 5, "active": true},
+            {"sku": "B", "price_cents": 7, "active": false},
+            {"sku": "C"}
+        ]});
+        assert_eq!(catalog_items(&page), [item("A", 5)]);
     }
 
     #[test]

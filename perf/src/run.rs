@@ -69,6 +69,8 @@ pub async fn execute(cli: &Cli, command: String) -> anyhow::Result<(Report, Path
 
     let setup = Arc::new(Recorder::new());
     let setup_api = Api::new(&cli.gateway, cli.request_timeout(), setup.clone())?;
+    let products = setup_api.load_catalog().await?;
+    eprintln!("ordering {products} products of the catalog");
     let customers = match cli.scenario {
         Scenario::Light => Vec::new(),
         _ => {

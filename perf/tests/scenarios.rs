@@ -45,6 +45,13 @@ fn route(fake: &Mutex<Fake>, method: &str, path: &str, token: &str) -> (u16, Val
             fake.users += 1;
             (201, json!({"token": format!("user-{}", fake.users)}))
         }
+        ("GET", "/api/products") => (
+            200,
+            json!({"items": [
+                {"sku": "SKU-PEN-003", "name": "Pencil", "price_cents": 19, "active": true},
+                {"sku": "BOOK-1", "name": "Book", "price_cents": 1250, "active": true}
+            ], "page": 1, "page_size": 100, "total_items": 2, "total_pages": 1}),
+        ),
         (_, _) if token.is_empty() => (401, json!({"code": "UNAUTHORIZED", "message": "no token"})),
         ("POST", "/api/orders") => {
             let id = uuid::Uuid::new_v4().to_string();
@@ -232,7 +239,16 @@ async fn saga_follows_every_order_to_its_end() {
         report.checks
     );
     assert_eq!(kind(&report, "place_order").ok, 200);
-    assert_eq!(report.setup.as_ref().unwrap().kinds[0].kind, "register");
+    // Set-up: the catalog read (public), then the registrations.
+    let setup: Vec<&str> = report
+        .setup
+        .as_ref()
+        .unwrap()
+        .kinds
+        .iter()
+        .map(|k| k.kind.as_str())
+        .collect();
+    assert_eq!(setup, ["list_products", "register"]);
     // The fake gateway is this test process: found by its port.
     let fake = report
         .processes

@@ -146,8 +146,7 @@ pub async fn place_random_order(
     customer: &Arc<Customer>,
     top_up_cents: i64,
 ) -> Result<(PlacedOrder, Instant), Outcome> {
-    let body = crate::api::random_order_body(&mut rand::thread_rng());
-    let total = crate::api::order_total(&body);
+    let (body, total) = crate::api::random_order_body(&mut rand::thread_rng(), api.products());
     let left = customer.credit_estimate.fetch_sub(total, Ordering::Relaxed) - total;
     if left < top_up_cents / 4 && !customer.topping_up.swap(true, Ordering::AcqRel) {
         let api = api.clone();
