@@ -155,6 +155,8 @@ fn the_walkthrough_finds_its_blocks() {
     for step in [
         "/api/register",
         "/api/login",
+        "/api/products?",
+        "/api/products/LAMP-0042",
         "/api/orders\"",
         "/api/orders/$ORDER_ID\"",
         "/api/orders/$ORDER_ID/cancel",
@@ -207,6 +209,8 @@ async fn the_walkthrough_runs_against_a_live_stack() {
     // What the text promises about the figures.
     for promise in [
         "\"balance_cents\": 100000",
+        "\"sku\": \"LAMP-0042\"",
+        "\"price_cents\": 4500",
         "\"total_cents\": 8498",
         "\"status\": \"PENDING\"",
         "\"balance_cents\": 91502",
