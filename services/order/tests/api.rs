@@ -434,6 +434,17 @@ async fn the_catalog_is_public_paged_and_one_product_is_404_when_unknown() {
         assert!(get.get("security").is_none(), "{path} is public: {get}");
     }
     assert!(spec["definitions"]["Product"].is_object());
+    // Swagger's examples order from the catalog without prices.
+    let example = &spec["definitions"]["PlaceOrderRequest"]["example"];
+    assert_eq!(
+        example["items"][0],
+        json!({"sku": "BOOK-1", "quantity": 2}),
+        "{example}"
+    );
+    assert_eq!(
+        spec["definitions"]["Product"]["example"]["price_cents"],
+        1250
+    );
 }
 
 #[tokio::test]

@@ -33,9 +33,14 @@ impl<T: Schema> Schema for Required<T> {
     }
 }
 
-/// `POST /api/orders`
+/// `POST /api/orders`: SKUs and quantities; the catalog sets the prices.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Apiv2Schema)]
 #[serde(default)]
+#[openapi(
+    example = r#"{"items": [{"sku": "BOOK-1", "quantity": 2}, {"sku": "pen_blue.2", "quantity": 3}],
+"shipping_address": {"name": "Ada Lovelace", "street": "12 St James's Square", "city": "London",
+"postal_code": "SW1Y 4JH", "country": "GB"}}"#
+)]
 pub struct PlaceOrderRequest {
     /// 1 to 100 lines.
     pub items: Required<Vec<OrderItemRequest>>,
@@ -46,8 +51,10 @@ pub struct PlaceOrderRequest {
 #[serde(default)]
 pub struct OrderItemRequest {
     /// A SKU of the catalog (`GET /api/products`), e.g. `BOOK-1`.
+    #[openapi(example = "BOOK-1")]
     pub sku: Required<String>,
     /// 1 to 10000
+    #[openapi(example = "2")]
     pub quantity: Required<i64>,
     /// Optional, and best left out: the catalog sets the price. When sent it
     /// must be the catalog's unit price in cents, otherwise 422
@@ -122,6 +129,10 @@ pub struct ProductListQuery {
 
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
+#[openapi(
+    example = r#"{"sku": "BOOK-1", "name": "Paperback: Notes on the Analytical Engine",
+"price_cents": 1250, "active": true, "updated_at": "2026-12-05T00:00:00Z"}"#
+)]
 pub struct Product {
     /// e.g. `BOOK-1`
     pub sku: String,
