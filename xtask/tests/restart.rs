@@ -57,6 +57,41 @@ fn rand_between(low: u16, high: u16) -> u16 {
     low + (nanos % u32::from(high - low + 1)) as u16
 }
 
+/// Where a test's stack lives: its data directory (kept across its `up`s),
+/// its ports and the client that talks to its gateway.
+struct Site {
+    data: tempfile::TempDir,
+    offset: u16,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Site {
+    fn new() -> Site {
+        let data = tempfile::tempdir().unwrap();
+        // The PostgreSQL account must reach its data directory in here.
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let offset = free_port_offset();
+        Site {
+            data,
+            offset,
+            base: format!("http://127.0.0.1:{}", GATEWAY + offset),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn up(&self) -> ChildProcess {
+        up(self.data.path(), self.offset).await
+    }
+
+    fn port(&self, default: u16) -> u16 {
+        default + self.offset
+    }
+}
+
 /// `cargo xtask up` (the built binary) until it says the stack is ready.
 async fn up(data_dir: &Path, offset: u16) -> ChildProcess {
     let args = [
@@ -204,20 +239,12 @@ async fn balance(http: &reqwest::Client, base: &str, customer: &Customer) -> i64
 
 #[tokio::test]
 async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_wallet_exact() {
-    let data = tempfile::tempdir().unwrap();
-    // The PostgreSQL account must reach its data directory in here.
-    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let offset = free_port_offset();
-    let base = format!("http://127.0.0.1:{}", GATEWAY + offset);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-
-    let mut stack = up(data.path(), offset).await;
+    let site = Site::new();
+    let (base, http) = (&site.base, &site.http);
+    let mut stack = site.up().await;
     let mut customers = Vec::new();
     for n in 0..CUSTOMERS {
-        customers.push(register(&http, &base, n).await);
+        customers.push(register(http, base, n).await);
     }
     let tokens: Arc<Vec<String>> = Arc::new(customers.iter().map(|c| c.token.clone()).collect());
 
@@ -292,11 +319,11 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
     );
     assert!(seen.len() < ORDERS, "the Ctrl-C came after the burst ended");
 
-    let mut stack = up(data.path(), offset).await;
+    let mut stack = site.up().await;
     let restarted_at = Instant::now();
     let mut unfinished = 0;
     for customer in &customers {
-        unfinished += orders_of(&http, &base, customer)
+        unfinished += orders_of(http, base, customer)
             .await
             .iter()
             .filter(|o| !FINAL.contains(&o["status"].as_str().unwrap()))
@@ -309,7 +336,7 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
         || async {
             let mut by_customer = Vec::new();
             for customer in &customers {
-                let orders = orders_of(&http, &base, customer).await;
+                let orders = orders_of(http, base, customer).await;
                 if orders
                     .iter()
                     .any(|o| !FINAL.contains(&o["status"].as_str().unwrap()))
@@ -349,7 +376,7 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
         }
         // The wallet settles with the saga's last event.
         let wallet = wait_until(Duration::from_secs(30), "the wallet to settle", || async {
-            let balance = balance(&http, &base, customer).await;
+            let balance = balance(http, base, customer).await;
             (INITIAL_CREDIT - balance == delivered).then_some(balance)
         })
         .await;
@@ -362,27 +389,21 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
 
 #[tokio::test]
 async fn a_service_killed_with_sigkill_is_restarted_and_its_sagas_complete() {
-    let data = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let offset = free_port_offset();
-    let base = format!("http://127.0.0.1:{}", GATEWAY + offset);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let mut stack = up(data.path(), offset).await;
-    let customer = register(&http, &base, 0).await;
+    let site = Site::new();
+    let (base, http) = (&site.base, &site.http);
+    let mut stack = site.up().await;
+    let customer = register(http, base, 0).await;
     assert_eq!(
-        place_and_settle(&http, &base, &customer).await,
+        place_and_settle(http, base, &customer).await,
         "DELIVERY_SCHEDULED"
     );
 
-    let payment = listener_pid(PAYMENT + offset);
+    let payment = listener_pid(site.port(PAYMENT));
     // SAFETY: kill(2) on a pid of the stack this test started.
     unsafe { libc::kill(payment as i32, libc::SIGKILL) };
     // The order waits for the payment service to come back.
     assert_eq!(
-        place_and_settle(&http, &base, &customer).await,
+        place_and_settle(http, base, &customer).await,
         "DELIVERY_SCHEDULED"
     );
     assert!(
@@ -390,10 +411,10 @@ async fn a_service_killed_with_sigkill_is_restarted_and_its_sagas_complete() {
         "the death is reported"
     );
     assert!(stack.log_contains("payment-service is back"));
-    assert_ne!(listener_pid(PAYMENT + offset), payment, "a new process");
+    assert_ne!(listener_pid(site.port(PAYMENT)), payment, "a new process");
     assert!(stack.is_running(), "the rest of the stack kept running");
     assert_eq!(
-        INITIAL_CREDIT - balance(&http, &base, &customer).await,
+        INITIAL_CREDIT - balance(http, base, &customer).await,
         2 * 1250,
         "both orders charged once"
     );
