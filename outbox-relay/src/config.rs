@@ -63,6 +63,10 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Partitions of topics the relay creates.
     pub partitions: i32,
+    /// Replicas of the topics the relay creates (dead-letter topics, a new
+    /// aggregate type's topic): -1 takes the broker's
+    /// `default.replication.factor`.
+    pub replication_factor: i16,
     /// Comma-separated topics created at start-up when missing (others are
     /// created when their first event arrives).
     pub topics: String,
@@ -98,6 +102,7 @@ impl Default for KafkaConfig {
             max_record_bytes: 1_000_000,
             busy_produce_interval_ms: 5,
             max_produce_attempts: 10,
+            replication_factor: -1,
         }
     }
 }
@@ -323,6 +328,13 @@ impl RelayConfig {
                 key: "kafka.partitions",
                 value: kafka.partitions.to_string(),
                 message: "must be at least 1",
+            });
+        }
+        if kafka.replication_factor == 0 || kafka.replication_factor < -1 {
+            return Err(ConfigError::Setting {
+                key: "kafka.replication_factor",
+                value: kafka.replication_factor.to_string(),
+                message: "must be at least 1, or -1 for the broker's default",
             });
         }
         if replication.receive_timeout_ms < 3 * replication.status_interval_ms {

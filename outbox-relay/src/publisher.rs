@@ -329,7 +329,12 @@ async fn ensure_topic(
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     let created = tokio::time::timeout(
         timeout,
-        controller.create_topic(topic, config.partitions, 1, timeout_ms),
+        controller.create_topic(
+            topic,
+            config.partitions,
+            config.replication_factor,
+            timeout_ms,
+        ),
     )
     .await;
     match created {
@@ -354,7 +359,27 @@ async fn ensure_topic(
         Ok(Err(e)) => return Err(TopicFailure::Failed(PublishError::Broker(e.to_string()))),
         Err(_) => return Err(TopicFailure::Failed(PublishError::Timeout(timeout))),
     }
-    Ok(usize::try_from(config.partitions).unwrap_or(1).max(1))
+    // The real count: another relay (or an operator) may have created it
+    // with other settings, and Kafka lists a new topic a moment after
+    // answering CreateTopics.
+    let listed = async {
+        loop {
+            let topics = client
+                .list_topics()
+                .await
+                .map_err(|e| PublishError::Broker(e.to_string()))?;
+            if let Some(found) = topics
+                .iter()
+                .find(|t| t.name == topic && !t.partitions.is_empty())
+            {
+                return Ok::<_, PublishError>(found.partitions.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    deadline(timeout, listed)
+        .await
+        .map_err(TopicFailure::Failed)
 }
 
 /// Holds the records of a dead-letter topic that cannot be created (the

@@ -455,3 +455,46 @@ async fn events_of_one_key_stay_in_order() {
         assert_eq!(seqs, expected, "order of {key}");
     }
 }
+
+/// Topics the relay creates get `kafka.replication_factor` replicas. This
+/// broker has one node, so 2 cannot be met: the broker refuses the topic
+/// and the event goes to the dead-letter topic with the reason, instead of
+/// into a topic of one replica.
+#[tokio::test]
+async fn topics_the_relay_creates_get_the_configured_replication_factor() {
+    let brokers = test_support::kafka_brokers();
+    // The last resort for dead letters, created here with one replica so
+    // the event has a place to go.
+    test_support::ensure_topics(&brokers, &["outbox.dlq"], 1).await;
+    let mut dead_letters = KafkaReader::new(&brokers, "outbox.dlq").await;
+    dead_letters.poll().await;
+    let (db, client) = outbox_database("relay_rf").await;
+    let source = SourceSpec::new("rf", &db);
+    let relay = Relay::start_with(
+        &[&source],
+        &[("APP__KAFKA__REPLICATION_FACTOR", "2".into())],
+    )
+    .await;
+    relay
+        .wait_for_state("rf", "streaming", Duration::from_secs(20))
+        .await;
+
+    let topic = unique("rt_rf");
+    insert_events(&client, &topic, "k", 0, 1).await;
+    let dead = dead_letters
+        .wait_for(READ_TIMEOUT, "the event's dead letter", |r| {
+            String::from_utf8_lossy(&r.value).contains(&topic)
+        })
+        .await;
+    let reason = String::from_utf8_lossy(&dead.value).to_lowercase();
+    assert!(reason.contains("replication"), "{reason}");
+    let listed = test_support::kafka_client(&brokers)
+        .await
+        .list_topics()
+        .await
+        .expect("topics");
+    assert!(
+        !listed.iter().any(|t| t.name == topic),
+        "no topic of fewer replicas than configured"
+    );
+}
