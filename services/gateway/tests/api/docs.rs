@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_app_with, spawn_upstream};
+use crate::helpers::{app_with_upstream, spawn_app};
 
 /// Every public route the gateway serves, by method and path.
 const GATEWAY_ROUTES: [(&str, &str); 4] = [
@@ -30,14 +30,7 @@ const SERVICE_ROUTES: [(&str, &str); 12] = [
 
 #[tokio::test]
 async fn the_document_lists_every_route_with_bearer_auth_and_error_schemas() {
-    let upstream = spawn_upstream().await;
-    let base = upstream.base.clone();
-    let app = spawn_app_with(|c| {
-        c.upstreams.order = base.clone();
-        c.upstreams.payment = base.clone();
-        c.upstreams.delivery = base;
-    })
-    .await;
+    let (app, _upstream) = app_with_upstream(|_| {}).await;
     let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let doc: Value = response.json().await.unwrap();

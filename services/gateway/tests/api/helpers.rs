@@ -145,6 +145,23 @@ impl FakeUpstream {
     }
 }
 
+/// The app with every upstream pointing at one fake upstream (kept alive by
+/// the caller), after `customize`.
+pub async fn app_with_upstream(
+    customize: impl FnOnce(&mut gateway::config::Config),
+) -> (TestApp, FakeUpstream) {
+    let upstream = spawn_upstream().await;
+    let base = upstream.base.clone();
+    let app = spawn_app_with(|c| {
+        c.upstreams.order = base.clone();
+        c.upstreams.payment = base.clone();
+        c.upstreams.delivery = base;
+        customize(c);
+    })
+    .await;
+    (app, upstream)
+}
+
 pub async fn spawn_upstream() -> FakeUpstream {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();

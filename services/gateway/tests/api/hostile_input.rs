@@ -7,7 +7,7 @@
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{spawn_app_with, spawn_upstream};
+use crate::helpers::{app_with_upstream, spawn_app_with};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -55,12 +55,7 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 
 #[tokio::test]
 async fn hostile_text_in_every_gateway_operation_is_answered_4xx_never_5xx() {
-    let upstream = spawn_upstream().await;
-    let base = upstream.base.clone();
-    let app = spawn_app_with(|c| {
-        c.upstreams.order = base.clone();
-        c.upstreams.payment = base.clone();
-        c.upstreams.delivery = base;
+    let (app, _upstream) = app_with_upstream(|c| {
         c.login_throttle.max_failures_per_email_and_address = 10_000;
         c.login_throttle.max_failures_per_address = 10_000;
         c.login_throttle.slow_down_after_failures_per_email = 10_000;

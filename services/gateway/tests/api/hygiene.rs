@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_app_with, spawn_upstream};
+use crate::helpers::{app_with_upstream, spawn_app};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -26,14 +26,7 @@ async fn token_responses_are_not_stored_by_caches() {
 
 #[tokio::test]
 async fn health_does_not_echo_database_errors() {
-    let upstream = spawn_upstream().await;
-    let base = upstream.base.clone();
-    let app = spawn_app_with(|c| {
-        c.upstreams.order = base.clone();
-        c.upstreams.payment = base.clone();
-        c.upstreams.delivery = base;
-    })
-    .await;
+    let (app, _upstream) = app_with_upstream(|_| {}).await;
     let healthy = app.http.get(app.url("/api/health")).send().await.unwrap();
     assert_eq!(healthy.status(), StatusCode::OK);
 

@@ -9,22 +9,7 @@ use test_support::mint_token;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::helpers::{FakeUpstream, TestApp, spawn_app_with, spawn_upstream};
-
-async fn app_with_upstream(
-    customize: impl FnOnce(&mut gateway::config::Config),
-) -> (TestApp, FakeUpstream) {
-    let upstream = spawn_upstream().await;
-    let base = upstream.base.clone();
-    let app = spawn_app_with(|c| {
-        c.upstreams.order = base.clone();
-        c.upstreams.payment = base.clone();
-        c.upstreams.delivery = base;
-        customize(c);
-    })
-    .await;
-    (app, upstream)
-}
+use crate::helpers::{app_with_upstream, spawn_app_with};
 
 fn bearer() -> String {
     format!("Bearer {}", mint_token(Uuid::new_v4()))
