@@ -180,7 +180,7 @@ impl Node {
                     Some(file) => format!(
                         "its log ({}) ends with:\n{}",
                         file.display(),
-                        tail(file, 10)
+                        process::log_tail(file, 10).join("\n")
                     ),
                     None => "its log is above".into(),
                 };
@@ -224,13 +224,6 @@ impl std::fmt::Display for StartupExit {
 }
 
 impl std::error::Error for StartupExit {}
-
-/// The last `lines` lines of a file (empty if it cannot be read).
-fn tail(file: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -283,6 +283,16 @@ pub fn run_inherited(mut command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The last `lines` lines of a log file (none if it cannot be read).
+pub fn log_tail(file: &std::path::Path, lines: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| (*line).to_owned())
+        .collect()
+}
+
 /// "exit code 1" / "killed by signal 9".
 pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {

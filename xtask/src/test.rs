@@ -265,15 +265,12 @@ fn non_empty_env(name: &str) -> Option<String> {
 }
 
 fn print_tail(path: &Path, lines: usize) {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return;
-    };
-    let all: Vec<&str> = text.lines().collect();
-    if all.is_empty() {
+    let tail = process::log_tail(path, lines);
+    if tail.is_empty() {
         return;
     }
     say(&format!("last lines of {}:", path.display()));
-    for line in &all[all.len().saturating_sub(lines)..] {
+    for line in tail {
         say(&format!("  {line}"));
     }
 }
