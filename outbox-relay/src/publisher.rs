@@ -314,14 +314,11 @@ async fn ensure_topic(
     topic: &str,
 ) -> Result<usize, TopicFailure> {
     let timeout = config.produce_timeout();
-    let existing = deadline(timeout, client.list_topics())
+    if let Some(count) = listed_partitions(client, topic, timeout)
         .await
-        .map_err(TopicFailure::Failed)?;
-    if let Some(found) = existing
-        .iter()
-        .find(|t| t.name == topic && !t.partitions.is_empty())
+        .map_err(TopicFailure::Failed)?
     {
-        return Ok(found.partitions.len());
+        return Ok(count);
     }
     let controller = client
         .controller_client()
@@ -362,24 +359,33 @@ async fn ensure_topic(
     // The real count: another relay (or an operator) may have created it
     // with other settings, and Kafka lists a new topic a moment after
     // answering CreateTopics.
-    let listed = async {
-        loop {
-            let topics = client
-                .list_topics()
-                .await
-                .map_err(|e| PublishError::Broker(e.to_string()))?;
-            if let Some(found) = topics
-                .iter()
-                .find(|t| t.name == topic && !t.partitions.is_empty())
-            {
-                return Ok::<_, PublishError>(found.partitions.len());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        if let Some(count) = listed_partitions(client, topic, left)
+            .await
+            .map_err(TopicFailure::Failed)?
+        {
+            return Ok(count);
         }
-    };
-    deadline(timeout, listed)
-        .await
-        .map_err(TopicFailure::Failed)
+        if started.elapsed() >= timeout {
+            return Err(TopicFailure::Failed(PublishError::Timeout(timeout)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The partition count of `topic` if the broker lists it with partitions.
+async fn listed_partitions(
+    client: &Client,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, PublishError> {
+    let topics = deadline(timeout, client.list_topics()).await?;
+    Ok(topics
+        .iter()
+        .find(|t| t.name == topic && !t.partitions.is_empty())
+        .map(|t| t.partitions.len()))
 }
 
 /// Holds the records of a dead-letter topic that cannot be created (the
