@@ -298,6 +298,23 @@ pub trait EventHandler: Send + Sync + 'static {
         true
     }
 
+    /// Called instead of [`handle`](Self::handle) for a record whose event
+    /// id is already in the inbox (a repeat, in the same transaction and
+    /// savepoint rules). A saga participant writes again, with their
+    /// original event ids, the events it answered that event with the first
+    /// time: the requester may have lost them. Default: nothing.
+    /// `Permanent` here only means "nothing to announce": logged, not
+    /// dead-lettered.
+    fn repeated<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        let _ = (conn, envelope, event);
+        Box::pin(async { Ok(()) })
+    }
+
     /// How fetches of different partitions may run at the same time.
     fn concurrency(&self) -> Concurrency {
         Concurrency::Serialized
@@ -1422,6 +1439,31 @@ impl Worker {
         };
         match first_time {
             Ok(0) => {
+                // Handled before: the handler is not run again, but it may
+                // announce again what it answered the first time (a saga
+                // re-drive repeats a request whose answer was lost).
+                let repeated = match event {
+                    Ok(event) => self.handler.repeated(conn, envelope, event).await,
+                    Err(_) => Ok(()),
+                };
+                match repeated {
+                    Ok(()) => {}
+                    Err(HandleError::Permanent(_)) if !savepoints => return Ok(false),
+                    Err(HandleError::Permanent(reason)) => {
+                        // Not a reason to dead-letter a record that was
+                        // handled: its repeat just answers nothing.
+                        AnsiTransactionManager::rollback_transaction(conn).await?;
+                        tracing::warn!(%reason, "repeated event not answered again");
+                        outcomes.duplicate += 1;
+                        return Ok(true);
+                    }
+                    Err(HandleError::Transient(error)) => {
+                        if savepoints {
+                            AnsiTransactionManager::rollback_transaction(conn).await?;
+                        }
+                        return Err(ApplyError::Transient(error));
+                    }
+                }
                 if savepoints {
                     AnsiTransactionManager::commit_transaction(conn).await?;
                 }

@@ -65,6 +65,14 @@ impl<'a> NewRow<'a> {
         }
     }
 
+    /// The same row under an event id given before: a saga participant
+    /// announcing again what it announced once keeps the first event id, so
+    /// consumers that saw it skip it and the others act on it.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
     /// Appends the row's values to `query` as eight parameters, in the
     /// order of [`insert_from`]'s columns.
     pub fn bind<'q>(
@@ -119,14 +127,20 @@ pub async fn enqueue(
     trace_id: &str,
 ) -> QueryResult<Uuid> {
     let row = NewRow::new(event, trace_id);
+    insert(conn, &row).await?;
+    Ok(row.id)
+}
+
+/// Writes an outbox row built before (its id chosen by the caller).
+pub async fn insert(conn: &mut AsyncPgConnection, row: &NewRow<'_>) -> QueryResult<()> {
     // diesel would parse and plan it anew for every event (it does not
     // cache this insert on its own); its text never varies.
     diesel::insert_into(outbox::table)
-        .values(&row)
+        .values(row)
         .prepared()
         .execute(conn)
         .await?;
-    Ok(row.id)
+    Ok(())
 }
 
 #[cfg(test)]
