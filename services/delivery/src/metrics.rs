@@ -12,6 +12,8 @@ type OutcomeLabel = [(&'static str, &'static str); 1];
 #[derive(Clone, Default)]
 pub struct DeliveryMetrics {
     deliveries: Family<OutcomeLabel, Counter>,
+    /// Answers written again for a repeated request (a saga re-drive).
+    pub announced_again: Counter,
 }
 
 impl DeliveryMetrics {
@@ -21,6 +23,11 @@ impl DeliveryMetrics {
             "deliveries",
             "Booking decisions by outcome (scheduled, no_capacity, cancelled, cancelled_before_booking)",
             metrics.deliveries.clone(),
+        );
+        registry.register(
+            "saga_answers_announced_again",
+            "Answers written again because their request came again (a saga re-drive)",
+            metrics.announced_again.clone(),
         );
         metrics
     }

@@ -13,7 +13,7 @@ use crate::{
     config::WindowsConfig,
     domain::WindowPlan,
     metrics::DeliveryMetrics,
-    store::{self, BookingOutcome, CancelOutcome, KnownWindows},
+    store::{self, Answer, BookingOutcome, CancelOutcome, KnownWindows},
 };
 
 pub struct DeliverySaga {
@@ -80,6 +80,29 @@ impl EventHandler for DeliverySaga {
     }
 
     /// The events `apply` acts on; the others skip the inbox.
+    /// A request handled before comes again (the order service re-drives a
+    /// saga that stopped moving): the answer given then is written to the
+    /// outbox again under its event id, for whoever lost it. Nothing is
+    /// booked or released again.
+    fn repeated<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            let (order_id, answer) = match event {
+                Event::PaymentConfirmed(paid) => (paid.order_id, Answer::Booking),
+                Event::OrderCancellationRequested(cancel) => (cancel.order_id, Answer::Release),
+                _ => return Ok(()),
+            };
+            if store::announce_again(conn, order_id, answer, &envelope.trace_id).await? {
+                self.metrics.announced_again.inc();
+            }
+            Ok(())
+        })
+    }
+
     fn wants(&self, event: &Event) -> bool {
         matches!(
             event,

@@ -24,6 +24,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         cancelled_at -> Nullable<Timestamptz>,
+        outcome_event_id -> Nullable<Uuid>,
+        cancel_event_id -> Nullable<Uuid>,
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    pub outcome_event_id: Option<Uuid>,
+    pub cancel_event_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +152,8 @@ pub async fn book(
     // inserted by the same statement (a data-modifying WITH): one round
     // trip for the booking. No free window: no row, nothing booked.
     let delivery_id = Uuid::now_v7();
+    // The id of the answer (scheduled or failed), kept on the delivery.
+    let outcome_event_id = Uuid::now_v7();
     let tracking = TrackingNumber::generate();
     let window: Option<BookedWindow> = diesel::sql_query(
         "WITH booked AS ( \
@@ -159,8 +163,8 @@ pub async fn book(
                          ORDER BY starts_at LIMIT 1 FOR UPDATE) \
              RETURNING id, starts_at, ends_at) \
          INSERT INTO deliveries (id, order_id, customer_id, status, window_id, \
-                                 window_start, window_end, tracking_number) \
-         SELECT $3, $4, $5, $6, id, starts_at, ends_at, $7 FROM booked \
+                                 window_start, window_end, tracking_number, outcome_event_id) \
+         SELECT $3, $4, $5, $6, id, starts_at, ends_at, $7, $8 FROM booked \
          RETURNING window_start AS starts_at, window_end AS ends_at",
     )
     .bind::<Timestamptz, _>(plan.from)
@@ -170,6 +174,7 @@ pub async fn book(
     .bind::<diesel::sql_types::Uuid, _>(paid.customer_id)
     .bind::<diesel::sql_types::Text, _>(DeliveryStatus::Scheduled.as_str())
     .bind::<diesel::sql_types::Text, _>(tracking.as_str())
+    .bind::<diesel::sql_types::Uuid, _>(outcome_event_id)
     .prepared()
     .get_result(conn)
     .await
@@ -197,6 +202,7 @@ pub async fn book(
                     deliveries::customer_id.eq(paid.customer_id),
                     deliveries::status.eq(DeliveryStatus::Failed.as_str()),
                     deliveries::reason.eq(reason),
+                    deliveries::outcome_event_id.eq(outcome_event_id),
                 ))
                 .execute(conn)
                 .await?;
@@ -209,7 +215,11 @@ pub async fn book(
             (event, BookingOutcome::NoCapacity)
         }
     };
-    outbox::enqueue(conn, &event, trace_id).await?;
+    outbox::insert(
+        conn,
+        &outbox::NewRow::new(&event, trace_id).with_id(outcome_event_id),
+    )
+    .await?;
     Ok(outcome)
 }
 
@@ -221,6 +231,7 @@ pub async fn cancel(
     trace_id: &str,
 ) -> QueryResult<CancelOutcome> {
     lock_order(conn, request.order_id).await?;
+    let cancel_event_id = Uuid::now_v7();
     let released: Option<Delivery> = diesel::update(
         deliveries::table
             .filter(deliveries::order_id.eq(request.order_id))
@@ -231,6 +242,7 @@ pub async fn cancel(
         deliveries::reason.eq(Reason::CustomerCancelled.as_str()),
         deliveries::cancelled_at.eq(now),
         deliveries::updated_at.eq(now),
+        deliveries::cancel_event_id.eq(cancel_event_id),
     ))
     .returning(Delivery::as_returning())
     .prepared()
@@ -250,7 +262,11 @@ pub async fn cancel(
             order_id: delivery.order_id,
             customer_id: delivery.customer_id,
         });
-        outbox::enqueue(conn, &event, trace_id).await?;
+        outbox::insert(
+            conn,
+            &outbox::NewRow::new(&event, trace_id).with_id(cancel_event_id),
+        )
+        .await?;
         tracing::info!(order_id = %request.order_id, "delivery cancelled, window released");
         return Ok(CancelOutcome::Released);
     }
@@ -273,6 +289,87 @@ pub async fn cancel(
     } else {
         Ok(CancelOutcome::NothingToDo)
     }
+}
+
+/// Which of its answers about an order the delivery service announces again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// To `PaymentConfirmed`: `DeliveryScheduled` (also for a booking
+    /// released since) or `DeliveryFailed`.
+    Booking,
+    /// To `OrderCancellationRequested`: `DeliveryCancelled`, if a booked
+    /// window was released.
+    Release,
+}
+
+/// Writes again to the outbox, under its first event id, what the delivery
+/// service answered about `order_id` (a repeated request: the requester
+/// may have lost the answer). Answers whether there was anything to say.
+pub async fn announce_again(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    answer: Answer,
+    trace_id: &str,
+) -> QueryResult<bool> {
+    let found: Option<Delivery> = deliveries::table
+        .filter(deliveries::order_id.eq(order_id))
+        .select(Delivery::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(delivery) = found else {
+        return Ok(false);
+    };
+    let status = delivery.status.as_str();
+    let booked = (
+        delivery.window_start,
+        delivery.window_end,
+        &delivery.tracking_number,
+    );
+    let (event, event_id) = match (answer, booked) {
+        // Booked once (scheduled, or released since).
+        (Answer::Booking, (Some(window_start), Some(window_end), Some(tracking)))
+            if status != DeliveryStatus::Failed.as_str() =>
+        {
+            let event = Event::DeliveryScheduled(DeliveryScheduled {
+                delivery_id: delivery.id,
+                order_id,
+                customer_id: delivery.customer_id,
+                window_start,
+                window_end,
+                tracking_number: tracking.clone(),
+            });
+            (event, delivery.outcome_event_id)
+        }
+        (Answer::Booking, _) if status == DeliveryStatus::Failed.as_str() => {
+            let event = Event::DeliveryFailed(DeliveryFailed {
+                order_id,
+                customer_id: delivery.customer_id,
+                reason: delivery.reason.clone().unwrap_or_default(),
+            });
+            (event, delivery.outcome_event_id)
+        }
+        (Answer::Release, (Some(_), _, _)) if status == DeliveryStatus::Cancelled.as_str() => {
+            let event = Event::DeliveryCancelled(DeliveryCancelled {
+                delivery_id: delivery.id,
+                order_id,
+                customer_id: delivery.customer_id,
+            });
+            (event, delivery.cancel_event_id)
+        }
+        // Cancelled before anything was booked: nothing was announced.
+        _ => return Ok(false),
+    };
+    let mut row = outbox::NewRow::new(&event, trace_id);
+    // A delivery made before event ids were kept gets a new one (the
+    // order's facts ignore an answer they know already).
+    if let Some(id) = event_id {
+        row = row.with_id(id);
+    }
+    outbox::insert(conn, &row).await?;
+    tracing::info!(%order_id, event_type = %row.event_type, event_id = %row.id,
+        "answer announced again");
+    Ok(true)
 }
 
 /// The delivery of one of the customer's orders.

@@ -30,6 +30,8 @@ pub struct Settings {
     pub idempotency: IdempotencyConfig,
     #[serde(default)]
     pub cancellation: CancellationConfig,
+    #[serde(default)]
+    pub redrive: RedriveConfig,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             saga: SagaConfig::default(),
             idempotency: IdempotencyConfig::default(),
             cancellation: CancellationConfig::default(),
+            redrive: RedriveConfig::default(),
         }
     }
 }
@@ -67,6 +70,53 @@ pub struct SagaConfig {
 impl Default for SagaConfig {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+
+/// Sagas that stopped moving are re-driven (crate::redrive).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedriveConfig {
+    pub enabled: bool,
+    /// An in-flight order that has not moved for this long has its request
+    /// written again. Well above a saga's p99 under load (about a second at
+    /// the saturation rate on 2 cores, docs/perf.md): a re-drive of a saga
+    /// that is only slow costs a few events and changes nothing.
+    #[serde(with = "commerce_common::consumer::duration_serde")]
+    pub after: Duration,
+    /// Each further re-drive waits twice as long as the one before, at most
+    /// this long.
+    #[serde(with = "commerce_common::consumer::duration_serde")]
+    pub max_backoff: Duration,
+    /// Re-drives without a move before the order counts as stuck (shown by
+    /// `sagas_stuck` and `GET /admin/sagas/stuck`; no more re-drives until an
+    /// operator asks).
+    pub max_attempts: i32,
+}
+
+impl Default for RedriveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            after: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(300),
+            max_attempts: 12,
+        }
+    }
+}
+
+impl RedriveConfig {
+    pub fn schedule(&self) -> crate::store::redrive::Schedule {
+        crate::store::redrive::Schedule {
+            after_ms: self.after.as_millis() as i64,
+            max_backoff_ms: self.max_backoff.as_millis() as i64,
+            max_attempts: self.max_attempts,
+        }
+    }
+
+    /// How often due orders are looked for: a re-drive is at most this late.
+    pub fn scan_interval(&self) -> Duration {
+        (self.after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
     }
 }
 

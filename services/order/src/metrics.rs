@@ -21,7 +21,14 @@ pub struct OrderMetrics {
     orders_by_status: Family<StatusLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// Status changes made by the saga, per target status.
     pub status_changes: Family<StatusLabel, Counter<u64, AtomicU64>>,
+    /// Orders re-driven, per saga step (crate::redrive).
+    redrives: Family<StepLabel, Counter<u64, AtomicU64>>,
+    /// In-flight orders and stuck ones, refreshed on every scrape.
+    in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    stuck: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
+
+type StepLabel = [(&'static str, &'static str); 1];
 
 impl OrderMetrics {
     pub fn register(registry: &mut Registry) -> Self {
@@ -41,7 +48,33 @@ impl OrderMetrics {
             "Order status changes applied by the saga, by new status",
             metrics.status_changes.clone(),
         );
+        registry.register(
+            "saga_redrives",
+            "Orders whose saga had stopped moving and whose request was written again, by step",
+            metrics.redrives.clone(),
+        );
+        registry.register(
+            "sagas_in_flight",
+            "Orders a saga still works on (PENDING, PAID, cancellation under way)",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "sagas_stuck",
+            "In-flight orders whose re-drives are exhausted (GET /admin/sagas/stuck)",
+            metrics.stuck.clone(),
+        );
         metrics
+    }
+
+    pub fn redriven(&self, step: crate::redrive::Step) {
+        self.redrives
+            .get_or_create(&[("step", step.as_str())])
+            .inc();
+    }
+
+    pub fn set_sagas(&self, in_flight: i64, stuck: i64) {
+        self.in_flight.set(in_flight);
+        self.stuck.set(stuck);
     }
 
     pub fn status_changed(&self, status: OrderStatus) {

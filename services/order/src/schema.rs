@@ -26,6 +26,10 @@ diesel::table! {
         delivery_reason -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        placed_event_id -> Nullable<Uuid>,
+        cancellation_event_id -> Nullable<Uuid>,
+        redrive_attempts -> Int4,
+        redriven_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -20,7 +20,8 @@ use crate::{
     config::{CONSUMER_GROUP, IdempotencyConfig, SERVICE, Settings},
     metrics::OrderMetrics,
     order_changes::OrderChanges,
-    routes::{self, orders, products, request_trace::trace_requests},
+    redrive,
+    routes::{self, admin, orders, products, request_trace::trace_requests},
     saga::SagaHandler,
     store,
 };
@@ -65,6 +66,16 @@ impl Application {
             settings.idempotency.clone(),
             shutdown.clone(),
         ));
+        // Re-drives are answered through the saga consumer: without it they
+        // would only fill the outbox.
+        let redriver = (settings.saga.enabled && settings.redrive.enabled).then(|| {
+            tokio::spawn(redrive::run(
+                pool.clone(),
+                settings.redrive.clone(),
+                order_metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         // The running service awaits one background task on shutdown: the
         // consumer (releasing its leases), then the change listener and the
         // key purge.
@@ -74,6 +85,9 @@ impl Application {
             }
             change_listener.await.ok();
             key_purge.await.ok();
+            if let Some(redriver) = redriver {
+                redriver.await.ok();
+            }
         });
 
         let (listener, port) = service::bind(&settings.http.address())?;
@@ -82,14 +96,21 @@ impl Application {
         let order_metrics = actix::Data::new(order_metrics);
         let changes = actix::Data::new(changes);
         let cancellation = actix::Data::new(settings.cancellation.clone());
+        let redrive_config = actix::Data::new(settings.redrive.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .configure(|cfg| operational.configure(cfg))
                 .app_data(verifier.clone())
                 .app_data(cancellation.clone())
+                .app_data(redrive_config.clone())
                 .app_data(order_metrics.clone())
                 .app_data(changes.clone())
                 .route("/metrics", actix::get().to(routes::metrics))
+                .route("/admin/sagas/stuck", actix::get().to(admin::stuck))
+                .route(
+                    "/admin/sagas/{id}/redrive",
+                    actix::post().to(admin::redrive_now),
+                )
                 .wrap(from_fn(trace_requests))
                 .wrap_api_with_spec(service::api_spec(
                     SERVICE,

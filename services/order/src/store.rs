@@ -22,6 +22,8 @@ use crate::{
     schema::{idempotency_keys, order_items, orders, products},
 };
 
+pub mod redrive;
+
 /// The reason the order service puts on `OrderCancellationRequested`; the
 /// payment service refunds with it and the order ends CANCELLED with it.
 pub const CUSTOMER_CANCELLED: &str = "CUSTOMER_CANCELLED";
@@ -344,8 +346,9 @@ WITH priced AS (
     RETURNING 1
 ), placed AS (
     INSERT INTO orders (id, customer_id, status, total_cents, shipping_name,
-                        shipping_street, shipping_city, shipping_postal_code, shipping_country)
-    SELECT $1, $2, $5, $6, $7, $8, $9, $10, $11
+                        shipping_street, shipping_city, shipping_postal_code, shipping_country,
+                        placed_event_id)
+    SELECT $1, $2, $5, $6, $7, $8, $9, $10, $11, $15
     WHERE (SELECT ok FROM priced) AND ($3 IS NULL OR EXISTS (SELECT 1 FROM claimed))
     RETURNING *
 ), lines AS (
@@ -684,21 +687,23 @@ pub async fn request_cancellation(
         {
             return Err(CancelError::TooLate { window_start });
         }
-        diesel::update(orders::table.find(order_id))
-            .set((
-                orders::cancellation_requested_at.eq(now),
-                orders::cancellation_note.eq(note),
-                orders::updated_at.eq(now),
-            ))
-            .prepared()
-            .execute(conn)
-            .await?;
         let event = Event::OrderCancellationRequested(events::OrderCancellationRequested {
             order_id,
             customer_id,
             reason: CUSTOMER_CANCELLED.to_owned(),
         });
-        outbox::enqueue(conn, &event, trace_id).await?;
+        let announcement = outbox::NewRow::new(&event, trace_id);
+        diesel::update(orders::table.find(order_id))
+            .set((
+                orders::cancellation_requested_at.eq(now),
+                orders::cancellation_note.eq(note),
+                orders::updated_at.eq(now),
+                orders::cancellation_event_id.eq(announcement.id),
+            ))
+            .prepared()
+            .execute(conn)
+            .await?;
+        outbox::insert(conn, &announcement).await?;
         find_order(conn, order_id, customer_id)
             .await?
             .ok_or(CancelError::NotFound)

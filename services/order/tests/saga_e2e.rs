@@ -19,9 +19,10 @@ use common::{Customer, TestApp, spawn_app_with, valid_order};
 use reqwest::Method;
 use serde_json::Value;
 use test_support::{
-    ChildProcess, Relay, StackBroker, TestDatabase, bin_path, free_port, fresh_database, jwt_keys,
-    wait_for_http_ok, wait_until,
+    ChildProcess, KafkaReader, Relay, StackBroker, TestDatabase, bin_path, delete_all_records,
+    free_port, fresh_database, jwt_keys, query_i64, wait_for_http_ok, wait_until,
 };
+use uuid::Uuid;
 
 const SAGA_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +33,13 @@ struct StackOptions {
     /// Bookings per delivery window.
     window_capacity: i32,
 }
+
+/// Re-drives in these tests: a second without a move, then every two
+/// seconds, at most four times.
+const REDRIVE_AFTER: Duration = Duration::from_secs(1);
+const REDRIVE_MAX_ATTEMPTS: i32 = 4;
+/// Leases renewed (and a released one taken) every half second.
+const LEASE_TTL: &str = "1500ms";
 
 /// A service binary and its port.
 struct Service {
@@ -60,6 +68,7 @@ impl Service {
                 "APP__CONSUMER__FETCH_MAX_WAIT".to_owned(),
                 "20ms".to_owned(),
             ),
+            ("APP__CONSUMER__LEASE_TTL".to_owned(), LEASE_TTL.to_owned()),
             ("RUST_LOG".to_owned(), "info,rskafka=error".to_owned()),
             ("LOG_FORMAT".to_owned(), "pretty".to_owned()),
         ];
@@ -84,7 +93,9 @@ struct Stack {
     order: TestApp,
     payment: Service,
     delivery: Service,
+    payment_db: TestDatabase,
     delivery_db: TestDatabase,
+    brokers: String,
     http: reqwest::Client,
     _broker: StackBroker,
 }
@@ -119,6 +130,10 @@ impl Stack {
             settings.saga.enabled = true;
             settings.kafka.brokers = brokers.clone();
             settings.consumer.fetch_max_wait = Duration::from_millis(20);
+            settings.consumer.lease_ttl = Duration::from_millis(1500);
+            settings.redrive.after = REDRIVE_AFTER;
+            settings.redrive.max_backoff = 2 * REDRIVE_AFTER;
+            settings.redrive.max_attempts = REDRIVE_MAX_ATTEMPTS;
         })
         .await;
         let relay = Relay::start(
@@ -136,7 +151,9 @@ impl Stack {
             order,
             payment,
             delivery,
+            payment_db,
             delivery_db,
+            brokers,
             http: reqwest::Client::new(),
             _broker: broker,
         }
@@ -191,6 +208,82 @@ impl Stack {
     async fn delivery_of(&self, customer: &Customer, order_id: &str) -> (u16, Value) {
         let path = format!("/api/deliveries/{order_id}");
         self.get(&self.delivery, customer, &path).await
+    }
+
+    /// The consumer of `db` stops applying `topic`: a stranger holds its
+    /// partitions' leases (what it fetches meanwhile is not applied).
+    async fn pause(&self, db: &TestDatabase, topic: &str) {
+        let client = db.client().await;
+        wait_until(
+            START_TIMEOUT,
+            &format!("leases of {topic} in {}", db.name),
+            || async {
+                let held: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM partition_leases WHERE topic = $1 AND owner IS NOT NULL",
+                    &[&topic],
+                )
+                .await
+                .unwrap()
+                .get(0);
+                (held == 3).then_some(())
+            },
+        )
+        .await;
+        client
+            .execute(
+                "UPDATE partition_leases SET owner = 'paused-by-test', \
+                     expires_at = now() + interval '1 hour' WHERE topic = $1",
+                &[&topic],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The broker loses `event_type` of `order_id` in flight: once it is
+    /// on the topic `reader` reads, every record of the topic is deleted,
+    /// then the consumers `paused` on it resume (their offsets now lie
+    /// before the log's start: they go on from there, the event never seen).
+    /// Answers the lost event's id.
+    async fn lose(
+        &self,
+        reader: &mut KafkaReader,
+        event_type: &str,
+        order_id: &str,
+        paused: &[&TestDatabase],
+    ) -> Uuid {
+        let record = reader
+            .wait_for(SAGA_TIMEOUT, &format!("{event_type} of {order_id}"), |r| {
+                let envelope = r.envelope();
+                envelope.event_type == event_type && envelope.aggregate_id == order_id
+            })
+            .await;
+        let topic = record.topic.as_str();
+        assert!(delete_all_records(&self.brokers, topic).await > 0);
+        for db in paused {
+            db.client()
+                .await
+                .execute(
+                    "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' \
+                     WHERE topic = $1",
+                    &[&topic],
+                )
+                .await
+                .unwrap();
+        }
+        record.envelope().event_id
+    }
+
+    /// The order service's `/metrics` text.
+    async fn order_metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.order.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// `(booked, scheduled deliveries)` of the window starting at `start`,
@@ -320,4 +413,246 @@ async fn no_delivery_capacity_cancels_the_order_with_a_refund() {
     let (status, delivery) = stack.delivery_of(&customer, &id).await;
     assert_eq!(status, 200);
     assert_eq!(delivery["status"], "FAILED");
+}
+
+/// Sagas heal themselves (services/order/src/redrive.rs). At each hop of
+/// the saga the broker loses the event in flight (its consumer was paused,
+/// then the topic's records were deleted), and every order still ends where
+/// it should, with the money moved exactly once. Without the re-drive each
+/// of these orders stays PENDING or PAID forever.
+#[tokio::test]
+async fn a_lost_event_at_any_step_is_healed_by_the_saga_re_drive() {
+    let stack = Stack::start(StackOptions {
+        window_capacity: 50,
+    })
+    .await;
+    let brokers = stack.brokers.clone();
+    let (order_db, payment_db, delivery_db) =
+        (&stack.order.db, &stack.payment_db, &stack.delivery_db);
+    let mut charged = Vec::new();
+
+    // Placement -> payment: OrderCreated lost before payment read it. The
+    // order service writes it again under its first id.
+    let customer = Customer::new();
+    stack.pause(payment_db, "orders").await;
+    let mut reader = KafkaReader::new(&brokers, "orders").await;
+    let id = stack.place(&customer, &order_of(1)).await;
+    let lost = stack
+        .lose(&mut reader, "OrderCreated", &id, &[payment_db])
+        .await;
+    stack
+        .wait_for_status(&customer, &id, "DELIVERY_SCHEDULED")
+        .await;
+    let again = KafkaReader::new(&brokers, "orders")
+        .await
+        .wait_for(SAGA_TIMEOUT, "OrderCreated again", |r| {
+            r.envelope().aggregate_id == id && r.envelope().event_type == "OrderCreated"
+        })
+        .await;
+    assert_eq!(
+        again.envelope().event_id,
+        lost,
+        "written again under its first id"
+    );
+    charged.push((customer, 1_000));
+
+    // Payment -> delivery: PaymentConfirmed lost before delivery read it
+    // (the order did: PAID). Payment announces it again.
+    let customer = Customer::new();
+    stack.pause(delivery_db, "payments").await;
+    let mut reader = KafkaReader::new(&brokers, "payments").await;
+    let id = stack.place(&customer, &order_of(2)).await;
+    stack.wait_for_status(&customer, &id, "PAID").await;
+    stack
+        .lose(&mut reader, "PaymentConfirmed", &id, &[delivery_db])
+        .await;
+    stack
+        .wait_for_status(&customer, &id, "DELIVERY_SCHEDULED")
+        .await;
+    charged.push((customer, 2_000));
+
+    // Payment -> order: PaymentConfirmed lost before the order read it.
+    // Payment announces it again under its first id.
+    let customer = Customer::new();
+    stack.pause(order_db, "payments").await;
+    let mut reader = KafkaReader::new(&brokers, "payments").await;
+    let id = stack.place(&customer, &order_of(3)).await;
+    let lost = stack
+        .lose(&mut reader, "PaymentConfirmed", &id, &[order_db])
+        .await;
+    stack
+        .wait_for_status(&customer, &id, "DELIVERY_SCHEDULED")
+        .await;
+    let again = KafkaReader::new(&brokers, "payments")
+        .await
+        .wait_for(SAGA_TIMEOUT, "PaymentConfirmed again", |r| {
+            r.envelope().aggregate_id == id && r.envelope().event_type == "PaymentConfirmed"
+        })
+        .await;
+    assert_eq!(
+        again.envelope().event_id,
+        lost,
+        "announced again under its first id"
+    );
+    charged.push((customer, 3_000));
+
+    // Delivery -> order: DeliveryScheduled lost before the order read it.
+    let customer = Customer::new();
+    stack.pause(order_db, "deliveries").await;
+    let mut reader = KafkaReader::new(&brokers, "deliveries").await;
+    let id = stack.place(&customer, &order_of(4)).await;
+    stack
+        .lose(&mut reader, "DeliveryScheduled", &id, &[order_db])
+        .await;
+    stack
+        .wait_for_status(&customer, &id, "DELIVERY_SCHEDULED")
+        .await;
+    charged.push((customer, 4_000));
+
+    // Cancellation: OrderCancellationRequested lost before payment and
+    // delivery read it. Refunded, window released.
+    let customer = Customer::new();
+    let id = stack.place(&customer, &order_of(5)).await;
+    stack
+        .wait_for_status(&customer, &id, "DELIVERY_SCHEDULED")
+        .await;
+    stack.pause(payment_db, "orders").await;
+    stack.pause(delivery_db, "orders").await;
+    let mut reader = KafkaReader::new(&brokers, "orders").await;
+    assert_eq!(stack.order.cancel(&customer, &id, None).await.status(), 202);
+    stack
+        .lose(
+            &mut reader,
+            "OrderCancellationRequested",
+            &id,
+            &[payment_db, delivery_db],
+        )
+        .await;
+    let order = stack.wait_for_status(&customer, &id, "CANCELLED").await;
+    assert_eq!(order["reason"], "CUSTOMER_CANCELLED");
+    wait_until(SAGA_TIMEOUT, "the window to be released", || async {
+        let (_, delivery) = stack.delivery_of(&customer, &id).await;
+        (delivery["status"] == "CANCELLED").then_some(())
+    })
+    .await;
+    charged.push((customer, 0));
+
+    // No window left from here on: every booking fails and is refunded.
+    delivery_db
+        .client()
+        .await
+        .execute("UPDATE delivery_windows SET capacity = booked", &[])
+        .await
+        .unwrap();
+
+    // Delivery -> payment: DeliveryFailed lost before payment read it (the
+    // order did): no refund yet. Delivery announces it again.
+    let customer = Customer::new();
+    stack.pause(payment_db, "deliveries").await;
+    let mut reader = KafkaReader::new(&brokers, "deliveries").await;
+    let id = stack.place(&customer, &order_of(6)).await;
+    stack
+        .lose(&mut reader, "DeliveryFailed", &id, &[payment_db])
+        .await;
+    let order = stack.wait_for_status(&customer, &id, "CANCELLED").await;
+    assert_eq!(order["reason"], "NO_CAPACITY");
+    charged.push((customer, 0));
+
+    // Refund -> order: PaymentConfirmed and PaymentRefunded both lost
+    // before the order read them.
+    let customer = Customer::new();
+    stack.pause(order_db, "payments").await;
+    let mut reader = KafkaReader::new(&brokers, "payments").await;
+    let id = stack.place(&customer, &order_of(7)).await;
+    stack
+        .lose(&mut reader, "PaymentRefunded", &id, &[order_db])
+        .await;
+    let order = stack.wait_for_status(&customer, &id, "CANCELLED").await;
+    assert_eq!(order["reason"], "NO_CAPACITY");
+    assert_eq!(order["payment"]["status"], "REFUNDED");
+    charged.push((customer, 0));
+
+    // Every step was re-driven, and counted by step.
+    let metrics = stack.order_metrics().await;
+    for step in ["payment", "delivery", "refund", "cancellation"] {
+        let line = format!("saga_redrives_total{{step=\"{step}\"}}");
+        assert!(
+            metrics.contains(&line),
+            "no re-drive of step {step}:\n{metrics}"
+        );
+    }
+
+    // Money moved once per outcome: each wallet holds its credit less what
+    // its DELIVERY_SCHEDULED order cost, and no order was charged or
+    // refunded twice.
+    for (customer, cost) in &charged {
+        assert_eq!(stack.balance(customer).await, INITIAL_CREDIT - cost);
+    }
+    let twice = query_i64(
+        payment_db,
+        "SELECT count(*) FROM (SELECT order_id, kind FROM wallet_entries \
+         WHERE order_id IS NOT NULL GROUP BY order_id, kind HAVING count(*) > 1) twice",
+    )
+    .await;
+    assert_eq!(twice, 0, "an order was charged or refunded twice");
+}
+
+/// A saga whose re-drives are exhausted is never silent: it is counted,
+/// listed for the operator, and re-driven when the operator asks.
+#[tokio::test]
+async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks() {
+    let stack = Stack::start(StackOptions {
+        window_capacity: 50,
+    })
+    .await;
+    let customer = Customer::new();
+    // Payment applies nothing of `orders` while the order is re-driven.
+    stack.pause(&stack.payment_db, "orders").await;
+    let mut reader = KafkaReader::new(&stack.brokers, "orders").await;
+    let id = stack.place(&customer, &order_of(1)).await;
+    let stuck = wait_until(SAGA_TIMEOUT, "the order to be listed as stuck", || async {
+        let list: Value = stack
+            .http
+            .get(format!("{}/admin/sagas/stuck", stack.order.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|saga| saga["order_id"] == id.as_str())
+            .cloned()
+    })
+    .await;
+    assert_eq!(stuck["status"], "PENDING");
+    assert_eq!(stuck["step"], "payment");
+    assert_eq!(stuck["redrive_attempts"], REDRIVE_MAX_ATTEMPTS);
+    assert!(stack.order_metrics().await.contains("sagas_stuck 1"));
+
+    // The broker loses what was written, payment reads again, and nothing
+    // re-drives the order any more until the operator asks.
+    stack
+        .lose(&mut reader, "OrderCreated", &id, &[&stack.payment_db])
+        .await;
+    let redrive = |order_id: &str| {
+        let url = format!("{}/admin/sagas/{order_id}/redrive", stack.order.address);
+        let http = stack.http.clone();
+        async move { http.post(url).send().await.unwrap() }
+    };
+    assert_eq!(redrive(&id).await.status(), 202);
+    stack
+        .wait_for_status(&customer, &id, "DELIVERY_SCHEDULED")
+        .await;
+    assert!(stack.order_metrics().await.contains("sagas_stuck 0"));
+    assert_eq!(stack.balance(&customer).await, INITIAL_CREDIT - 1_000);
+
+    // An order no saga works on any more cannot be re-driven.
+    let response = redrive(&id).await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "NOT_IN_FLIGHT");
 }

@@ -13,6 +13,8 @@ pub struct PaymentMetrics {
     /// Charges and refunds by outcome: confirmed, failed, refunded.
     payments: Family<OutcomeLabel, Counter>,
     pub top_ups: Counter,
+    /// Answers written again for a repeated request (a saga re-drive).
+    pub announced_again: Counter,
 }
 
 impl PaymentMetrics {
@@ -24,6 +26,11 @@ impl PaymentMetrics {
             metrics.payments.clone(),
         );
         registry.register("wallet_top_ups", "Wallet top-ups", metrics.top_ups.clone());
+        registry.register(
+            "saga_answers_announced_again",
+            "Answers written again because their request came again (a saga re-drive)",
+            metrics.announced_again.clone(),
+        );
         metrics
     }
 

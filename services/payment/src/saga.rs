@@ -12,7 +12,7 @@ use crate::{
     config::WalletConfig,
     domain::{ChargeAmount, RefundReason},
     metrics::PaymentMetrics,
-    store::{self, ChargeOutcome},
+    store::{self, Answer, ChargeOutcome},
 };
 
 pub struct PaymentSaga {
@@ -96,6 +96,30 @@ impl EventHandler for PaymentSaga {
     }
 
     /// The events `apply` acts on; the others skip the inbox.
+    /// A request handled before comes again (the order service re-drives a
+    /// saga that stopped moving): the answer given then is written to the
+    /// outbox again under its event id, for whoever lost it. Nothing is
+    /// charged or refunded again.
+    fn repeated<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            let (order_id, answer) = match event {
+                Event::OrderCreated(order) => (order.order_id, Answer::Charge),
+                Event::DeliveryFailed(failed) => (failed.order_id, Answer::Refund),
+                Event::OrderCancellationRequested(cancel) => (cancel.order_id, Answer::Refund),
+                _ => return Ok(()),
+            };
+            if store::announce_again(conn, order_id, answer, &envelope.trace_id).await? {
+                self.metrics.announced_again.inc();
+            }
+            Ok(())
+        })
+    }
+
     fn wants(&self, event: &Event) -> bool {
         matches!(
             event,

@@ -20,6 +20,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         refunded_at -> Nullable<Timestamptz>,
+        outcome_event_id -> Nullable<Uuid>,
+        refund_event_id -> Nullable<Uuid>,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub refunded_at: Option<DateTime<Utc>>,
+    pub outcome_event_id: Option<Uuid>,
+    pub refund_event_id: Option<Uuid>,
 }
 
 /// What happened to an order's charge.
@@ -119,6 +121,13 @@ pub async fn charge(
     // order was charged already (its wallet reference is checked at commit,
     // when the wallet exists in any case).
     let payment_id = Uuid::now_v7();
+    let confirmed = Event::PaymentConfirmed(PaymentConfirmed {
+        payment_id,
+        order_id: order.order_id,
+        customer_id: order.customer_id,
+        amount_cents: amount.cents(),
+    });
+    let announcement = outbox::NewRow::new(&confirmed, trace_id);
     let inserted = diesel::insert_into(payments::table)
         .values((
             payments::id.eq(payment_id),
@@ -126,6 +135,7 @@ pub async fn charge(
             payments::customer_id.eq(order.customer_id),
             payments::amount_cents.eq(amount.cents()),
             payments::status.eq(PaymentStatus::Confirmed.as_str()),
+            payments::outcome_event_id.eq(announcement.id),
         ))
         .on_conflict(payments::order_id)
         .do_nothing()
@@ -135,13 +145,6 @@ pub async fn charge(
         return Ok(ChargeOutcome::AlreadyCharged);
     }
     // The confirmation is written by the debit itself when it succeeds.
-    let confirmed = Event::PaymentConfirmed(PaymentConfirmed {
-        payment_id,
-        order_id: order.order_id,
-        customer_id: order.customer_id,
-        amount_cents: amount.cents(),
-    });
-    let announcement = outbox::NewRow::new(&confirmed, trace_id);
     let mut charged = debit(conn, order, amount.cents(), &announcement).await?;
     if !charged {
         // No wallet, or not enough in it. Open it if missing and debit again
@@ -156,20 +159,22 @@ pub async fn charge(
         (PaymentStatus::Confirmed, ChargeOutcome::Confirmed)
     } else {
         let reason = FailureReason::InsufficientFunds.as_str();
-        diesel::update(payments::table.find(payment_id))
-            .set((
-                payments::status.eq(PaymentStatus::Failed.as_str()),
-                payments::reason.eq(reason),
-            ))
-            .execute(conn)
-            .await?;
         let event = Event::PaymentFailed(PaymentFailed {
             order_id: order.order_id,
             customer_id: order.customer_id,
             amount_cents: amount.cents(),
             reason: reason.into(),
         });
-        outbox::enqueue(conn, &event, trace_id).await?;
+        let failed = outbox::NewRow::new(&event, trace_id);
+        diesel::update(payments::table.find(payment_id))
+            .set((
+                payments::status.eq(PaymentStatus::Failed.as_str()),
+                payments::reason.eq(reason),
+                payments::outcome_event_id.eq(failed.id),
+            ))
+            .execute(conn)
+            .await?;
+        outbox::insert(conn, &failed).await?;
         (PaymentStatus::Failed, ChargeOutcome::Failed)
     };
     tracing::info!(order_id = %order.order_id, status = status.as_str(), amount_cents = amount.cents(), "order charged");
@@ -221,6 +226,7 @@ pub async fn refund(
     reason: RefundReason,
     trace_id: &str,
 ) -> QueryResult<bool> {
+    let refund_event_id = Uuid::now_v7();
     let refunded: Option<Payment> = diesel::update(
         payments::table
             .filter(payments::order_id.eq(order_id))
@@ -231,6 +237,7 @@ pub async fn refund(
         payments::reason.eq(reason.as_str()),
         payments::refunded_at.eq(now),
         payments::updated_at.eq(now),
+        payments::refund_event_id.eq(refund_event_id),
     ))
     .returning(Payment::as_returning())
     .prepared()
@@ -264,8 +271,85 @@ pub async fn refund(
         amount_cents: payment.amount_cents,
         reason: reason.as_str().into(),
     });
-    outbox::enqueue(conn, &event, trace_id).await?;
+    outbox::insert(
+        conn,
+        &outbox::NewRow::new(&event, trace_id).with_id(refund_event_id),
+    )
+    .await?;
     tracing::info!(%order_id, reason = reason.as_str(), amount_cents = payment.amount_cents, "payment refunded");
+    Ok(true)
+}
+
+/// Which of its answers about an order the payment service announces again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// To `OrderCreated`: `PaymentConfirmed` (also for a payment refunded
+    /// since) or `PaymentFailed`.
+    Charge,
+    /// To `DeliveryFailed` or `OrderCancellationRequested`: `PaymentRefunded`,
+    /// if the payment was refunded.
+    Refund,
+}
+
+/// Writes again to the outbox, under its first event id, what the payment
+/// service answered about `order_id` (a repeated request: the requester
+/// may have lost the answer). Answers whether there was anything to say.
+pub async fn announce_again(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    answer: Answer,
+    trace_id: &str,
+) -> QueryResult<bool> {
+    let payment: Option<Payment> = payments::table
+        .filter(payments::order_id.eq(order_id))
+        .select(Payment::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(payment) = payment else {
+        return Ok(false);
+    };
+    let reason = || payment.reason.clone().unwrap_or_default();
+    let (event, event_id) = match (answer, PaymentStatus::parse(&payment.status)) {
+        (Answer::Charge, Some(PaymentStatus::Confirmed | PaymentStatus::Refunded)) => (
+            Event::PaymentConfirmed(PaymentConfirmed {
+                payment_id: payment.id,
+                order_id,
+                customer_id: payment.customer_id,
+                amount_cents: payment.amount_cents,
+            }),
+            payment.outcome_event_id,
+        ),
+        (Answer::Charge, Some(PaymentStatus::Failed)) => (
+            Event::PaymentFailed(PaymentFailed {
+                order_id,
+                customer_id: payment.customer_id,
+                amount_cents: payment.amount_cents,
+                reason: reason(),
+            }),
+            payment.outcome_event_id,
+        ),
+        (Answer::Refund, Some(PaymentStatus::Refunded)) => (
+            Event::PaymentRefunded(PaymentRefunded {
+                payment_id: payment.id,
+                order_id,
+                customer_id: payment.customer_id,
+                amount_cents: payment.amount_cents,
+                reason: reason(),
+            }),
+            payment.refund_event_id,
+        ),
+        _ => return Ok(false),
+    };
+    let mut row = outbox::NewRow::new(&event, trace_id);
+    // A payment made before event ids were kept gets a new one (the
+    // order's facts ignore an answer they know already).
+    if let Some(id) = event_id {
+        row = row.with_id(id);
+    }
+    outbox::insert(conn, &row).await?;
+    tracing::info!(%order_id, event_type = %row.event_type, event_id = %row.id,
+        "answer announced again");
     Ok(true)
 }
 

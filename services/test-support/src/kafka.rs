@@ -11,7 +11,7 @@ use rskafka::{
     client::{
         Client, ClientBuilder,
         error::{Error as KafkaError, ProtocolError},
-        partition::{Compression, PartitionClient, UnknownTopicHandling},
+        partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling},
     },
     record::Record,
 };
@@ -92,6 +92,35 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) {
     }
 }
 
+/// The broker loses every record of `topic` so far (DeleteRecords up to
+/// each partition's end): what a broker whose data was lost looks like to
+/// a consumer that had not read them yet. Answers how many were deleted.
+pub async fn delete_all_records(brokers: &str, topic: &str) -> i64 {
+    let client = kafka_client(brokers).await;
+    let partitions = list_topics(&client)
+        .await
+        .remove(topic)
+        .unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let mut deleted = 0;
+    for partition in partitions {
+        let partition_client = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition client");
+        let call = async {
+            let start = partition_client.get_offset(OffsetAt::Earliest).await?;
+            let end = partition_client.get_offset(OffsetAt::Latest).await?;
+            partition_client.delete_records(end, 5_000).await?;
+            Ok::<_, KafkaError>(end - start)
+        };
+        deleted += tokio::time::timeout(CALL_DEADLINE, call)
+            .await
+            .expect("deleting records timed out")
+            .unwrap_or_else(|e| panic!("deleting the records of {topic}/{partition}: {e}"));
+    }
+    deleted
+}
+
 async fn list_topics(client: &Client) -> BTreeMap<String, Vec<i32>> {
     tokio::time::timeout(CALL_DEADLINE, client.list_topics())
         .await
@@ -132,8 +161,9 @@ impl KafkaRecord {
     }
 }
 
-/// Reads one topic from offset 0 on every partition and keeps its
-/// position, so repeated [`poll`](Self::poll)s return only new records.
+/// Reads one topic from the start of every partition's log (offset 0
+/// unless records were deleted) and keeps its position, so repeated
+/// [`poll`](Self::poll)s return only new records.
 pub struct KafkaReader {
     topic: String,
     partitions: Vec<(PartitionClient, i64)>,
@@ -163,7 +193,12 @@ impl KafkaReader {
             .await
             .expect("partition_client timed out")
             .expect("partition_client");
-            partitions.push((partition, 0));
+            let start =
+                tokio::time::timeout(CALL_DEADLINE, partition.get_offset(OffsetAt::Earliest))
+                    .await
+                    .expect("list offsets timed out")
+                    .expect("list offsets");
+            partitions.push((partition, start));
         }
         Self {
             topic: topic.to_owned(),

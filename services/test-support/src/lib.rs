@@ -34,8 +34,8 @@ pub use env::{
 };
 pub use events::{envelope, partition_of};
 pub use kafka::{
-    KafkaReader, KafkaRecord, ensure_topics, kafka_client, produce_envelope, produce_envelopes,
-    read_topic,
+    KafkaReader, KafkaRecord, delete_all_records, ensure_topics, kafka_client, produce_envelope,
+    produce_envelopes, read_topic,
 };
 pub use process::{ChildProcess, free_port};
 pub use relay::{Relay, ReplicationSlots};

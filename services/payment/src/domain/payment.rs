@@ -16,6 +16,13 @@ impl PaymentStatus {
             PaymentStatus::Refunded => "REFUNDED",
         }
     }
+
+    /// The status stored as `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Confirmed, Self::Failed, Self::Refunded]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
