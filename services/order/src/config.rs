@@ -80,8 +80,11 @@ pub struct RedriveConfig {
     pub enabled: bool,
     /// An in-flight order that has not moved for this long has its request
     /// written again. Well above a saga's p99 under load (about a second at
-    /// the saturation rate on 2 cores, docs/perf.md): a re-drive of a saga
-    /// that is only slow costs a few events and changes nothing.
+    /// the saturation rate on 2 cores, docs/perf.md) and above what a crash
+    /// costs a saga (a consumer's partitions move to its restarted process
+    /// after `consumer.lease_ttl`, 10 s; Kafka restarts in about 15 s): a
+    /// re-drive of a saga that is only slow costs a few events and changes
+    /// nothing, but it is noise in the logs.
     #[serde(with = "commerce_common::consumer::duration_serde")]
     pub after: Duration,
     /// Each further re-drive waits twice as long as the one before, at most
@@ -98,7 +101,7 @@ impl Default for RedriveConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            after: Duration::from_secs(10),
+            after: Duration::from_secs(30),
             max_backoff: Duration::from_secs(300),
             max_attempts: 12,
         }
