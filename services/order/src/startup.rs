@@ -106,6 +106,7 @@ impl Application {
                 .app_data(order_metrics.clone())
                 .app_data(changes.clone())
                 .route("/metrics", actix::get().to(routes::metrics))
+                .route("/admin/sagas", actix::get().to(admin::page))
                 .route("/admin/sagas/stuck", actix::get().to(admin::stuck))
                 .route(
                     "/admin/sagas/{id}/redrive",

@@ -632,6 +632,17 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
     assert_eq!(stuck["step"], "payment");
     assert_eq!(stuck["redrive_attempts"], REDRIVE_MAX_ATTEMPTS);
     assert!(stack.order_metrics().await.contains("sagas_stuck 1"));
+    let page = stack
+        .http
+        .get(format!("{}/admin/sagas", stack.order.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("1 stuck"), "{page}");
+    assert!(page.contains(&id), "the page lists the stuck order: {page}");
 
     // The broker loses what was written, payment reads again, and nothing
     // re-drives the order any more until the operator asks.

@@ -104,3 +104,61 @@ pub async fn redrive_now(
         "redrive": "scheduled",
     })))
 }
+
+/// `GET /admin/sagas`: the same for a person, as a page that refreshes
+/// itself every 5 s: sagas in flight, stuck ones with their step, attempts
+/// and last move, and the command that re-drives one.
+pub async fn page(
+    pool: web::Data<DbPool>,
+    config: web::Data<RedriveConfig>,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = pool.get().await.map_err(ApiError::internal)?;
+    let now = Utc::now();
+    let (in_flight, stuck_count) = redrive::count(&mut conn, config.schedule(), now)
+        .await
+        .map_err(ApiError::internal)?;
+    let stuck = redrive::stuck(&mut conn, config.schedule(), now, 100)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut rows = String::new();
+    for order in &stuck {
+        // Every value is a UUID, a status, a step, a number or a time: no
+        // markup can come from the database.
+        rows.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td></tr>",
+            order.order.id,
+            order.order.status,
+            Step::of(order).as_str(),
+            order.redrive_attempts,
+            order
+                .redriven_at
+                .map_or_else(|| "-".to_owned(), |t| t.format("%F %T UTC").to_string()),
+            order.order.updated_at.format("%F %T UTC"),
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=6>none: every saga is moving</td></tr>");
+    }
+    let html = format!(
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
+         <title>Sagas</title><style>body{{font-family:sans-serif;margin:2em}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
+         .bad{{color:#b00}}</style></head><body>\
+         <h1>Sagas</h1><p>{in_flight} in flight; <span class={cls}>{stuck_count} stuck</span> \
+         (re-driven {max} times without a move; re-drive after {after} s, backing off to \
+         {backoff} s)</p>\
+         <table><tr><th>order</th><th>status</th><th>waits for</th><th>re-drives</th>\
+         <th>last re-drive</th><th>last move</th></tr>{rows}</table>\
+         <p>Re-drive one after fixing the cause: \
+         <code>curl -X POST http://&lt;order-service&gt;/admin/sagas/&lt;order&gt;/redrive</code>\
+         </p></body></html>",
+        cls = if stuck_count > 0 { "bad" } else { "" },
+        max = config.max_attempts,
+        after = config.after.as_secs(),
+        backoff = config.max_backoff.as_secs(),
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(html))
+}
