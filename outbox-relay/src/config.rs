@@ -75,6 +75,11 @@ pub struct KafkaConfig {
     /// Records (per source) sent but not yet acknowledged before the relay
     /// stops reading WAL; bounds memory.
     pub max_in_flight_records: usize,
+    /// Bytes of records (per source, by their approximate size) sent but
+    /// not yet acknowledged: a record that would go past it waits, and
+    /// reading WAL pauses, until acknowledgements make room. A record
+    /// larger than this is sent alone, once nothing else is in flight.
+    pub max_in_flight_bytes: usize,
     /// Largest record published; bigger rows go to the dead-letter topic.
     /// Keep it at or below the broker's `message.max.bytes`.
     pub max_record_bytes: usize,
@@ -99,6 +104,7 @@ impl Default for KafkaConfig {
             topics: "users,orders,payments,deliveries".into(),
             produce_timeout_ms: 10_000,
             max_in_flight_records: 5_000,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             max_record_bytes: 1_000_000,
             busy_produce_interval_ms: 5,
             max_produce_attempts: 10,

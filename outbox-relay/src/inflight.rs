@@ -1,7 +1,8 @@
 //! Transactions whose records are on their way to the broker, in commit
 //! order. The confirmed LSN may only advance over a prefix of fully
 //! acknowledged transactions: a transaction acknowledged early waits for
-//! every older one.
+//! every older one. Also the bytes of the records sent and not yet
+//! acknowledged, which bound the relay's memory.
 
 use std::collections::VecDeque;
 
@@ -34,6 +35,8 @@ pub struct InFlight {
     /// Id of `txns[0]`.
     first: u64,
     pending_records: usize,
+    /// Bytes of the records sent to the broker and not yet acknowledged.
+    bytes_in_flight: usize,
 }
 
 impl InFlight {
@@ -47,6 +50,8 @@ impl InFlight {
         TxnId(self.first + self.txns.len() as u64 - 1)
     }
 
+    /// A record of `txn` is on its way: the transaction cannot complete
+    /// before it is acknowledged. Its bytes count from [`sent`](Self::sent).
     pub fn add_record(&mut self, txn: TxnId) {
         if let Some(t) = self.get_mut(txn) {
             t.pending += 1;
@@ -61,8 +66,14 @@ impl InFlight {
         }
     }
 
-    /// The broker acknowledged `count` records of `txn`.
-    pub fn ack(&mut self, txn: TxnId, count: usize) {
+    /// A record of `bytes` bytes was handed to the broker.
+    pub fn sent(&mut self, bytes: usize) {
+        self.bytes_in_flight += bytes;
+    }
+
+    /// The broker answered for `count` records of `txn`, `bytes` bytes in all.
+    pub fn ack(&mut self, txn: TxnId, count: usize, bytes: usize) {
+        self.bytes_in_flight = self.bytes_in_flight.saturating_sub(bytes);
         if let Some(t) = self.get_mut(txn) {
             let count = count.min(t.pending);
             t.pending -= count;
@@ -96,9 +107,14 @@ impl InFlight {
         self.txns.is_empty()
     }
 
-    /// Records sent but not yet acknowledged.
+    /// Records read but not yet acknowledged.
     pub fn pending_records(&self) -> usize {
         self.pending_records
+    }
+
+    /// Bytes of the records sent but not yet acknowledged.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.bytes_in_flight
     }
 
     fn get_mut(&mut self, txn: TxnId) -> Option<&mut Txn> {
@@ -125,11 +141,11 @@ mod tests {
         let mut f = InFlight::default();
         let a = committed(&mut f, 2, 10);
         let b = committed(&mut f, 1, 20);
-        f.ack(b, 1);
+        f.ack(b, 1, 0);
         assert_eq!(f.pop_completed(), None, "b waits for a");
-        f.ack(a, 1);
+        f.ack(a, 1, 0);
         assert_eq!(f.pop_completed(), None, "a is half acknowledged");
-        f.ack(a, 1);
+        f.ack(a, 1, 0);
         assert_eq!(f.pop_completed().map(|c| c.end_lsn), Some(Lsn(10)));
         assert_eq!(f.pop_completed().map(|c| c.end_lsn), Some(Lsn(20)));
         assert!(f.is_empty());
@@ -141,7 +157,7 @@ mod tests {
         let mut f = InFlight::default();
         let t = f.begin(3);
         f.add_record(t);
-        f.ack(t, 1);
+        f.ack(t, 1, 0);
         assert_eq!(f.pop_completed(), None);
         assert_eq!(f.oldest_commit_time(), Some(3));
         f.commit(t, Lsn(5));
@@ -154,19 +170,33 @@ mod tests {
         let a = committed(&mut f, 1, 10);
         committed(&mut f, 0, 20);
         assert_eq!(f.pop_completed(), None);
-        f.ack(a, 1);
+        f.ack(a, 1, 0);
         assert_eq!(f.pop_completed().map(|c| c.end_lsn), Some(Lsn(10)));
         assert_eq!(f.pop_completed().map(|c| c.end_lsn), Some(Lsn(20)));
+    }
+
+    #[test]
+    fn counts_the_bytes_sent_until_acknowledged() {
+        let mut f = InFlight::default();
+        let a = committed(&mut f, 2, 10);
+        f.sent(700);
+        assert_eq!(f.bytes_in_flight(), 700, "only what was sent counts");
+        f.sent(300);
+        f.ack(a, 1, 700);
+        assert_eq!(f.bytes_in_flight(), 300);
+        f.ack(a, 1, 300);
+        assert_eq!(f.bytes_in_flight(), 0);
+        assert_eq!(f.pop_completed().map(|c| c.records), Some(2));
     }
 
     #[test]
     fn ignores_acks_for_unknown_transactions() {
         let mut f = InFlight::default();
         let a = committed(&mut f, 1, 10);
-        f.ack(a, 1);
+        f.ack(a, 1, 0);
         f.pop_completed();
-        f.ack(a, 1);
-        f.ack(TxnId(99), 3);
+        f.ack(a, 1, 0);
+        f.ack(TxnId(99), 3, 0);
         assert_eq!(f.pending_records(), 0);
         assert!(f.is_empty());
     }

@@ -3,7 +3,7 @@
 //! the dashboard. State changes are logged here, once each.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,7 @@ struct Families {
     reconnects: Family<SourceLabel, Counter>,
     reconnects_per_minute: Family<SourceLabel, Gauge>,
     errors: Family<SourceLabel, Counter>,
+    in_flight_bytes: Family<SourceLabel, Gauge>,
     latency: Family<SourceLabel, Histogram>,
     produce: Family<TopicLabel, Histogram>,
 }
@@ -117,6 +118,7 @@ impl Metrics {
             reconnects: Family::default(),
             reconnects_per_minute: Family::default(),
             errors: Family::default(),
+            in_flight_bytes: Family::default(),
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
             }),
@@ -171,6 +173,12 @@ impl Metrics {
             "errors",
             "Errors that ended a replication session",
             f.errors,
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Bytes of records sent to the broker and not yet acknowledged (at most \
+             kafka.max_in_flight_bytes, or one larger record alone)",
+            f.in_flight_bytes,
         );
         registry.register(
             "commit_to_ack_seconds",
@@ -245,6 +253,10 @@ pub struct SourceSnapshot {
     /// Reconnects in the last 60 s: a source that fails again soon after it
     /// starts streaming shows `streaming` most of the time, but not here.
     pub reconnects_per_minute: u64,
+    /// Bytes of records sent and not yet acknowledged, now and at most
+    /// since the relay started.
+    pub in_flight_bytes: u64,
+    pub in_flight_bytes_peak: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
@@ -276,6 +288,8 @@ pub struct SourceMetrics {
     reconnects: Counter,
     reconnects_per_minute: Gauge,
     errors: Counter,
+    in_flight_bytes: Gauge,
+    in_flight_bytes_peak: AtomicU64,
     latency: Histogram,
     /// Per topic, created when the publisher first produces to it.
     produce: Family<TopicLabel, Histogram>,
@@ -321,6 +335,8 @@ impl SourceMetrics {
             reconnects: f.reconnects.get_or_create(&label).clone(),
             reconnects_per_minute: f.reconnects_per_minute.get_or_create(&label).clone(),
             errors: f.errors.get_or_create(&label).clone(),
+            in_flight_bytes: f.in_flight_bytes.get_or_create(&label).clone(),
+            in_flight_bytes_peak: AtomicU64::new(0),
             latency: f.latency.get_or_create(&label).clone(),
             produce: f.produce.clone(),
         };
@@ -418,6 +434,14 @@ impl SourceMetrics {
         lock(&self.status).confirmed = lsn;
     }
 
+    /// Bytes of records sent and not yet acknowledged.
+    pub fn set_in_flight_bytes(&self, bytes: usize) {
+        self.in_flight_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.in_flight_bytes_peak
+            .fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
     pub fn set_lag(&self, bytes: u64, seconds: f64) {
         self.lag_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.lag_seconds.set(seconds);
@@ -443,6 +467,8 @@ impl SourceMetrics {
             dead_letters: self.dead_letters.get(),
             reconnects: self.reconnects.get(),
             reconnects_per_minute,
+            in_flight_bytes: u64::try_from(self.in_flight_bytes.get()).unwrap_or(0),
+            in_flight_bytes_peak: self.in_flight_bytes_peak.load(Ordering::Relaxed),
             latency_p50_ms: p50,
             latency_p99_ms: p99,
             latency_max_ms: max,

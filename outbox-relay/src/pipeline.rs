@@ -5,8 +5,14 @@
 //!
 //! With nothing in flight, a keepalive's WAL position is confirmed, so an
 //! idle outbox (or a database busy with other tables) never retains WAL.
+//!
+//! Backpressure: reading WAL pauses while `max_in_flight_records` records
+//! are unacknowledged, and a record is sent only while the bytes sent and
+//! unacknowledged stay within `max_in_flight_bytes` (a larger record goes
+//! alone, once nothing else is in flight); meanwhile it waits, and reading
+//! pauses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Catalog;
 use crate::inflight::{Completed, InFlight, TxnId};
 use crate::metrics::{Metrics, SourceMetrics};
-use crate::outbox::{self, OutboxColumns, RowError};
+use crate::outbox::{self, OutboxColumns, OutgoingRecord, RowError};
 use crate::publisher::{Delivery, Publisher};
 use crate::replication::connection::pg_now;
 use crate::replication::pgoutput::{
@@ -34,6 +40,8 @@ pub struct PipelineSettings {
     pub schema: String,
     pub table: String,
     pub max_in_flight_records: usize,
+    /// Bytes sent and not yet acknowledged, at most (or one larger record).
+    pub max_in_flight_bytes: usize,
     pub max_record_bytes: usize,
     pub status_interval: Duration,
     pub shutdown_grace: Duration,
@@ -51,6 +59,9 @@ pub struct Pipeline {
     /// Outbox column positions of relations that are the outbox table.
     outbox_relations: HashMap<u32, Result<OutboxColumns, RowError>>,
     in_flight: InFlight,
+    /// Records read but not sent yet, for want of room under
+    /// `max_in_flight_bytes`; in the order they were read.
+    waiting: VecDeque<(TxnId, OutgoingRecord)>,
     open: Option<Open>,
     confirmed: Lsn,
     /// Newest WAL position the server reported (stream or probe).
@@ -87,6 +98,7 @@ impl Pipeline {
             relations: RelationCache::default(),
             outbox_relations: HashMap::new(),
             in_flight: InFlight::default(),
+            waiting: VecDeque::new(),
             open: None,
             confirmed,
             server_position: confirmed,
@@ -118,6 +130,7 @@ impl Pipeline {
         let mut drain_until: Option<Instant> = None;
         loop {
             let can_read = drain_until.is_none()
+                && self.waiting.is_empty()
                 && self.in_flight.pending_records() < self.settings.max_in_flight_records;
             tokio::select! {
                 biased;
@@ -251,10 +264,43 @@ impl Pipeline {
             Err(reason) => self.dead_letter(&insert, &reason, open.final_lsn)?,
         };
         let txn = open.txn;
-        self.in_flight.add_record(txn);
         self.events_since_probe = true;
-        publisher.dispatch(txn, record).await?;
+        self.send(txn, record, publisher).await
+    }
+
+    /// Sends `record` of `txn` once the byte bound has room for it (it
+    /// counts in its transaction from now on).
+    async fn send(
+        &mut self,
+        txn: TxnId,
+        record: OutgoingRecord,
+        publisher: &mut Publisher,
+    ) -> Result<(), SourceError> {
+        self.in_flight.add_record(txn);
+        self.waiting.push_back((txn, record));
+        self.send_waiting(publisher).await
+    }
+
+    /// Sends the waiting records, in order, while the byte bound has room.
+    async fn send_waiting(&mut self, publisher: &mut Publisher) -> Result<(), SourceError> {
+        while let Some((_, record)) = self.waiting.front()
+            && self.has_room_for(record.size())
+        {
+            let (txn, record) = self.waiting.pop_front().expect("checked above");
+            self.in_flight.sent(record.size());
+            self.metrics
+                .set_in_flight_bytes(self.in_flight.bytes_in_flight());
+            publisher.dispatch(txn, record).await?;
+        }
         Ok(())
+    }
+
+    /// Whether a record of `size` bytes may be sent now: the bytes in
+    /// flight stay within the bound, or nothing is in flight at all (a
+    /// record larger than the bound goes alone rather than never).
+    fn has_room_for(&self, size: usize) -> bool {
+        let in_flight = self.in_flight.bytes_in_flight();
+        in_flight == 0 || in_flight + size <= self.settings.max_in_flight_bytes
     }
 
     /// The dead-letter record of a row that can never be published. The
@@ -294,32 +340,36 @@ impl Pipeline {
         publisher: &mut Publisher,
     ) -> Result<(), SourceError> {
         match delivery {
-            Delivery::Acked { txn, records } => self.in_flight.ack(txn, records),
+            Delivery::Acked {
+                txn,
+                records,
+                bytes,
+            } => self.in_flight.ack(txn, records, bytes),
             Delivery::Rejected {
                 txn,
                 topic,
                 record,
                 reason,
-            } => {
-                self.on_rejected(txn, &topic, &record, &reason, publisher)
-                    .await?
-            }
+            } => self.on_rejected(txn, &topic, &record, &reason),
             Delivery::Failed(error) => return Err(error.into()),
         }
+        self.metrics
+            .set_in_flight_bytes(self.in_flight.bytes_in_flight());
+        self.send_waiting(publisher).await?;
         self.confirm_completed();
         Ok(())
     }
 
     /// A record the broker refused for good becomes a dead letter of the
     /// same transaction, so the transaction is confirmed once that is stored.
-    async fn on_rejected(
+    /// The dead letter waits its turn under the byte bound like any record.
+    fn on_rejected(
         &mut self,
         txn: TxnId,
         topic: &str,
         record: &rskafka::record::Record,
         reason: &str,
-        publisher: &mut Publisher,
-    ) -> Result<(), SourceError> {
+    ) {
         self.metrics.dead_lettered();
         let event_id = record
             .headers
@@ -345,10 +395,9 @@ impl Pipeline {
             );
             let dead = outbox::dead_letter_of_record(topic, record, reason, source);
             self.in_flight.add_record(txn);
-            publisher.dispatch(txn, dead).await?;
+            self.waiting.push_back((txn, dead));
         }
-        self.in_flight.ack(txn, 1);
-        Ok(())
+        self.in_flight.ack(txn, 1, record.approximate_size());
     }
 
     fn confirm_completed(&mut self) {
@@ -426,6 +475,13 @@ impl Pipeline {
                 tracing::debug!(source = %self.settings.source, error = %e, "lag probe failed")
             }
         }
+    }
+}
+
+impl Drop for Pipeline {
+    /// The session's unacknowledged records end with it (and its publisher).
+    fn drop(&mut self) {
+        self.metrics.set_in_flight_bytes(0);
     }
 }
 

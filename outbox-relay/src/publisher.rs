@@ -66,8 +66,12 @@ pub enum PublishError {
 /// What the broker made of the records dispatched for a transaction.
 #[derive(Debug)]
 pub enum Delivery {
-    /// `records` records of `txn` are stored.
-    Acked { txn: TxnId, records: usize },
+    /// `records` records of `txn`, of `bytes` bytes in all, are stored.
+    Acked {
+        txn: TxnId,
+        records: usize,
+        bytes: usize,
+    },
     /// The broker refused this record for good, or kept failing it: it
     /// will not be stored as it is. Never a record of a dead-letter topic.
     Rejected {
@@ -631,15 +635,23 @@ impl PartitionWorker {
 
     /// Acknowledges `jobs`, one delivery per run of the same transaction.
     fn report_acked(&self, jobs: &[Job]) -> bool {
-        let mut runs: Vec<(TxnId, usize)> = Vec::new();
+        let mut runs: Vec<(TxnId, usize, usize)> = Vec::new();
         for job in jobs {
             match runs.last_mut() {
-                Some((txn, count)) if *txn == job.txn => *count += 1,
-                _ => runs.push((job.txn, 1)),
+                Some((txn, count, bytes)) if *txn == job.txn => {
+                    *count += 1;
+                    *bytes += job.size;
+                }
+                _ => runs.push((job.txn, 1, job.size)),
             }
         }
-        runs.into_iter()
-            .all(|(txn, records)| self.report(Delivery::Acked { txn, records }))
+        runs.into_iter().all(|(txn, records, bytes)| {
+            self.report(Delivery::Acked {
+                txn,
+                records,
+                bytes,
+            })
+        })
     }
 
     /// False when the source is gone and the worker should stop.

@@ -267,6 +267,7 @@ impl Source {
             schema: schema.to_owned(),
             table: table.to_owned(),
             max_in_flight_records: self.kafka.max_in_flight_records.max(1),
+            max_in_flight_bytes: self.kafka.max_in_flight_bytes,
             max_record_bytes: self.kafka.max_record_bytes,
             status_interval: Duration::from_millis(self.replication.status_interval_ms),
             shutdown_grace: Duration::from_millis(self.replication.shutdown_grace_ms),

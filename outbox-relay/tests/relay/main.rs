@@ -2,6 +2,7 @@
 //! Kafka (the test broker, or one of the test's own). Each test owns its databases, slots and
 //! topics (random names) and starts its own relay process.
 
+mod backpressure;
 mod dashboard;
 mod helpers;
 mod publishing;
