@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use commerce_common::{
     config::DatabaseConfig,
-    consumer::{self, BoxFuture, Concurrency, ConsumerConfig, EventHandler, HandleError},
+    consumer::{self, BoxFuture, Concurrency, ConsumerConfig, EventHandler, HandleError, Identity},
     db::{self, DbPool},
     dead_letters::{self, Replayed},
     events::{Envelope, Event, PaymentFailed},
@@ -116,17 +116,20 @@ async fn setup(partitions: i32) -> Setup {
     }
 }
 
-fn config(topic: &str, instance: &str) -> ConsumerConfig {
+fn identity(topic: &str) -> Identity {
+    Identity::new(
+        kafka_brokers().split(',').map(String::from).collect(),
+        "test",
+        [topic],
+    )
+}
+
+fn config(instance: &str) -> ConsumerConfig {
     ConsumerConfig {
         instance_id: instance.into(),
         lease_ttl: Duration::from_millis(1500),
         ..ConsumerConfig::default()
     }
-    .for_service(
-        kafka_brokers().split(',').map(String::from).collect(),
-        "test",
-        [topic],
-    )
 }
 
 fn start(setup: &Setup, instance: &str) -> (tokio::task::JoinHandle<()>, CancellationToken) {
@@ -151,7 +154,8 @@ fn start_observed(
     let shutdown = CancellationToken::new();
     let handle = consumer::spawn(
         setup.pool.clone(),
-        config(&setup.topic, instance),
+        identity(&setup.topic),
+        config(instance),
         Arc::new(Recorder {
             instance: instance.into(),
             concurrency,

@@ -40,21 +40,15 @@ impl Application {
         let mut registry = Registry::default();
         let delivery_metrics = DeliveryMetrics::register(&mut registry);
         let shutdown = CancellationToken::new();
-        let topics: Vec<String> = if settings.consumer.topics.is_empty() {
-            [topics::PAYMENTS, topics::ORDERS]
-                .map(String::from)
-                .to_vec()
-        } else {
-            settings.consumer.topics.clone()
-        };
-        let consumer_config = settings.consumer.clone().for_service(
+        let identity = consumer::Identity::new(
             settings.kafka.broker_list(),
             CONSUMER_GROUP,
-            topics,
+            [topics::PAYMENTS, topics::ORDERS],
         );
         let consumer = consumer::spawn(
             pool.clone(),
-            consumer_config,
+            identity,
+            settings.consumer.clone(),
             Arc::new(DeliverySaga::new(
                 settings.windows,
                 delivery_metrics.clone(),

@@ -85,11 +85,11 @@ pub struct RedriveConfig {
     /// after `consumer.lease_ttl`, 10 s; Kafka restarts in about 15 s): a
     /// re-drive of a saga that is only slow costs a few events and changes
     /// nothing, but it is noise in the logs.
-    #[serde(with = "commerce_common::consumer::duration_serde")]
+    #[serde(with = "commerce_common::config::duration_serde")]
     pub after: Duration,
     /// Each further re-drive waits twice as long as the one before, at most
     /// this long.
-    #[serde(with = "commerce_common::consumer::duration_serde")]
+    #[serde(with = "commerce_common::config::duration_serde")]
     pub max_backoff: Duration,
     /// Re-drives without a move before the order counts as stuck (shown by
     /// `sagas_stuck` and `GET /admin/sagas/stuck`; no more re-drives until an
@@ -130,7 +130,7 @@ pub struct CancellationConfig {
     /// A DELIVERY_SCHEDULED order can be cancelled until this long before its
     /// delivery window starts; later, 409 TOO_LATE_TO_CANCEL (the parcel is
     /// on its way).
-    #[serde(with = "commerce_common::consumer::duration_serde")]
+    #[serde(with = "commerce_common::config::duration_serde")]
     pub cutoff_before_window: Duration,
 }
 
@@ -149,7 +149,7 @@ pub struct IdempotencyConfig {
     /// How long a key is remembered (at least; older keys are deleted every
     /// twenty-fourth of this, at most hourly). A retry with the key after
     /// that places a new order.
-    #[serde(with = "commerce_common::consumer::duration_serde")]
+    #[serde(with = "commerce_common::config::duration_serde")]
     pub retention: Duration,
 }
 

@@ -45,14 +45,15 @@ impl Application {
         let order_metrics = OrderMetrics::register(&mut registry);
         let shutdown = CancellationToken::new();
         let consumer = settings.saga.enabled.then(|| {
-            let config = settings.consumer.clone().for_service(
+            let identity = consumer::Identity::new(
                 settings.kafka.broker_list(),
                 CONSUMER_GROUP,
                 [topics::PAYMENTS, topics::DELIVERIES],
             );
             consumer::spawn(
                 pool.clone(),
-                config,
+                identity,
+                settings.consumer.clone(),
                 Arc::new(SagaHandler::new(order_metrics.clone())),
                 &mut registry,
                 shutdown.clone(),

@@ -40,21 +40,15 @@ impl Application {
         let mut registry = Registry::default();
         let payment_metrics = PaymentMetrics::register(&mut registry);
         let shutdown = CancellationToken::new();
-        let topics: Vec<String> = if settings.consumer.topics.is_empty() {
-            [topics::USERS, topics::ORDERS, topics::DELIVERIES]
-                .map(String::from)
-                .to_vec()
-        } else {
-            settings.consumer.topics.clone()
-        };
-        let consumer_config = settings.consumer.clone().for_service(
+        let identity = consumer::Identity::new(
             settings.kafka.broker_list(),
             CONSUMER_GROUP,
-            topics,
+            [topics::USERS, topics::ORDERS, topics::DELIVERIES],
         );
         let consumer = consumer::spawn(
             pool.clone(),
-            consumer_config,
+            identity,
+            settings.consumer.clone(),
             Arc::new(PaymentSaga::new(settings.wallet, payment_metrics.clone())),
             &mut registry,
             shutdown.clone(),

@@ -1,0 +1,172 @@
+//! The consumer's settings: its identity (brokers, group, topics), which
+//! the service decides, apart from its tuning, which operators configure.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::duration_serde;
+
+/// Who consumes what: decided by the service, not configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `host:port` bootstrap brokers (the service's `kafka` section).
+    pub brokers: Vec<String>,
+    /// The consuming service's name; offsets, leases and the inbox are per group.
+    pub group: String,
+    /// The topics it consumes (unless [`ConsumerConfig::topics`] names others).
+    pub topics: Vec<String>,
+}
+
+impl Identity {
+    pub fn new<T: Into<String>>(
+        brokers: Vec<String>,
+        group: &str,
+        topics: impl IntoIterator<Item = T>,
+    ) -> Self {
+        Self {
+            brokers,
+            group: group.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// This identity, consuming `config.topics` instead when it names any.
+    pub(super) fn configured(self, config: &ConsumerConfig) -> Self {
+        if config.topics.is_empty() {
+            self
+        } else {
+            Self {
+                topics: config.topics.clone(),
+                ..self
+            }
+        }
+    }
+}
+
+/// How one consumer runs: in a service's config as section `consumer`.
+/// Durations accept `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"` or a number
+/// of milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Topics to consume instead of the service's own (a test points a
+    /// service at a topic of its own); empty: the service's.
+    pub topics: Vec<String>,
+    /// Unique per running process (default: host, pid and a random suffix).
+    pub instance_id: String,
+    /// How long a partition lease lives without renewal (renewed every third).
+    #[serde(with = "duration_serde")]
+    pub lease_ttl: Duration,
+    /// Fetch `max_wait` while a partition is idle (the last fetch brought
+    /// nothing): how long the broker may hold a fetch open waiting for new
+    /// records. Kafka answers a held fetch as soon as a record arrives, so
+    /// this adds no latency; it only bounds how long an idle fetch waits
+    /// (and so how often an idle partition is asked).
+    #[serde(with = "duration_serde")]
+    pub fetch_max_wait: Duration,
+    /// While fetches bring records, the next one is sent no sooner than this
+    /// after the previous one started and asks for what is there now
+    /// (`max_wait` 0): the records of a busy partition that arrive in the
+    /// meantime are fetched and applied together, in one transaction,
+    /// instead of one fetch and one transaction per record.
+    #[serde(with = "duration_serde")]
+    pub busy_fetch_interval: Duration,
+    pub fetch_max_bytes: i32,
+    /// Deadline of every broker call (on top of `fetch_max_wait` for fetches).
+    #[serde(with = "duration_serde")]
+    pub broker_timeout: Duration,
+    /// Cap of the exponential backoff between retries.
+    #[serde(with = "duration_serde")]
+    pub max_backoff: Duration,
+    /// Handled event ids are remembered this long.
+    #[serde(with = "duration_serde")]
+    pub inbox_retention: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            topics: Vec::new(),
+            instance_id: default_instance_id(),
+            lease_ttl: Duration::from_secs(10),
+            fetch_max_wait: Duration::from_millis(500),
+            busy_fetch_interval: Duration::from_millis(5),
+            fetch_max_bytes: 1024 * 1024,
+            broker_timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// How often leases are renewed (and partitions rebalanced).
+    pub(super) fn renew_interval(&self) -> Duration {
+        (self.lease_ttl / 3).max(Duration::from_millis(50))
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "instance".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_serde() {
+        let config = ConsumerConfig::default();
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["fetch_max_wait"], "500ms");
+        assert_eq!(json["busy_fetch_interval"], "5ms");
+        let back: ConsumerConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, config);
+        let partial: ConsumerConfig =
+            serde_json::from_value(serde_json::json!({"lease_ttl": 2000})).unwrap();
+        assert_eq!(partial.lease_ttl, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_removed_settings_are_rejected() {
+        // `deny_unknown_fields`: a config file still setting them fails
+        // loudly (brokers and group are the service's, not configured).
+        for (key, value) in [
+            ("quiet_after", "2s"),
+            ("quiet_fetch_max_wait", "2s"),
+            ("brokers", "[]"),
+            ("group", "x"),
+        ] {
+            let old = serde_json::json!({ key: value });
+            assert!(
+                serde_json::from_value::<ConsumerConfig>(old).is_err(),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_topics_replace_the_services() {
+        let identity = Identity::new(vec!["b:1".into()], "payment", ["orders", "users"]);
+        let default = ConsumerConfig::default();
+        assert_eq!(identity.clone().configured(&default), identity);
+        let private = ConsumerConfig {
+            topics: vec!["private".into()],
+            ..default
+        };
+        let configured = identity.configured(&private);
+        assert_eq!(configured.topics, vec!["private"]);
+        assert_eq!(configured.group, "payment");
+    }
+}
