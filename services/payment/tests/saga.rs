@@ -139,22 +139,29 @@ async fn orders_are_charged_or_fail_for_insufficient_funds_and_refunds_are_paid_
 }
 
 #[tokio::test]
-async fn delivery_failure_refunds_with_no_capacity() {
+async fn a_delivery_failure_refunds_with_the_deliverys_reason() {
     let app = spawn_app().await;
     let customer = Uuid::new_v4();
-    let order = order_created(customer, 250);
-    app.publish(&Event::OrderCreated(order.clone())).await;
-    app.publish(&Event::DeliveryFailed(DeliveryFailed {
-        order_id: order.order_id,
-        customer_id: customer,
-        reason: "NO_CAPACITY".into(),
-    }))
-    .await;
-    drained(&app, 2).await;
-    assert_eq!(
-        payment_of(&app, order.order_id).await,
-        ("REFUNDED".into(), Some("NO_CAPACITY".into()), 250)
-    );
+    let orders = [
+        (order_created(customer, 250), "NO_CAPACITY"),
+        (order_created(customer, 300), "DAILY_LIMIT"),
+    ];
+    for (order, reason) in &orders {
+        app.publish(&Event::OrderCreated(order.clone())).await;
+        app.publish(&Event::DeliveryFailed(DeliveryFailed {
+            order_id: order.order_id,
+            customer_id: customer,
+            reason: (*reason).into(),
+        }))
+        .await;
+    }
+    drained(&app, 4).await;
+    for (order, reason) in &orders {
+        assert_eq!(
+            payment_of(&app, order.order_id).await,
+            ("REFUNDED".into(), Some((*reason).into()), order.total_cents)
+        );
+    }
     assert_eq!(balance(&app, customer).await, INITIAL_CREDIT);
 }
 

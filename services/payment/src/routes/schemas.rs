@@ -44,7 +44,8 @@ pub struct Payment {
     pub amount_cents: i64,
     /// `CONFIRMED`, `FAILED` or `REFUNDED`.
     pub status: String,
-    /// `INSUFFICIENT_FUNDS` (failed), `NO_CAPACITY` or `CUSTOMER_CANCELLED` (refunded).
+    /// `INSUFFICIENT_FUNDS` (failed); `CUSTOMER_CANCELLED` or the failed
+    /// delivery's reason, `NO_CAPACITY` or `DAILY_LIMIT` (refunded).
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
