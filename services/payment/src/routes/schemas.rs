@@ -19,7 +19,8 @@ pub struct TopUpRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
 pub struct Wallet {
     pub customer_id: Uuid,
-    /// Integer cents, never negative.
+    /// Integer cents, never negative. Top-ups keep it at most the configured
+    /// limit; a refund is credited in full and may take it above.
     pub balance_cents: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
