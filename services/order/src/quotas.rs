@@ -6,8 +6,9 @@
 //! so concurrent requests of one customer cannot all pass the check before
 //! any of them stored its order.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
+use commerce_common::db::Reuse;
 use diesel::{
     result::Error as DieselError,
     sql_types::{BigInt, Integer, Nullable},
@@ -47,6 +48,26 @@ fn lock_key(customer_id: Uuid) -> i32 {
     i32::from_ne_bytes(folded.to_ne_bytes())
 }
 
+/// The customer's open orders (counted up to `$2`) and, when `$4 + 1`
+/// orders were placed within the last `$3` microseconds, how long until the
+/// oldest of them is out of that interval.
+static COUNT_USAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT \
+           (SELECT count(*) FROM (SELECT 1 FROM orders \
+              WHERE customer_id = $1 AND status IN ('{pending}', '{paid}') LIMIT $2) AS open \
+           ) AS open_orders, \
+           (SELECT ceil(extract(epoch FROM \
+                     created_at + $3::float8 * interval '1 microsecond' - now()) * 1000)::int8 \
+              FROM orders \
+              WHERE customer_id = $1 AND created_at > now() - $3::float8 * interval '1 microsecond' \
+              ORDER BY created_at DESC OFFSET $4 LIMIT 1 \
+           ) AS rate_retry_after_ms",
+        pending = OrderStatus::Pending.as_str(),
+        paid = OrderStatus::Paid.as_str(),
+    )
+});
+
 #[derive(diesel::QueryableByName)]
 struct Usage {
     #[diesel(sql_type = BigInt)]
@@ -65,35 +86,27 @@ pub async fn check(
     customer_id: Uuid,
     quotas: &QuotasConfig,
 ) -> Result<Option<QuotaExceeded>, DieselError> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+    let lock = diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind::<Integer, _>(PLACEMENT_LOCK_CLASS)
         .bind::<Integer, _>(lock_key(customer_id))
-        .execute(conn)
-        .await?;
-    // A statement after the lock: its snapshot sees every order committed
-    // by whoever held the lock before. Each count stops at its limit, one
-    // index range each (orders_open_by_customer, orders_customer_newest).
+        .prepared();
+    // The count is a statement after the lock: PostgreSQL runs the two in
+    // order and takes the count's snapshot only once the lock is held, so
+    // it sees every order committed by whoever held the lock before. Both go
+    // out together (pipelined) and stay prepared on the connection: one
+    // round trip. Each count stops at its limit, one index range each
+    // (orders_open_by_customer, orders_customer_newest).
     let interval_us = i64::try_from(quotas.placement_interval.as_micros()).unwrap_or(i64::MAX);
-    let usage: Usage = diesel::sql_query(format!(
-        "SELECT \
-           (SELECT count(*) FROM (SELECT 1 FROM orders \
-              WHERE customer_id = $1 AND status IN ('{pending}', '{paid}') LIMIT $2) AS open \
-           ) AS open_orders, \
-           (SELECT ceil(extract(epoch FROM \
-                     created_at + $3::float8 * interval '1 microsecond' - now()) * 1000)::int8 \
-              FROM orders \
-              WHERE customer_id = $1 AND created_at > now() - $3::float8 * interval '1 microsecond' \
-              ORDER BY created_at DESC OFFSET $4 LIMIT 1 \
-           ) AS rate_retry_after_ms",
-        pending = OrderStatus::Pending.as_str(),
-        paid = OrderStatus::Paid.as_str(),
-    ))
-    .bind::<diesel::sql_types::Uuid, _>(customer_id)
-    .bind::<BigInt, _>(i64::from(quotas.max_open_orders))
-    .bind::<BigInt, _>(interval_us)
-    .bind::<BigInt, _>(i64::from(quotas.max_orders_per_interval) - 1)
-    .get_result(conn)
-    .await?;
+    let count = diesel::sql_query(COUNT_USAGE.as_str())
+        .bind::<diesel::sql_types::Uuid, _>(customer_id)
+        .bind::<BigInt, _>(i64::from(quotas.max_open_orders))
+        .bind::<BigInt, _>(interval_us)
+        .bind::<BigInt, _>(i64::from(quotas.max_orders_per_interval) - 1)
+        .prepared();
+    let shared: &AsyncPgConnection = conn;
+    let (mut first, mut second) = (shared, shared);
+    let (_, usage): (usize, Usage) =
+        futures::try_join!(lock.execute(&mut first), count.get_result(&mut second))?;
     if usage.open_orders >= i64::from(quotas.max_open_orders) {
         return Ok(Some(QuotaExceeded::OpenOrders {
             limit: quotas.max_open_orders,
