@@ -359,6 +359,22 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         } else {
             env.push(("APP__KAFKA__BROKERS".into(), brokers.clone().into()));
         }
+        // A load run (perf/) places hundreds of orders a second for 20
+        // customers: the per-customer quotas would refuse most of them.
+        let quotas: &[(&str, &str)] = match service.binary {
+            "order-service" => &[
+                ("APP__QUOTAS__MAX_OPEN_ORDERS", "1000000"),
+                ("APP__QUOTAS__MAX_ORDERS_PER_INTERVAL", "1000000"),
+                ("APP__QUOTAS__PLACEMENT_INTERVAL", "1s"),
+            ],
+            "delivery-service" => &[("APP__QUOTAS__BOOKINGS_PER_CUSTOMER_PER_DAY", "1000000")],
+            _ => &[],
+        };
+        env.extend(
+            quotas
+                .iter()
+                .map(|&(key, value)| (key.into(), value.into())),
+        );
         let proc = stack.start(service.binary, binary(&bin_dir, service.binary, env))?;
         stack.services.push(proc);
     }

@@ -119,7 +119,8 @@ pub struct PaymentRefunded {
     pub order_id: Uuid,
     pub customer_id: Uuid,
     pub amount_cents: i64,
-    /// Why the money went back: `NO_CAPACITY` or `CUSTOMER_CANCELLED`.
+    /// Why the money went back: `CUSTOMER_CANCELLED`, or the
+    /// `DeliveryFailed`'s reason (`NO_CAPACITY`, `DAILY_LIMIT`).
     pub reason: String,
 }
 
@@ -137,7 +138,7 @@ pub struct DeliveryScheduled {
 pub struct DeliveryFailed {
     pub order_id: Uuid,
     pub customer_id: Uuid,
-    /// `NO_CAPACITY`
+    /// `NO_CAPACITY` or `DAILY_LIMIT`
     pub reason: String,
 }
 

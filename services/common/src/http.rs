@@ -3,7 +3,7 @@
 //! the `/health` (alive) and `/ready` probes, and the page parameters of
 //! list endpoints.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web};
 use paperclip::actix::{Apiv2Schema, api_v2_errors};
@@ -51,6 +51,8 @@ pub struct ErrorBody {
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -62,6 +64,19 @@ impl ApiError {
                 message: message.into(),
                 fields: Vec::new(),
             },
+            retry_after: None,
+        }
+    }
+
+    /// 429: a quota or rate limit; the client may retry after `retry_after`.
+    pub fn too_many_requests(
+        code: &str,
+        message: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
 
@@ -128,7 +143,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(&self.body)
+        let mut response = HttpResponse::build(self.status);
+        if let Some(wait) = self.retry_after {
+            // Round up: a client that waits exactly this long gets through.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.insert_header(("Retry-After", seconds.max(1).to_string()));
+        }
+        response.json(&self.body)
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Settings {
     pub consumer: ConsumerConfig,
     #[serde(default)]
     pub windows: WindowsConfig,
+    #[serde(default)]
+    pub quotas: QuotasConfig,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             auth: PublicKeyConfig::default(),
             consumer: ConsumerConfig::default(),
             windows: WindowsConfig::default(),
+            quotas: QuotasConfig::default(),
         }
     }
 }
@@ -47,6 +50,7 @@ impl Settings {
         let settings: Self = commerce_common::config::load()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.windows.validate()?;
+        settings.quotas.validate()?;
         Ok(settings)
     }
 }
@@ -94,6 +98,34 @@ impl WindowsConfig {
         anyhow::ensure!(
             (1..=366).contains(&self.horizon_days),
             "windows.horizon_days must be between 1 and 366"
+        );
+        Ok(())
+    }
+}
+
+/// What one customer may book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Windows one customer may book per UTC day, counted by when they were
+    /// booked (a booking cancelled later still counts); a paid order over
+    /// it gets `DeliveryFailed{DAILY_LIMIT}`, and is refunded and CANCELLED.
+    pub bookings_per_customer_per_day: u32,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            bookings_per_customer_per_day: 10,
+        }
+    }
+}
+
+impl QuotasConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.bookings_per_customer_per_day >= 1,
+            "quotas.bookings_per_customer_per_day must be at least 1"
         );
         Ok(())
     }

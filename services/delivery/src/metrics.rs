@@ -21,7 +21,7 @@ impl DeliveryMetrics {
         let metrics = Self::default();
         registry.register(
             "deliveries",
-            "Booking decisions by outcome (scheduled, no_capacity, cancelled, cancelled_before_booking)",
+            "Booking decisions by outcome (scheduled, no_capacity, daily_limit, cancelled, cancelled_before_booking)",
             metrics.deliveries.clone(),
         );
         registry.register(

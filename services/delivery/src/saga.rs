@@ -10,7 +10,7 @@ use commerce_common::{
 use diesel_async::AsyncPgConnection;
 
 use crate::{
-    config::WindowsConfig,
+    config::{QuotasConfig, WindowsConfig},
     domain::WindowPlan,
     metrics::DeliveryMetrics,
     store::{self, Answer, BookingOutcome, CancelOutcome, KnownWindows},
@@ -18,14 +18,16 @@ use crate::{
 
 pub struct DeliverySaga {
     windows: WindowsConfig,
+    quotas: QuotasConfig,
     metrics: DeliveryMetrics,
     known: KnownWindows,
 }
 
 impl DeliverySaga {
-    pub fn new(windows: WindowsConfig, metrics: DeliveryMetrics) -> Self {
+    pub fn new(windows: WindowsConfig, quotas: QuotasConfig, metrics: DeliveryMetrics) -> Self {
         Self {
             windows,
+            quotas,
             metrics,
             known: KnownWindows::default(),
         }
@@ -46,6 +48,7 @@ impl DeliverySaga {
                     &paid,
                     &plan,
                     self.windows.capacity,
+                    self.quotas.bookings_per_customer_per_day,
                     &self.known,
                     trace_id,
                 )
@@ -53,6 +56,7 @@ impl DeliverySaga {
                 {
                     BookingOutcome::Scheduled => self.metrics.outcome("scheduled"),
                     BookingOutcome::NoCapacity => self.metrics.outcome("no_capacity"),
+                    BookingOutcome::DailyLimit => self.metrics.outcome("daily_limit"),
                     BookingOutcome::AlreadyHandled => {}
                 }
             }

@@ -31,6 +31,7 @@ pub struct Application(RunningService);
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.windows.validate()?;
+        settings.quotas.validate()?;
         let verifier = settings.auth.verifier()?;
         let expected = db::migrate(&settings.database, MIGRATIONS)
             .await
@@ -51,6 +52,7 @@ impl Application {
             settings.consumer.clone(),
             Arc::new(DeliverySaga::new(
                 settings.windows,
+                settings.quotas,
                 delivery_metrics.clone(),
             )),
             &mut registry,
@@ -117,6 +119,7 @@ pub async fn replay_dead_letters(settings: Settings, ids: &[String]) -> anyhow::
     let pool = db::pool(&settings.database)?;
     let handler = DeliverySaga::new(
         settings.windows,
+        settings.quotas,
         DeliveryMetrics::register(&mut Registry::default()),
     );
     dead_letters::replay_command(&pool, CONSUMER_GROUP, &handler, ids).await

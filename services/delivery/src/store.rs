@@ -51,6 +51,8 @@ pub struct Delivery {
 pub enum BookingOutcome {
     Scheduled,
     NoCapacity,
+    /// The customer's bookings of the day reached the quota.
+    DailyLimit,
     /// The order already has a delivery (handled, or cancelled first).
     AlreadyHandled,
 }
@@ -124,12 +126,15 @@ async fn ensure_windows(
 }
 
 /// Books the earliest window with free capacity in the plan's range for a
-/// paid order: DeliveryScheduled, or DeliveryFailed{NO_CAPACITY}.
+/// paid order: DeliveryScheduled, or DeliveryFailed{NO_CAPACITY}, or
+/// DeliveryFailed{DAILY_LIMIT} when the customer booked
+/// `bookings_per_day` windows today already.
 pub async fn book(
     conn: &mut AsyncPgConnection,
     paid: &PaymentConfirmed,
     plan: &WindowPlan,
     capacity: i32,
+    bookings_per_day: u32,
     known: &KnownWindows,
     trace_id: &str,
 ) -> QueryResult<BookingOutcome> {
@@ -143,6 +148,17 @@ pub async fn book(
     if let Some(status) = existing {
         tracing::info!(order_id = %paid.order_id, %status, "delivery exists, nothing booked");
         return Ok(BookingOutcome::AlreadyHandled);
+    }
+    if bookings_today(conn, paid.customer_id).await? >= i64::from(bookings_per_day) {
+        let outcome_event_id = Uuid::now_v7();
+        let event = record_failure(conn, paid, outcome_event_id, Reason::DailyLimit).await?;
+        outbox::insert(
+            conn,
+            &outbox::NewRow::new(&event, trace_id).with_id(outcome_event_id),
+        )
+        .await?;
+        tracing::info!(order_id = %paid.order_id, customer_id = %paid.customer_id, bookings_per_day, "daily booking limit reached");
+        return Ok(BookingOutcome::DailyLimit);
     }
     ensure_windows(conn, plan, capacity, known).await?;
 
@@ -194,24 +210,8 @@ pub async fn book(
             (event, BookingOutcome::Scheduled)
         }
         None => {
-            let reason = Reason::NoCapacity.as_str();
-            diesel::insert_into(deliveries::table)
-                .values((
-                    deliveries::id.eq(delivery_id),
-                    deliveries::order_id.eq(paid.order_id),
-                    deliveries::customer_id.eq(paid.customer_id),
-                    deliveries::status.eq(DeliveryStatus::Failed.as_str()),
-                    deliveries::reason.eq(reason),
-                    deliveries::outcome_event_id.eq(outcome_event_id),
-                ))
-                .execute(conn)
-                .await?;
             tracing::info!(order_id = %paid.order_id, "no delivery window left");
-            let event = Event::DeliveryFailed(DeliveryFailed {
-                order_id: paid.order_id,
-                customer_id: paid.customer_id,
-                reason: reason.into(),
-            });
+            let event = record_failure(conn, paid, outcome_event_id, Reason::NoCapacity).await?;
             (event, BookingOutcome::NoCapacity)
         }
     };
@@ -221,6 +221,52 @@ pub async fn book(
     )
     .await?;
     Ok(outcome)
+}
+
+/// Windows the customer booked since the start of the UTC day, whether
+/// still booked or cancelled since (failed and cancelled-before-booking
+/// deliveries booked nothing). Race-free because the delivery consumer
+/// applies one fetch at a time (`Concurrency::Serialized`): no other
+/// booking commits between this count and the caller's insert.
+async fn bookings_today(conn: &mut AsyncPgConnection, customer_id: Uuid) -> QueryResult<i64> {
+    let day_start = Utc::now()
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    deliveries::table
+        .filter(deliveries::customer_id.eq(customer_id))
+        .filter(deliveries::created_at.ge(day_start))
+        .filter(deliveries::window_id.is_not_null())
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Records that the order gets no delivery, for `reason`, with the id its
+/// `DeliveryFailed` is announced under (and announced again under, see
+/// [`announce_again`]); returns that event.
+async fn record_failure(
+    conn: &mut AsyncPgConnection,
+    paid: &PaymentConfirmed,
+    outcome_event_id: Uuid,
+    reason: Reason,
+) -> QueryResult<Event> {
+    diesel::insert_into(deliveries::table)
+        .values((
+            deliveries::id.eq(Uuid::now_v7()),
+            deliveries::order_id.eq(paid.order_id),
+            deliveries::customer_id.eq(paid.customer_id),
+            deliveries::status.eq(DeliveryStatus::Failed.as_str()),
+            deliveries::reason.eq(reason.as_str()),
+            deliveries::outcome_event_id.eq(outcome_event_id),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(Event::DeliveryFailed(DeliveryFailed {
+        order_id: paid.order_id,
+        customer_id: paid.customer_id,
+        reason: reason.as_str().into(),
+    }))
 }
 
 /// The customer cancelled: release the booked window (DeliveryCancelled),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, Utc};
 use commerce_common::events::{Event, OrderCancellationRequested, PaymentConfirmed};
-use common::{TestApp, one_window, spawn_app_with, wait_for_value};
+use common::{TestApp, one_window, spawn_app_configured, spawn_app_with, wait_for_value};
 use delivery_service::{config::WindowsConfig, startup::Application};
 use rskafka::{
     client::partition::{Compression, UnknownTopicHandling},
@@ -109,6 +109,47 @@ async fn no_window_left_fails_with_no_capacity() {
     assert_eq!(
         delivery_of(&app, second.order_id).await,
         ("FAILED".into(), Some("NO_CAPACITY".into()), None)
+    );
+}
+
+#[tokio::test]
+async fn a_customer_over_the_daily_booking_limit_fails_with_daily_limit() {
+    let app = spawn_app_configured(1, one_window(10), |settings| {
+        settings.quotas.bookings_per_customer_per_day = 2;
+    })
+    .await;
+    let (customer, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let booked = [paid(customer), paid(customer)];
+    for order in &booked {
+        app.publish(&Event::PaymentConfirmed(order.clone())).await;
+    }
+    // A booking cancelled since still counts: cancelling frees the window,
+    // not the day's quota.
+    app.publish(&Event::OrderCancellationRequested(cancellation(&booked[0])))
+        .await;
+    let over = paid(customer);
+    let others = paid(other);
+    app.publish(&Event::PaymentConfirmed(over.clone())).await;
+    app.publish(&Event::PaymentConfirmed(others.clone())).await;
+    drained(&app, 5).await;
+
+    assert_eq!(delivery_of(&app, booked[0].order_id).await.0, "CANCELLED");
+    assert_eq!(delivery_of(&app, booked[1].order_id).await.0, "SCHEDULED");
+    assert_eq!(
+        delivery_of(&app, over.order_id).await,
+        ("FAILED".into(), Some("DAILY_LIMIT".into()), None),
+        "the third booking of the day"
+    );
+    assert_eq!(
+        delivery_of(&app, others.order_id).await.0,
+        "SCHEDULED",
+        "another customer is not limited"
+    );
+    assert_eq!(
+        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+            .await,
+        2,
+        "the refused order took no place"
     );
 }
 

@@ -32,6 +32,8 @@ pub struct Settings {
     pub cancellation: CancellationConfig,
     #[serde(default)]
     pub redrive: RedriveConfig,
+    #[serde(default)]
+    pub quotas: QuotasConfig,
 }
 
 impl Default for Settings {
@@ -48,13 +50,17 @@ impl Default for Settings {
             idempotency: IdempotencyConfig::default(),
             cancellation: CancellationConfig::default(),
             redrive: RedriveConfig::default(),
+            quotas: QuotasConfig::default(),
         }
     }
 }
 
 impl Settings {
     pub fn load() -> anyhow::Result<Self> {
-        commerce_common::config::load().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+        let settings: Self = commerce_common::config::load()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.quotas.validate()?;
+        Ok(settings)
     }
 }
 
@@ -120,6 +126,54 @@ impl RedriveConfig {
     /// How often due orders are looked for: a re-drive is at most this late.
     pub fn scan_interval(&self) -> Duration {
         (self.after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+}
+
+/// What one customer may place (`POST /api/orders`); over a quota the
+/// answer is 429 with `Retry-After` and nothing is stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Orders the saga is still working on (PENDING or PAID) one customer
+    /// may have; one more is 429 TOO_MANY_OPEN_ORDERS.
+    pub max_open_orders: u32,
+    /// `Retry-After` of TOO_MANY_OPEN_ORDERS: about how long a saga takes.
+    #[serde(with = "commerce_common::consumer::duration_serde")]
+    pub open_orders_retry_after: Duration,
+    /// Orders one customer may place within any `placement_interval`; one
+    /// more is 429 ORDER_RATE_LIMITED, with `Retry-After` until the oldest
+    /// of them is out of the interval.
+    pub max_orders_per_interval: u32,
+    #[serde(with = "commerce_common::consumer::duration_serde")]
+    pub placement_interval: Duration,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            max_open_orders: 20,
+            open_orders_retry_after: Duration::from_secs(5),
+            max_orders_per_interval: 10,
+            placement_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl QuotasConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_open_orders >= 1 && self.max_orders_per_interval >= 1,
+            "quotas.max_open_orders and quotas.max_orders_per_interval must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.placement_interval.is_zero(),
+            "quotas.placement_interval must be positive"
+        );
+        anyhow::ensure!(
+            self.placement_interval <= Duration::from_secs(366 * 24 * 3600),
+            "quotas.placement_interval must be at most 366 days"
+        );
+        Ok(())
     }
 }
 

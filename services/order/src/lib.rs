@@ -5,6 +5,7 @@ pub mod config;
 pub mod domain;
 pub mod metrics;
 pub mod order_changes;
+pub mod quotas;
 pub mod redrive;
 pub mod routes;
 pub mod saga;

@@ -35,6 +35,7 @@ pub struct Application(RunningService);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.quotas.validate()?;
         let verifier = settings.auth.verifier()?;
         let expected = db::migrate(&settings.database, MIGRATIONS)
             .await
@@ -98,12 +99,14 @@ impl Application {
         let changes = actix::Data::new(changes);
         let cancellation = actix::Data::new(settings.cancellation.clone());
         let redrive_config = actix::Data::new(settings.redrive.clone());
+        let quotas = actix::Data::new(settings.quotas.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .configure(|cfg| operational.configure(cfg))
                 .app_data(verifier.clone())
                 .app_data(cancellation.clone())
                 .app_data(redrive_config.clone())
+                .app_data(quotas.clone())
                 .app_data(order_metrics.clone())
                 .app_data(changes.clone())
                 .route("/metrics", actix::get().to(routes::metrics))

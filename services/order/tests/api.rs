@@ -879,3 +879,156 @@ async fn listing_is_paginated_newest_first_and_private() {
     let missing = Uuid::new_v4().to_string();
     assert_error(app.get_order(&alice, &missing).await, 404, "NOT_FOUND", &[]).await;
 }
+
+/// Sets the status of one stored order (the saga's job, done by hand).
+async fn set_status(app: &common::TestApp, order_id: &Value, status: &str) {
+    let id: Uuid = order_id.as_str().unwrap().parse().unwrap();
+    app.db
+        .client()
+        .await
+        .execute(
+            "UPDATE orders SET status = $2 WHERE id = $1",
+            &[&id, &status],
+        )
+        .await
+        .unwrap();
+}
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn too_many_open_orders_is_429_with_retry_after_and_nothing_is_stored() {
+    let app = spawn_app_with(|settings| {
+        settings.quotas.max_open_orders = 3;
+        settings.quotas.open_orders_retry_after = Duration::from_secs(7);
+        settings.quotas.max_orders_per_interval = 1000;
+    })
+    .await;
+    let alice = Customer::new();
+    let with_key = |key: &str| {
+        app.request(&alice, Method::POST, "/api/orders")
+            .header("Idempotency-Key", key)
+            .json(&valid_order())
+            .send()
+    };
+    let first = with_key("first").await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let second = app.place_ok(&alice).await;
+    app.place_ok(&alice).await;
+
+    let refused = app.place(&alice, &valid_order()).await;
+    assert_eq!(retry_after(&refused), 7);
+    assert_error(refused, 429, "TOO_MANY_OPEN_ORDERS", &[]).await;
+    assert_eq!(app.stored_orders().await, 3, "nothing stored");
+    // A retry of an order placed before still gets it.
+    let replay = with_key("first").await.unwrap();
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.json::<Value>().await.unwrap()["id"], first["id"]);
+    // Other customers have their own quota.
+    app.place_ok(&Customer::new()).await;
+
+    // PAID is still in progress; DELIVERY_SCHEDULED, REJECTED and CANCELLED
+    // are not.
+    set_status(&app, &first["id"], "PAID").await;
+    let refused = app.place(&alice, &valid_order()).await;
+    assert_error(refused, 429, "TOO_MANY_OPEN_ORDERS", &[]).await;
+    set_status(&app, &first["id"], "DELIVERY_SCHEDULED").await;
+    let third = app.place_ok(&alice).await;
+    for (order, status) in [(&second, "REJECTED"), (&third, "CANCELLED")] {
+        set_status(&app, &order["id"], status).await;
+    }
+    app.place_ok(&alice).await;
+    app.place_ok(&alice).await;
+    let refused = app.place(&alice, &valid_order()).await;
+    assert_error(refused, 429, "TOO_MANY_OPEN_ORDERS", &[]).await;
+}
+
+#[tokio::test]
+async fn concurrent_placements_never_exceed_the_open_orders_quota() {
+    // Every request checks the count before any of them stored its order:
+    // without the per-customer lock all of them would pass.
+    let app = spawn_app_with(|settings| {
+        settings.quotas.max_open_orders = 3;
+        settings.quotas.max_orders_per_interval = 1000;
+        settings.database.max_connections = 8;
+    })
+    .await;
+    let alice = Customer::new();
+    let body = valid_order();
+    let racers = (0..12).map(|_| app.place(&alice, &body));
+    let statuses: Vec<u16> = futures::future::join_all(racers)
+        .await
+        .iter()
+        .map(|response| response.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(app.stored_orders().await, 3);
+}
+
+#[tokio::test]
+async fn placing_faster_than_the_rate_limit_is_429_until_the_oldest_order_leaves_the_interval() {
+    let app = spawn_app_with(|settings| {
+        settings.quotas.max_orders_per_interval = 3;
+        settings.quotas.placement_interval = Duration::from_secs(60);
+        settings.quotas.max_open_orders = 1000;
+    })
+    .await;
+    let alice = Customer::new();
+    let first = app.place_ok(&alice).await;
+    // Refused requests and idempotent replays place nothing and do not count.
+    let mut invalid = valid_order();
+    invalid["items"][0]["quantity"] = json!(0);
+    for _ in 0..5 {
+        let response = app.place(&alice, &invalid).await;
+        assert_eq!(response.status(), 422);
+    }
+    for _ in 0..3 {
+        let response = app
+            .request(&alice, Method::POST, "/api/orders")
+            .header("Idempotency-Key", "same")
+            .json(&valid_order())
+            .send()
+            .await
+            .unwrap();
+        assert!([200, 202].contains(&response.status().as_u16()));
+    }
+    app.place_ok(&alice).await;
+
+    let refused = app.place(&alice, &valid_order()).await;
+    let wait = retry_after(&refused);
+    assert!((55..=60).contains(&wait), "Retry-After {wait}");
+    assert_error(refused, 429, "ORDER_RATE_LIMITED", &[]).await;
+    assert_eq!(app.stored_orders().await, 3, "nothing stored");
+    app.place_ok(&Customer::new()).await;
+
+    // Once the oldest order is older than the interval, one more fits.
+    let id: Uuid = first["id"].as_str().unwrap().parse().unwrap();
+    app.db
+        .client()
+        .await
+        .execute(
+            "UPDATE orders SET created_at = now() - interval '61 seconds' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    app.place_ok(&alice).await;
+    let refused = app.place(&alice, &valid_order()).await;
+    assert_error(refused, 429, "ORDER_RATE_LIMITED", &[]).await;
+}

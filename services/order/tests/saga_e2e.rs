@@ -32,6 +32,17 @@ const INITIAL_CREDIT: i64 = 100_000;
 struct StackOptions {
     /// Bookings per delivery window.
     window_capacity: i32,
+    /// Windows one customer may book per day (the delivery service's quota).
+    bookings_per_day: u32,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            window_capacity: 50,
+            bookings_per_day: 10,
+        }
+    }
 }
 
 /// Re-drives in these tests: a second without a move, then every two
@@ -120,10 +131,16 @@ impl Stack {
             "delivery-service",
             &delivery_db,
             &brokers,
-            vec![(
-                "APP__WINDOWS__CAPACITY".to_owned(),
-                options.window_capacity.to_string(),
-            )],
+            vec![
+                (
+                    "APP__WINDOWS__CAPACITY".to_owned(),
+                    options.window_capacity.to_string(),
+                ),
+                (
+                    "APP__QUOTAS__BOOKINGS_PER_CUSTOMER_PER_DAY".to_owned(),
+                    options.bookings_per_day.to_string(),
+                ),
+            ],
         )
         .await;
         let order = spawn_app_with(|settings| {
@@ -315,10 +332,7 @@ fn order_of(quantity: i64) -> Value {
 
 #[tokio::test]
 async fn happy_path_customer_cancellation_and_insufficient_funds() {
-    let stack = Stack::start(StackOptions {
-        window_capacity: 50,
-    })
-    .await;
+    let stack = Stack::start(StackOptions::default()).await;
 
     // Happy path: paid, then a window booked; the order shows both.
     let alice = Customer::new();
@@ -386,7 +400,11 @@ async fn happy_path_customer_cancellation_and_insufficient_funds() {
 
 #[tokio::test]
 async fn no_delivery_capacity_cancels_the_order_with_a_refund() {
-    let stack = Stack::start(StackOptions { window_capacity: 0 }).await;
+    let stack = Stack::start(StackOptions {
+        window_capacity: 0,
+        ..StackOptions::default()
+    })
+    .await;
     let customer = Customer::new();
     let id = stack.place(&customer, &order_of(2)).await;
     stack.wait_for_status(&customer, &id, "CANCELLED").await;
@@ -422,10 +440,7 @@ async fn no_delivery_capacity_cancels_the_order_with_a_refund() {
 /// of these orders stays PENDING or PAID forever.
 #[tokio::test]
 async fn a_lost_event_at_any_step_is_healed_by_the_saga_re_drive() {
-    let stack = Stack::start(StackOptions {
-        window_capacity: 50,
-    })
-    .await;
+    let stack = Stack::start(StackOptions::default()).await;
     let brokers = stack.brokers.clone();
     let (order_db, payment_db, delivery_db) =
         (&stack.order.db, &stack.payment_db, &stack.delivery_db);
@@ -601,10 +616,7 @@ async fn a_lost_event_at_any_step_is_healed_by_the_saga_re_drive() {
 /// listed for the operator, and re-driven when the operator asks.
 #[tokio::test]
 async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks() {
-    let stack = Stack::start(StackOptions {
-        window_capacity: 50,
-    })
-    .await;
+    let stack = Stack::start(StackOptions::default()).await;
     let customer = Customer::new();
     // Payment applies nothing of `orders` while the order is re-driven.
     stack.pause(&stack.payment_db, "orders").await;
@@ -666,4 +678,43 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "NOT_IN_FLIGHT");
+}
+
+#[tokio::test]
+async fn a_booking_over_the_daily_limit_cancels_the_order_with_daily_limit_and_a_refund() {
+    let stack = Stack::start(StackOptions {
+        bookings_per_day: 1,
+        ..StackOptions::default()
+    })
+    .await;
+    let customer = Customer::new();
+    let first = stack.place(&customer, &order_of(1)).await;
+    stack
+        .wait_for_status(&customer, &first, "DELIVERY_SCHEDULED")
+        .await;
+
+    let second = stack.place(&customer, &order_of(2)).await;
+    stack.wait_for_status(&customer, &second, "CANCELLED").await;
+    let order = wait_until(
+        SAGA_TIMEOUT,
+        "the order to record the failed delivery",
+        || async {
+            let order = stack.order.order_json(&customer, &second).await;
+            (order["delivery"]["status"] == "FAILED").then_some(order)
+        },
+    )
+    .await;
+    assert_eq!(order["reason"], "DAILY_LIMIT", "{order}");
+    assert_eq!(order["payment"]["status"], "REFUNDED");
+    assert_eq!(order["payment"]["reason"], "DAILY_LIMIT");
+    assert_eq!(order["delivery"]["reason"], "DAILY_LIMIT");
+    assert_eq!(
+        stack.balance(&customer).await,
+        INITIAL_CREDIT - 1_000,
+        "the second order's money is back; the first one's is spent"
+    );
+    let (status, delivery) = stack.delivery_of(&customer, &second).await;
+    assert_eq!(status, 200);
+    assert_eq!(delivery["status"], "FAILED");
+    assert_eq!(delivery["reason"], "DAILY_LIMIT");
 }

@@ -59,7 +59,9 @@ pub struct WalletConfig {
     pub initial_credit_cents: i64,
     /// Largest single top-up.
     pub max_top_up_cents: i64,
-    /// A top-up may not raise the balance above this.
+    /// A top-up may not raise the balance above this. Refunds are always
+    /// credited in full (the customer's own money coming back), so they may:
+    /// the limit caps what top-ups put in, not what comes back.
     pub max_balance_cents: i64,
 }
 

@@ -54,8 +54,8 @@ impl PaymentSaga {
                 }
             }
             Event::DeliveryFailed(failed) => {
-                self.refund(conn, failed.order_id, RefundReason::NoCapacity, trace_id)
-                    .await?;
+                let reason = RefundReason::delivery_failed(&failed.reason);
+                self.refund(conn, failed.order_id, reason, trace_id).await?;
             }
             Event::OrderCancellationRequested(cancel) => {
                 self.refund(

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use commerce_common::events::{
     DeliveryFailed, Event, OrderCancellationRequested, OrderCreated, UserRegistered,
 };
-use common::{INITIAL_CREDIT, TestApp, spawn_app, wait_for_value};
+use common::{INITIAL_CREDIT, TestApp, spawn_app, spawn_app_configured, wait_for_value};
 use rskafka::{
     client::partition::{Compression, UnknownTopicHandling},
     record::Record,
@@ -139,11 +139,53 @@ async fn orders_are_charged_or_fail_for_insufficient_funds_and_refunds_are_paid_
 }
 
 #[tokio::test]
-async fn delivery_failure_refunds_with_no_capacity() {
+async fn a_delivery_failure_refunds_with_the_deliverys_reason() {
     let app = spawn_app().await;
     let customer = Uuid::new_v4();
-    let order = order_created(customer, 250);
+    let orders = [
+        (order_created(customer, 250), "NO_CAPACITY"),
+        (order_created(customer, 300), "DAILY_LIMIT"),
+    ];
+    for (order, reason) in &orders {
+        app.publish(&Event::OrderCreated(order.clone())).await;
+        app.publish(&Event::DeliveryFailed(DeliveryFailed {
+            order_id: order.order_id,
+            customer_id: customer,
+            reason: (*reason).into(),
+        }))
+        .await;
+    }
+    drained(&app, 4).await;
+    for (order, reason) in &orders {
+        assert_eq!(
+            payment_of(&app, order.order_id).await,
+            ("REFUNDED".into(), Some((*reason).into()), order.total_cents)
+        );
+    }
+    assert_eq!(balance(&app, customer).await, INITIAL_CREDIT);
+}
+
+#[tokio::test]
+async fn a_refund_is_credited_in_full_above_the_balance_limit_and_top_ups_stay_capped() {
+    // The limit bounds what top-ups put in; a refund gives back the
+    // customer's own money, so it is never refused or cut.
+    let app = spawn_app_configured(2, |settings| {
+        settings.wallet.max_balance_cents = INITIAL_CREDIT;
+    })
+    .await;
+    let customer = Uuid::new_v4();
+    let top_up = |cents: i64| {
+        app.post("/api/wallet/top-up", Some(customer))
+            .json(&serde_json::json!({ "amount_cents": cents }))
+            .send()
+    };
+    let order = order_created(customer, 600);
     app.publish(&Event::OrderCreated(order.clone())).await;
+    drained(&app, 1).await;
+    assert_eq!(top_up(600).await.unwrap().status(), 200, "up to the limit");
+    assert_eq!(balance(&app, customer).await, INITIAL_CREDIT);
+    assert_eq!(top_up(1).await.unwrap().status(), 409);
+
     app.publish(&Event::DeliveryFailed(DeliveryFailed {
         order_id: order.order_id,
         customer_id: customer,
@@ -151,10 +193,34 @@ async fn delivery_failure_refunds_with_no_capacity() {
     }))
     .await;
     drained(&app, 2).await;
+    assert_eq!(payment_of(&app, order.order_id).await.0, "REFUNDED");
     assert_eq!(
-        payment_of(&app, order.order_id).await,
-        ("REFUNDED".into(), Some("NO_CAPACITY".into()), 250)
+        balance(&app, customer).await,
+        INITIAL_CREDIT + 600,
+        "refunded in full, above the limit"
     );
+    assert_eq!(
+        app.query_i64(&format!(
+            "SELECT sum(amount_cents)::bigint FROM wallet_entries WHERE customer_id = '{customer}'"
+        ))
+        .await,
+        INITIAL_CREDIT + 600,
+        "the ledger holds the refund"
+    );
+    // Above the limit, no top-up fits until the balance is below it again.
+    let refused = top_up(1).await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["code"], "BALANCE_LIMIT");
+    assert_eq!(
+        error["message"],
+        format!("a top-up may not raise the balance above {INITIAL_CREDIT} cents")
+    );
+    let spend = order_created(customer, 1_500);
+    app.publish(&Event::OrderCreated(spend.clone())).await;
+    drained(&app, 3).await;
+    assert_eq!(payment_of(&app, spend.order_id).await.0, "CONFIRMED");
+    assert_eq!(top_up(900).await.unwrap().status(), 200);
     assert_eq!(balance(&app, customer).await, INITIAL_CREDIT);
 }
 

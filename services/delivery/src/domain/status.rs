@@ -23,6 +23,9 @@ impl DeliveryStatus {
 pub enum Reason {
     /// No window with free capacity within the horizon.
     NoCapacity,
+    /// The customer booked `quotas.bookings_per_customer_per_day` windows
+    /// today already.
+    DailyLimit,
     CustomerCancelled,
 }
 
@@ -30,6 +33,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoCapacity => "NO_CAPACITY",
+            Reason::DailyLimit => "DAILY_LIMIT",
             Reason::CustomerCancelled => "CUSTOMER_CANCELLED",
         }
     }

@@ -17,7 +17,7 @@ pub struct Delivery {
     pub window_start: Option<DateTime<Utc>>,
     pub window_end: Option<DateTime<Utc>>,
     pub tracking_number: Option<String>,
-    /// `NO_CAPACITY` (failed) or `CUSTOMER_CANCELLED` (cancelled).
+    /// `NO_CAPACITY` or `DAILY_LIMIT` (failed), `CUSTOMER_CANCELLED` (cancelled).
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

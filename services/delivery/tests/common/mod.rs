@@ -14,7 +14,7 @@ use commerce_common::{
     events::{Envelope, Event},
 };
 use delivery_service::{
-    config::{Settings, WindowsConfig},
+    config::{QuotasConfig, Settings, WindowsConfig},
     startup::Application,
 };
 use test_support::{
@@ -64,6 +64,7 @@ pub fn settings(
             ..ConsumerConfig::default()
         },
         windows,
+        quotas: QuotasConfig::default(),
     }
 }
 
@@ -90,9 +91,20 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(partitions: i32, windows: WindowsConfig) -> TestApp {
+    spawn_app_configured(partitions, windows, |_| {}).await
+}
+
+/// [`spawn_app_with`], with the settings changed by `configure` first.
+pub async fn spawn_app_configured(
+    partitions: i32,
+    windows: WindowsConfig,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let database = fresh_database("delivery").await;
     let topic = fresh_topic(partitions).await;
-    let app = Application::build(settings(&database, &topic, "test", windows))
+    let mut settings = settings(&database, &topic, "test", windows);
+    configure(&mut settings);
+    let app = Application::build(settings)
         .await
         .expect("building the app");
     let address = format!("http://127.0.0.1:{}", app.port());

@@ -132,6 +132,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
 
 /// A stand-in for the services: echoes every request under `/api/` as JSON
 /// `{method, path, query, headers, body}`; `.../slow` answers after 3 s;
+/// `.../over-quota` answers 429 as the order service does over a quota;
 /// `/ready` answers 200; `/openapi.json` is a paperclip (Swagger 2.0)
 /// document of the services' public routes, like the real services serve.
 pub struct FakeUpstream {
@@ -214,6 +215,11 @@ async fn echo(
     hits.fetch_add(1, Ordering::SeqCst);
     if req.path().ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if req.path().ends_with("/over-quota") {
+        return HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", "42"))
+            .json(json!({"code": "ORDER_RATE_LIMITED", "message": "retry later"}));
     }
     let headers: serde_json::Map<String, Value> = req
         .headers()

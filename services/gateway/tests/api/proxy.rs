@@ -61,6 +61,25 @@ async fn each_prefix_is_forwarded_with_method_path_query_headers_and_body() {
 }
 
 #[tokio::test]
+async fn a_services_429_reaches_the_client_with_its_retry_after_and_code() {
+    // The order service's quotas answer 429 with Retry-After: the client
+    // must see both, not a gateway error.
+    let (app, upstream) = app_with_upstream(|_| {}).await;
+    let response = app
+        .http
+        .get(app.url("/api/orders/over-quota"))
+        .header("Authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "42");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "ORDER_RATE_LIMITED");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
 async fn unknown_paths_are_not_forwarded() {
     let (app, upstream) = app_with_upstream(|_| {}).await;
     for path in ["/api/ordersx", "/api/other", "/internal"] {

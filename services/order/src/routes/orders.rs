@@ -9,7 +9,7 @@ use commerce_common::{
     db::DbPool,
     http::{ApiError, FieldError, Page},
 };
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use paperclip::actix::{AcceptedJson, api_v2_operation, web};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -22,13 +22,14 @@ use super::{
     },
 };
 use crate::{
-    config::CancellationConfig,
+    config::{CancellationConfig, QuotasConfig},
     domain::{
         CatalogPrice, Cents, FieldProblem, NewOrder, OrderStatus, PricingError, Quantity,
         RawAddress, RequestedLine, ShippingAddress, Sku, check_line_count, price_lines,
     },
     metrics::OrderMetrics,
     order_changes::{OrderChanges, Wake},
+    quotas::{self, QuotaExceeded},
     store::{self, CancelError, IdempotencyKey, OrderView, PlaceError, Placed},
 };
 
@@ -175,6 +176,37 @@ async fn price_order(
         .map_err(|problem| Refused::Api(ApiError::validation(vec![field("items", problem)])))
 }
 
+/// The 429 answer of a placement over a quota.
+fn over_quota(exceeded: QuotaExceeded) -> ApiError {
+    match exceeded {
+        QuotaExceeded::OpenOrders { limit, retry_after } => ApiError::too_many_requests(
+            TOO_MANY_OPEN_ORDERS,
+            format!(
+                "you have {limit} orders in progress (PENDING or PAID), the most allowed; \
+                 retry once one of them is done"
+            ),
+            retry_after,
+        ),
+        QuotaExceeded::Rate {
+            limit,
+            interval,
+            retry_after,
+        } => ApiError::too_many_requests(
+            ORDER_RATE_LIMITED,
+            format!(
+                "at most {limit} orders per {} seconds; retry later",
+                interval.as_secs_f64()
+            ),
+            retry_after,
+        ),
+    }
+}
+
+/// Code of the 429 answer when the customer has too many orders in progress.
+pub const TOO_MANY_OPEN_ORDERS: &str = "TOO_MANY_OPEN_ORDERS";
+/// Code of the 429 answer when the customer places orders too fast.
+pub const ORDER_RATE_LIMITED: &str = "ORDER_RATE_LIMITED";
+
 /// Code of the 422 answer when a client's unit price is not the catalog's.
 pub const PRICE_CHANGED: &str = "PRICE_CHANGED";
 
@@ -198,6 +230,12 @@ fn request_hash(body: &PlaceOrderRequest) -> String {
 /// out; when sent it must be the catalog's price, otherwise 422
 /// PRICE_CHANGED naming the line (`items[i].unit_price_cents`) and nothing is
 /// stored.
+///
+/// Quotas per customer (429 with `Retry-After`, nothing stored): at most 20
+/// orders still PENDING or PAID (TOO_MANY_OPEN_ORDERS) and at most 10 new
+/// orders a minute (ORDER_RATE_LIMITED); both are configurable. A retry
+/// with the `Idempotency-Key` of an order placed before still gets that
+/// order.
 #[api_v2_operation(tags(Orders))]
 pub async fn place_order(
     user: AuthUser,
@@ -205,6 +243,7 @@ pub async fn place_order(
     body: web::Json<PlaceOrderRequest>,
     pool: web::Data<DbPool>,
     metrics: web::Data<OrderMetrics>,
+    quota: web::Data<QuotasConfig>,
     req: HttpRequest,
 ) -> Result<PlacedOrder, ApiError> {
     let parsed = parse_new_order(&body).map_err(ApiError::validation)?;
@@ -242,16 +281,38 @@ pub async fn place_order(
                 return Err(error);
             }
         };
-        match store::place_order(
-            &mut conn,
-            user.user_id,
-            &new_order,
-            idempotency.as_ref(),
-            &trace_id(&req),
-        )
-        .await
-        {
-            Ok(placed) => break placed,
+        let trace_id = trace_id(&req);
+        let attempt = conn
+            .transaction::<_, PlaceError, _>(async |conn| {
+                if let Some(exceeded) = quotas::check(conn, user.user_id, &quota).await? {
+                    return Ok(Err(exceeded));
+                }
+                store::place_order(
+                    conn,
+                    user.user_id,
+                    &new_order,
+                    idempotency.as_ref(),
+                    &trace_id,
+                )
+                .await
+                .map(Ok)
+            })
+            .await;
+        match attempt {
+            Ok(Ok(placed)) => break placed,
+            Ok(Err(exceeded)) => {
+                // A retry of a request whose order was placed before gets it.
+                if let Some(idem) = &idempotency {
+                    match store::replay(&mut conn, user.user_id, idem).await {
+                        Ok(Some(placed)) => break placed,
+                        Ok(None) => {}
+                        Err(PlaceError::KeyReused) => return Err(key_reused()),
+                        Err(e) => return Err(ApiError::internal(e)),
+                    }
+                }
+                tracing::info!(customer_id = %user.user_id, ?exceeded, "placement over quota");
+                return Err(over_quota(exceeded));
+            }
             Err(PlaceError::CatalogChanged) if attempts < 3 => continue,
             Err(PlaceError::CatalogChanged) => {
                 return Err(ApiError::conflict(

@@ -174,7 +174,7 @@ pub struct Order {
     /// `PENDING`, `PAID`, `DELIVERY_SCHEDULED`, `REJECTED` or `CANCELLED`.
     pub status: String,
     /// Why the order was rejected or cancelled, e.g. `INSUFFICIENT_FUNDS`,
-    /// `NO_CAPACITY`, `CUSTOMER_CANCELLED`.
+    /// `NO_CAPACITY`, `DAILY_LIMIT`, `CUSTOMER_CANCELLED`.
     pub reason: Option<String>,
     pub items: Vec<OrderItem>,
     /// Computed by the server: the sum of quantity times the catalog's unit

@@ -19,7 +19,8 @@ pub struct TopUpRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
 pub struct Wallet {
     pub customer_id: Uuid,
-    /// Integer cents, never negative.
+    /// Integer cents, never negative. Top-ups keep it at most the configured
+    /// limit; a refund is credited in full and may take it above.
     pub balance_cents: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -44,7 +45,8 @@ pub struct Payment {
     pub amount_cents: i64,
     /// `CONFIRMED`, `FAILED` or `REFUNDED`.
     pub status: String,
-    /// `INSUFFICIENT_FUNDS` (failed), `NO_CAPACITY` or `CUSTOMER_CANCELLED` (refunded).
+    /// `INSUFFICIENT_FUNDS` (failed); `CUSTOMER_CANCELLED` or the failed
+    /// delivery's reason, `NO_CAPACITY` or `DAILY_LIMIT` (refunded).
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

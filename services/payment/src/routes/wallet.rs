@@ -31,8 +31,10 @@ pub async fn get_wallet(
 
 /// Top up your wallet
 ///
-/// `amount_cents` from 1 to the configured maximum; the balance may not
-/// exceed the configured limit (409 BALANCE_LIMIT).
+/// `amount_cents` from 1 to the configured maximum. A top-up may not raise
+/// the balance above the configured limit (409 BALANCE_LIMIT). Refunds are
+/// always credited in full, even above the limit (they return your own
+/// money); until the balance is below the limit again, no top-up fits.
 #[api_v2_operation(tags(Wallet))]
 pub async fn top_up(
     user: AuthUser,
@@ -55,7 +57,7 @@ pub async fn top_up(
     .map_err(|error| match error {
         TopUpError::BalanceLimit(limit) => ApiError::conflict(
             "BALANCE_LIMIT",
-            format!("the balance may not exceed {limit} cents"),
+            format!("a top-up may not raise the balance above {limit} cents"),
         ),
         TopUpError::Database(e) => ApiError::from(e),
     })?;

@@ -78,9 +78,19 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(partitions: i32) -> TestApp {
+    spawn_app_configured(partitions, |_| {}).await
+}
+
+/// [`spawn_app_with`], with the settings changed by `configure` first.
+pub async fn spawn_app_configured(
+    partitions: i32,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let database = fresh_database("payment").await;
     let topic = fresh_topic(partitions).await;
-    let app = Application::build(settings(&database, &topic, "test"))
+    let mut settings = settings(&database, &topic, "test");
+    configure(&mut settings);
+    let app = Application::build(settings)
         .await
         .expect("building the app");
     let address = format!("http://127.0.0.1:{}", app.port());
