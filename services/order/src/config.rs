@@ -138,13 +138,13 @@ pub struct QuotasConfig {
     /// may have; one more is 429 TOO_MANY_OPEN_ORDERS.
     pub max_open_orders: u32,
     /// `Retry-After` of TOO_MANY_OPEN_ORDERS: about how long a saga takes.
-    #[serde(with = "commerce_common::consumer::duration_serde")]
+    #[serde(with = "commerce_common::config::duration_serde")]
     pub open_orders_retry_after: Duration,
     /// Orders one customer may place within any `placement_interval`; one
     /// more is 429 ORDER_RATE_LIMITED, with `Retry-After` until the oldest
     /// of them is out of the interval.
     pub max_orders_per_interval: u32,
-    #[serde(with = "commerce_common::consumer::duration_serde")]
+    #[serde(with = "commerce_common::config::duration_serde")]
     pub placement_interval: Duration,
 }
 
