@@ -262,6 +262,20 @@ impl Catalog {
         Ok(row.try_get(0)?)
     }
 
+    /// Rows ever inserted into `schema.table` as the statistics count them
+    /// (since the last stats reset; reported with a little delay).
+    pub async fn inserts_into(&self, schema: &str, table: &str) -> Result<i64, CatalogError> {
+        let row = within(
+            self.timeout,
+            self.client.query_opt(
+                "SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+                &[&schema, &table],
+            ),
+        )
+        .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
     /// The slot as the lag probe reports it, `None` when there is none.
     pub async fn slot_reading(&self, slot: &str) -> Result<Option<SlotReading>, CatalogError> {
         let row = within(

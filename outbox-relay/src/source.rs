@@ -325,6 +325,31 @@ impl Source {
         Ok(())
     }
 
+    /// The relay made a source's first slot itself: anything the outbox
+    /// received before was never captured. Expected only where nothing
+    /// could write yet; `create-slots` before the services avoids it.
+    async fn warn_slot_made_late(&self, catalog: &Catalog, slot: &str) {
+        let (schema, table) = self.config.qualified_table();
+        let inserts = catalog.inserts_into(schema, table).await.unwrap_or(0);
+        if inserts > 0 {
+            tracing::error!(
+                source = %self.name,
+                slot,
+                inserts,
+                "the relay created this source's first slot, but the outbox already had \
+                 inserts: those events were never published (run outbox-relay create-slots \
+                 before the services start; the saga re-drive heals what it can)"
+            );
+        } else {
+            tracing::warn!(
+                source = %self.name,
+                slot,
+                "the relay created this source's first slot itself; run outbox-relay \
+                 create-slots before the services start, so no event can precede it"
+            );
+        }
+    }
+
     /// Connects, checks the publication and the slot (creating the first
     /// one of a source, never a replacement: see [`crate::slots`]),
     /// connects the publisher and starts streaming. Every step has a
@@ -351,7 +376,7 @@ impl Source {
         connection.set_user_timeout(Duration::from_millis(self.replication.receive_timeout_ms))?;
         *cancel = connection.cancel_key();
         let server_lsn = connection.identify_system(command_timeout).await?;
-        let slots::Prepared { confirmed, .. } = slots::prepare(
+        let slots::Prepared { confirmed, outcome } = slots::prepare(
             &catalog,
             &mut connection,
             &self.name,
@@ -361,6 +386,9 @@ impl Source {
             Duration::from_millis(self.replication.create_slot_timeout_ms),
         )
         .await?;
+        if outcome == slots::Outcome::Created {
+            self.warn_slot_made_late(&catalog, slot).await;
+        }
 
         let (mut publisher, acks) = Publisher::connect(&self.kafka, self.metrics.clone()).await?;
         publisher.prepare(&self.kafka.topic_list()).await?;

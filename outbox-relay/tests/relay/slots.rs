@@ -1,7 +1,9 @@
 //! Slots before writes (issue 19, item 4) and the lag probe (issue 20,
 //! item 6): `create-slots` makes a slot before anything writes, a slot that
 //! went missing stops its source until an operator re-creates it, and the
-//! slot's lag and WAL status are reported whatever the source's state.
+//! slot's lag and WAL status are reported whatever the source's state; a
+//! relay that has to make a source's first slot itself says so, loudly when
+//! the outbox already had inserts.
 
 use std::time::Duration;
 
@@ -250,4 +252,38 @@ async fn the_lag_probe_reports_lag_and_wal_status_while_the_source_cannot_stream
         .expect("pg_stat_activity")
         .get(0);
     assert_eq!(probes, 1);
+}
+
+#[tokio::test]
+async fn a_relay_that_makes_a_first_slot_after_writes_says_events_were_missed() {
+    let (db, client) = outbox_database("relay_slot_late").await;
+    let source = SourceSpec::new("late", &db);
+    {
+        // A backend's statistics reach pg_stat_user_tables when it exits.
+        let writer = db.client().await;
+        insert_events(&writer, &unique("rt_late"), "k", 1, 3).await;
+    }
+    wait_until(READ_TIMEOUT, "the inserts in the statistics", || async {
+        let inserts: i64 = client
+            .query_one(
+                "SELECT coalesce(max(n_tup_ins), 0) FROM pg_stat_user_tables WHERE relname = 'outbox'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (inserts >= 3).then_some(())
+    })
+    .await;
+    let relay = Relay::start(&[&source]).await;
+    relay
+        .wait_for_state("late", "streaming", READ_TIMEOUT)
+        .await;
+    wait_until(READ_TIMEOUT, "the missed-events error", || async {
+        relay
+            .process
+            .log_contains("the outbox already had inserts")
+            .then_some(())
+    })
+    .await;
 }
