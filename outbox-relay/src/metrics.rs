@@ -284,7 +284,7 @@ pub struct SourceSnapshot {
     /// From the lag probe (`pg_replication_slots`), whatever the state.
     pub slot_lag_bytes: u64,
     /// The slot's `wal_status`, `missing` when there is no slot, `None`
-    /// until the first probe.
+    /// until the first probe (and while the slot is being created).
     pub wal_status: Option<String>,
     /// `safe_wal_size`: `None` with an unlimited `max_slot_wal_keep_size`.
     pub safe_wal_size_bytes: Option<i64>,
@@ -319,7 +319,9 @@ struct Status {
     confirmed: Lsn,
     lag_bytes: u64,
     lag_seconds: f64,
-    slot: Option<SlotReading>,
+    /// The lag probe's last reading (see [`SourceSnapshot`]).
+    wal_status: Option<String>,
+    safe_wal_size: Option<i64>,
     slot_probed_at: Option<chrono::DateTime<chrono::Utc>>,
     slot_probe_error: Option<String>,
     slot_missing: bool,
@@ -380,7 +382,8 @@ impl SourceMetrics {
                 confirmed: Lsn(0),
                 lag_bytes: 0,
                 lag_seconds: 0.0,
-                slot: None,
+                wal_status: None,
+                safe_wal_size: None,
                 slot_probed_at: None,
                 slot_probe_error: None,
                 slot_missing: false,
@@ -530,17 +533,19 @@ impl SourceMetrics {
 
     /// A lag probe's reading of the slot; `None`: there is no slot.
     pub fn slot_read(&self, reading: Option<SlotReading>) {
-        let status_name = match &reading {
-            None => "missing",
-            Some(r) => r.wal_status.as_deref().unwrap_or("reserved"),
+        // `missing` without a slot; NULL while one is being created (no
+        // WAL reserved yet).
+        let (wal_status, safe_wal_size, lag) = match reading {
+            None => (Some("missing".to_owned()), None, 0),
+            Some(r) => (r.wal_status, r.safe_wal_size, r.lag_bytes.unwrap_or(0)),
         };
         for (name, gauge) in &self.wal_status {
-            gauge.set(i64::from(*name == status_name));
+            gauge.set(i64::from(wal_status.as_deref() == Some(*name)));
         }
         let label = SourceLabel {
             source: self.name.clone(),
         };
-        match reading.as_ref().and_then(|r| r.safe_wal_size) {
+        match safe_wal_size {
             Some(size) => {
                 self.safe_wal_size.get_or_create(&label).set(size);
             }
@@ -548,34 +553,25 @@ impl SourceMetrics {
                 self.safe_wal_size.remove(&label);
             }
         }
-        let lag = reading.as_ref().and_then(|r| r.lag_bytes).unwrap_or(0);
         self.lag_bytes.set(i64::try_from(lag).unwrap_or(i64::MAX));
         let mut status = lock(&self.status);
-        let previous = status.slot.as_ref().map(|r| r.wal_status.clone());
-        let current = reading.as_ref().map(|r| r.wal_status.clone());
-        if previous != current {
-            let shown = current
-                .clone()
-                .flatten()
-                .unwrap_or_else(|| "missing".into());
-            match shown.as_str() {
-                "reserved" | "extended" => {
-                    tracing::info!(source = %self.name, wal_status = %shown, "slot WAL status")
+        if status.slot_probed_at.is_none() || status.wal_status != wal_status {
+            let shown = wal_status.as_deref().unwrap_or("being created");
+            match shown {
+                "reserved" | "extended" | "being created" => {
+                    tracing::info!(source = %self.name, wal_status = shown, "slot WAL status")
                 }
                 _ => tracing::warn!(
                     source = %self.name,
-                    wal_status = %shown,
-                    safe_wal_size = ?reading.as_ref().and_then(|r| r.safe_wal_size),
+                    wal_status = shown,
+                    ?safe_wal_size,
                     "slot WAL status: the slot is missing, lost or about to be lost"
                 ),
             }
         }
         status.lag_bytes = lag;
-        status.slot = Some(reading.unwrap_or(SlotReading {
-            wal_status: Some("missing".into()),
-            safe_wal_size: None,
-            lag_bytes: None,
-        }));
+        status.wal_status = wal_status;
+        status.safe_wal_size = safe_wal_size;
         status.slot_probed_at = Some(chrono::Utc::now());
         status.slot_probe_error = None;
     }
@@ -607,11 +603,8 @@ impl SourceMetrics {
             last_error: status.last_error.clone(),
             confirmed_lsn: status.confirmed.to_string(),
             slot_lag_bytes: status.lag_bytes,
-            wal_status: status
-                .slot
-                .as_ref()
-                .map(|r| r.wal_status.clone().unwrap_or_else(|| "reserved".into())),
-            safe_wal_size_bytes: status.slot.as_ref().and_then(|r| r.safe_wal_size),
+            wal_status: status.wal_status.clone(),
+            safe_wal_size_bytes: status.safe_wal_size,
             slot_probed_at: status.slot_probed_at,
             slot_probe_error: status.slot_probe_error.clone(),
             slot_missing: status.slot_missing,
@@ -731,6 +724,10 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains(r#"relay_slot_wal_status{source="order",wal_status="missing"} 1"#));
         assert!(!text.contains("relay_slot_safe_wal_size_bytes{"), "{text}");
+        let snapshot = order.snapshot();
+        assert_eq!(snapshot.wal_status.as_deref(), Some("missing"));
+        assert_eq!(snapshot.safe_wal_size_bytes, None);
+        assert_eq!(snapshot.slot_lag_bytes, 0);
         let snapshot = &metrics.snapshot()[0];
         assert_eq!(snapshot.confirmed_lsn, "0/2A");
         assert_eq!(snapshot.events_published, 3);
