@@ -1071,6 +1071,16 @@ mod tests {
     }
 
     #[test]
+    fn recreate_slot_names_sources_for_create_slots() {
+        let args: Vec<String> = ["--recreate-slot", "order", "--recreate-slot=payment"]
+            .map(String::from)
+            .into();
+        let options = Args::parse(&args).unwrap();
+        assert_eq!(options.recreate_slots, ["order", "payment"]);
+        assert!(Args::parse(&["--recreate-slot".to_owned()]).is_err());
+    }
+
+    #[test]
     fn restarts_back_off_from_one_second_to_thirty() {
         let delays: Vec<u64> = (1..=8).map(|n| restart_delay(n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
