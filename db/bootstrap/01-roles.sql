@@ -4,7 +4,8 @@
 -- machine keeps one for the four:
 --   commerce      the services: owns the four databases and, through the
 --                 migrations, their tables and the outbox publications;
---   outbox_relay  the relay: REPLICATION and CONNECT only, no table access.
+--   outbox_relay  the relay: REPLICATION, CONNECT and CREATE (its own schema
+--                 outbox_relay, the marker of its slots), no table access.
 -- The passwords are the compose defaults; the native cluster trusts
 -- 127.0.0.1 connections anyway (it listens nowhere else).
 DO $$

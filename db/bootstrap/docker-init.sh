@@ -2,9 +2,11 @@
 # First start of the compose PostgreSQL: one role per service, owning only
 # its own database (and, through its migrations, its tables and the outbox
 # publication), and the relay's role. Passwords come from the container's
-# environment. The relay's role gets REPLICATION and CONNECT only: the
-# publications are created by the services' own migrations
-# (db/migrations/*/..._outbox). Nobody else may connect to a database.
+# environment. The relay's role gets REPLICATION, CONNECT and CREATE (for
+# its own schema outbox_relay, where it marks the slots it created; no
+# access to the services' tables): the publications are created by the
+# services' own migrations (db/migrations/*/..._outbox). Nobody else may
+# connect to a database.
 set -euo pipefail
 
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
@@ -29,5 +31,6 @@ for db in commerce_gateway commerce_order commerce_payment commerce_delivery; do
     psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$db" <<SQL
 REVOKE ALL ON DATABASE $db FROM PUBLIC;
 GRANT CONNECT ON DATABASE $db TO $db, outbox_relay;
+GRANT CREATE ON DATABASE $db TO outbox_relay;
 SQL
 done

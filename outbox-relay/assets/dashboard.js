@@ -31,14 +31,15 @@ function sourceCard(name) {
   const head = el("div", { class: "source-head" }, el("h2", {}, name), el("span", { class: "badge state" }, "…"),
     el("span", { class: "muted since" }));
   const numbers = el("div", { class: "numbers" });
-  [["lag", "Slot lag"], ["lag-seconds", "Lag"], ["events", "Events published"], ["rate", "Events/s"],
+  [["lag", "Slot lag"], ["wal-status", "WAL status"], ["safe-wal", "Safe WAL size"], ["lag-seconds", "Lag"], ["events", "Events published"], ["rate", "Events/s"],
    ["p50", "p50"], ["p99", "p99"], ["reconnects", "Reconnects"], ["reconnects-per-minute", "Reconnects/min"],
    ["dead-letters", "Dead letters"], ["lsn", "Confirmed LSN"]]
     .forEach(([cls, label]) => numbers.append(el("div", {}, label, el("b", { class: cls }, "–"))));
   const charts = el("div", { class: "charts" });
   CHARTS.forEach((c) => charts.append(el("figure", {}, el("figcaption", {}, c.title),
     el("canvas", { class: "chart", "data-chart": c.key, width: 560, height: 280 }))));
-  card.append(head, el("p", { class: "error", hidden: "" }), numbers, charts);
+  card.append(head, el("p", { class: "slot-alert", hidden: "" }), el("p", { class: "error", hidden: "" }),
+    numbers, charts);
   return card;
 }
 
@@ -73,7 +74,23 @@ function render(entry, s, eps) {
   const error = q(".error");
   error.hidden = !s.last_error;
   error.textContent = s.last_error ? "last error: " + s.last_error : "";
+  // The slot of a source that had one is gone or lost: nothing is
+  // published until an operator re-creates it.
+  const alert = q(".slot-alert");
+  alert.hidden = !s.slot_missing;
+  alert.textContent = s.slot_missing
+    ? "Replication slot missing or lost: this source publishes nothing. Re-create it with " +
+      "`outbox-relay create-slots --recreate " + s.name + "` (see the error below)." : "";
   q(".lag").textContent = bytes(s.slot_lag_bytes);
+  // From the lag probe (its own connection), whatever the state: a slot
+  // about to be invalidated shows here first.
+  const walStatus = q(".wal-status");
+  walStatus.textContent = s.wal_status ?? "–";
+  walStatus.className = "wal-status wal-" + (s.wal_status ?? "unknown");
+  walStatus.title = s.slot_probe_error ? "lag probe failed: " + s.slot_probe_error : "";
+  q(".safe-wal").textContent = s.safe_wal_size_bytes == null
+    ? (s.wal_status && s.wal_status !== "missing" && s.wal_status !== "lost" ? "unlimited" : "–")
+    : bytes(Math.max(0, s.safe_wal_size_bytes));
   q(".lag-seconds").textContent = s.lag_seconds.toFixed(2) + " s";
   q(".events").textContent = s.events_published.toLocaleString();
   q(".rate").textContent = eps.toFixed(0);

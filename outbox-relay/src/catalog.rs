@@ -1,8 +1,8 @@
 //! The SQL side of a source, over a normal connection: checks (and creates)
-//! the publication, inspects the slot, and probes the server's WAL position
-//! for exact slot lag. Used at session start, while someone watches or
-//! events flow (the lag probe) and at a graceful stop (saving the slot's
-//! position); never while the relay is idle.
+//! the publication, inspects the slot and its marker ([`crate::slots`]),
+//! and reads the slot's lag and WAL status for the lag probe
+//! ([`crate::probe`], a connection of its own). Used at session start, by
+//! the probe, and at a graceful stop (saving the slot's position).
 
 use std::time::Duration;
 
@@ -40,6 +40,18 @@ pub struct SlotInfo {
     pub database: Option<String>,
     pub wal_status: Option<String>,
     pub confirmed_flush: Option<Lsn>,
+}
+
+/// What the lag probe reads from `pg_replication_slots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotReading {
+    /// reserved, extended, unreserved or lost (NULL while being created).
+    pub wal_status: Option<String>,
+    /// WAL that can still be written before the slot is in danger of being
+    /// lost; NULL with an unlimited `max_slot_wal_keep_size`.
+    pub safe_wal_size: Option<i64>,
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn`.
+    pub lag_bytes: Option<u64>,
 }
 
 pub struct Catalog {
@@ -236,6 +248,75 @@ impl Catalog {
             .chain(&prepared)
             .map(|row| row.try_get::<_, String>(0).map_err(CatalogError::from))
             .collect()
+    }
+
+    /// Whether `schema.name` exists (a table, or any relation).
+    pub async fn relation_exists(&self, schema: &str, name: &str) -> Result<bool, CatalogError> {
+        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let row = within(
+            self.timeout,
+            self.client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified]),
+        )
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Rows ever inserted into `schema.table` as the statistics count them
+    /// (since the last stats reset; reported with a little delay).
+    pub async fn inserts_into(&self, schema: &str, table: &str) -> Result<i64, CatalogError> {
+        let row = within(
+            self.timeout,
+            self.client.query_opt(
+                "SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+                &[&schema, &table],
+            ),
+        )
+        .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// The slot as the lag probe reports it, `None` when there is none.
+    pub async fn slot_reading(&self, slot: &str) -> Result<Option<SlotReading>, CatalogError> {
+        let row = within(
+            self.timeout,
+            self.client.query_opt(
+                "SELECT wal_status, safe_wal_size, \
+                        (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            ),
+        )
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let lag: Option<i64> = row.try_get(2)?;
+        Ok(Some(SlotReading {
+            wal_status: row.try_get(0)?,
+            safe_wal_size: row.try_get(1)?,
+            lag_bytes: lag.map(|bytes| u64::try_from(bytes).unwrap_or(0)),
+        }))
+    }
+
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, CatalogError> {
+        within(self.timeout, self.client.execute(sql, params)).await
+    }
+
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), CatalogError> {
+        within(self.timeout, self.client.batch_execute(sql)).await
+    }
+
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, CatalogError> {
+        within(self.timeout, self.client.query_opt(sql, params)).await
     }
 
     /// `pg_current_wal_lsn()`: where the server's WAL ends now.

@@ -161,6 +161,10 @@ pub struct ReplicationConfig {
     pub healthy_session_ms: u64,
     /// How long shutdown waits for in-flight acknowledgements.
     pub shutdown_grace_ms: u64,
+    /// How often the lag probe reads each source's slot (lag, `wal_status`,
+    /// `safe_wal_size`) on a connection of its own, whatever the source's
+    /// state.
+    pub lag_probe_interval_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -175,6 +179,7 @@ impl Default for ReplicationConfig {
             backoff_max_ms: 30_000,
             healthy_session_ms: 30_000,
             shutdown_grace_ms: 5_000,
+            lag_probe_interval_ms: 2_000,
         }
     }
 }
@@ -293,7 +298,7 @@ impl RelayConfig {
     /// Numbers that would make a source fail (or panic) only once it runs.
     fn validate_settings(&self) -> Result<(), ConfigError> {
         let (kafka, replication) = (&self.kafka, &self.replication);
-        let above_zero: [(&'static str, u64); 7] = [
+        let above_zero: [(&'static str, u64); 8] = [
             ("kafka.produce_timeout_ms", kafka.produce_timeout_ms),
             (
                 "replication.command_timeout_ms",
@@ -318,6 +323,10 @@ impl RelayConfig {
             (
                 "replication.healthy_session_ms",
                 replication.healthy_session_ms,
+            ),
+            (
+                "replication.lag_probe_interval_ms",
+                replication.lag_probe_interval_ms,
             ),
         ];
         for (key, value) in above_zero {

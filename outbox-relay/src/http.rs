@@ -1,12 +1,13 @@
-//! The relay's HTTP face: Prometheus `/metrics`, the JSON `/api/status`, and
-//! the live replication-lag dashboard at `/` (assets embedded, no network).
+//! The relay's HTTP face: Prometheus `/metrics`, the JSON `/api/status`, the
+//! live replication-lag dashboard at `/` (assets embedded, no network),
+//! `/health` (the process answers) and `/ready` (every source streams).
 
 use std::sync::Arc;
 
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, http::header, web};
 use serde::Serialize;
 
-use crate::metrics::{Metrics, SourceSnapshot};
+use crate::metrics::{Metrics, SourceSnapshot, SourceState};
 
 const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
@@ -30,6 +31,7 @@ pub fn serve(address: &str, metrics: Arc<Metrics>) -> std::io::Result<(Server, u
             .route("/api/status", web::get().to(status))
             .route("/metrics", web::get().to(prometheus))
             .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
     })
     .workers(1)
     .disable_signals()
@@ -73,6 +75,23 @@ async fn prometheus(metrics: web::Data<Metrics>) -> HttpResponse {
         .body(metrics.encode())
 }
 
+/// Liveness: the process answers.
 async fn health() -> HttpResponse {
     HttpResponse::Ok().body("ok")
+}
+
+/// Readiness: every source is streaming (503 naming the others, with their
+/// state and last error, otherwise).
+async fn ready(metrics: web::Data<Metrics>) -> HttpResponse {
+    let waiting: Vec<serde_json::Value> = metrics
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.state != SourceState::Streaming)
+        .map(|s| serde_json::json!({"name": s.name, "state": s.state, "last_error": s.last_error}))
+        .collect();
+    if waiting.is_empty() {
+        HttpResponse::Ok().body("ready")
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"not_streaming": waiting}))
+    }
 }

@@ -4,8 +4,11 @@
 //! lost). Generic CDC: it knows the outbox table's columns, not the events.
 //!
 //! - [`replication`]: replication protocol client and pgoutput decoder
-//! - [`catalog`]: publication/slot checks and the lag probe (plain SQL)
+//! - [`catalog`]: publication/slot checks and the lag probe's query (plain SQL)
+//! - [`slots`]: creating slots, and the marker that refuses to replace a
+//!   lost one silently; [`create_slots`]: the `create-slots` command
 //! - [`source`]: one source's connect/reconnect loop; [`pipeline`]: its stream
+//! - [`probe`]: the slot's lag and WAL status, on a connection of its own
 //! - [`inflight`]: ordered acknowledgement of in-flight transactions
 //! - [`outbox`]: row -> Kafka record (or dead letter); [`publisher`]: rskafka
 //!   ([`nodelay`]: `TCP_NODELAY` on its broker connections)
@@ -14,14 +17,17 @@
 pub mod backoff;
 pub mod catalog;
 pub mod config;
+pub mod create_slots;
 pub mod http;
 pub mod inflight;
 pub mod metrics;
 pub mod nodelay;
 pub mod outbox;
 pub mod pipeline;
+pub mod probe;
 pub mod publisher;
 pub mod replication;
+pub mod slots;
 pub mod source;
 pub mod startup;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::catalog::SlotReading;
 use crate::replication::Lsn;
 
 /// Percentiles are computed over the last one or two windows of this length.
@@ -68,6 +69,15 @@ struct TopicLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WalStatusLabel {
+    source: String,
+    wal_status: &'static str,
+}
+
+/// `pg_replication_slots.wal_status` values, and `missing` (no slot).
+const WAL_STATUSES: [&str; 5] = ["reserved", "extended", "unreserved", "lost", "missing"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     source: String,
     state: &'static str,
@@ -85,6 +95,9 @@ pub struct Metrics {
 struct Families {
     state: Family<StateLabel, Gauge>,
     lag_bytes: Family<SourceLabel, Gauge>,
+    wal_status: Family<WalStatusLabel, Gauge>,
+    safe_wal_size: Family<SourceLabel, Gauge>,
+    slot_missing: Family<SourceLabel, Gauge>,
     lag_seconds: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     confirmed_lsn: Family<SourceLabel, Gauge>,
     events: Family<SourceLabel, Counter>,
@@ -110,6 +123,9 @@ impl Metrics {
         let families = Families {
             state: Family::default(),
             lag_bytes: Family::default(),
+            wal_status: Family::default(),
+            safe_wal_size: Family::default(),
+            slot_missing: Family::default(),
             lag_seconds: Family::default(),
             confirmed_lsn: Family::default(),
             events: Family::default(),
@@ -130,8 +146,29 @@ impl Metrics {
         registry.register("source_state", "1 for the source's current state", f.state);
         registry.register(
             "slot_lag_bytes",
-            "WAL bytes between the server's position and the confirmed LSN",
+            "WAL bytes between the server's position and the slot's confirmed LSN \
+             (pg_current_wal_lsn() - confirmed_flush_lsn), probed whatever the source's state",
             f.lag_bytes,
+        );
+        registry.register(
+            "slot_wal_status",
+            "1 for the slot's wal_status: reserved, extended (beyond max_wal_size, still kept), \
+             unreserved (will be lost at the next checkpoint unless it catches up), lost, or \
+             missing (no slot)",
+            f.wal_status,
+        );
+        registry.register(
+            "slot_safe_wal_size_bytes",
+            "WAL that can still be written before the slot is in danger of being lost \
+             (pg_replication_slots.safe_wal_size); absent with an unlimited \
+             max_slot_wal_keep_size",
+            f.safe_wal_size,
+        );
+        registry.register(
+            "slot_missing",
+            "1 when the slot of a source that had one is gone (dropped) or lost: the source \
+             publishes nothing until an operator runs outbox-relay create-slots --recreate <source>",
+            f.slot_missing,
         );
         registry.register(
             "lag_seconds",
@@ -244,7 +281,20 @@ pub struct SourceSnapshot {
     pub state_since: chrono::DateTime<chrono::Utc>,
     pub last_error: Option<String>,
     pub confirmed_lsn: String,
+    /// From the lag probe (`pg_replication_slots`), whatever the state.
     pub slot_lag_bytes: u64,
+    /// The slot's `wal_status`, `missing` when there is no slot, `None`
+    /// until the first probe (and while the slot is being created).
+    pub wal_status: Option<String>,
+    /// `safe_wal_size`: `None` with an unlimited `max_slot_wal_keep_size`.
+    pub safe_wal_size_bytes: Option<i64>,
+    /// When the lag probe last read the slot, and why its last attempt
+    /// failed (if it did).
+    pub slot_probed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub slot_probe_error: Option<String>,
+    /// The slot of a source that had one is gone or lost: nothing is
+    /// published until an operator re-creates it.
+    pub slot_missing: bool,
     pub lag_seconds: f64,
     pub events_published: u64,
     pub transactions_confirmed: u64,
@@ -269,6 +319,12 @@ struct Status {
     confirmed: Lsn,
     lag_bytes: u64,
     lag_seconds: f64,
+    /// The lag probe's last reading (see [`SourceSnapshot`]).
+    wal_status: Option<String>,
+    safe_wal_size: Option<i64>,
+    slot_probed_at: Option<chrono::DateTime<chrono::Utc>>,
+    slot_probe_error: Option<String>,
+    slot_missing: bool,
     latency: LatencyWindow,
     /// When the reconnects of the last [`RECONNECT_WINDOW`] happened.
     recent_reconnects: VecDeque<Instant>,
@@ -280,6 +336,10 @@ pub struct SourceMetrics {
     status: Mutex<Status>,
     state: Vec<(SourceState, Gauge)>,
     lag_bytes: Gauge,
+    wal_status: Vec<(&'static str, Gauge)>,
+    /// Per source; the label is removed while the size is unlimited.
+    safe_wal_size: Family<SourceLabel, Gauge>,
+    slot_missing: Gauge,
     lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     confirmed_lsn: Gauge,
     events: Counter,
@@ -322,11 +382,31 @@ impl SourceMetrics {
                 confirmed: Lsn(0),
                 lag_bytes: 0,
                 lag_seconds: 0.0,
+                wal_status: None,
+                safe_wal_size: None,
+                slot_probed_at: None,
+                slot_probe_error: None,
+                slot_missing: false,
                 latency: LatencyWindow::new(),
                 recent_reconnects: VecDeque::new(),
             }),
             state,
             lag_bytes: f.lag_bytes.get_or_create(&label).clone(),
+            wal_status: WAL_STATUSES
+                .iter()
+                .map(|status| {
+                    let gauge = f
+                        .wal_status
+                        .get_or_create(&WalStatusLabel {
+                            source: name.to_owned(),
+                            wal_status: status,
+                        })
+                        .clone();
+                    (*status, gauge)
+                })
+                .collect(),
+            safe_wal_size: f.safe_wal_size.clone(),
+            slot_missing: f.slot_missing.get_or_create(&label).clone(),
             lag_seconds: f.lag_seconds.get_or_create(&label).clone(),
             confirmed_lsn: f.confirmed_lsn.get_or_create(&label).clone(),
             events: f.events.get_or_create(&label).clone(),
@@ -442,12 +522,74 @@ impl SourceMetrics {
             .fetch_max(bytes as u64, Ordering::Relaxed);
     }
 
-    pub fn set_lag(&self, bytes: u64, seconds: f64) {
-        self.lag_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    /// The streaming session's lag: `seconds` is the age of its oldest
+    /// unconfirmed transaction. The byte lag is the lag probe's alone
+    /// ([`SourceMetrics::slot_read`]), measured on the slot itself whatever
+    /// the session does; the session's own estimate is not used.
+    pub fn set_lag(&self, _session_bytes: u64, seconds: f64) {
         self.lag_seconds.set(seconds);
+        lock(&self.status).lag_seconds = seconds;
+    }
+
+    /// A lag probe's reading of the slot; `None`: there is no slot.
+    pub fn slot_read(&self, reading: Option<SlotReading>) {
+        // `missing` without a slot; NULL while one is being created (no
+        // WAL reserved yet).
+        let (wal_status, safe_wal_size, lag) = match reading {
+            None => (Some("missing".to_owned()), None, 0),
+            Some(r) => (r.wal_status, r.safe_wal_size, r.lag_bytes.unwrap_or(0)),
+        };
+        for (name, gauge) in &self.wal_status {
+            gauge.set(i64::from(wal_status.as_deref() == Some(*name)));
+        }
+        let label = SourceLabel {
+            source: self.name.clone(),
+        };
+        match safe_wal_size {
+            Some(size) => {
+                self.safe_wal_size.get_or_create(&label).set(size);
+            }
+            None => {
+                self.safe_wal_size.remove(&label);
+            }
+        }
+        self.lag_bytes.set(i64::try_from(lag).unwrap_or(i64::MAX));
         let mut status = lock(&self.status);
-        status.lag_bytes = bytes;
-        status.lag_seconds = seconds;
+        if status.slot_probed_at.is_none() || status.wal_status != wal_status {
+            let shown = wal_status.as_deref().unwrap_or("being created");
+            match shown {
+                "reserved" | "extended" | "being created" => {
+                    tracing::info!(source = %self.name, wal_status = shown, "slot WAL status")
+                }
+                _ => tracing::warn!(
+                    source = %self.name,
+                    wal_status = shown,
+                    ?safe_wal_size,
+                    "slot WAL status: the slot is missing, lost or about to be lost"
+                ),
+            }
+        }
+        status.lag_bytes = lag;
+        status.wal_status = wal_status;
+        status.safe_wal_size = safe_wal_size;
+        status.slot_probed_at = Some(chrono::Utc::now());
+        status.slot_probe_error = None;
+    }
+
+    /// The lag probe could not read the slot (the last reading stays).
+    pub fn slot_probe_failed(&self, error: String) {
+        let mut status = lock(&self.status);
+        if status.slot_probe_error.as_ref() != Some(&error) {
+            tracing::warn!(source = %self.name, error = %error, "lag probe failed");
+        }
+        status.slot_probe_error = Some(error);
+    }
+
+    /// The source stopped because its slot is missing or lost (or no
+    /// longer is).
+    pub fn set_slot_missing(&self, missing: bool) {
+        self.slot_missing.set(i64::from(missing));
+        lock(&self.status).slot_missing = missing;
     }
 
     pub fn snapshot(&self) -> SourceSnapshot {
@@ -461,6 +603,11 @@ impl SourceMetrics {
             last_error: status.last_error.clone(),
             confirmed_lsn: status.confirmed.to_string(),
             slot_lag_bytes: status.lag_bytes,
+            wal_status: status.wal_status.clone(),
+            safe_wal_size_bytes: status.safe_wal_size,
+            slot_probed_at: status.slot_probed_at,
+            slot_probe_error: status.slot_probe_error.clone(),
+            slot_missing: status.slot_missing,
             lag_seconds: status.lag_seconds,
             events_published: self.events.get(),
             transactions_confirmed: self.transactions.get(),
@@ -555,7 +702,12 @@ mod tests {
         let order = metrics.source("order");
         order.set_state(SourceState::Streaming, None);
         order.confirmed(Lsn(42), 3, Some(Duration::from_millis(4)));
-        order.set_lag(1024, 0.5);
+        order.set_lag(7, 0.5);
+        order.slot_read(Some(SlotReading {
+            wal_status: Some("unreserved".into()),
+            safe_wal_size: Some(4096),
+            lag_bytes: Some(1024),
+        }));
         let text = metrics.encode();
         assert!(
             text.contains(r#"relay_events_published_total{source="order"} 3"#),
@@ -563,6 +715,19 @@ mod tests {
         );
         assert!(text.contains(r#"relay_source_state{source="order",state="streaming"} 1"#));
         assert!(text.contains(r#"relay_slot_lag_bytes{source="order"} 1024"#));
+        assert!(
+            text.contains(r#"relay_slot_wal_status{source="order",wal_status="unreserved"} 1"#)
+        );
+        assert!(text.contains(r#"relay_slot_wal_status{source="order",wal_status="reserved"} 0"#));
+        assert!(text.contains(r#"relay_slot_safe_wal_size_bytes{source="order"} 4096"#));
+        order.slot_read(None);
+        let text = metrics.encode();
+        assert!(text.contains(r#"relay_slot_wal_status{source="order",wal_status="missing"} 1"#));
+        assert!(!text.contains("relay_slot_safe_wal_size_bytes{"), "{text}");
+        let snapshot = order.snapshot();
+        assert_eq!(snapshot.wal_status.as_deref(), Some("missing"));
+        assert_eq!(snapshot.safe_wal_size_bytes, None);
+        assert_eq!(snapshot.slot_lag_bytes, 0);
         let snapshot = &metrics.snapshot()[0];
         assert_eq!(snapshot.confirmed_lsn, "0/2A");
         assert_eq!(snapshot.events_published, 3);

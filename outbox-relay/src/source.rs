@@ -19,6 +19,7 @@ use crate::replication::pgoutput::DecodeError;
 use crate::replication::{
     CancelKey, ConnectParams, Lsn, ReplicationConnection, ReplicationError, ReplicationStream,
 };
+use crate::slots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -27,10 +28,34 @@ pub enum SourceError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(
-        "replication slot {0} is lost (wal_status = lost): PostgreSQL removed WAL it still needed; \
-         events in that gap must be recovered by hand, then drop the slot so the relay recreates it"
+        "replication slot {slot} is lost (wal_status = lost): PostgreSQL removed WAL it still \
+         needed (max_slot_wal_keep_size), so events committed after its last confirmed position \
+         will never be published from it. The source stays stopped until an operator re-creates \
+         the slot: outbox-relay create-slots --recreate {source_name} (docs/operations.md, \
+         \"A missing or lost slot\"); the order saga's re-drive heals the lost events \
+         (docs/saga.md)"
     )]
-    SlotLost(String),
+    SlotLost { source_name: String, slot: String },
+    #[error(
+        "replication slot {slot} is missing, but source {source_name} has had one since {since} \
+         (outbox_relay.slots): it was dropped, or this is another server (a failover, a \
+         restore). Events committed after its last confirmed position were not published, and \
+         a new slot would silently skip them. The source stays stopped until an operator \
+         re-creates the slot: outbox-relay create-slots --recreate {source_name} \
+         (docs/operations.md, \"A missing or lost slot\"); the order saga's re-drive heals the \
+         lost events (docs/saga.md)"
+    )]
+    SlotMissing {
+        source_name: String,
+        slot: String,
+        since: String,
+    },
+    #[error(
+        "cannot keep the slot marker (outbox_relay.slots) in the source database: {0}. The \
+         relay's role needs the CREATE privilege on the database once, to make its schema: \
+         GRANT CREATE ON DATABASE <database> TO <relay role>"
+    )]
+    Marker(String),
     #[error("replication slot {slot} is not a pgoutput slot of this database ({detail})")]
     ForeignSlot { slot: String, detail: String },
     #[error("publishing: {0}")]
@@ -63,24 +88,21 @@ struct Started {
 /// How long a cancel request for a waiting command may take.
 const CANCEL_PATIENCE: Duration = Duration::from_secs(2);
 
-/// The error of a slot creation that ran out of time, naming what it waits
-/// for (as far as the relay's role can see).
-async fn slot_creation_blocked(catalog: &Catalog, after: Duration) -> SourceError {
-    let blockers = match catalog.oldest_transactions(3).await {
-        Ok(list) if list.is_empty() => "none visible to the relay's role (other roles' \
-                                        sessions show only with pg_read_all_stats)"
-            .to_owned(),
-        Ok(list) => list.join("; "),
-        Err(e) => format!("unknown ({e})"),
-    };
-    SourceError::SlotCreationBlocked { after, blockers }
-}
-
 impl SourceError {
+    /// The slot is gone or lost and only an operator may replace it.
+    pub fn slot_needs_recreate(&self) -> bool {
+        matches!(
+            self,
+            SourceError::SlotLost { .. } | SourceError::SlotMissing { .. }
+        )
+    }
+
     /// Errors that retrying will not fix without an operator.
     fn needs_operator(&self) -> bool {
         match self {
-            SourceError::SlotLost(_)
+            SourceError::SlotLost { .. }
+            | SourceError::SlotMissing { .. }
+            | SourceError::Marker(_)
             | SourceError::ForeignSlot { .. }
             | SourceError::Catalog(
                 CatalogError::PublicationMissing { .. }
@@ -210,6 +232,7 @@ impl Source {
             } else {
                 SourceState::Reconnecting
             };
+            self.metrics.set_slot_missing(error.slot_needs_recreate());
             self.metrics.set_state(state, Some(error.to_string()));
             self.metrics.reconnecting();
             let delay = if operator {
@@ -258,6 +281,7 @@ impl Source {
             acks,
             confirmed,
         } = started?;
+        self.metrics.set_slot_missing(false);
         self.metrics.set_state(SourceState::Streaming, None);
         self.metrics.confirmed_idle(confirmed);
 
@@ -301,8 +325,34 @@ impl Source {
         Ok(())
     }
 
-    /// Connects, checks the publication and the slot (creating a missing
-    /// one), connects the publisher and starts streaming. Every step has a
+    /// The relay made a source's first slot itself: anything the outbox
+    /// received before was never captured. Expected only where nothing
+    /// could write yet; `create-slots` before the services avoids it.
+    async fn warn_slot_made_late(&self, catalog: &Catalog, slot: &str) {
+        let (schema, table) = self.config.qualified_table();
+        let inserts = catalog.inserts_into(schema, table).await.unwrap_or(0);
+        if inserts > 0 {
+            tracing::error!(
+                source = %self.name,
+                slot,
+                inserts,
+                "the relay created this source's first slot, but the outbox already had \
+                 inserts: those events were never published (run outbox-relay create-slots \
+                 before the services start; the saga re-drive heals what it can)"
+            );
+        } else {
+            tracing::warn!(
+                source = %self.name,
+                slot,
+                "the relay created this source's first slot itself; run outbox-relay \
+                 create-slots before the services start, so no event can precede it"
+            );
+        }
+    }
+
+    /// Connects, checks the publication and the slot (creating the first
+    /// one of a source, never a replacement: see [`crate::slots`]),
+    /// connects the publisher and starts streaming. Every step has a
     /// deadline; `cancel` gets the replication connection's cancel key as
     /// soon as there is one.
     async fn start(
@@ -320,29 +370,25 @@ impl Source {
         catalog
             .ensure_publication(&self.config.publication, schema, table)
             .await?;
-        let existing = self.check_slot(&catalog, slot).await?;
 
         let params = ConnectParams::from_url(url, &format!("outbox-relay/{}", self.name))?;
         let mut connection = ReplicationConnection::connect(&params, timeout).await?;
         connection.set_user_timeout(Duration::from_millis(self.replication.receive_timeout_ms))?;
         *cancel = connection.cancel_key();
         let server_lsn = connection.identify_system(command_timeout).await?;
-        let confirmed = match existing {
-            Some(lsn) => lsn,
-            None => {
-                let deadline = Duration::from_millis(self.replication.create_slot_timeout_ms);
-                match connection.create_slot(slot, deadline).await {
-                    Ok(start) => {
-                        tracing::info!(source = %self.name, slot, %start, "created replication slot");
-                        start
-                    }
-                    Err(ReplicationError::Timeout { .. }) => {
-                        return Err(slot_creation_blocked(&catalog, deadline).await);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+        let slots::Prepared { confirmed, outcome } = slots::prepare(
+            &catalog,
+            &mut connection,
+            &self.name,
+            slot,
+            true,
+            slots::Mode::Relay,
+            Duration::from_millis(self.replication.create_slot_timeout_ms),
+        )
+        .await?;
+        if outcome == slots::Outcome::Created {
+            self.warn_slot_made_late(&catalog, slot).await;
+        }
 
         let (mut publisher, acks) = Publisher::connect(&self.kafka, self.metrics.clone()).await?;
         publisher.prepare(&self.kafka.topic_list()).await?;
@@ -358,37 +404,5 @@ impl Source {
             acks,
             confirmed,
         })
-    }
-
-    /// The confirmed position of an existing, usable slot; `None` if missing.
-    async fn check_slot(&self, catalog: &Catalog, slot: &str) -> Result<Option<Lsn>, SourceError> {
-        let Some(info) = catalog.slot(slot).await? else {
-            return Ok(None);
-        };
-        if info.confirmed_flush.is_none()
-            && let Some(pid) = info.active_pid
-        {
-            // Another backend's CREATE_REPLICATION_SLOT has not finished.
-            return Err(SourceError::SlotBeingCreated {
-                slot: slot.to_owned(),
-                pid,
-            });
-        }
-        if info.wal_status.as_deref() == Some("lost") {
-            return Err(SourceError::SlotLost(slot.to_owned()));
-        }
-        let database = catalog.current_database().await?;
-        if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(&database)
-        {
-            return Err(SourceError::ForeignSlot {
-                slot: slot.to_owned(),
-                detail: format!(
-                    "plugin {:?}, database {:?}",
-                    info.plugin.unwrap_or_default(),
-                    info.database.unwrap_or_default()
-                ),
-            });
-        }
-        Ok(Some(info.confirmed_flush.unwrap_or_default()))
     }
 }

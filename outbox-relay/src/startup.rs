@@ -1,5 +1,5 @@
 //! Builds the relay from its configuration and runs it until SIGINT/SIGTERM:
-//! one task per source, the HTTP server, then an orderly stop (sources drain
+//! one task per source and one for its lag probe, the HTTP server, then an orderly stop (sources drain
 //! in-flight acknowledgements and send a final status update).
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RelayConfig;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::probe::LagProbe;
 use crate::source::Source;
 
 /// Beyond the drain's grace period: the final status update, closing the
@@ -48,15 +49,24 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = CancellationToken::new();
         let mut sources = JoinSet::new();
-        for (name, source) in &self.config.sources {
+        for (name, config) in &self.config.sources {
             let source = Source::new(
                 name,
-                source.clone(),
+                config.clone(),
                 self.config.kafka.clone(),
                 self.config.replication.clone(),
                 Arc::clone(&self.metrics),
             );
             sources.spawn(source.supervise(shutdown.clone()));
+            let probe = LagProbe {
+                source: name.clone(),
+                url: config.url.expose().to_owned(),
+                slot: config.slot_name(name),
+                interval: Duration::from_millis(self.config.replication.lag_probe_interval_ms),
+                connect_timeout: Duration::from_millis(self.config.replication.connect_timeout_ms),
+                metrics: self.metrics.source(name),
+            };
+            sources.spawn(probe.run(shutdown.clone()));
         }
         tracing::info!(
             port = self.port,

@@ -3,8 +3,10 @@
 //! would fail), streams the four service databases as the replication role
 //! that docker-init.sh creates, publishes to the broker's internal listener
 //! with the partition count and topics the `kafka-topics` job creates, and
-//! its healthcheck path answers 200 on the real app. And
-//! docs/configuration.md documents every key of `RelayConfig`.
+//! its healthcheck path answers 200 on the real app. The `relay-slots`
+//! one-shot creates the slots with the same configuration before any
+//! service that writes an outbox can start. And docs/configuration.md
+//! documents every key of `RelayConfig`.
 
 use outbox_relay::{
     config::{RelayConfig, Secret, SourceConfig},
@@ -16,6 +18,55 @@ use test_support::{
 };
 
 const SERVICE: &str = "outbox-relay";
+const SLOTS_JOB: &str = "relay-slots";
+
+/// Slots before writes (issue 19, item 4): `relay-slots` runs
+/// `create-slots` with the relay's own configuration, needs only
+/// PostgreSQL, and every container that writes to a database waits for it
+/// to complete; the relay counts as healthy only once it streams (`/ready`).
+#[test]
+fn the_slots_job_runs_before_anything_writes_an_outbox_row() {
+    let compose = Compose::load();
+    let job = compose.service(SLOTS_JOB);
+    assert_eq!(job.command(), ["create-slots"]);
+    assert_eq!(job.restart().as_deref(), Some("no"));
+    assert_eq!(job.build_arg("BIN").as_deref(), Some("outbox-relay"));
+    assert_eq!(
+        job.app_environment(),
+        compose.service(SERVICE).app_environment(),
+        "create-slots reads the relay's configuration"
+    );
+    let config = job.load_config(RelayConfig::load);
+    assert_eq!(config.sources.len(), 4);
+    assert_eq!(
+        job.depends_on().into_iter().collect::<Vec<_>>(),
+        [("postgres".to_owned(), "service_healthy".to_owned())],
+        "the job needs only PostgreSQL (the services wait for it)"
+    );
+
+    let writers: Vec<_> = compose
+        .services()
+        .into_iter()
+        .filter(|s| s.app_environment().contains_key("APP__DATABASE__URL"))
+        .collect();
+    let mut names: Vec<&str> = writers.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["delivery", "gateway", "order", "payment"]);
+    for writer in &writers {
+        assert_eq!(
+            writer.depends_on().get(SLOTS_JOB).map(String::as_str),
+            Some("service_completed_successfully"),
+            "{} starts only after the slots exist",
+            writer.name
+        );
+    }
+
+    let (_, path) = compose
+        .service(SERVICE)
+        .healthcheck_http()
+        .expect("the relay's healthcheck");
+    assert_eq!(path, "/ready", "healthy = streaming every source");
+}
 
 #[tokio::test]
 async fn the_compose_environment_configures_the_relay() {

@@ -23,14 +23,17 @@ usage: cargo xtask <command>
 
 commands:
   up [--kafka HOST:PORT] [--partitions N] [--release] [--postgres-per-service]
-     [--data-dir DIR] [--port-offset N] [--fail-fast]
+     [--data-dir DIR] [--port-offset N] [--fail-fast] [--recreate-slot SOURCE]...
       Start PostgreSQL (port 55432, data kept in .data/postgres; with
       --postgres-per-service one server per service database on ports
       55432-55435, data in .data/postgres/<database>), Apache Kafka
       (port 9092, controller 9093, data kept in .data/kafka) unless
       --kafka names an existing broker, the outbox relay
       (dashboard 8090) and the services (gateway 8084, order 8081,
-      payment 8082, delivery 8083). Ctrl-C drains (the gateway stops, the
+      payment 8082, delivery 8083); the relay's replication slots are
+      created before any service starts (`outbox-relay create-slots`), and a
+      slot that went missing or was lost stops the start until
+      --recreate-slot names its source (gateway, order, payment, delivery). Ctrl-C drains (the gateway stops, the
       sagas in flight settle, at most 15 s; Ctrl-C again skips that) and
       stops everything; a process that dies is restarted with backoff
       (--fail-fast: the whole stack stops instead). --release

@@ -86,6 +86,9 @@ pub struct Args {
     port_offset: u16,
     /// A child that dies stops the whole stack instead of being restarted.
     fail_fast: bool,
+    /// Relay sources whose missing or lost slot `outbox-relay create-slots`
+    /// re-creates (`--recreate-slot <source>`, repeatable).
+    recreate_slots: Vec<String>,
 }
 
 impl Args {
@@ -105,6 +108,7 @@ impl Args {
             data_dir: paths::data_dir(),
             port_offset: 0,
             fail_fast: false,
+            recreate_slots: Vec::new(),
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -122,6 +126,7 @@ impl Args {
                 "--kafka" => options.kafka = Some(value()?),
                 "--release" => options.release = true,
                 "--fail-fast" => options.fail_fast = true,
+                "--recreate-slot" => options.recreate_slots.push(value()?),
                 "--postgres-per-service" => options.postgres_per_service = true,
                 "--data-dir" => options.data_dir = PathBuf::from(value()?),
                 "--port-offset" => {
@@ -313,6 +318,11 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         }
     };
 
+    // The relay's slots before anything can write an outbox row: an event
+    // committed before its database's slot exists would never be published.
+    let relay = relay_env(&options, &brokers, &servers);
+    create_slots(&bin_dir, &relay, &options.recreate_slots)?;
+
     // The services (their migrations create the outbox tables and the
     // relay's publications), then the relay.
     for service in &SERVICES {
@@ -387,12 +397,24 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
         )?;
     }
 
+    stack.relay = Some(stack.start("outbox-relay", binary(&bin_dir, "outbox-relay", relay))?);
+    let relay_port = options.port(RELAY_PORT);
+    wait_ready(&mut stack, "outbox-relay", relay_port, "/health")?;
+    wait_streaming(&mut stack, relay_port)?;
+
+    summary(&options, &brokers, started.elapsed(), &servers);
+    supervise(&mut stack, &options)
+}
+
+/// The relay's configuration: its port, the broker and one source per
+/// service database.
+fn relay_env(options: &Args, brokers: &str, servers: &[Server]) -> Vec<(String, OsString)> {
     let mut relay: Vec<(String, OsString)> = vec![
         (
             "APP__HTTP__PORT".into(),
             options.port(RELAY_PORT).to_string().into(),
         ),
-        ("APP__KAFKA__BROKERS".into(), brokers.clone().into()),
+        ("APP__KAFKA__BROKERS".into(), brokers.into()),
         (
             "APP__KAFKA__PARTITIONS".into(),
             options.partitions.to_string().into(),
@@ -401,18 +423,38 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
     for service in &SERVICES {
         relay.push((
             format!("APP__SOURCES__{}__URL", service.source.to_uppercase()),
-            server_of(&servers, service)
+            server_of(servers, service)
                 .relay_url(service.database)
                 .into(),
         ));
     }
-    stack.relay = Some(stack.start("outbox-relay", binary(&bin_dir, "outbox-relay", relay))?);
-    let relay_port = options.port(RELAY_PORT);
-    wait_ready(&mut stack, "outbox-relay", relay_port, "/health")?;
-    wait_streaming(&mut stack, relay_port)?;
+    relay
+}
 
-    summary(&options, &brokers, started.elapsed(), &servers);
-    supervise(&mut stack, &options)
+/// `outbox-relay create-slots`: every source's slot exists (created on the
+/// first start, kept after), or the stack does not start. A slot that went
+/// missing or was lost is re-created only when named in `--recreate-slot`.
+fn create_slots(
+    bin_dir: &Path,
+    relay_env: &[(String, OsString)],
+    recreate: &[String],
+) -> anyhow::Result<()> {
+    let mut command = Command::new(bin_dir.join("outbox-relay"));
+    base_env(&mut command);
+    command
+        .envs(relay_env.iter().map(|(k, v)| (k, v)))
+        .arg("create-slots");
+    for source in recreate {
+        command.args(["--recreate", source]);
+    }
+    process::run("relay-slots", command, None).context(
+        "the relay's replication slots are not ready (see relay-slots above). A slot that is \
+         missing or lost is re-created only on request: `cargo xtask up --recreate-slot \
+         <source>` (the events it had not published are healed by the sagas' re-drive; \
+         docs/operations.md)",
+    )?;
+    say("the relay's replication slots exist");
+    Ok(())
 }
 
 /// Starts one of our binaries with `env` (on top of [`base_env`]); stopped
@@ -1026,6 +1068,16 @@ mod tests {
         assert!(Args::parse(&["--port-offset".into(), "9000".into()]).is_err());
         assert!(!Args::parse(&[]).unwrap().fail_fast);
         assert!(Args::parse(&["--fail-fast".into()]).unwrap().fail_fast);
+    }
+
+    #[test]
+    fn recreate_slot_names_sources_for_create_slots() {
+        let args: Vec<String> = ["--recreate-slot", "order", "--recreate-slot=payment"]
+            .map(String::from)
+            .into();
+        let options = Args::parse(&args).unwrap();
+        assert_eq!(options.recreate_slots, ["order", "payment"]);
+        assert!(Args::parse(&["--recreate-slot".to_owned()]).is_err());
     }
 
     #[test]

@@ -141,6 +141,49 @@ async fn up(data_dir: &Path, offset: u16) -> ChildProcess {
     process
 }
 
+/// Slots before writes (issue 19, item 4): `up` ran `outbox-relay
+/// create-slots` for the four sources, each reporting `outcome` ("created
+/// at" on a new site, "exists" after), before it started any service.
+fn assert_slots_before_services(stack: &ChildProcess, outcome: &str) {
+    let logs = stack.logs();
+    let position = |needle: &str| {
+        logs.iter()
+            .position(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log of `xtask up`"))
+    };
+    let slots_ready = position("the relay's replication slots exist");
+    // A child's output line starts with its name, e.g. `order-service | `.
+    let services = [
+        "gateway",
+        "order-service",
+        "payment-service",
+        "delivery-service",
+    ];
+    let first_service_line = logs
+        .iter()
+        .position(|line| {
+            let line = line.trim_start();
+            services
+                .iter()
+                .any(|s| line.starts_with(&format!("{s} | ")))
+        })
+        .expect("the services log");
+    assert!(
+        slots_ready < first_service_line,
+        "a service ran before the slots step finished"
+    );
+    let reported = logs[..slots_ready]
+        .iter()
+        .filter(|line| line.contains("relay-slots") && line.contains(outcome))
+        .count();
+    assert_eq!(
+        reported,
+        4,
+        "four sources' slots {outcome}:\n{}",
+        logs.join("\n")
+    );
+}
+
 /// The pid of the process listening on `port` (`ss`).
 fn listener_pid(port: u16) -> u32 {
     let output = std::process::Command::new("ss")
@@ -274,6 +317,7 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
     let site = Site::new();
     let (base, http) = (&site.base, &site.http);
     let mut stack = site.up().await;
+    assert_slots_before_services(&stack, "created at");
     let mut customers = Vec::new();
     for n in 0..CUSTOMERS {
         customers.push(register(http, base, n).await);
@@ -352,6 +396,7 @@ async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_walle
     assert!(seen.len() < ORDERS, "the Ctrl-C came after the burst ended");
 
     let mut stack = site.up().await;
+    assert_slots_before_services(&stack, "exists");
     let restarted_at = Instant::now();
     let mut unfinished = 0;
     for customer in &customers {

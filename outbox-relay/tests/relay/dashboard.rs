@@ -69,6 +69,17 @@ async fn check_dashboard(relay: &Relay, browser: &Client, client: &tokio_postgre
         },
     )
     .await;
+    // The lag probe's reading of the slot.
+    wait_until(
+        Duration::from_secs(20),
+        "the dash source's WAL status",
+        || async {
+            text_of(browser, "#source-dash .wal-status")
+                .await
+                .filter(|s| s == "reserved")
+        },
+    )
+    .await;
     let error = wait_until(
         Duration::from_secs(20),
         "the broken source's error",

@@ -54,6 +54,54 @@ impl SourceSpec {
     }
 }
 
+/// The relay's environment for `sources`, HTTP on `port`, plus `extra`.
+pub fn relay_env(
+    sources: &[&SourceSpec],
+    port: u16,
+    extra: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("APP__HTTP__PORT".into(), port.to_string()),
+        ("APP__KAFKA__BROKERS".into(), test_support::kafka_brokers()),
+        ("APP__KAFKA__TOPICS".into(), String::new()),
+        ("APP__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()),
+        ("APP__REPLICATION__BACKOFF_MAX_MS".into(), "2000".into()),
+        ("APP__REPLICATION__STATUS_INTERVAL_MS".into(), "200".into()),
+        ("RUST_LOG".into(), "info,rskafka=error".into()),
+        ("LOG_FORMAT".into(), "pretty".into()),
+    ];
+    for source in sources {
+        let key = source.name.to_uppercase();
+        env.push((format!("APP__SOURCES__{key}__URL"), source.url.clone()));
+        env.push((format!("APP__SOURCES__{key}__SLOT"), source.slot.clone()));
+    }
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    env
+}
+
+/// A finished `outbox-relay create-slots`: whether it succeeded, and its
+/// output.
+pub struct CreateSlots {
+    pub success: bool,
+    pub output: String,
+}
+
+impl CreateSlots {
+    pub fn run(env: Vec<(String, String)>, args: &[&str]) -> CreateSlots {
+        let mut process = ChildProcess::spawn_with_args(
+            "create-slots",
+            bin_path("outbox-relay"),
+            std::iter::once("create-slots").chain(args.iter().copied()),
+            env,
+        );
+        let status = process.wait();
+        CreateSlots {
+            success: status.success(),
+            output: process.logs().join("\n"),
+        }
+    }
+}
+
 /// The relay binary as a child process. Dropping it kills the process and
 /// drops the test's replication slots, so no slot is left retaining WAL.
 pub struct Relay {
@@ -74,22 +122,7 @@ impl Relay {
     /// its HTTP port answers.
     pub async fn start_with(sources: &[&SourceSpec], extra: &[(&str, String)]) -> Relay {
         let port = free_port();
-        let mut env: Vec<(String, String)> = vec![
-            ("APP__HTTP__PORT".into(), port.to_string()),
-            ("APP__KAFKA__BROKERS".into(), test_support::kafka_brokers()),
-            ("APP__KAFKA__TOPICS".into(), String::new()),
-            ("APP__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()),
-            ("APP__REPLICATION__BACKOFF_MAX_MS".into(), "2000".into()),
-            ("APP__REPLICATION__STATUS_INTERVAL_MS".into(), "200".into()),
-            ("RUST_LOG".into(), "info,rskafka=error".into()),
-            ("LOG_FORMAT".into(), "pretty".into()),
-        ];
-        for source in sources {
-            let key = source.name.to_uppercase();
-            env.push((format!("APP__SOURCES__{key}__URL"), source.url.clone()));
-            env.push((format!("APP__SOURCES__{key}__SLOT"), source.slot.clone()));
-        }
-        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let env = relay_env(sources, port, extra);
         let process = ChildProcess::spawn("relay", bin_path("outbox-relay"), env.clone());
         let relay = Relay {
             process,
@@ -108,6 +141,11 @@ impl Relay {
         };
         test_support::wait_for_http_ok(&relay.url("/health"), Duration::from_secs(20)).await;
         relay
+    }
+
+    /// `outbox-relay create-slots <args>` with this relay's configuration.
+    pub fn create_slots(&self, args: &[&str]) -> CreateSlots {
+        CreateSlots::run(self.env.clone(), args)
     }
 
     /// Kills the relay (SIGKILL, if still running) and starts it again with

@@ -7,4 +7,5 @@ mod dashboard;
 mod helpers;
 mod publishing;
 mod resilience;
+mod slots;
 mod supervision;

@@ -228,7 +228,8 @@ async fn heavy_writes_to_other_tables_do_not_make_an_idle_slot_retain_wal() {
         "slot lag {max_lag} grew with the {written} bytes written"
     );
 
-    // Idle and unobserved, the relay sends the database no queries at all.
+    // Idle and unobserved, the session's catalog connection sends no
+    // queries (the lag probe reads the slot on a connection of its own).
     let query_start = || async {
         client
             .query_one(

@@ -102,8 +102,8 @@ fn every_referenced_file_and_binary_exists() {
         }
     }
     assert_eq!(
-        built, 6,
-        "five binaries and the keys job are built from docker/"
+        built, 7,
+        "five binaries, the keys job and the relay-slots job are built from docker/"
     );
     let init = compose.dir().join("db/bootstrap/docker-init.sh");
     let mode = std::os::unix::fs::PermissionsExt::mode(&init.metadata().unwrap().permissions());
@@ -383,8 +383,8 @@ fn database_urls_match_the_bootstrap() {
             }
         }
     }
-    // 4 services + 4 relay sources.
-    assert_eq!(urls, 8);
+    // 4 services + 4 relay sources + the same 4 for the relay-slots job.
+    assert_eq!(urls, 12);
 }
 
 /// docker-compose (when installed) validates the file and resolves the same
