@@ -1,21 +1,31 @@
-//! A polling outbox publisher, written only as the baseline the relay is
-//! measured against (`relay_bench` starts it): every `--interval-ms` it
-//! takes up to `--batch` rows of `outbox_polled` with
-//! `FOR UPDATE SKIP LOCKED`, produces them to Kafka (same key, headers and
-//! envelope as the relay), deletes them and commits. On SIGTERM/SIGINT it
-//! prints one JSON line: events published, failed polls and latency from `occurred_at`
-//! (set by the inserting statement) to the broker's acknowledgement.
+//! A polling outbox publisher, written as the best baseline of its kind
+//! the relay is measured against (`relay_bench` starts it): it takes up to
+//! `--batch` rows of `outbox_polled` with `FOR UPDATE SKIP LOCKED`, produces
+//! them to Kafka in one request per partition (same key, headers and
+//! envelope as the relay), deletes them and commits, and polls again at
+//! once while it finds rows. When a poll finds nothing it waits
+//! `--interval-ms` (`--wake interval`) or until PostgreSQL notifies it of an
+//! insert (`--wake notify`: `LISTEN outbox_polled`, the bench's trigger sends
+//! one notification per inserting statement; `--interval-ms` is then only a
+//! fallback). Its broker sockets get `TCP_NODELAY` as the relay's do
+//! (`outbox_relay::nodelay`), so a produce is not held by Nagle's algorithm.
+//! On SIGTERM/SIGINT it prints one JSON line: events published, failed
+//! polls, and latency from `occurred_at` (set by the inserting statement) to
+//! the broker's acknowledgement, whole and split into the wait for the poll
+//! (`occurred_at` to the poll that took the row) and the publish (that poll
+//! to the ack).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rskafka::client::ClientBuilder;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
-use tokio_postgres::NoTls;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 #[derive(Parser)]
 struct Args {
@@ -31,6 +41,26 @@ struct Args {
     interval_ms: u64,
     #[arg(long, default_value_t = 500)]
     batch: i64,
+    #[arg(long, value_enum, default_value_t = Wake::Interval)]
+    wake: Wake,
+}
+
+/// What ends the wait after an empty poll.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Wake {
+    /// `--interval-ms` passed.
+    Interval,
+    /// A notification on channel `outbox_polled` (or the interval passed).
+    Notify,
+}
+
+/// Latency histograms, in microseconds.
+struct Latency {
+    total: Histogram<u64>,
+    /// `occurred_at` to the start of the poll that took the row.
+    wait: Histogram<u64>,
+    /// The start of that poll to the broker's acknowledgement.
+    publish: Histogram<u64>,
 }
 
 const SELECT: &str = "SELECT id::text, aggregate_id, event_type, trace_id, \
@@ -46,12 +76,41 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config: tokio_postgres::Config = args.database_url.parse()?;
     config.application_name("polling-baseline");
-    let (mut client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(connection);
+    let (mut client, mut connection) = config.connect(NoTls).await?;
+    // The connection's messages: notifications go to the poll loop.
+    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    let _ = notified.send(());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("connection: {e}");
+                    break;
+                }
+            }
+        }
+    });
+    if args.wake == Wake::Notify {
+        client.batch_execute("LISTEN outbox_polled").await?;
+    }
     let kafka = ClientBuilder::new(args.brokers.split(',').map(String::from).collect())
         .build()
         .await
         .context("kafka")?;
+    // rskafka writes a request in two writes; without TCP_NODELAY the
+    // second waits for the broker's delayed ACK (docs/perf.md). As the
+    // relay does: set it on every TCP socket, again each second for the
+    // connections opened since.
+    tokio::spawn(async {
+        loop {
+            outbox_relay::nodelay::set_on_tcp_sockets();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     // Created here when missing; an error means it exists already.
     if let Ok(controller) = kafka.controller_client() {
         let create = controller.create_topic(args.topic.clone(), args.partitions, 1, 5_000);
@@ -65,7 +124,12 @@ async fn main() -> anyhow::Result<()> {
                 .await?,
         );
     }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let histogram = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3);
+    let mut latency = Latency {
+        total: histogram()?,
+        wait: histogram()?,
+        publish: histogram()?,
+    };
     let mut published = 0u64;
     let mut stop = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failures = 0u64;
@@ -81,22 +145,29 @@ async fn main() -> anyhow::Result<()> {
         };
         published += moved as u64;
         if moved == 0 {
+            // Notifications for rows this poll already took are stale.
+            while notifications.try_recv().is_ok() {}
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(args.interval_ms)) => {}
+                Some(()) = notifications.recv() => {}
                 _ = stop.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
     }
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "{}",
         serde_json::json!({
             "published": published,
             "failed_polls": failures,
-            "p50_ms": ms(0.5),
-            "p99_ms": ms(0.99),
-            "max_ms": latency.max() as f64 / 1000.0,
+            "p50_ms": ms(&latency.total, 0.5),
+            "p99_ms": ms(&latency.total, 0.99),
+            "max_ms": latency.total.max() as f64 / 1000.0,
+            "wait_p50_ms": ms(&latency.wait, 0.5),
+            "wait_p99_ms": ms(&latency.wait, 0.99),
+            "publish_p50_ms": ms(&latency.publish, 0.5),
+            "publish_p99_ms": ms(&latency.publish, 0.99),
         })
     );
     Ok(())
@@ -107,8 +178,9 @@ async fn poll_once(
     client: &mut tokio_postgres::Client,
     partitions: &[PartitionClient],
     batch: i64,
-    latency: &mut Histogram<u64>,
+    latency: &mut Latency,
 ) -> anyhow::Result<usize> {
+    let polled = chrono::Utc::now().timestamp_micros();
     let txn = client.transaction().await?;
     let rows = txn.query(SELECT, &[&batch]).await?;
     if rows.is_empty() {
@@ -151,9 +223,14 @@ async fn poll_once(
     .await
     .context("produce timed out")??;
     let acked = chrono::Utc::now().timestamp_micros();
-    for micros in occurred {
-        let _ = latency.record(u64::try_from(acked - micros).unwrap_or(0).max(1));
+    let micros = |from: i64, to: i64| u64::try_from(to - from).unwrap_or(0).max(1);
+    for at in occurred {
+        let _ = latency.total.record(micros(at, acked));
+        let _ = latency.wait.record(micros(at, polled));
     }
+    let _ = latency
+        .publish
+        .record_n(micros(polled, acked), rows.len() as u64);
     txn.execute(
         "DELETE FROM outbox_polled WHERE id::text = ANY($1)",
         &[&ids],
