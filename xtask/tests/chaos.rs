@@ -95,7 +95,12 @@ impl Site {
     }
 
     async fn up(&self) -> ChildProcess {
-        up(self.data.path(), self.offset).await
+        up(self.data.path(), self.offset, &[]).await
+    }
+
+    /// `up` with more arguments (`--recreate-slot order`).
+    async fn up_with(&self, extra: &[&str]) -> ChildProcess {
+        up(self.data.path(), self.offset, extra).await
     }
 
     fn port(&self, default: u16) -> u16 {
@@ -104,14 +109,15 @@ impl Site {
 }
 
 /// `cargo xtask up` (the built binary) until it says the stack is ready.
-async fn up(data_dir: &Path, offset: u16) -> ChildProcess {
-    let args = [
+async fn up(data_dir: &Path, offset: u16, extra: &[&str]) -> ChildProcess {
+    let mut args = vec![
         "up".to_owned(),
         "--data-dir".to_owned(),
         data_dir.display().to_string(),
         "--port-offset".to_owned(),
         offset.to_string(),
     ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let mut process = ChildProcess::spawn_with_args(
         "xtask-up",
         bin_path("xtask"),
@@ -520,6 +526,11 @@ enum Fault {
     /// twice (no drain), the broker's data deleted, `up` again: the broker
     /// lost everything, the events not consumed yet included.
     WipeBroker,
+    /// The relay frozen (SIGSTOP), the order database's slot dropped, orders
+    /// placed meanwhile (their events are in no slot), the relay thawed: it
+    /// must refuse to make a new slot on its own; the operator re-creates it
+    /// (`up --recreate-slot order`).
+    SlotDropped,
 }
 
 /// One line of the chaos table.
@@ -602,12 +613,12 @@ fn burst(
     tasks
 }
 
-/// The payment database of the stack, through PostgreSQL's superuser.
-fn payment_db(site: &Site) -> TestDatabase {
+/// A database of the stack, through PostgreSQL's superuser.
+fn database(site: &Site, name: &str) -> TestDatabase {
     TestDatabase {
-        name: "commerce_payment".into(),
+        name: name.into(),
         url: format!(
-            "postgres://postgres@127.0.0.1:{}/commerce_payment",
+            "postgres://postgres@127.0.0.1:{}/{name}",
             site.port(POSTGRES)
         ),
     }
@@ -638,7 +649,10 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
         customers.push(register(http, base, n).await);
     }
     let tokens: Arc<Vec<String>> = Arc::new(customers.iter().map(|c| c.token.clone()).collect());
-    let redriven_before = redrives(site).await;
+    // Re-drives counted by the order service; a restarted one counts from
+    // 0, so what the stopped one counted is carried over.
+    let mut redrive_base = redrives(site).await;
+    let mut redrives_carried = 0;
     let accepted = Arc::new(AtomicUsize::new(0));
     let faulted = Arc::new(AtomicBool::new(false));
     let mut tasks = burst(site, tokens, Arc::clone(&accepted), Arc::clone(&faulted));
@@ -650,10 +664,9 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
     .await;
     faulted.store(true, Ordering::Relaxed);
     let fault_at = Instant::now();
-    let mut redriven_before_restart = 0;
-    match fault {
+    match &fault {
         Fault::Kill(process, port) => {
-            let pid = listener_pid(site.port(port));
+            let pid = listener_pid(site.port(*port));
             // SAFETY: kill(2) on a pid of the stack this test started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             wait_until(
@@ -667,12 +680,54 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
             .await;
         }
         Fault::Restart => {
-            redriven_before_restart = redrives(site).await - redriven_before;
+            redrives_carried += redrives(site).await - redrive_base;
+            redrive_base = 0;
             interrupt(stack);
             *stack = site.up().await;
         }
+        Fault::SlotDropped => {
+            let relay = listener_pid(site.port(RELAY));
+            // SAFETY: kill(2) on a pid of the stack this test started.
+            unsafe { libc::kill(relay as i32, libc::SIGSTOP) };
+            let order_db = database(site, "commerce_order").client().await;
+            order_db
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                     WHERE slot_name = 'outbox_relay_order' AND active_pid IS NOT NULL",
+                    &[],
+                )
+                .await
+                .unwrap();
+            wait_until(
+                Duration::from_secs(30),
+                "the slot to be dropped",
+                || async {
+                    let dropped = order_db
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = 'outbox_relay_order' AND NOT active",
+                            &[],
+                        )
+                        .await
+                        .ok()?;
+                    (dropped == 1).then_some(())
+                },
+            )
+            .await;
+            // Orders committed now are in no slot's WAL.
+            let more = ACCEPTED_BEFORE_FAULT + 10;
+            wait_until(
+                Duration::from_secs(60),
+                "orders placed without a slot",
+                || async { (accepted.load(Ordering::Relaxed) >= more).then_some(()) },
+            )
+            .await;
+            // SAFETY: as above.
+            unsafe { libc::kill(relay as i32, libc::SIGCONT) };
+        }
         Fault::WipeBroker => {
-            redriven_before_restart = redrives(site).await - redriven_before;
+            redrives_carried += redrives(site).await - redrive_base;
+            redrive_base = 0;
             let pid = listener_pid(site.port(DELIVERY));
             // SAFETY: kill(2) on a pid of the stack this test started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -697,7 +752,26 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
     while let Some(ids) = tasks.join_next().await {
         seen.extend(ids.expect("burst task"));
     }
-    let redriven_base = redriven_before - redriven_before_restart;
+    if matches!(fault, Fault::SlotDropped) {
+        // The burst is over, the lost orders placed: re-create the slot as
+        // an operator would, after the relay said it was missing.
+        let url = format!("http://127.0.0.1:{}/metrics", site.port(RELAY));
+        wait_until(
+            Duration::from_secs(60),
+            "the relay to report the slot missing",
+            || async {
+                let metrics = http.get(&url).send().await.ok()?.text().await.ok()?;
+                metrics
+                    .contains("relay_slot_missing{source=\"order\"} 1")
+                    .then_some(())
+            },
+        )
+        .await;
+        redrives_carried += redrives(site).await - redrive_base;
+        redrive_base = 0;
+        interrupt(stack);
+        *stack = site.up_with(&["--recreate-slot", "order"]).await;
+    }
 
     // Every order of these customers ends (accepted or not: one whose
     // answer was lost in the fault must end too).
@@ -749,7 +823,7 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
         );
     }
     let twice = query_i64(
-        &payment_db(site),
+        &database(site, "commerce_payment"),
         "SELECT count(*) FROM (SELECT order_id, kind FROM wallet_entries \
          WHERE order_id IS NOT NULL GROUP BY order_id, kind HAVING count(*) > 1) twice",
     )
@@ -759,7 +833,7 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
         scenario: name.to_owned(),
         accepted: seen.len(),
         finished,
-        redriven: redrives(site).await - redriven_base,
+        redriven: redrives_carried + redrives(site).await - redrive_base,
         seconds,
     }
 }
@@ -795,7 +869,7 @@ async fn chaos_each_process_killed_with_sigkill_mid_burst() {
 }
 
 #[tokio::test]
-async fn chaos_stopped_mid_burst_and_the_broker_losing_its_data() {
+async fn chaos_stopped_mid_burst_a_broker_losing_its_data_and_a_slot_dropped() {
     let site = Site::new();
     let mut stack = site.up().await;
     let mut rows = vec![scenario(&site, &mut stack, "Ctrl-C, `up` again", Fault::Restart).await];
@@ -806,6 +880,16 @@ async fn chaos_stopped_mid_burst_and_the_broker_losing_its_data() {
             &mut stack,
             "stopped without drain, broker data wiped, `up` again",
             Fault::WipeBroker,
+        )
+        .await,
+    );
+    print_table(&rows);
+    rows.push(
+        scenario(
+            &site,
+            &mut stack,
+            "slot dropped while the relay was frozen, re-created by the operator",
+            Fault::SlotDropped,
         )
         .await,
     );
