@@ -318,17 +318,6 @@ impl Catalog {
     ) -> Result<Option<tokio_postgres::Row>, CatalogError> {
         within(self.timeout, self.client.query_opt(sql, params)).await
     }
-
-    /// `pg_current_wal_lsn()`: where the server's WAL ends now.
-    pub async fn current_wal_lsn(&self) -> Result<Lsn, CatalogError> {
-        let row = within(
-            self.timeout,
-            self.client
-                .query_one("SELECT pg_current_wal_lsn()::text", &[]),
-        )
-        .await?;
-        lsn_column(&row)
-    }
 }
 
 /// The first column of `row`, a `pg_lsn` selected as text.

@@ -526,7 +526,7 @@ impl SourceMetrics {
     /// unconfirmed transaction. The byte lag is the lag probe's alone
     /// ([`SourceMetrics::slot_read`]), measured on the slot itself whatever
     /// the session does; the session's own estimate is not used.
-    pub fn set_lag(&self, _session_bytes: u64, seconds: f64) {
+    pub fn set_lag(&self, seconds: f64) {
         self.lag_seconds.set(seconds);
         lock(&self.status).lag_seconds = seconds;
     }
@@ -702,7 +702,7 @@ mod tests {
         let order = metrics.source("order");
         order.set_state(SourceState::Streaming, None);
         order.confirmed(Lsn(42), 3, Some(Duration::from_millis(4)));
-        order.set_lag(7, 0.5);
+        order.set_lag(0.5);
         order.slot_read(Some(SlotReading {
             wal_status: Some("unreserved".into()),
             safe_wal_size: Some(4096),

@@ -20,9 +20,8 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::inflight::{Completed, InFlight, TxnId};
-use crate::metrics::{Metrics, SourceMetrics};
+use crate::metrics::SourceMetrics;
 use crate::outbox::{self, OutboxColumns, OutgoingRecord, RowError};
 use crate::publisher::{Delivery, Publisher};
 use crate::replication::connection::pg_now;
@@ -31,9 +30,6 @@ use crate::replication::pgoutput::{
 };
 use crate::replication::{Lsn, ReplicationError, ReplicationStream, StreamMessage};
 use crate::source::SourceError;
-
-/// The exact-lag probe (`pg_current_wal_lsn()`) runs at most this often.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct PipelineSettings {
     pub source: String,
@@ -54,7 +50,6 @@ pub struct PipelineSettings {
 pub struct Pipeline {
     settings: PipelineSettings,
     metrics: Arc<SourceMetrics>,
-    registry: Arc<Metrics>,
     relations: RelationCache,
     /// Outbox column positions of relations that are the outbox table.
     outbox_relations: HashMap<u32, Result<OutboxColumns, RowError>>,
@@ -65,9 +60,6 @@ pub struct Pipeline {
     open: Option<Open>,
     confirmed: Lsn,
     /// Newest WAL position the server reported (stream or probe).
-    server_position: Lsn,
-    events_since_probe: bool,
-    last_probe: Option<Instant>,
     /// When streaming started and from which confirmed position.
     started: Instant,
     start_confirmed: Lsn,
@@ -85,25 +77,16 @@ struct Open {
 }
 
 impl Pipeline {
-    pub fn new(
-        settings: PipelineSettings,
-        confirmed: Lsn,
-        metrics: Arc<SourceMetrics>,
-        registry: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(settings: PipelineSettings, confirmed: Lsn, metrics: Arc<SourceMetrics>) -> Self {
         Self {
             settings,
             metrics,
-            registry,
             relations: RelationCache::default(),
             outbox_relations: HashMap::new(),
             in_flight: InFlight::default(),
             waiting: VecDeque::new(),
             open: None,
             confirmed,
-            server_position: confirmed,
-            events_since_probe: false,
-            last_probe: None,
             started: Instant::now(),
             start_confirmed: confirmed,
             silent_for: Duration::ZERO,
@@ -121,7 +104,6 @@ impl Pipeline {
         mut stream: ReplicationStream,
         mut publisher: Publisher,
         mut deliveries: mpsc::UnboundedReceiver<Delivery>,
-        catalog: &Catalog,
         shutdown: &CancellationToken,
         healthy: &mut bool,
     ) -> Result<Lsn, SourceError> {
@@ -139,7 +121,7 @@ impl Pipeline {
                 }
                 // Before the stream: a busy stream must not starve status updates.
                 _ = ticker.tick() => {
-                    self.on_tick(&mut stream, catalog, can_read).await?;
+                    self.on_tick(&mut stream, can_read).await?;
                     *healthy = *healthy || self.is_healthy();
                 }
                 Some(delivery) = deliveries.recv() => self.on_delivery(delivery, &mut publisher).await?,
@@ -178,15 +160,13 @@ impl Pipeline {
     ) -> Result<(), SourceError> {
         self.heard_since_tick = true;
         match message {
-            StreamMessage::XLogData { wal_end, data } => {
-                self.server_position = self.server_position.max(wal_end);
+            StreamMessage::XLogData { data, .. } => {
                 self.on_logical(pgoutput::decode(data)?, publisher).await
             }
             StreamMessage::Keepalive {
                 wal_end,
                 reply_requested,
             } => {
-                self.server_position = self.server_position.max(wal_end);
                 // The server sent everything before `wal_end`; with nothing
                 // of ours pending, that whole range is done.
                 if self.open.is_none() && self.in_flight.is_empty() && wal_end > self.confirmed {
@@ -264,7 +244,6 @@ impl Pipeline {
             Err(reason) => self.dead_letter(&insert, &reason, open.final_lsn)?,
         };
         let txn = open.txn;
-        self.events_since_probe = true;
         self.send(txn, record, publisher).await
     }
 
@@ -432,7 +411,6 @@ impl Pipeline {
     async fn on_tick(
         &mut self,
         stream: &mut ReplicationStream,
-        catalog: &Catalog,
         listening: bool,
     ) -> Result<(), SourceError> {
         // Liveness: a half-open connection (host gone, network partition, a
@@ -446,35 +424,12 @@ impl Pipeline {
         }
         let ask_for_reply = silence >= self.settings.receive_timeout / 3;
         stream.send_status(self.confirmed, ask_for_reply).await?;
-        self.probe_server_position(catalog).await;
         let lag_seconds = self
             .in_flight
             .oldest_commit_time()
             .map_or(0.0, |t| micros_since(t).as_secs_f64());
-        self.metrics.set_lag(
-            self.server_position.bytes_since(self.confirmed),
-            lag_seconds,
-        );
+        self.metrics.set_lag(lag_seconds);
         Ok(())
-    }
-
-    /// Asks the server for its WAL end, but only while someone watches or
-    /// events flow: an idle, unobserved relay sends no queries at all.
-    async fn probe_server_position(&mut self, catalog: &Catalog) {
-        let due = self
-            .last_probe
-            .is_none_or(|t| t.elapsed() >= PROBE_INTERVAL);
-        if !due || !(self.events_since_probe || self.registry.is_watched()) {
-            return;
-        }
-        self.last_probe = Some(Instant::now());
-        self.events_since_probe = false;
-        match catalog.current_wal_lsn().await {
-            Ok(lsn) => self.server_position = self.server_position.max(lsn),
-            Err(e) => {
-                tracing::debug!(source = %self.settings.source, error = %e, "lag probe failed")
-            }
-        }
     }
 }
 

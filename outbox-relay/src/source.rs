@@ -145,7 +145,6 @@ pub struct Source {
     kafka: KafkaConfig,
     replication: ReplicationConfig,
     metrics: Arc<SourceMetrics>,
-    registry: Arc<Metrics>,
 }
 
 impl Source {
@@ -162,7 +161,6 @@ impl Source {
             config,
             kafka,
             replication,
-            registry,
         }
     }
 
@@ -298,14 +296,9 @@ impl Source {
             healthy_after: Duration::from_millis(self.replication.healthy_session_ms),
             receive_timeout: Duration::from_millis(self.replication.receive_timeout_ms),
         };
-        let confirmed = Pipeline::new(
-            settings,
-            confirmed,
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.registry),
-        )
-        .run(stream, publisher, acks, &catalog, shutdown, healthy)
-        .await?;
+        let confirmed = Pipeline::new(settings, confirmed, Arc::clone(&self.metrics))
+            .run(stream, publisher, acks, shutdown, healthy)
+            .await?;
         // A graceful stop: make the confirmed position survive a restart of
         // the server too (see `save_slot_position`).
         match catalog
