@@ -20,8 +20,6 @@
 //! (`sagas_stuck`), listed by `GET /admin/sagas/stuck`, and re-driven again
 //! when an operator asks (`POST /admin/sagas/{id}/redrive`).
 
-use std::time::Duration;
-
 use chrono::Utc;
 use commerce_common::{
     db::DbPool,
@@ -42,8 +40,10 @@ use crate::{
     },
 };
 
-/// Orders re-driven per transaction; a full batch is followed by the next
-/// one at once.
+/// Orders re-driven per scan, at most: an overloaded stack (a backlog
+/// older than `redrive.after`, every order "not moving") gets at most this
+/// many re-drives per scan interval (20/s with the defaults), not a storm of
+/// repeated requests on top of its backlog; each order then backs off.
 const BATCH: i64 = 100;
 
 /// The step of the saga an in-flight order waits on (the `step` label of
@@ -97,17 +97,12 @@ pub async fn run(
 ) {
     let schedule = config.schedule();
     loop {
-        let pause = match redrive_due(&pool, schedule, &metrics).await {
-            Ok(n) if n as i64 == BATCH => Duration::ZERO,
-            Ok(_) => config.scan_interval(),
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "re-driving sagas failed");
-                config.scan_interval()
-            }
-        };
+        if let Err(error) = redrive_due(&pool, schedule, &metrics).await {
+            tracing::warn!(error = %format!("{error:#}"), "re-driving sagas failed");
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(config.scan_interval()) => {}
         }
     }
 }
