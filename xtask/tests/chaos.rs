@@ -11,7 +11,6 @@
 //! the test's own.
 
 use std::{
-    collections::BTreeMap,
     net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::Path,
@@ -28,12 +27,6 @@ use test_support::{
 };
 use tokio::task::JoinSet;
 
-const CUSTOMERS: usize = 5;
-const ORDERS: usize = 200;
-/// Orders in flight at once.
-const CONCURRENCY: usize = 20;
-/// Ctrl-C comes once this many orders were accepted.
-const ACCEPTED_BEFORE_STOP: usize = 40;
 const INITIAL_CREDIT: i64 = 100_000;
 const FINAL: [&str; 3] = ["DELIVERY_SCHEDULED", "REJECTED", "CANCELLED"];
 /// The stack's default ports (xtask/src/up.rs), shifted by the offset.
@@ -204,41 +197,6 @@ fn listener_pid(port: u16) -> u32 {
         .unwrap_or_else(|| panic!("nothing listens on port {port}: {text}"))
 }
 
-/// Places one order and waits (`Prefer: wait`) until it is final.
-async fn place_and_settle(http: &reqwest::Client, base: &str, customer: &Customer) -> String {
-    let response = http
-        .post(format!("{base}/api/orders"))
-        .bearer_auth(&customer.token)
-        .json(&json!({
-            "items": [{"sku": "BOOK-1", "quantity": 1, "unit_price_cents": 1250}],
-            "shipping_address": {"name": "Ada", "street": "1 Main St", "city": "Berlin",
-                                 "postal_code": "10115", "country": "DE"}
-        }))
-        .send()
-        .await
-        .expect("place an order");
-    assert_eq!(response.status(), 202, "place an order");
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_until(Duration::from_secs(60), "the order to be final", || async {
-        let order: Value = http
-            .get(format!("{base}/api/orders/{id}?until=settled"))
-            .bearer_auth(&customer.token)
-            .header("Prefer", "wait=5")
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let status = order["status"].as_str()?.to_owned();
-        FINAL.contains(&status.as_str()).then_some(status)
-    })
-    .await
-}
-
 /// Ctrl-C, and the stack's orderly stop.
 fn interrupt(process: &mut ChildProcess) {
     let status = process.stop_with(libc::SIGINT, Duration::from_secs(120));
@@ -265,14 +223,8 @@ async fn register(http: &reqwest::Client, base: &str, n: usize) -> Customer {
     }
 }
 
-/// Every order of the customer, as the order service lists them.
-async fn orders_of(http: &reqwest::Client, base: &str, customer: &Customer) -> Vec<Value> {
-    try_orders_of(http, base, customer)
-        .await
-        .expect("list orders")
-}
-
-/// [`orders_of`], or `None` while the order service does not answer.
+/// Every order of the customer, as the order service lists them, or
+/// `None` while the order service does not answer.
 async fn try_orders_of(
     http: &reqwest::Client,
     base: &str,
@@ -298,10 +250,6 @@ async fn try_orders_of(
     Some(orders)
 }
 
-async fn balance(http: &reqwest::Client, base: &str, customer: &Customer) -> i64 {
-    try_balance(http, base, customer).await.expect("wallet")
-}
-
 /// The customer's balance, or `None` while the payment service does not
 /// answer.
 async fn try_balance(http: &reqwest::Client, base: &str, customer: &Customer) -> Option<i64> {
@@ -318,196 +266,12 @@ async fn try_balance(http: &reqwest::Client, base: &str, customer: &Customer) ->
     body["balance_cents"].as_i64()
 }
 
-#[tokio::test]
-async fn ctrl_c_mid_burst_then_up_again_leaves_every_order_final_and_every_wallet_exact() {
-    let site = Site::new();
-    let (base, http) = (&site.base, &site.http);
-    let mut stack = site.up().await;
-    assert_slots_before_services(&stack, "created at");
-    let mut customers = Vec::new();
-    for n in 0..CUSTOMERS {
-        customers.push(register(http, base, n).await);
-    }
-    let tokens: Arc<Vec<String>> = Arc::new(customers.iter().map(|c| c.token.clone()).collect());
-
-    // The burst: 200 orders, 20 at a time, until the gateway stops answering.
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let stopping = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut burst = JoinSet::new();
-    for _ in 0..CONCURRENCY {
-        let (http, base, tokens) = (http.clone(), base.clone(), Arc::clone(&tokens));
-        let (accepted, stopping, next) = (
-            Arc::clone(&accepted),
-            Arc::clone(&stopping),
-            Arc::clone(&next),
-        );
-        burst.spawn(async move {
-            let mut ids = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= ORDERS {
-                    return ids;
-                }
-                let token = &tokens[n % CUSTOMERS];
-                let order = json!({
-                    "items": [{"sku": "BOOK-1", "quantity": 1 + n % 3, "unit_price_cents": 1250}],
-                    "shipping_address": {"name": "Ada", "street": "1 Main St", "city": "Berlin",
-                                         "postal_code": "10115", "country": "DE"}
-                });
-                let response = http
-                    .post(format!("{base}/api/orders"))
-                    .bearer_auth(token)
-                    .header("Idempotency-Key", format!("restart-{n}"))
-                    .json(&order)
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status() == 202 => {
-                        let body: Value = r.json().await.unwrap();
-                        ids.push((n % CUSTOMERS, body["id"].as_str().unwrap().to_owned()));
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Refused while the stack stops: not accepted, fine.
-                    Ok(r) if stopping.load(Ordering::Relaxed) => drop(r),
-                    Ok(r) => panic!("order {n}: HTTP {}", r.status()),
-                    Err(_) if stopping.load(Ordering::Relaxed) => return ids,
-                    Err(e) => panic!("order {n}: {e}"),
-                }
-            }
-        });
-    }
-    wait_until(
-        Duration::from_secs(60),
-        "orders accepted before the Ctrl-C",
-        || async { (accepted.load(Ordering::Relaxed) >= ACCEPTED_BEFORE_STOP).then_some(()) },
-    )
-    .await;
-    stopping.store(true, Ordering::Relaxed);
-    let interrupted_at = Instant::now();
-    interrupt(&mut stack);
-    assert!(
-        stack.log_contains("drained in"),
-        "the stop drained the sagas in flight"
-    );
-    let mut seen: Vec<(usize, String)> = Vec::new();
-    while let Some(ids) = burst.join_next().await {
-        seen.extend(ids.expect("burst task"));
-    }
-    println!(
-        "{} orders accepted, Ctrl-C after {ACCEPTED_BEFORE_STOP}; the stack stopped in {:.1} s",
-        seen.len(),
-        interrupted_at.elapsed().as_secs_f64()
-    );
-    assert!(seen.len() < ORDERS, "the Ctrl-C came after the burst ended");
-
-    let mut stack = site.up().await;
-    assert_slots_before_services(&stack, "exists");
-    let restarted_at = Instant::now();
-    let mut unfinished = 0;
-    for customer in &customers {
-        unfinished += orders_of(http, base, customer)
-            .await
-            .iter()
-            .filter(|o| !FINAL.contains(&o["status"].as_str().unwrap()))
-            .count();
-    }
-    println!("{unfinished} orders not final yet when the stack was ready again");
-    let outcome = wait_until(
-        Duration::from_secs(120),
-        "every order final after the restart",
-        || async {
-            let mut by_customer = Vec::new();
-            for customer in &customers {
-                let orders = orders_of(http, base, customer).await;
-                if orders
-                    .iter()
-                    .any(|o| !FINAL.contains(&o["status"].as_str().unwrap()))
-                {
-                    return None;
-                }
-                by_customer.push(orders);
-            }
-            Some(by_customer)
-        },
-    )
-    .await;
-    println!(
-        "every order final {:.1} s after the stack was ready again",
-        restarted_at.elapsed().as_secs_f64()
-    );
-
-    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
-    for (n, (customer, orders)) in customers.iter().zip(&outcome).enumerate() {
-        for (owner, id) in &seen {
-            if *owner == n {
-                assert!(
-                    orders.iter().any(|o| o["id"] == id.as_str()),
-                    "accepted order {id} is not listed"
-                );
-            }
-        }
-        let delivered: i64 = orders
-            .iter()
-            .filter(|o| o["status"] == "DELIVERY_SCHEDULED")
-            .map(|o| o["total_cents"].as_i64().unwrap())
-            .sum();
-        for order in orders {
-            *statuses
-                .entry(order["status"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-        // The wallet settles with the saga's last event.
-        let wallet = wait_until(Duration::from_secs(30), "the wallet to settle", || async {
-            let balance = balance(http, base, customer).await;
-            (INITIAL_CREDIT - balance == delivered).then_some(balance)
-        })
-        .await;
-        assert_eq!(INITIAL_CREDIT - wallet, delivered, "customer {n}'s wallet");
-    }
-    println!("final statuses: {statuses:?}");
-    assert!(statuses.get("DELIVERY_SCHEDULED").copied().unwrap_or(0) > 0);
-    interrupt(&mut stack);
-}
-
-#[tokio::test]
-async fn a_service_killed_with_sigkill_is_restarted_and_its_sagas_complete() {
-    let site = Site::new();
-    let (base, http) = (&site.base, &site.http);
-    let mut stack = site.up().await;
-    let customer = register(http, base, 0).await;
-    assert_eq!(
-        place_and_settle(http, base, &customer).await,
-        "DELIVERY_SCHEDULED"
-    );
-
-    let payment = listener_pid(site.port(PAYMENT));
-    // SAFETY: kill(2) on a pid of the stack this test started.
-    unsafe { libc::kill(payment as i32, libc::SIGKILL) };
-    // The order waits for the payment service to come back.
-    assert_eq!(
-        place_and_settle(http, base, &customer).await,
-        "DELIVERY_SCHEDULED"
-    );
-    assert!(
-        stack.log_contains("payment-service exited unexpectedly (killed by signal 9)"),
-        "the death is reported"
-    );
-    assert!(stack.log_contains("payment-service is back"));
-    assert_ne!(listener_pid(site.port(PAYMENT)), payment, "a new process");
-    assert!(stack.is_running(), "the rest of the stack kept running");
-    assert_eq!(
-        INITIAL_CREDIT - balance(http, base, &customer).await,
-        2 * 1250,
-        "both orders charged once"
-    );
-    interrupt(&mut stack);
-}
-
 /// Orders of one scenario's burst, customers and concurrency.
 const SCENARIO_ORDERS: usize = 40;
 const SCENARIO_CUSTOMERS: usize = 4;
 const SCENARIO_CONCURRENCY: usize = 8;
+/// Each of the burst's tasks waits this long after an accepted order.
+const PACE: Duration = Duration::from_millis(200);
 /// The fault comes once this many orders of the burst were accepted.
 const ACCEPTED_BEFORE_FAULT: usize = 10;
 /// Time for every order to end once the burst is over: a lost event waits
@@ -599,6 +363,9 @@ fn burst(
                         let body: Value = r.json().await.unwrap();
                         ids.push((customer, body["id"].as_str().unwrap().to_owned()));
                         accepted.fetch_add(1, Ordering::Relaxed);
+                        // Paced: the burst lasts about a second, so the
+                        // fault comes in its middle, not after it.
+                        tokio::time::sleep(PACE).await;
                     }
                     Ok(_) | Err(_) if faulted.load(Ordering::Relaxed) => {
                         // Down for a moment: the next order tries again.
@@ -664,6 +431,10 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
     .await;
     faulted.store(true, Ordering::Relaxed);
     let fault_at = Instant::now();
+    assert!(
+        accepted.load(Ordering::Relaxed) < SCENARIO_ORDERS,
+        "{name}: the fault came after the burst"
+    );
     match &fault {
         Fault::Kill(process, port) => {
             let pid = listener_pid(site.port(*port));
@@ -678,12 +449,27 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
                 },
             )
             .await;
+            assert!(
+                stack.log_contains(&format!(
+                    "{process} exited unexpectedly (killed by signal 9)"
+                )),
+                "{name}: the death is reported"
+            );
+            assert!(
+                stack.is_running(),
+                "{name}: the rest of the stack kept running"
+            );
         }
         Fault::Restart => {
             redrives_carried += redrives(site).await - redrive_base;
             redrive_base = 0;
             interrupt(stack);
+            assert!(
+                stack.log_contains("drained in"),
+                "the stop drained the sagas in flight"
+            );
             *stack = site.up().await;
+            assert_slots_before_services(stack, "exists");
         }
         Fault::SlotDropped => {
             let relay = listener_pid(site.port(RELAY));
@@ -872,6 +658,7 @@ async fn chaos_each_process_killed_with_sigkill_mid_burst() {
 async fn chaos_stopped_mid_burst_a_broker_losing_its_data_and_a_slot_dropped() {
     let site = Site::new();
     let mut stack = site.up().await;
+    assert_slots_before_services(&stack, "created at");
     let mut rows = vec![scenario(&site, &mut stack, "Ctrl-C, `up` again", Fault::Restart).await];
     print_table(&rows);
     rows.push(
