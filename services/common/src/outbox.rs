@@ -131,6 +131,27 @@ pub async fn enqueue(
     Ok(row.id)
 }
 
+/// Writes `event` to the outbox again, under `first_id`, the id it was
+/// announced with the first time (a saga re-drive repeats a request, a
+/// participant its answer: whoever has it skips it by its id); `None` (a
+/// row from before those ids were kept): under a new id, which the
+/// receiver's facts make harmless. Returns the id written.
+pub async fn enqueue_again(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    first_id: Option<Uuid>,
+    trace_id: &str,
+) -> QueryResult<Uuid> {
+    let mut row = NewRow::new(event, trace_id);
+    if let Some(id) = first_id {
+        row = row.with_id(id);
+    }
+    insert(conn, &row).await?;
+    tracing::info!(event_type = %row.event_type, event_id = %row.id,
+        aggregate_id = %row.aggregate_id, "event announced again");
+    Ok(row.id)
+}
+
 /// Writes an outbox row built before (its id chosen by the caller).
 pub async fn insert(conn: &mut AsyncPgConnection, row: &NewRow<'_>) -> QueryResult<()> {
     // diesel would parse and plan it anew for every event (it does not

@@ -406,15 +406,7 @@ pub async fn announce_again(
         // Cancelled before anything was booked: nothing was announced.
         _ => return Ok(false),
     };
-    let mut row = outbox::NewRow::new(&event, trace_id);
-    // A delivery made before event ids were kept gets a new one (the
-    // order's facts ignore an answer they know already).
-    if let Some(id) = event_id {
-        row = row.with_id(id);
-    }
-    outbox::insert(conn, &row).await?;
-    tracing::info!(%order_id, event_type = %row.event_type, event_id = %row.id,
-        "answer announced again");
+    outbox::enqueue_again(conn, &event, event_id, trace_id).await?;
     Ok(true)
 }
 

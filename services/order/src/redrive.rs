@@ -166,11 +166,9 @@ async fn write_requests(
     } else {
         (order_created(order, lines), order.placed_event_id)
     };
-    let mut announcement = outbox::NewRow::new(&event, trace_id);
-    if let Some(id) = first_id {
-        announcement = announcement.with_id(id);
-    }
-    outbox::insert(conn, &announcement).await
+    outbox::enqueue_again(conn, &event, first_id, trace_id)
+        .await
+        .map(drop)
 }
 
 fn order_created(order: &InFlight, lines: &[ItemRow]) -> Event {

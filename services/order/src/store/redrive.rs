@@ -9,7 +9,9 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
+    pg::Pg,
     prelude::*,
+    query_builder::{BoxedSqlQuery, SqlQuery},
     sql_types::{BigInt, Integer, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -67,6 +69,20 @@ fn exhausted() -> String {
     )
 }
 
+/// `sql` with the schedule and the time bound as `$1`-`$4` (see [`due`]).
+fn scheduled(
+    sql: String,
+    schedule: Schedule,
+    now: DateTime<Utc>,
+) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<BigInt, _>(schedule.after_ms)
+        .bind::<BigInt, _>(schedule.max_backoff_ms)
+        .bind::<Integer, _>(schedule.max_attempts)
+        .bind::<Timestamptz, _>(now)
+}
+
 /// Claims up to `limit` in-flight orders whose re-drive is due, counting
 /// the attempt, and answers them locked (the caller writes their events in
 /// the same transaction). Orders another transaction holds (the saga
@@ -77,7 +93,7 @@ pub async fn claim_due(
     now: DateTime<Utc>,
     limit: i64,
 ) -> QueryResult<Vec<InFlight>> {
-    diesel::sql_query(format!(
+    let sql = format!(
         "WITH due AS ( \
              SELECT id FROM orders WHERE {IN_FLIGHT} AND {due} \
              ORDER BY updated_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
@@ -88,14 +104,11 @@ pub async fn claim_due(
          FROM due WHERE o.id = due.id \
          RETURNING o.*",
         due = due()
-    ))
-    .bind::<BigInt, _>(schedule.after_ms)
-    .bind::<BigInt, _>(schedule.max_backoff_ms)
-    .bind::<Integer, _>(schedule.max_attempts)
-    .bind::<Timestamptz, _>(now)
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await
+    );
+    scheduled(sql, schedule, now)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await
 }
 
 /// The lines of `orders`, in line order.
@@ -115,18 +128,15 @@ pub async fn stuck(
     now: DateTime<Utc>,
     limit: i64,
 ) -> QueryResult<Vec<InFlight>> {
-    diesel::sql_query(format!(
+    let sql = format!(
         "SELECT * FROM orders WHERE {IN_FLIGHT} AND {exhausted} \
          ORDER BY updated_at LIMIT $5",
         exhausted = exhausted()
-    ))
-    .bind::<BigInt, _>(schedule.after_ms)
-    .bind::<BigInt, _>(schedule.max_backoff_ms)
-    .bind::<Integer, _>(schedule.max_attempts)
-    .bind::<Timestamptz, _>(now)
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await
+    );
+    scheduled(sql, schedule, now)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await
 }
 
 #[derive(QueryableByName)]
@@ -143,17 +153,12 @@ pub async fn count(
     schedule: Schedule,
     now: DateTime<Utc>,
 ) -> QueryResult<(i64, i64)> {
-    let counts: Counts = diesel::sql_query(format!(
+    let sql = format!(
         "SELECT count(*) AS in_flight, count(*) FILTER (WHERE {exhausted}) AS stuck \
          FROM orders WHERE {IN_FLIGHT}",
         exhausted = exhausted()
-    ))
-    .bind::<BigInt, _>(schedule.after_ms)
-    .bind::<BigInt, _>(schedule.max_backoff_ms)
-    .bind::<Integer, _>(schedule.max_attempts)
-    .bind::<Timestamptz, _>(now)
-    .get_result(conn)
-    .await?;
+    );
+    let counts: Counts = scheduled(sql, schedule, now).get_result(conn).await?;
     Ok((counts.in_flight, counts.stuck))
 }
 
