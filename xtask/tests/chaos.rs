@@ -39,10 +39,13 @@ const RELAY: u16 = 8090;
 const KAFKA: u16 = 9092;
 const POSTGRES: u16 = 55432;
 
-/// An offset that leaves every port of the stack free right now.
-fn free_port_offset() -> u16 {
+/// An offset, in hundreds from `hundreds`, that leaves every port of the
+/// stack free right now. The tests of this file run at the same time, each
+/// with a range of its own: two drawing the same offset at the same moment
+/// would both find it free, and the second `up` would fail on a taken port.
+fn free_port_offset(hundreds: std::ops::RangeInclusive<u16>) -> u16 {
     for _ in 0..50 {
-        let offset = 100 * rand_between(10, 49);
+        let offset = 100 * rand_between(*hundreds.start(), *hundreds.end());
         let free = DEFAULT_PORTS
             .iter()
             .all(|p| TcpListener::bind(("127.0.0.1", p + offset)).is_ok());
@@ -71,11 +74,30 @@ struct Site {
 }
 
 impl Site {
-    fn new() -> Site {
+    /// A new site with its stack up. A port found free can be taken before
+    /// `up` binds it (PostgreSQL's shifted port lies in the range the
+    /// kernel hands out to other tests' connections and `free_port`s): then
+    /// `up` stops at once naming the port, and the site moves to another
+    /// offset.
+    async fn start(offsets: std::ops::RangeInclusive<u16>) -> (Site, ChildProcess) {
+        for _ in 0..5 {
+            let site = Site::new(offsets.clone());
+            match up(site.data.path(), site.offset, &[]).await {
+                Ok(stack) => return (site, stack),
+                Err(log) if log.contains("is already in use") => {
+                    println!("a port of offset {} was taken; another offset", site.offset);
+                }
+                Err(log) => panic!("`xtask up` exited during start-up:\n{log}"),
+            }
+        }
+        panic!("five offsets in a row had a port taken");
+    }
+
+    fn new(offsets: std::ops::RangeInclusive<u16>) -> Site {
         let data = tempfile::tempdir().unwrap();
         // The PostgreSQL account must reach its data directory in here.
         std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let offset = free_port_offset();
+        let offset = free_port_offset(offsets);
         Site {
             data,
             offset,
@@ -87,13 +109,16 @@ impl Site {
         }
     }
 
+    /// `up` again on the site's data and ports.
     async fn up(&self) -> ChildProcess {
-        up(self.data.path(), self.offset, &[]).await
+        self.up_with(&[]).await
     }
 
-    /// `up` with more arguments (`--recreate-slot order`).
+    /// `up` again with more arguments (`--recreate-slot order`).
     async fn up_with(&self, extra: &[&str]) -> ChildProcess {
-        up(self.data.path(), self.offset, extra).await
+        up(self.data.path(), self.offset, extra)
+            .await
+            .unwrap_or_else(|log| panic!("`xtask up` exited during start-up:\n{log}"))
     }
 
     fn port(&self, default: u16) -> u16 {
@@ -101,8 +126,9 @@ impl Site {
     }
 }
 
-/// `cargo xtask up` (the built binary) until it says the stack is ready.
-async fn up(data_dir: &Path, offset: u16, extra: &[&str]) -> ChildProcess {
+/// `cargo xtask up` (the built binary) until it says the stack is ready;
+/// its log if it exits before.
+async fn up(data_dir: &Path, offset: u16, extra: &[&str]) -> Result<ChildProcess, String> {
     let mut args = vec![
         "up".to_owned(),
         "--data-dir".to_owned(),
@@ -126,18 +152,20 @@ async fn up(data_dir: &Path, offset: u16, extra: &[&str]) -> ChildProcess {
     );
     let started = Instant::now();
     while !process.log_contains("the stack is ready") {
-        assert!(
-            process.is_running(),
-            "`xtask up` exited during start-up: {:?}",
-            process.try_wait()
-        );
+        if !process.is_running() {
+            return Err(format!(
+                "{:?}\n{}",
+                process.try_wait(),
+                process.logs().join("\n")
+            ));
+        }
         assert!(
             started.elapsed() < Duration::from_secs(180),
             "`xtask up` was not ready within 180 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    process
+    Ok(process)
 }
 
 /// Slots before writes (issue 19, item 4): `up` ran `outbox-relay
@@ -637,8 +665,7 @@ fn print_table(rows: &[Row]) {
 
 #[tokio::test]
 async fn chaos_each_process_killed_with_sigkill_mid_burst() {
-    let site = Site::new();
-    let mut stack = site.up().await;
+    let (site, mut stack) = Site::start(10..=29).await;
     let mut rows = Vec::new();
     for (name, process, port) in [
         ("relay killed (SIGKILL)", "outbox-relay", RELAY),
@@ -656,8 +683,7 @@ async fn chaos_each_process_killed_with_sigkill_mid_burst() {
 
 #[tokio::test]
 async fn chaos_stopped_mid_burst_a_broker_losing_its_data_and_a_slot_dropped() {
-    let site = Site::new();
-    let mut stack = site.up().await;
+    let (site, mut stack) = Site::start(30..=49).await;
     assert_slots_before_services(&stack, "created at");
     let mut rows = vec![scenario(&site, &mut stack, "Ctrl-C, `up` again", Fault::Restart).await];
     print_table(&rows);

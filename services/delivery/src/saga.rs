@@ -57,17 +57,40 @@ impl DeliverySaga {
                     BookingOutcome::Scheduled => self.metrics.outcome("scheduled"),
                     BookingOutcome::NoCapacity => self.metrics.outcome("no_capacity"),
                     BookingOutcome::DailyLimit => self.metrics.outcome("daily_limit"),
-                    BookingOutcome::AlreadyHandled => {}
+                    // Booked (or failed) before, under another event id:
+                    // the answer given then, again.
+                    BookingOutcome::AlreadyHandled => {
+                        self.answer_again(conn, paid.order_id, Answer::Booking, trace_id)
+                            .await?;
+                    }
                 }
             }
             Event::OrderCancellationRequested(request) => {
                 match store::cancel(conn, &request, trace_id).await? {
                     CancelOutcome::Released => self.metrics.outcome("cancelled"),
                     CancelOutcome::Remembered => self.metrics.outcome("cancelled_before_booking"),
-                    CancelOutcome::NothingToDo => {}
+                    CancelOutcome::NothingToDo => {
+                        self.answer_again(conn, request.order_id, Answer::Release, trace_id)
+                            .await?;
+                    }
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes again what the service answered about `order_id` (see
+    /// [`EventHandler::repeated`]).
+    async fn answer_again(
+        &self,
+        conn: &mut AsyncPgConnection,
+        order_id: uuid::Uuid,
+        answer: Answer,
+        trace_id: &str,
+    ) -> Result<(), HandleError> {
+        if store::announce_again(conn, order_id, answer, trace_id).await? {
+            self.metrics.announced_again.inc();
         }
         Ok(())
     }
@@ -100,10 +123,8 @@ impl EventHandler for DeliverySaga {
                 Event::OrderCancellationRequested(cancel) => (cancel.order_id, Answer::Release),
                 _ => return Ok(()),
             };
-            if store::announce_again(conn, order_id, answer, &envelope.trace_id).await? {
-                self.metrics.announced_again.inc();
-            }
-            Ok(())
+            self.answer_again(conn, order_id, answer, &envelope.trace_id)
+                .await
         })
     }
 

@@ -587,6 +587,29 @@ async fn a_lost_event_at_any_step_is_healed_by_the_saga_re_drive() {
     assert_eq!(order["payment"]["status"], "REFUNDED");
     charged.push((customer, 0));
 
+    // The same loss for an order from before the request ids were kept: it
+    // is re-driven under a new id, which payment has never seen; payment
+    // finds the order charged (and refunded) and answers again all the same.
+    let customer = Customer::new();
+    stack.pause(order_db, "payments").await;
+    let mut reader = KafkaReader::new(&brokers, "payments").await;
+    let id = stack.place(&customer, &order_of(8)).await;
+    order_db
+        .client()
+        .await
+        .execute(
+            "UPDATE orders SET placed_event_id = NULL WHERE id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    stack
+        .lose(&mut reader, "PaymentRefunded", &id, &[order_db])
+        .await;
+    let order = stack.wait_for_status(&customer, &id, "CANCELLED").await;
+    assert_eq!(order["reason"], "NO_CAPACITY");
+    charged.push((customer, 0));
+
     // Every step was re-driven, and counted by step.
     let metrics = stack.order_metrics().await;
     for step in ["payment", "delivery", "refund", "cancellation"] {

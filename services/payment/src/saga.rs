@@ -50,7 +50,13 @@ impl PaymentSaga {
                 match outcome {
                     ChargeOutcome::Confirmed => self.metrics.outcome("confirmed"),
                     ChargeOutcome::Failed => self.metrics.outcome("failed"),
-                    ChargeOutcome::AlreadyCharged => {}
+                    // Charged before, under another event id (an order
+                    // re-driven from before the ids were kept, or after the
+                    // inbox forgot): the answer given then, again.
+                    ChargeOutcome::AlreadyCharged => {
+                        self.answer_again(conn, order.order_id, Answer::Charge, trace_id)
+                            .await?;
+                    }
                 }
             }
             Event::DeliveryFailed(failed) => {
@@ -80,6 +86,25 @@ impl PaymentSaga {
     ) -> Result<(), HandleError> {
         if store::refund(conn, order_id, reason, trace_id).await? {
             self.metrics.outcome("refunded");
+        } else {
+            // Refunded before (or never charged: then nothing is said).
+            self.answer_again(conn, order_id, Answer::Refund, trace_id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes again what the service answered about `order_id` (see
+    /// [`EventHandler::repeated`]).
+    async fn answer_again(
+        &self,
+        conn: &mut AsyncPgConnection,
+        order_id: uuid::Uuid,
+        answer: Answer,
+        trace_id: &str,
+    ) -> Result<(), HandleError> {
+        if store::announce_again(conn, order_id, answer, trace_id).await? {
+            self.metrics.announced_again.inc();
         }
         Ok(())
     }
@@ -113,10 +138,8 @@ impl EventHandler for PaymentSaga {
                 Event::OrderCancellationRequested(cancel) => (cancel.order_id, Answer::Refund),
                 _ => return Ok(()),
             };
-            if store::announce_again(conn, order_id, answer, &envelope.trace_id).await? {
-                self.metrics.announced_again.inc();
-            }
-            Ok(())
+            self.answer_again(conn, order_id, answer, &envelope.trace_id)
+                .await
         })
     }
 
