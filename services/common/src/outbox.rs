@@ -39,7 +39,8 @@ diesel::table! {
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = outbox)]
 pub struct NewRow<'a> {
-    /// The event id. (The fields are in [`COLUMNS`] order.)
+    /// The event id. (The fields are in the order of the outbox columns
+    /// that [`insert_from`] names.)
     pub id: Uuid,
     pub aggregate_type: &'static str,
     pub aggregate_id: String,

@@ -21,6 +21,8 @@ pub struct OrderMetrics {
     orders_by_status: Family<StatusLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// Status changes made by the saga, per target status.
     pub status_changes: Family<StatusLabel, Counter<u64, AtomicU64>>,
+    /// Placements refused over a quota, per error code.
+    quota_refusals: Family<CodeLabel, Counter<u64, AtomicU64>>,
     /// Orders re-driven, per saga step (crate::redrive).
     redrives: Family<StepLabel, Counter<u64, AtomicU64>>,
     /// In-flight orders and stuck ones, refreshed on every scrape.
@@ -29,6 +31,7 @@ pub struct OrderMetrics {
 }
 
 type StepLabel = [(&'static str, &'static str); 1];
+type CodeLabel = [(&'static str, &'static str); 1];
 
 impl OrderMetrics {
     pub fn register(registry: &mut Registry) -> Self {
@@ -49,6 +52,11 @@ impl OrderMetrics {
             metrics.status_changes.clone(),
         );
         registry.register(
+            "order_quota_refusals",
+            "Placements refused with 429 over a customer quota, by error code",
+            metrics.quota_refusals.clone(),
+        );
+        registry.register(
             "saga_redrives",
             "Orders whose saga had stopped moving and whose request was written again, by step",
             metrics.redrives.clone(),
@@ -64,6 +72,10 @@ impl OrderMetrics {
             metrics.stuck.clone(),
         );
         metrics
+    }
+
+    pub fn quota_refused(&self, code: &'static str) {
+        self.quota_refusals.get_or_create(&[("code", code)]).inc();
     }
 
     pub fn redriven(&self, step: crate::redrive::Step) {

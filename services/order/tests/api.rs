@@ -948,6 +948,20 @@ async fn too_many_open_orders_is_429_with_retry_after_and_nothing_is_stored() {
     app.place_ok(&alice).await;
     let refused = app.place(&alice, &valid_order()).await;
     assert_error(refused, 429, "TOO_MANY_OPEN_ORDERS", &[]).await;
+    // An operator sees the refusals.
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("order_quota_refusals_total{code=\"TOO_MANY_OPEN_ORDERS\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -176,8 +176,12 @@ async fn price_order(
         .map_err(|problem| Refused::Api(ApiError::validation(vec![field("items", problem)])))
 }
 
-/// The 429 answer of a placement over a quota.
-fn over_quota(exceeded: QuotaExceeded) -> ApiError {
+/// The 429 answer of a placement over a quota, counted by its code.
+fn over_quota(exceeded: QuotaExceeded, metrics: &OrderMetrics) -> ApiError {
+    metrics.quota_refused(match exceeded {
+        QuotaExceeded::OpenOrders { .. } => TOO_MANY_OPEN_ORDERS,
+        QuotaExceeded::Rate { .. } => ORDER_RATE_LIMITED,
+    });
     match exceeded {
         QuotaExceeded::OpenOrders { limit, retry_after } => ApiError::too_many_requests(
             TOO_MANY_OPEN_ORDERS,
@@ -311,7 +315,7 @@ pub async fn place_order(
                     }
                 }
                 tracing::info!(customer_id = %user.user_id, ?exceeded, "placement over quota");
-                return Err(over_quota(exceeded));
+                return Err(over_quota(exceeded, &metrics));
             }
             Err(PlaceError::CatalogChanged) if attempts < 3 => continue,
             Err(PlaceError::CatalogChanged) => {
