@@ -26,15 +26,7 @@ async fn operational_endpoints_answer() {
     }
     let customer = Customer::new();
     app.place_ok(&customer).await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("orders_placed_total 1"), "{metrics}");
     assert!(
         metrics.contains(r#"orders{status="PENDING"} 1"#),
@@ -949,15 +941,7 @@ async fn too_many_open_orders_is_429_with_retry_after_and_nothing_is_stored() {
     let refused = app.place(&alice, &valid_order()).await;
     assert_error(refused, 429, "TOO_MANY_OPEN_ORDERS", &[]).await;
     // An operator sees the refusals.
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("order_quota_refusals_total{code=\"TOO_MANY_OPEN_ORDERS\"} 3"),
         "{metrics}"

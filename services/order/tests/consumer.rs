@@ -68,15 +68,7 @@ async fn payment_and_delivery_events_from_the_broker_move_the_order_once() {
         .collect();
     assert_eq!(events, ["PAID", "DELIVERY_SCHEDULED"]);
 
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("consumer_lag"), "{metrics}");
     assert!(
         metrics.contains(r#"order_status_changes_total{status="PAID"} 1"#),

@@ -26,15 +26,7 @@ async fn get_with_prefer(app: &TestApp, customer: &Customer, id: &str, prefer: &
 
 /// The value of an unlabelled gauge on `/metrics`.
 async fn gauge(app: &TestApp, name: &str) -> i64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))

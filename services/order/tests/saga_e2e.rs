@@ -291,18 +291,6 @@ impl Stack {
         record.envelope().event_id
     }
 
-    /// The order service's `/metrics` text.
-    async fn order_metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.order.address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
     /// `(booked, scheduled deliveries)` of the window starting at `start`,
     /// read from the delivery database.
     async fn window_usage(&self, start: &str) -> (i32, i64) {
@@ -611,7 +599,7 @@ async fn a_lost_event_at_any_step_is_healed_by_the_saga_re_drive() {
     charged.push((customer, 0));
 
     // Every step was re-driven, and counted by step.
-    let metrics = stack.order_metrics().await;
+    let metrics = stack.order.metrics().await;
     for step in ["payment", "delivery", "refund", "cancellation"] {
         let line = format!("saga_redrives_total{{step=\"{step}\"}}");
         assert!(
@@ -666,7 +654,7 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
     assert_eq!(stuck["status"], "PENDING");
     assert_eq!(stuck["step"], "payment");
     assert_eq!(stuck["redrive_attempts"], REDRIVE_MAX_ATTEMPTS);
-    assert!(stack.order_metrics().await.contains("sagas_stuck 1"));
+    assert!(stack.order.metrics().await.contains("sagas_stuck 1"));
     let page = stack
         .http
         .get(format!("{}/admin/sagas", stack.order.address))
@@ -693,7 +681,7 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
     stack
         .wait_for_status(&customer, &id, "DELIVERY_SCHEDULED")
         .await;
-    assert!(stack.order_metrics().await.contains("sagas_stuck 0"));
+    assert!(stack.order.metrics().await.contains("sagas_stuck 0"));
     assert_eq!(stack.balance(&customer).await, INITIAL_CREDIT - 1_000);
 
     // An order no saga works on any more cannot be re-driven.

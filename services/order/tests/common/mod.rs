@@ -153,6 +153,18 @@ impl TestApp {
             .expect("set a product");
     }
 
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// How many orders are stored, whoever placed them.
     pub async fn stored_orders(&self) -> i64 {
         self.db
