@@ -302,10 +302,11 @@ const SCENARIO_CONCURRENCY: usize = 8;
 const PACE: Duration = Duration::from_millis(200);
 /// The fault comes once this many orders of the burst were accepted.
 const ACCEPTED_BEFORE_FAULT: usize = 10;
-/// Time for every order to end once the burst is over: a lost event waits
-/// for the saga re-drive (10 s, then backing off), a killed process for its
-/// restart.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Time for every order to end once the burst is over: a killed process
+/// waits for its restart, a lost event for the saga re-drive, which comes
+/// 30 s after the order's last move, then 60 s and 120 s after that: room
+/// for three re-drives (210 s) and the restarts.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a scenario does to the stack in the middle of its burst.
 enum Fault {
@@ -589,25 +590,38 @@ async fn scenario(site: &Site, stack: &mut ChildProcess, name: &str, fault: Faul
 
     // Every order of these customers ends (accepted or not: one whose
     // answer was lost in the fault must end too).
-    let outcome = wait_until(
-        SETTLE_TIMEOUT,
-        &format!("{name}: every order final"),
-        || async {
-            let mut by_customer = Vec::new();
-            for customer in &customers {
-                let orders = try_orders_of(http, base, customer).await?;
-                if orders
-                    .iter()
-                    .any(|o| !FINAL.contains(&o["status"].as_str().unwrap()))
-                {
-                    return None;
+    // On failure it says which orders were not final, and what `up` logged.
+    let settle_deadline = Instant::now() + SETTLE_TIMEOUT;
+    let outcome = loop {
+        let mut by_customer = Vec::new();
+        let mut pending = Vec::new();
+        for customer in &customers {
+            match try_orders_of(http, base, customer).await {
+                Some(orders) => {
+                    pending.extend(
+                        orders
+                            .iter()
+                            .filter(|o| !FINAL.contains(&o["status"].as_str().unwrap()))
+                            .map(|o| format!("{} {}", o["id"], o["status"])),
+                    );
+                    by_customer.push(orders);
                 }
-                by_customer.push(orders);
+                None => pending.push("(the orders could not be listed)".to_owned()),
             }
-            Some(by_customer)
-        },
-    )
-    .await;
+        }
+        if pending.is_empty() {
+            break by_customer;
+        }
+        if Instant::now() >= settle_deadline {
+            let logs = stack.logs();
+            panic!(
+                "{name}: not every order final after {SETTLE_TIMEOUT:?}: {pending:?}\n\
+                 --- the last 300 lines of `xtask up` ---\n{}",
+                logs[logs.len().saturating_sub(300)..].join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let seconds = fault_at.elapsed().as_secs_f64();
     let mut finished = 0;
     for (n, (customer, orders)) in customers.iter().zip(&outcome).enumerate() {
