@@ -36,6 +36,10 @@ pub enum Scenario {
     /// Read-heavy traffic at a fixed --rate: order reads, order lists, wallet
     /// reads and a --write-share of new orders.
     Mixed,
+    /// Issue 22's five targets in one command: an idle stack (an order every 5 s),
+    /// 100 orders/s, 200 orders/s twice back to back (--duration s each, 30 by
+    /// default), then saturation; prints one pass/fail line per target.
+    ReportCard,
 }
 
 impl Scenario {
@@ -45,6 +49,7 @@ impl Scenario {
             Scenario::Saturation => "saturation",
             Scenario::Saga => "saga",
             Scenario::Mixed => "mixed",
+            Scenario::ReportCard => "report-card",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod metrics;
 pub mod procs;
 pub mod report;
+pub mod report_card;
 pub mod run;
 pub mod scenario;
 pub mod schedule;

@@ -741,14 +741,14 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
     use crate::metrics::{Outcome, Recorder};
     use crate::procs::ProcPoint;
 
-    fn sample_report() -> Report {
+    pub(crate) fn sample_report() -> Report {
         let rec = Recorder::new();
         let now = Instant::now();
         for ms in 1..=50 {

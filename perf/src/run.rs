@@ -95,6 +95,9 @@ pub async fn execute(cli: &Cli, command: String) -> anyhow::Result<(Report, Path
         Scenario::Saga => scenario::saga::run(&api, cli, &customers).await,
         Scenario::Saturation => scenario::saturation::run(&api, cli, &customers).await,
         Scenario::Mixed => scenario::mixed::run(&api, cli, &customers).await,
+        Scenario::ReportCard => Err(anyhow::anyhow!(
+            "report-card runs the other scenarios (crate::report_card::run)"
+        )),
     };
     ticker.abort();
     let process_series = sampler.stop();
