@@ -24,6 +24,7 @@ usage: cargo xtask <command>
 commands:
   up [--kafka HOST:PORT] [--partitions N] [--release] [--postgres-per-service]
      [--data-dir DIR] [--port-offset N] [--fail-fast] [--recreate-slot SOURCE]...
+     [--set BINARY:APP__KEY=VALUE]...
       Start PostgreSQL (port 55432, data kept in .data/postgres; with
       --postgres-per-service one server per service database on ports
       55432-55435, data in .data/postgres/<database>), Apache Kafka
@@ -41,6 +42,9 @@ commands:
       --data-dir keeps the data elsewhere than .data; --port-offset N adds N
       to every port (a second stack beside the first). With
       COMMERCE_BIN_DIR set, its binaries run as they are (no build).
+      --set gives one binary (gateway, order-service, payment-service,
+      delivery-service, outbox-relay) a setting: inherited APP__* variables
+      are not passed on, so the stack does not depend on the caller's shell.
   test [-- <test runner args>]
       Fetch the broker's jars if needed, build the binaries, start a
       throwaway PostgreSQL cluster and Kafka node on free ports (unless

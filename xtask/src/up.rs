@@ -89,9 +89,62 @@ pub struct Args {
     /// Relay sources whose missing or lost slot `outbox-relay create-slots`
     /// re-creates (`--recreate-slot <source>`, repeatable).
     recreate_slots: Vec<String>,
+    /// Settings for one binary, `--set <binary>:APP__KEY=value` (repeatable):
+    /// the inherited `APP__*` variables are stripped, so this is how a run
+    /// tries another value (a perf experiment, a feature switch).
+    settings: Vec<Setting>,
+}
+
+/// One `--set`: a binary of the stack, an `APP__*` variable and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Setting {
+    binary: String,
+    key: String,
+    value: String,
+}
+
+impl Setting {
+    fn parse(spec: &str) -> anyhow::Result<Self> {
+        let binaries = [
+            "gateway",
+            "order-service",
+            "payment-service",
+            "delivery-service",
+            "outbox-relay",
+        ];
+        let (binary, assignment) = spec
+            .split_once(':')
+            .context("--set needs <binary>:APP__KEY=value")?;
+        anyhow::ensure!(
+            binaries.contains(&binary),
+            "--set: unknown binary {binary:?} (one of {})",
+            binaries.join(", ")
+        );
+        let (key, value) = assignment
+            .split_once('=')
+            .context("--set needs <binary>:APP__KEY=value")?;
+        anyhow::ensure!(
+            key.starts_with("APP__"),
+            "--set: {key:?} is not a setting (APP__SECTION__KEY)"
+        );
+        Ok(Self {
+            binary: binary.into(),
+            key: key.into(),
+            value: value.into(),
+        })
+    }
 }
 
 impl Args {
+    /// The `--set` settings of `binary`, as environment variables.
+    fn settings_of(&self, binary: &str) -> impl Iterator<Item = (String, OsString)> + '_ {
+        let binary = binary.to_owned();
+        self.settings
+            .iter()
+            .filter(move |s| s.binary == binary)
+            .map(|s| (s.key.clone(), OsString::from(&s.value)))
+    }
+
     /// A port of the stack: its default plus `--port-offset`.
     fn port(&self, default: u16) -> u16 {
         default + self.port_offset
@@ -109,6 +162,7 @@ impl Args {
             port_offset: 0,
             fail_fast: false,
             recreate_slots: Vec::new(),
+            settings: Vec::new(),
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -127,6 +181,7 @@ impl Args {
                 "--release" => options.release = true,
                 "--fail-fast" => options.fail_fast = true,
                 "--recreate-slot" => options.recreate_slots.push(value()?),
+                "--set" => options.settings.push(Setting::parse(&value()?)?),
                 "--postgres-per-service" => options.postgres_per_service = true,
                 "--data-dir" => options.data_dir = PathBuf::from(value()?),
                 "--port-offset" => {
@@ -385,6 +440,7 @@ pub fn run(options: Args) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|&(key, value)| (key.into(), value.into())),
         );
+        env.extend(options.settings_of(service.binary));
         let proc = stack.start(service.binary, binary(&bin_dir, service.binary, env))?;
         stack.services.push(proc);
     }
@@ -428,6 +484,7 @@ fn relay_env(options: &Args, brokers: &str, servers: &[Server]) -> Vec<(String, 
                 .into(),
         ));
     }
+    relay.extend(options.settings_of("outbox-relay"));
     relay
 }
 
@@ -1068,6 +1125,27 @@ mod tests {
         assert!(Args::parse(&["--port-offset".into(), "9000".into()]).is_err());
         assert!(!Args::parse(&[]).unwrap().fail_fast);
         assert!(Args::parse(&["--fail-fast".into()]).unwrap().fail_fast);
+    }
+
+    #[test]
+    fn set_gives_one_binary_a_setting_and_refuses_what_is_not_one() {
+        let strings = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let options = Args::parse(&strings(&[
+            "--set",
+            "order-service:APP__CONSUMER__BUSY_FETCH_INTERVAL=20ms",
+            "--set=outbox-relay:APP__KAFKA__BUSY_PRODUCE_INTERVAL_MS=20",
+        ]))
+        .unwrap();
+        let of = |binary| options.settings_of(binary).collect::<Vec<_>>();
+        assert_eq!(
+            of("order-service"),
+            [("APP__CONSUMER__BUSY_FETCH_INTERVAL".to_string(), OsString::from("20ms"))]
+        );
+        assert_eq!(of("outbox-relay").len(), 1);
+        assert!(of("payment-service").is_empty());
+        for bad in ["orders:APP__X=1", "order-service:X=1", "order-service:APP__X"] {
+            assert!(Args::parse(&strings(&["--set", bad])).is_err(), "{bad}");
+        }
     }
 
     #[test]
