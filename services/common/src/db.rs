@@ -104,8 +104,12 @@ impl Migrations {
 
 /// One source for diesel: it applies the pending migrations of all the sets
 /// in the order of their versions, as it did when they were one folder, so a
-/// fresh database is built in the same order as before. The runtime's
-/// versions are the oldest, so its tables exist before the service's.
+/// fresh database is built in the same order as before (the runtime's first
+/// two, the outbox and the consumer tables, are the oldest of every set).
+///
+/// Two sets may not share a version: diesel knows a migration only by its
+/// version, and would take the second for applied once the first is (the
+/// gateway's `users` has the consumer tables' version, 20261125000002).
 impl MigrationSource<Pg> for Migrations {
     fn migrations(&self) -> migration::Result<Vec<Box<dyn Migration<Pg>>>> {
         let mut all = MigrationSource::<Pg>::migrations(&OUTBOX)?;
@@ -114,6 +118,17 @@ impl MigrationSource<Pg> for Migrations {
         }
         if let Some(own) = &self.own {
             all.extend(MigrationSource::<Pg>::migrations(own)?);
+        }
+        let mut versions = std::collections::HashSet::new();
+        for migration in &all {
+            let version = migration.name().version().to_string();
+            if !versions.insert(version.clone()) {
+                return Err(format!(
+                    "two migrations have the version {version}: rename the service's \
+                     (the runtime's keep theirs)"
+                )
+                .into());
+            }
         }
         Ok(all)
     }
@@ -219,4 +234,30 @@ impl<Q> QueryId for Prepared<Q> {
 
 impl<Q: Query> Query for Prepared<Q> {
     type SqlType = Q::SqlType;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_in_two_sets_is_refused() {
+        const CONSUMING_GATEWAY: Migrations = Migrations::new(
+            Runtime::OutboxAndConsumer,
+            embed_migrations!("../../db/migrations/gateway"),
+        );
+        let error = MigrationSource::<Pg>::migrations(&CONSUMING_GATEWAY)
+            .err()
+            .expect("users and the consumer tables share a version");
+        assert!(error.to_string().contains("20261125000002"), "{error}");
+
+        const GATEWAY: Migrations = Migrations::new(
+            Runtime::Outbox,
+            embed_migrations!("../../db/migrations/gateway"),
+        );
+        assert_eq!(
+            MigrationSource::<Pg>::migrations(&GATEWAY).unwrap().len(),
+            4
+        );
+    }
 }
