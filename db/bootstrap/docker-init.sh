@@ -5,7 +5,7 @@
 # environment. The relay's role gets REPLICATION, CONNECT and CREATE (for
 # its own schema outbox_relay, where it marks the slots it created; no
 # access to the services' tables): the publications are created by the
-# services' own migrations (db/migrations/*/..._outbox). Nobody else may
+# services' migrations (db/migrations/runtime/outbox). Nobody else may
 # connect to a database.
 set -euo pipefail
 

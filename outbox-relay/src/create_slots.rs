@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::config::{RelayConfig, SourceConfig};
+use crate::error::SourceError;
 use crate::replication::{ConnectParams, ReplicationConnection};
 use crate::slots::{self, Outcome};
-use crate::source::SourceError;
 
 /// Usage of the relay binary's commands.
 pub const USAGE: &str =

@@ -7,9 +7,11 @@
 //! - [`catalog`]: publication/slot checks and the lag probe's query (plain SQL)
 //! - [`slots`]: creating slots, and the marker that refuses to replace a
 //!   lost one silently; [`create_slots`]: the `create-slots` command
-//! - [`source`]: one source's connect/reconnect loop; [`pipeline`]: its stream
+//! - [`source`]: one source's connect/reconnect loop; [`pipeline`]: its stream;
+//!   [`error`]: why a source stopped
+//! - [`confirm`]: where an LSN is confirmed to PostgreSQL ([`confirm::Confirmation`]),
+//!   over [`inflight`]: the in-flight transactions in commit order
 //! - [`probe`]: the slot's lag and WAL status, on a connection of its own
-//! - [`inflight`]: ordered acknowledgement of in-flight transactions
 //! - [`outbox`]: row -> Kafka record (or dead letter); [`publisher`]: rskafka
 //!   ([`nodelay`]: `TCP_NODELAY` on its broker connections)
 //! - [`metrics`], [`http`]: Prometheus, JSON status, dashboard
@@ -17,7 +19,9 @@
 pub mod backoff;
 pub mod catalog;
 pub mod config;
+pub mod confirm;
 pub mod create_slots;
+pub mod error;
 pub mod http;
 pub mod inflight;
 pub mod metrics;

@@ -1,10 +1,7 @@
 //! The streaming loop of one replication session: decode pgoutput, turn
 //! outbox inserts into records, hand them to the publisher as they arrive,
-//! and confirm WAL positions to PostgreSQL only over transactions whose
-//! records the broker acknowledged, in commit order.
-//!
-//! With nothing in flight, a keepalive's WAL position is confirmed, so an
-//! idle outbox (or a database busy with other tables) never retains WAL.
+//! and tell [`Confirmation`] what was read, committed and acknowledged (it
+//! decides which WAL position is confirmed to PostgreSQL).
 //!
 //! Backpressure: reading WAL pauses while `max_in_flight_records` records
 //! are unacknowledged, and a record is sent only while the bytes sent and
@@ -20,16 +17,14 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::inflight::{Completed, InFlight, TxnId};
+use crate::confirm::Confirmation;
+use crate::error::SourceError;
+use crate::inflight::TxnId;
 use crate::metrics::SourceMetrics;
 use crate::outbox::{self, OutboxColumns, OutgoingRecord, RowError};
 use crate::publisher::{Delivery, Publisher};
-use crate::replication::connection::pg_now;
-use crate::replication::pgoutput::{
-    self, Insert, LogicalMessage, PgTimestamp, Relation, RelationCache,
-};
+use crate::replication::pgoutput::{self, Insert, LogicalMessage, Relation, RelationCache};
 use crate::replication::{Lsn, ReplicationError, ReplicationStream, StreamMessage};
-use crate::source::SourceError;
 
 pub struct PipelineSettings {
     pub source: String,
@@ -53,16 +48,13 @@ pub struct Pipeline {
     relations: RelationCache,
     /// Outbox column positions of relations that are the outbox table.
     outbox_relations: HashMap<u32, Result<OutboxColumns, RowError>>,
-    in_flight: InFlight,
+    confirmation: Confirmation,
     /// Records read but not sent yet, for want of room under
     /// `max_in_flight_bytes`; in the order they were read.
     waiting: VecDeque<(TxnId, OutgoingRecord)>,
     open: Option<Open>,
-    confirmed: Lsn,
-    /// Newest WAL position the server reported (stream or probe).
-    /// When streaming started and from which confirmed position.
+    /// When streaming started.
     started: Instant,
-    start_confirmed: Lsn,
     /// Liveness: how long the server has been silent while the pipeline
     /// listened, counted at status ticks (see `note_silence`).
     silent_for: Duration,
@@ -80,15 +72,13 @@ impl Pipeline {
     pub fn new(settings: PipelineSettings, confirmed: Lsn, metrics: Arc<SourceMetrics>) -> Self {
         Self {
             settings,
+            confirmation: Confirmation::new(confirmed, Arc::clone(&metrics)),
             metrics,
             relations: RelationCache::default(),
             outbox_relations: HashMap::new(),
-            in_flight: InFlight::default(),
             waiting: VecDeque::new(),
             open: None,
-            confirmed,
             started: Instant::now(),
-            start_confirmed: confirmed,
             silent_for: Duration::ZERO,
             heard_since_tick: false,
             last_tick: Instant::now(),
@@ -113,7 +103,8 @@ impl Pipeline {
         loop {
             let can_read = drain_until.is_none()
                 && self.waiting.is_empty()
-                && self.in_flight.pending_records() < self.settings.max_in_flight_records;
+                && self.confirmation.in_flight().pending_records()
+                    < self.settings.max_in_flight_records;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if drain_until.is_none() => {
@@ -130,26 +121,27 @@ impl Pipeline {
                 }
             }
             let drained = drain_until.is_some_and(|deadline| {
-                self.in_flight.pending_records() == 0 || Instant::now() >= deadline
+                self.confirmation.in_flight().pending_records() == 0 || Instant::now() >= deadline
             });
             if drained {
-                stream.send_status(self.confirmed, false).await?;
-                tracing::info!(source = %self.settings.source, confirmed = %self.confirmed, "stopped streaming");
+                self.confirmation.send(&mut stream, false).await?;
+                let confirmed = self.confirmation.confirmed();
+                tracing::info!(source = %self.settings.source, %confirmed, "stopped streaming");
                 stream.close().await;
-                return Ok(self.confirmed);
+                return Ok(confirmed);
             }
         }
     }
 
     /// A session is healthy once it streamed for `healthy_after` and made
     /// progress: it confirmed a position past where it started (a
-    /// transaction, or an idle keepalive), or it has nothing pending at all.
+    /// transaction, or an idle keepalive), or it has nothing pending at all
+    /// (no open transaction either).
     /// A failure that recurs before that (a record the broker refuses, a
     /// change the server cannot decode) never resets the backoff.
     fn is_healthy(&self) -> bool {
         self.started.elapsed() >= self.settings.healthy_after
-            && (self.confirmed > self.start_confirmed
-                || (self.open.is_none() && self.in_flight.is_empty()))
+            && (self.confirmation.advanced() || self.confirmation.in_flight().is_empty())
     }
 
     async fn on_message(
@@ -167,14 +159,9 @@ impl Pipeline {
                 wal_end,
                 reply_requested,
             } => {
-                // The server sent everything before `wal_end`; with nothing
-                // of ours pending, that whole range is done.
-                if self.open.is_none() && self.in_flight.is_empty() && wal_end > self.confirmed {
-                    self.confirmed = wal_end;
-                    self.metrics.confirmed_idle(wal_end);
-                }
+                self.confirmation.keepalive(wal_end);
                 if reply_requested {
-                    stream.send_status(self.confirmed, false).await?;
+                    self.confirmation.send(stream, false).await?;
                 }
                 Ok(())
             }
@@ -188,7 +175,7 @@ impl Pipeline {
     ) -> Result<(), SourceError> {
         match message {
             LogicalMessage::Begin(begin) => {
-                let txn = self.in_flight.begin(begin.commit_time);
+                let txn = self.confirmation.begin(begin.commit_time);
                 self.open = Some(Open {
                     txn,
                     final_lsn: begin.final_lsn,
@@ -201,8 +188,7 @@ impl Pipeline {
                     .open
                     .take()
                     .ok_or_else(|| unexpected("Commit without Begin"))?;
-                self.in_flight.commit(open.txn, commit.end_lsn);
-                self.confirm_completed();
+                self.confirmation.commit(open.txn, commit.end_lsn);
             }
             LogicalMessage::Skipped(_) => {}
         }
@@ -255,7 +241,7 @@ impl Pipeline {
         record: OutgoingRecord,
         publisher: &mut Publisher,
     ) -> Result<(), SourceError> {
-        self.in_flight.add_record(txn);
+        self.confirmation.add_record(txn);
         self.waiting.push_back((txn, record));
         self.send_waiting(publisher).await
     }
@@ -266,9 +252,9 @@ impl Pipeline {
             && self.has_room_for(record.size())
         {
             let (txn, record) = self.waiting.pop_front().expect("checked above");
-            self.in_flight.sent(record.size());
+            self.confirmation.sent(record.size());
             self.metrics
-                .set_in_flight_bytes(self.in_flight.bytes_in_flight());
+                .set_in_flight_bytes(self.confirmation.in_flight().bytes_in_flight());
             publisher.dispatch(txn, record).await?;
         }
         Ok(())
@@ -278,7 +264,7 @@ impl Pipeline {
     /// flight stay within the bound, or nothing is in flight at all (a
     /// record larger than the bound goes alone rather than never).
     fn has_room_for(&self, size: usize) -> bool {
-        let in_flight = self.in_flight.bytes_in_flight();
+        let in_flight = self.confirmation.in_flight().bytes_in_flight();
         in_flight == 0 || in_flight + size <= self.settings.max_in_flight_bytes
     }
 
@@ -323,7 +309,7 @@ impl Pipeline {
                 txn,
                 records,
                 bytes,
-            } => self.in_flight.ack(txn, records, bytes),
+            } => self.confirmation.ack(txn, records, bytes),
             Delivery::Rejected {
                 txn,
                 topic,
@@ -333,9 +319,9 @@ impl Pipeline {
             Delivery::Failed(error) => return Err(error.into()),
         }
         self.metrics
-            .set_in_flight_bytes(self.in_flight.bytes_in_flight());
+            .set_in_flight_bytes(self.confirmation.in_flight().bytes_in_flight());
         self.send_waiting(publisher).await?;
-        self.confirm_completed();
+        self.confirmation.confirm_completed();
         Ok(())
     }
 
@@ -373,23 +359,10 @@ impl Pipeline {
                 "broker refused a record; sent to the dead-letter topic"
             );
             let dead = outbox::dead_letter_of_record(topic, record, reason, source);
-            self.in_flight.add_record(txn);
+            self.confirmation.add_record(txn);
             self.waiting.push_back((txn, dead));
         }
-        self.in_flight.ack(txn, 1, record.approximate_size());
-    }
-
-    fn confirm_completed(&mut self) {
-        while let Some(Completed {
-            end_lsn,
-            commit_time,
-            records,
-        }) = self.in_flight.pop_completed()
-        {
-            self.confirmed = self.confirmed.max(end_lsn);
-            let latency = (records > 0).then(|| micros_since(commit_time));
-            self.metrics.confirmed(self.confirmed, records, latency);
-        }
+        self.confirmation.ack(txn, 1, record.approximate_size());
     }
 
     /// The server's silence while we listened, as of this tick. Each tick
@@ -423,12 +396,8 @@ impl Pipeline {
             return Err(ReplicationError::Silent(silence).into());
         }
         let ask_for_reply = silence >= self.settings.receive_timeout / 3;
-        stream.send_status(self.confirmed, ask_for_reply).await?;
-        let lag_seconds = self
-            .in_flight
-            .oldest_commit_time()
-            .map_or(0.0, |t| micros_since(t).as_secs_f64());
-        self.metrics.set_lag(lag_seconds);
+        self.confirmation.send(stream, ask_for_reply).await?;
+        self.metrics.set_lag(self.confirmation.lag().as_secs_f64());
         Ok(())
     }
 }
@@ -438,11 +407,6 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         self.metrics.set_in_flight_bytes(0);
     }
-}
-
-fn micros_since(pg_time: PgTimestamp) -> Duration {
-    let micros = pg_now() - pg_time;
-    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }
 
 fn unexpected(what: &str) -> SourceError {

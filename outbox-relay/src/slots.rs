@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use crate::catalog::{Catalog, SlotInfo};
+use crate::error::SourceError;
 use crate::replication::{Lsn, ReplicationConnection, ReplicationError};
-use crate::source::SourceError;
 
 /// The schema of the marker table, owned by the relay's role.
 pub const MARKER_SCHEMA: &str = "outbox_relay";

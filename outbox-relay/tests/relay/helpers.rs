@@ -11,7 +11,7 @@ use test_support::{
 use tokio_postgres::Client;
 
 const OUTBOX_MIGRATION: &str =
-    include_str!("../../../db/migrations/order/2026-11-25-000001_outbox/up.sql");
+    include_str!("../../../db/migrations/runtime/outbox/2026-11-25-000001_outbox/up.sql");
 
 /// A short random suffix for slot, topic and role names (cluster-global).
 pub fn unique(prefix: &str) -> String {

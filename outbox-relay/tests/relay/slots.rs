@@ -15,7 +15,7 @@ use crate::helpers::{
 };
 
 const OUTBOX_MIGRATION: &str =
-    include_str!("../../../db/migrations/order/2026-11-25-000001_outbox/up.sql");
+    include_str!("../../../db/migrations/runtime/outbox/2026-11-25-000001_outbox/up.sql");
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn slot_exists(client: &tokio_postgres::Client, slot: &str) -> bool {

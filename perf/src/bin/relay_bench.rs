@@ -50,7 +50,8 @@ struct Args {
     seconds: u64,
 }
 
-const OUTBOX: &str = include_str!("../../../db/migrations/order/2026-11-25-000001_outbox/up.sql");
+const OUTBOX: &str =
+    include_str!("../../../db/migrations/runtime/outbox/2026-11-25-000001_outbox/up.sql");
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,8 +1,10 @@
 //! Database plumbing shared by the services: the async diesel pool, embedded
-//! migrations applied at start-up, and the readiness probe.
+//! migrations applied at start-up (the runtime's tables, one copy here, and
+//! the service's own), and the readiness probe.
 
 use diesel::{
     ConnectionError, QueryResult, QueryableByName,
+    migration::{self, Migration, MigrationSource},
     pg::Pg,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
     sql_query,
@@ -15,7 +17,7 @@ use diesel_async::{
         AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool::Pool,
     },
 };
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt;
 
 use crate::config::DatabaseConfig;
@@ -62,12 +64,79 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
         .build()?)
 }
 
-/// Applies pending migrations; returns the newest applied version, as the
-/// database records it, for [`ready`] to compare against.
-pub async fn migrate(
-    config: &DatabaseConfig,
-    migrations: EmbeddedMigrations,
-) -> anyhow::Result<String> {
+/// The outbox (table, publication, the trigger that empties it): every
+/// database that publishes events has it.
+const OUTBOX: EmbeddedMigrations = embed_migrations!("../../db/migrations/runtime/outbox");
+/// The consumer runtime's tables (offsets, leases, inbox, dead letters).
+const CONSUMER: EmbeddedMigrations = embed_migrations!("../../db/migrations/runtime/consumer");
+
+/// Which of the runtime's tables a database holds besides the service's own.
+/// Their migrations keep the version ids they had when every database had a
+/// copy of them, so a database migrated then finds them applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// The outbox: the service publishes events (the gateway).
+    Outbox,
+    /// The outbox and the consumer tables: the service publishes and consumes.
+    OutboxAndConsumer,
+}
+
+/// A database's migrations: the runtime's sets it needs and the service's own.
+pub struct Migrations {
+    runtime: Runtime,
+    own: Option<EmbeddedMigrations>,
+}
+
+impl Migrations {
+    /// `own` is the service's `embed_migrations!` of `db/migrations/<service>`.
+    pub const fn new(runtime: Runtime, own: EmbeddedMigrations) -> Self {
+        Self {
+            runtime,
+            own: Some(own),
+        }
+    }
+
+    /// The runtime's tables alone (the runtime's own tests).
+    pub const fn runtime(runtime: Runtime) -> Self {
+        Self { runtime, own: None }
+    }
+}
+
+/// One source for diesel: it applies the pending migrations of all the sets
+/// in the order of their versions, as it did when they were one folder, so a
+/// fresh database is built in the same order as before (the runtime's first
+/// two, the outbox and the consumer tables, are the oldest of every set).
+///
+/// Two sets may not share a version: diesel knows a migration only by its
+/// version, and would take the second for applied once the first is (the
+/// gateway's `users` has the consumer tables' version, 20261125000002).
+impl MigrationSource<Pg> for Migrations {
+    fn migrations(&self) -> migration::Result<Vec<Box<dyn Migration<Pg>>>> {
+        let mut all = MigrationSource::<Pg>::migrations(&OUTBOX)?;
+        if self.runtime == Runtime::OutboxAndConsumer {
+            all.extend(MigrationSource::<Pg>::migrations(&CONSUMER)?);
+        }
+        if let Some(own) = &self.own {
+            all.extend(MigrationSource::<Pg>::migrations(own)?);
+        }
+        let mut versions = std::collections::HashSet::new();
+        for migration in &all {
+            let version = migration.name().version().to_string();
+            if !versions.insert(version.clone()) {
+                return Err(format!(
+                    "two migrations have the version {version}: rename the service's \
+                     (the runtime's keep theirs)"
+                )
+                .into());
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Applies pending migrations; returns the newest applied version over all
+/// the sets, as the database records it, for [`ready`] to compare against.
+pub async fn migrate(config: &DatabaseConfig, migrations: Migrations) -> anyhow::Result<String> {
     let url = config.url.expose().to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         use diesel::Connection;
@@ -165,4 +234,30 @@ impl<Q> QueryId for Prepared<Q> {
 
 impl<Q: Query> Query for Prepared<Q> {
     type SqlType = Q::SqlType;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_in_two_sets_is_refused() {
+        const CONSUMING_GATEWAY: Migrations = Migrations::new(
+            Runtime::OutboxAndConsumer,
+            embed_migrations!("../../db/migrations/gateway"),
+        );
+        let error = MigrationSource::<Pg>::migrations(&CONSUMING_GATEWAY)
+            .err()
+            .expect("users and the consumer tables share a version");
+        assert!(error.to_string().contains("20261125000002"), "{error}");
+
+        const GATEWAY: Migrations = Migrations::new(
+            Runtime::Outbox,
+            embed_migrations!("../../db/migrations/gateway"),
+        );
+        assert_eq!(
+            MigrationSource::<Pg>::migrations(&GATEWAY).unwrap().len(),
+            4
+        );
+    }
 }

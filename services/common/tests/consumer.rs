@@ -16,7 +16,6 @@ use commerce_common::{
 };
 use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use prometheus_client::registry::Registry;
 use rskafka::{
     client::partition::{Compression, OffsetAt, UnknownTopicHandling},
@@ -29,7 +28,7 @@ use test_support::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/payment");
+const MIGRATIONS: db::Migrations = db::Migrations::runtime(db::Runtime::OutboxAndConsumer);
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Records every event it sees in `effects` (with its trace id, as the
@@ -510,28 +509,6 @@ async fn records_postgresql_cannot_store_are_dead_lettered_without_blocking() {
         "the readable headers: {readable}"
     );
     assert_eq!(query_i64(database, "SELECT count(*) FROM inbox").await, 3);
-}
-
-/// The consumer tables are created by one migration copied into every
-/// consuming service's database: the copies must not drift.
-#[test]
-fn the_consumer_migrations_are_the_same_in_every_service() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../db/migrations");
-    for migration in [
-        "2026-11-25-000002_consumer",
-        "2026-12-04-000070_dead_letter_raw_headers",
-    ] {
-        for file in ["up.sql", "down.sql"] {
-            let read = |service: &str| {
-                std::fs::read_to_string(root.join(service).join(migration).join(file))
-                    .unwrap_or_else(|e| panic!("{service}/{migration}/{file}: {e}"))
-            };
-            let order = read("order");
-            for service in ["payment", "delivery"] {
-                assert_eq!(read(service), order, "{service}/{migration}/{file} differs");
-            }
-        }
-    }
 }
 
 /// A fetch's inbox entries are written together: an event twice in one

@@ -1,6 +1,9 @@
 //! The pool against a real PostgreSQL: pooled connections keep working
 //! after the runtime that first used them is gone (an HTTP worker's, at
-//! shutdown), and statements marked `prepared()` stay prepared.
+//! shutdown), and statements marked `prepared()` stay prepared. And the
+//! migrations: a database migrated when every database had its own copy of
+//! the runtime's migrations finds nothing to apply, and `/ready` expects the
+//! newest version over the runtime's and the service's sets.
 
 use commerce_common::{
     config::DatabaseConfig,
@@ -11,7 +14,8 @@ use diesel::{
     sql_types::{BigInt, Integer},
 };
 use diesel_async::RunQueryDsl;
-use test_support::fresh_database;
+use diesel_migrations::embed_migrations;
+use test_support::{TestDatabase, fresh_database};
 
 #[derive(QueryableByName)]
 struct Count {
@@ -116,4 +120,144 @@ fn a_pooled_connection_outlives_the_runtime_that_first_used_it() {
     });
     drop(pool);
     main.block_on(async move { drop(database) });
+}
+
+/// Each database's migrations as its service declares them (`startup.rs`).
+fn migrations(database: &str) -> db::Migrations {
+    use db::{Migrations, Runtime};
+    const GATEWAY: Migrations = Migrations::new(
+        Runtime::Outbox,
+        embed_migrations!("../../db/migrations/gateway"),
+    );
+    const ORDER: Migrations = Migrations::new(
+        Runtime::OutboxAndConsumer,
+        embed_migrations!("../../db/migrations/order"),
+    );
+    const PAYMENT: Migrations = Migrations::new(
+        Runtime::OutboxAndConsumer,
+        embed_migrations!("../../db/migrations/payment"),
+    );
+    const DELIVERY: Migrations = Migrations::new(
+        Runtime::OutboxAndConsumer,
+        embed_migrations!("../../db/migrations/delivery"),
+    );
+    match database {
+        "gateway" => GATEWAY,
+        "order" => ORDER,
+        "payment" => PAYMENT,
+        "delivery" => DELIVERY,
+        other => panic!("no such database: {other}"),
+    }
+}
+
+/// The versions each database had when every one kept its own copy of the
+/// outbox and consumer migrations (`db/migrations/<service>/` up to commit
+/// 9a9e415): a database migrated then has exactly these rows.
+fn versions_before_the_runtime_sets(database: &str) -> &'static [&'static str] {
+    match database {
+        "gateway" => &[
+            "20261125000001",
+            "20261125000002",
+            "20261125000030",
+            "20261129000050",
+        ],
+        "order" => &[
+            "20261125000001",
+            "20261125000002",
+            "20261125000010",
+            "20261125000020",
+            "20261125000030",
+            "20261125000040",
+            "20261129000050",
+            "20261129000060",
+            "20261204000070",
+            "20261205000080",
+            "20261205000090",
+            "20261205000100",
+        ],
+        "payment" => &[
+            "20261125000001",
+            "20261125000002",
+            "20261125000010",
+            "20261125000030",
+            "20261129000040",
+            "20261129000050",
+            "20261204000070",
+            "20261205000090",
+        ],
+        "delivery" => &[
+            "20261125000001",
+            "20261125000002",
+            "20261125000010",
+            "20261125000030",
+            "20261129000050",
+            "20261204000070",
+            "20261205000090",
+        ],
+        other => panic!("no such database: {other}"),
+    }
+}
+
+/// `(version, run_on)` of every applied migration, oldest first.
+async fn applied(database: &TestDatabase) -> Vec<(String, String)> {
+    database
+        .client()
+        .await
+        .query(
+            "SELECT version, run_on::text FROM __diesel_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// The runtime's migrations kept their version ids when they moved to one
+/// copy in the shared crate: every version a database had before is still
+/// one of its migrations (a renamed one would be applied again over the
+/// existing tables), migrating again applies nothing, and `/ready` expects
+/// the newest version over both sets (the gateway's is a runtime one).
+#[tokio::test]
+async fn a_database_migrated_before_the_runtime_sets_finds_nothing_to_apply() {
+    for name in ["gateway", "order", "payment", "delivery"] {
+        let database = fresh_database(&format!("migrations_{name}")).await;
+        let config = DatabaseConfig::with_url(&database.url);
+        let expected = db::migrate(&config, migrations(name)).await.unwrap();
+        let first = applied(&database).await;
+        let versions: Vec<&str> = first.iter().map(|(v, _)| v.as_str()).collect();
+        for version in versions_before_the_runtime_sets(name) {
+            assert!(
+                versions.contains(version),
+                "{name}: {version} is no longer a migration: {versions:?}"
+            );
+        }
+        assert_eq!(
+            Some(expected.as_str()),
+            versions.iter().copied().max(),
+            "{name}: migrate returns the newest version"
+        );
+
+        let again = db::migrate(&config, migrations(name)).await.unwrap();
+        assert_eq!(again, expected, "{name}");
+        assert_eq!(
+            applied(&database).await,
+            first,
+            "{name}: nothing applied again"
+        );
+
+        let pool = db::pool(&config).unwrap();
+        assert_eq!(db::ready(&pool, &expected).await, Ok(()), "{name}");
+        database
+            .client()
+            .await
+            .batch_execute(&format!(
+                "DELETE FROM __diesel_schema_migrations WHERE version = '{expected}'"
+            ))
+            .await
+            .unwrap();
+        let pending = db::ready(&pool, &expected).await.unwrap_err();
+        assert!(pending.contains("migrations pending"), "{name}: {pending}");
+    }
 }

@@ -20,7 +20,7 @@ use commerce_common::{
     db,
     http::{ApiError, json_config, path_config, query_config},
 };
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use diesel_migrations::embed_migrations;
 use paperclip::{
     actix::{OpenApiExt, web},
     v2::models::{DefaultApiRaw, Info},
@@ -43,7 +43,10 @@ use crate::{
     },
 };
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/gateway");
+pub const MIGRATIONS: db::Migrations = db::Migrations::new(
+    db::Runtime::Outbox,
+    embed_migrations!("../../db/migrations/gateway"),
+);
 
 /// Largest JSON body the gateway's own endpoints read.
 const JSON_LIMIT: usize = 16 * 1024;

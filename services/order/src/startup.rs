@@ -11,7 +11,7 @@ use commerce_common::{
     events::topics,
     service::{self, Operational, RunningService},
 };
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use diesel_migrations::embed_migrations;
 use paperclip::actix::{OpenApiExt, web};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,10 @@ use crate::{
     store,
 };
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/order");
+pub const MIGRATIONS: db::Migrations = db::Migrations::new(
+    db::Runtime::OutboxAndConsumer,
+    embed_migrations!("../../db/migrations/order"),
+);
 
 /// Largest accepted JSON body (100 lines fit many times over).
 const JSON_LIMIT: usize = 64 * 1024;

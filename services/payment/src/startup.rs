@@ -10,7 +10,7 @@ use commerce_common::{
     events::topics,
     service::{self, Operational, RunningService},
 };
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use diesel_migrations::embed_migrations;
 use paperclip::actix::{OpenApiExt, web};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,10 @@ use crate::{
     saga::PaymentSaga,
 };
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../db/migrations/payment");
+pub const MIGRATIONS: db::Migrations = db::Migrations::new(
+    db::Runtime::OutboxAndConsumer,
+    embed_migrations!("../../db/migrations/payment"),
+);
 
 const JSON_LIMIT: usize = 16 * 1024;
 

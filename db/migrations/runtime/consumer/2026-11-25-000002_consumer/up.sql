@@ -1,5 +1,5 @@
--- Tables of the Kafka consumer runtime (commerce_common::consumer). The same
--- migration exists in every consuming service's database.
+-- Tables of the Kafka consumer runtime (commerce_common::consumer), in every
+-- consuming service's database (commerce_common::db::Runtime).
 
 -- Where each (consumer group, topic, partition) continues: always the offset
 -- after the last record of a completely handled fetch (a batch boundary).

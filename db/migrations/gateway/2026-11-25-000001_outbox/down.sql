@@ -1,2 +1,0 @@
-DROP PUBLICATION IF EXISTS outbox_relay;
-DROP TABLE outbox;

@@ -1,2 +1,0 @@
-DROP TRIGGER outbox_delete_published ON outbox;
-DROP FUNCTION outbox_delete_published();

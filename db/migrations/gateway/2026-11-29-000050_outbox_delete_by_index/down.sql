@@ -1,1 +1,0 @@
-ALTER FUNCTION outbox_delete_published() RESET enable_seqscan;

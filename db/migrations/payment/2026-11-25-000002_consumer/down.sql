@@ -1,5 +1,0 @@
-DROP TABLE dead_letters;
-DROP TABLE inbox;
-DROP TABLE consumer_members;
-DROP TABLE partition_leases;
-DROP TABLE consumer_offsets;
