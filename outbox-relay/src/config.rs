@@ -4,14 +4,11 @@
 //! Validated once at start-up.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Deserialize, Deserializer, Serialize};
-
-pub const CONFIG_FILE_ENV: &str = "APP_CONFIG_FILE";
+use commerce_base::config::split_list;
+pub use commerce_base::config::{CONFIG_FILE_ENV, Secret};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -223,44 +220,10 @@ impl SourceConfig {
     }
 }
 
-/// A string that never prints (database URLs carry passwords).
-#[derive(Clone, Default, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
-    }
-}
-
 impl RelayConfig {
     /// Loads and validates the configuration.
     pub fn load() -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(RelayConfig::default()));
-        if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        let config: RelayConfig = figment
-            .merge(Env::prefixed("APP__").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+        let config: RelayConfig = commerce_base::config::load()?;
         config.validate()?;
         Ok(config)
     }
@@ -375,14 +338,6 @@ impl RelayConfig {
     }
 }
 
-fn split_list(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
@@ -440,10 +395,5 @@ mod tests {
     #[test]
     fn the_defaults_are_valid() {
         RelayConfig::default().validate().expect("valid defaults");
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        assert_eq!(format!("{:?}", Secret::new("pw")), "Secret(***)");
     }
 }

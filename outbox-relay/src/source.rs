@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use commerce_base::backoff::{Backoff, Jitter};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{KafkaConfig, ReplicationConfig, SourceConfig};
 use crate::metrics::{Metrics, SourceMetrics, SourceState};
@@ -203,9 +203,12 @@ impl Source {
     }
 
     fn backoff(&self) -> Backoff {
+        // Equal jitter: relays (or sources) that lost one database spread
+        // out their reconnects.
         Backoff::new(
             Duration::from_millis(self.replication.backoff_initial_ms),
             Duration::from_millis(self.replication.backoff_max_ms),
+            Jitter::Equal,
         )
     }
 

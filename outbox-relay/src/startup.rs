@@ -75,7 +75,7 @@ impl Application {
         );
 
         // rskafka's requests stall on Nagle without it (see the module).
-        let nodelay = tokio::spawn(crate::nodelay::keep_set(shutdown.clone()));
+        let nodelay = tokio::spawn(commerce_base::nodelay::keep_set(shutdown.clone()));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         wait_for_signal().await;
