@@ -570,7 +570,7 @@ impl PartitionWorker {
         let event_id = job
             .record
             .headers
-            .get("event_id")
+            .get(commerce_base::outbox::headers::EVENT_ID)
             .map(|id| String::from_utf8_lossy(id).into_owned())
             .unwrap_or_default();
         self.holds.start(format!(
