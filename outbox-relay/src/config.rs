@@ -1,17 +1,16 @@
 //! Typed configuration: defaults, then the TOML file named by
 //! `APP_CONFIG_FILE`, then `APP__SECTION__KEY` environment variables, e.g.
 //! `APP__SOURCES__ORDER__URL=postgres://...` adds the source `order`.
+//! Durations are written with a unit (`"250ms"`, `"5s"`); the keys that
+//! named their unit (`..._ms`) still load for a release ([`RENAMED_KEYS`]).
 //! Validated once at start-up.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Deserialize, Deserializer, Serialize};
-
-pub const CONFIG_FILE_ENV: &str = "APP_CONFIG_FILE";
+pub use commerce_base::config::{CONFIG_FILE_ENV, Secret};
+use commerce_base::config::{duration, split_list};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -29,6 +28,24 @@ pub enum ConfigError {
         message: &'static str,
     },
 }
+
+/// The keys renamed when durations got units (`replication.status_interval_ms`
+/// is now `replication.status_interval`): still read, with their meaning
+/// (a number of milliseconds), for this release.
+pub const RENAMED_KEYS: &[&str] = &[
+    "kafka.produce_timeout_ms",
+    "kafka.busy_produce_interval_ms",
+    "replication.status_interval_ms",
+    "replication.receive_timeout_ms",
+    "replication.connect_timeout_ms",
+    "replication.command_timeout_ms",
+    "replication.create_slot_timeout_ms",
+    "replication.backoff_initial_ms",
+    "replication.backoff_max_ms",
+    "replication.healthy_session_ms",
+    "replication.shutdown_grace_ms",
+    "replication.lag_probe_interval_ms",
+];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,7 +88,8 @@ pub struct KafkaConfig {
     /// created when their first event arrives).
     pub topics: String,
     /// Deadline of every broker request.
-    pub produce_timeout_ms: u64,
+    #[serde(with = "duration")]
+    pub produce_timeout: Duration,
     /// Records (per source) sent but not yet acknowledged before the relay
     /// stops reading WAL; bounds memory.
     pub max_in_flight_records: usize,
@@ -87,7 +105,8 @@ pub struct KafkaConfig {
     /// before its next batch, so that under load records travel in fewer,
     /// larger batches (less work per record for the broker and for every
     /// consumer's fetch). A quiet partition produces at once. 0 turns it off.
-    pub busy_produce_interval_ms: u64,
+    #[serde(with = "duration")]
+    pub busy_produce_interval: Duration,
     /// Produce attempts of a record the broker keeps answering with a
     /// retriable error (NOT_ENOUGH_REPLICAS, CORRUPT_MESSAGE, ...), with a
     /// growing pause between them (100 ms doubling, at most 10 s); after the
@@ -102,11 +121,11 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             partitions: 3,
             topics: "users,orders,payments,deliveries".into(),
-            produce_timeout_ms: 10_000,
+            produce_timeout: Duration::from_secs(10),
             max_in_flight_records: 5_000,
             max_in_flight_bytes: 64 * 1024 * 1024,
             max_record_bytes: 1_000_000,
-            busy_produce_interval_ms: 5,
+            busy_produce_interval: Duration::from_millis(5),
             max_produce_attempts: 10,
             replication_factor: -1,
         }
@@ -121,65 +140,67 @@ impl KafkaConfig {
     pub fn topic_list(&self) -> Vec<String> {
         split_list(&self.topics)
     }
-
-    pub fn produce_timeout(&self) -> Duration {
-        Duration::from_millis(self.produce_timeout_ms)
-    }
-
-    pub fn busy_produce_interval(&self) -> Duration {
-        Duration::from_millis(self.busy_produce_interval_ms)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
     /// Interval of standby status updates.
-    pub status_interval_ms: u64,
+    #[serde(with = "duration")]
+    pub status_interval: Duration,
     /// A streaming session that received nothing from the server for this
     /// long (keepalives included) is presumed dead and restarted. After a
     /// third of it in silence, status updates ask the server for a reply,
     /// so a live server is never silent that long. Also the replication
     /// socket's `TCP_USER_TIMEOUT`.
-    pub receive_timeout_ms: u64,
-    pub connect_timeout_ms: u64,
+    #[serde(with = "duration")]
+    pub receive_timeout: Duration,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
     /// Deadline of IDENTIFY_SYSTEM, START_REPLICATION and of writing a
     /// status update; past it the command is cancelled and the session
     /// restarts.
-    pub command_timeout_ms: u64,
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
     /// Deadline of CREATE_REPLICATION_SLOT, which waits until every
     /// transaction open in the cluster when it started has ended; past it
     /// the creation is cancelled and the error names the oldest open
     /// transaction's backend.
-    pub create_slot_timeout_ms: u64,
+    #[serde(with = "duration")]
+    pub create_slot_timeout: Duration,
     /// First and longest pause between reconnect attempts (jittered).
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
+    #[serde(with = "duration")]
+    pub backoff_initial: Duration,
+    #[serde(with = "duration")]
+    pub backoff_max: Duration,
     /// The reconnect backoff starts over only after a session streamed this
     /// long and made progress (confirmed a position past where it started,
     /// or had nothing to do); a failure that recurs sooner keeps backing off.
-    pub healthy_session_ms: u64,
+    #[serde(with = "duration")]
+    pub healthy_session: Duration,
     /// How long shutdown waits for in-flight acknowledgements.
-    pub shutdown_grace_ms: u64,
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
     /// How often the lag probe reads each source's slot (lag, `wal_status`,
     /// `safe_wal_size`) on a connection of its own, whatever the source's
     /// state.
-    pub lag_probe_interval_ms: u64,
+    #[serde(with = "duration")]
+    pub lag_probe_interval: Duration,
 }
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
-            status_interval_ms: 1_000,
-            receive_timeout_ms: 60_000,
-            connect_timeout_ms: 5_000,
-            command_timeout_ms: 10_000,
-            create_slot_timeout_ms: 30_000,
-            backoff_initial_ms: 250,
-            backoff_max_ms: 30_000,
-            healthy_session_ms: 30_000,
-            shutdown_grace_ms: 5_000,
-            lag_probe_interval_ms: 2_000,
+            status_interval: Duration::from_secs(1),
+            receive_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(10),
+            create_slot_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            healthy_session: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            lag_probe_interval: Duration::from_secs(2),
         }
     }
 }
@@ -223,44 +244,10 @@ impl SourceConfig {
     }
 }
 
-/// A string that never prints (database URLs carry passwords).
-#[derive(Clone, Default, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
-    }
-}
-
 impl RelayConfig {
     /// Loads and validates the configuration.
     pub fn load() -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(RelayConfig::default()));
-        if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        let config: RelayConfig = figment
-            .merge(Env::prefixed("APP__").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+        let config: RelayConfig = commerce_base::config::load_renamed(RENAMED_KEYS)?;
         config.validate()?;
         Ok(config)
     }
@@ -298,42 +285,27 @@ impl RelayConfig {
     /// Numbers that would make a source fail (or panic) only once it runs.
     fn validate_settings(&self) -> Result<(), ConfigError> {
         let (kafka, replication) = (&self.kafka, &self.replication);
-        let above_zero: [(&'static str, u64); 8] = [
-            ("kafka.produce_timeout_ms", kafka.produce_timeout_ms),
+        let above_zero = [
+            ("kafka.produce_timeout", kafka.produce_timeout),
+            ("replication.command_timeout", replication.command_timeout),
             (
-                "replication.command_timeout_ms",
-                replication.command_timeout_ms,
+                "replication.create_slot_timeout",
+                replication.create_slot_timeout,
             ),
+            ("replication.status_interval", replication.status_interval),
+            ("replication.connect_timeout", replication.connect_timeout),
+            ("replication.backoff_initial", replication.backoff_initial),
+            ("replication.healthy_session", replication.healthy_session),
             (
-                "replication.create_slot_timeout_ms",
-                replication.create_slot_timeout_ms,
-            ),
-            (
-                "replication.status_interval_ms",
-                replication.status_interval_ms,
-            ),
-            (
-                "replication.connect_timeout_ms",
-                replication.connect_timeout_ms,
-            ),
-            (
-                "replication.backoff_initial_ms",
-                replication.backoff_initial_ms,
-            ),
-            (
-                "replication.healthy_session_ms",
-                replication.healthy_session_ms,
-            ),
-            (
-                "replication.lag_probe_interval_ms",
-                replication.lag_probe_interval_ms,
+                "replication.lag_probe_interval",
+                replication.lag_probe_interval,
             ),
         ];
         for (key, value) in above_zero {
-            if value == 0 {
+            if value.is_zero() {
                 return Err(ConfigError::Setting {
                     key,
-                    value: value.to_string(),
+                    value: duration::format(value),
                     message: "must be above 0",
                 });
             }
@@ -352,19 +324,19 @@ impl RelayConfig {
                 message: "must be at least 1, or -1 for the broker's default",
             });
         }
-        if replication.receive_timeout_ms < 3 * replication.status_interval_ms {
+        if replication.receive_timeout < 3 * replication.status_interval {
             return Err(ConfigError::Setting {
-                key: "replication.receive_timeout_ms",
-                value: replication.receive_timeout_ms.to_string(),
-                message: "must be at least 3 x replication.status_interval_ms (the stream's \
+                key: "replication.receive_timeout",
+                value: duration::format(replication.receive_timeout),
+                message: "must be at least 3 x replication.status_interval (the stream's \
                           silence is checked, and a reply asked for, at each status update)",
             });
         }
-        if replication.backoff_max_ms < replication.backoff_initial_ms {
+        if replication.backoff_max < replication.backoff_initial {
             return Err(ConfigError::Setting {
-                key: "replication.backoff_max_ms",
-                value: replication.backoff_max_ms.to_string(),
-                message: "must be at least replication.backoff_initial_ms",
+                key: "replication.backoff_max",
+                value: duration::format(replication.backoff_max),
+                message: "must be at least replication.backoff_initial",
             });
         }
         Ok(())
@@ -373,14 +345,6 @@ impl RelayConfig {
     pub fn http_address(&self) -> String {
         format!("{}:{}", self.http.host, self.http.port)
     }
-}
-
-fn split_list(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 #[cfg(test)]
@@ -427,23 +391,47 @@ mod tests {
     fn rejects_a_zero_status_interval_by_name() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("APP__SOURCES__ORDER__URL", "postgres://u@h/db");
-            jail.set_env("APP__REPLICATION__STATUS_INTERVAL_MS", "0");
+            jail.set_env("APP__REPLICATION__STATUS_INTERVAL", "0s");
             let error = RelayConfig::load().expect_err("0 is refused");
             assert_eq!(
                 error.to_string(),
-                "configuration: replication.status_interval_ms = 0 is invalid: must be above 0"
+                "configuration: replication.status_interval = 0ms is invalid: must be above 0"
             );
             Ok(())
         });
     }
 
     #[test]
-    fn the_defaults_are_valid() {
-        RelayConfig::default().validate().expect("valid defaults");
+    fn durations_take_units_and_the_old_ms_keys_still_load() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP__SOURCES__ORDER__URL", "postgres://u@h/db");
+            jail.set_env("APP__KAFKA__PRODUCE_TIMEOUT", "3s");
+            jail.set_env("APP__REPLICATION__STATUS_INTERVAL_MS", "200");
+            jail.set_env("APP__REPLICATION__BACKOFF_MAX_MS", "2000");
+            let config = RelayConfig::load().expect("loads");
+            assert_eq!(config.kafka.produce_timeout, Duration::from_secs(3));
+            assert_eq!(
+                config.replication.status_interval,
+                Duration::from_millis(200)
+            );
+            assert_eq!(config.replication.backoff_max, Duration::from_secs(2));
+            assert_eq!(config.replication.receive_timeout, Duration::from_secs(60));
+            Ok(())
+        });
     }
 
     #[test]
-    fn secrets_do_not_print() {
-        assert_eq!(format!("{:?}", Secret::new("pw")), "Secret(***)");
+    fn every_renamed_key_names_a_duration_key() {
+        let defaults = serde_json::to_value(RelayConfig::default()).unwrap();
+        for old in RENAMED_KEYS {
+            let new = old.strip_suffix("_ms").expect("an _ms key");
+            let value = new.split('.').fold(&defaults, |v, k| &v[k]);
+            assert!(value.is_string(), "{new} is a duration");
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        RelayConfig::default().validate().expect("valid defaults");
     }
 }

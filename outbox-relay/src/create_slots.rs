@@ -11,8 +11,6 @@
 //! `--recreate`: that re-creates the slot at the current WAL position,
 //! knowing the events its predecessor had not confirmed were not published.
 
-use std::time::Duration;
-
 use crate::catalog::Catalog;
 use crate::config::{RelayConfig, SourceConfig};
 use crate::error::SourceError;
@@ -71,7 +69,7 @@ async fn prepare(
     recreate: bool,
 ) -> Result<String, SourceError> {
     let replication = &config.replication;
-    let timeout = Duration::from_millis(replication.connect_timeout_ms);
+    let timeout = replication.connect_timeout;
     let url = source.url.expose();
     let (schema, table) = source.qualified_table();
     let catalog =
@@ -91,7 +89,7 @@ async fn prepare(
         slot,
         outbox_exists,
         slots::Mode::CreateSlots { recreate },
-        Duration::from_millis(replication.create_slot_timeout_ms),
+        replication.create_slot_timeout,
     )
     .await?;
     drop(connection);

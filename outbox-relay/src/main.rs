@@ -1,6 +1,10 @@
 use std::process::ExitCode;
 
-use outbox_relay::{config::RelayConfig, create_slots, startup::Application, telemetry};
+use commerce_base::telemetry;
+use outbox_relay::{config::RelayConfig, create_slots, startup::Application};
+
+/// `RUST_LOG` when unset: rskafka logs every reconnect at info.
+const LOG_DIRECTIVES: &str = "info,rskafka=warn";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -13,7 +17,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Some("create-slots") => {
             let recreate = recreate_args(&args[1..])?;
-            telemetry::init();
+            telemetry::init("outbox-relay", LOG_DIRECTIVES);
             let config = RelayConfig::load()?;
             let ok = create_slots::run(&config, &recreate).await?;
             return Ok(if ok {
@@ -24,7 +28,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Some(_) => anyhow::bail!("unexpected arguments {args:?}\n{}", create_slots::USAGE),
     }
-    telemetry::init();
+    telemetry::init("outbox-relay", LOG_DIRECTIVES);
     let config = RelayConfig::load()?;
     let application = Application::build(config)?;
     application.run_until_stopped().await?;

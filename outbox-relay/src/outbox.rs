@@ -1,38 +1,30 @@
 //! Turns an inserted outbox row into a Kafka record, or explains why it cannot.
 //!
 //! Columns are found by name in the relation, so the table may gain columns
-//! or change their order. The record: topic = `aggregate_type`, key =
-//! `aggregate_id`, headers `event_id`/`event_type`/`trace_id`, value = the
-//! JSON envelope shared with the services (same field names as
-//! `commerce_common::events::Envelope`).
+//! or change their order. The record is the wire format of
+//! `commerce_base::outbox`, shared with the services: topic =
+//! `aggregate_type`, key = `aggregate_id`, headers `event_id`/`event_type`/
+//! `trace_id`, value = the JSON envelope with the payload as written.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+pub use commerce_base::outbox::{
+    DEAD_LETTER_SUFFIX, FALLBACK_DEAD_LETTER_TOPIC, is_dead_letter_topic, is_valid_topic,
+};
+use commerce_base::outbox::{
+    Envelope,
+    columns::{self, ALL as COLUMNS},
+    dead_letter_topic, headers,
+};
 use rskafka::record::Record;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::replication::pgoutput::{Relation, Value};
 
-/// Suffix of the topic that receives rows which can never be published.
-pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
-/// Dead-letter topic for rows whose `aggregate_type` is not a usable topic.
-pub const FALLBACK_DEAD_LETTER_TOPIC: &str = "outbox.dlq";
 /// Column values longer than this are cut in dead-letter records.
 const DEAD_LETTER_VALUE_LIMIT: usize = 16 * 1024;
-
-const COLUMNS: [&str; 8] = [
-    "id",
-    "aggregate_type",
-    "aggregate_id",
-    "event_type",
-    "schema_version",
-    "trace_id",
-    "occurred_at",
-    "payload",
-];
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RowError {
@@ -87,18 +79,6 @@ impl OutgoingRecord {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    event_id: &'a str,
-    event_type: &'a str,
-    aggregate_type: &'a str,
-    aggregate_id: &'a str,
-    occurred_at: DateTime<Utc>,
-    schema_version: i32,
-    trace_id: &'a str,
-    payload: &'a RawValue,
-}
-
 /// Builds the Kafka record of one outbox row, refusing records larger than
 /// `max_record_bytes`.
 pub fn to_record(
@@ -119,7 +99,7 @@ pub fn to_record(
     if !is_valid_topic(aggregate_type) {
         return Err(RowError::InvalidTopic(aggregate_type.to_owned()));
     }
-    let envelope = Envelope {
+    let envelope: Envelope<&str, &str, &RawValue> = Envelope {
         event_id,
         event_type,
         aggregate_type,
@@ -134,17 +114,20 @@ pub fn to_record(
     };
     let value =
         serde_json::to_vec(&envelope).map_err(|e| RowError::InvalidPayload(e.to_string()))?;
-    let headers = BTreeMap::from([
-        ("event_id".to_owned(), event_id.as_bytes().to_vec()),
-        ("event_type".to_owned(), event_type.as_bytes().to_vec()),
-        ("trace_id".to_owned(), trace_id.as_bytes().to_vec()),
+    let record_headers = BTreeMap::from([
+        (headers::EVENT_ID.to_owned(), event_id.as_bytes().to_vec()),
+        (
+            headers::EVENT_TYPE.to_owned(),
+            event_type.as_bytes().to_vec(),
+        ),
+        (headers::TRACE_ID.to_owned(), trace_id.as_bytes().to_vec()),
     ]);
     let record = OutgoingRecord {
         topic: aggregate_type.to_owned(),
         record: Record {
             key: Some(aggregate_id.as_bytes().to_vec()),
             value: Some(value),
-            headers,
+            headers: record_headers,
             timestamp: envelope.occurred_at,
         },
     };
@@ -175,7 +158,7 @@ pub fn dead_letter(
                 _ => None,
             })
     };
-    let topic = dead_letter_topic(column("aggregate_type"));
+    let topic = dead_letter_topic(column(columns::AGGREGATE_TYPE));
     let columns: serde_json::Map<String, serde_json::Value> = relation
         .columns
         .iter()
@@ -188,19 +171,19 @@ pub fn dead_letter(
         "commit_lsn": commit_lsn,
         "columns": columns,
     });
-    let mut headers = BTreeMap::from([(
-        "dead_letter_reason".to_owned(),
+    let mut record_headers = BTreeMap::from([(
+        headers::DEAD_LETTER_REASON.to_owned(),
         reason.to_string().into_bytes(),
     )]);
-    if let Some(id) = column("id") {
-        headers.insert("event_id".to_owned(), id.as_bytes().to_vec());
+    if let Some(id) = column(columns::ID) {
+        record_headers.insert(headers::EVENT_ID.to_owned(), id.as_bytes().to_vec());
     }
     OutgoingRecord {
         topic,
         record: Record {
-            key: column("aggregate_id").map(|k| k.as_bytes().to_vec()),
+            key: column(columns::AGGREGATE_ID).map(|k| k.as_bytes().to_vec()),
             value: Some(value.to_string().into_bytes()),
-            headers,
+            headers: record_headers,
             timestamp: Utc::now(),
         },
     }
@@ -228,33 +211,21 @@ pub fn dead_letter_of_record(
         "headers": original_headers,
         "value": dead_letter_value(&Value::Binary(Bytes::copy_from_slice(value))),
     });
-    let mut headers =
-        BTreeMap::from([("dead_letter_reason".to_owned(), reason.as_bytes().to_vec())]);
-    if let Some(id) = record.headers.get("event_id") {
-        headers.insert("event_id".to_owned(), id.clone());
+    let mut record_headers = BTreeMap::from([(
+        headers::DEAD_LETTER_REASON.to_owned(),
+        reason.as_bytes().to_vec(),
+    )]);
+    if let Some(id) = record.headers.get(headers::EVENT_ID) {
+        record_headers.insert(headers::EVENT_ID.to_owned(), id.clone());
     }
     OutgoingRecord {
         topic: dead_letter_topic(Some(topic)),
         record: Record {
             key: record.key.clone(),
             value: Some(value.to_string().into_bytes()),
-            headers,
+            headers: record_headers,
             timestamp: Utc::now(),
         },
-    }
-}
-
-/// Whether `topic` receives dead letters (`<topic>.dlq`, the fallback
-/// included): its records are never dead-lettered in turn.
-pub fn is_dead_letter_topic(topic: &str) -> bool {
-    topic.ends_with(DEAD_LETTER_SUFFIX)
-}
-
-/// `<topic>.dlq`, or the fallback when that is not a valid topic name.
-fn dead_letter_topic(topic: Option<&str>) -> String {
-    match topic.map(|t| format!("{t}{DEAD_LETTER_SUFFIX}")) {
-        Some(name) if is_valid_topic(&name) => name,
-        _ => FALLBACK_DEAD_LETTER_TOPIC.to_owned(),
     }
 }
 
@@ -293,14 +264,6 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, RowError> {
     DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| RowError::InvalidTimestamp(text.to_owned()))
-}
-
-/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`.
-fn is_valid_topic(name: &str) -> bool {
-    (1..=249).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

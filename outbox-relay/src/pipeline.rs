@@ -338,7 +338,7 @@ impl Pipeline {
         self.metrics.dead_lettered();
         let event_id = record
             .headers
-            .get("event_id")
+            .get(commerce_base::outbox::headers::EVENT_ID)
             .map(|id| String::from_utf8_lossy(id).into_owned());
         let source = &self.settings.source;
         if topic.ends_with(outbox::DEAD_LETTER_SUFFIX) {

@@ -1,6 +1,6 @@
 //! The lag probe: one task and one connection per source, apart from the
 //! replication session, reading the slot from `pg_replication_slots` every
-//! `replication.lag_probe_interval_ms` whatever the session is doing. A
+//! `replication.lag_probe_interval` whatever the session is doing. A
 //! broker outage or a session that cannot start is exactly when WAL piles
 //! up towards `max_slot_wal_keep_size`; the lag, `wal_status` and
 //! `safe_wal_size` must keep moving then (metrics, status API, dashboard).

@@ -155,7 +155,7 @@ impl Publisher {
         config: &KafkaConfig,
         metrics: Arc<SourceMetrics>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), PublishError> {
-        let timeout = config.produce_timeout();
+        let timeout = config.produce_timeout;
         let builder = ClientBuilder::new(config.broker_list())
             .client_id("outbox-relay")
             .backoff_config(backoff(timeout));
@@ -286,7 +286,7 @@ impl Publisher {
         topic: &str,
         partition: i32,
     ) -> Result<mpsc::UnboundedSender<Job>, PublishError> {
-        let timeout = self.config.produce_timeout();
+        let timeout = self.config.produce_timeout;
         let client = deadline(
             timeout,
             self.client
@@ -300,7 +300,7 @@ impl Publisher {
             deliveries: self.deliveries.clone(),
             timeout,
             max_batch_bytes: self.config.max_record_bytes,
-            busy_interval: self.config.busy_produce_interval(),
+            busy_interval: self.config.busy_produce_interval,
             attempts: self.config.max_produce_attempts.max(1),
             dead_letters: outbox::is_dead_letter_topic(topic),
             holds: self.holds.clone(),
@@ -317,7 +317,7 @@ async fn ensure_topic(
     config: &KafkaConfig,
     topic: &str,
 ) -> Result<usize, TopicFailure> {
-    let timeout = config.produce_timeout();
+    let timeout = config.produce_timeout;
     if let Some(count) = listed_partitions(client, topic, timeout)
         .await
         .map_err(TopicFailure::Failed)?
@@ -570,7 +570,7 @@ impl PartitionWorker {
         let event_id = job
             .record
             .headers
-            .get("event_id")
+            .get(commerce_base::outbox::headers::EVENT_ID)
             .map(|id| String::from_utf8_lossy(id).into_owned())
             .unwrap_or_default();
         self.holds.start(format!(

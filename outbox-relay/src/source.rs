@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use commerce_base::backoff::{Backoff, Jitter};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::catalog::Catalog;
 use crate::config::{KafkaConfig, ReplicationConfig, SourceConfig};
 use crate::confirm;
@@ -75,7 +75,7 @@ impl Source {
     pub async fn supervise(self, shutdown: CancellationToken) {
         let source = Arc::new(self);
         let mut backoff = source.backoff();
-        let healthy_after = Duration::from_millis(source.replication.healthy_session_ms);
+        let healthy_after = source.replication.healthy_session;
         loop {
             let started = tokio::time::Instant::now();
             // A set of one: dropping it (the relay's own stop) aborts the task.
@@ -106,9 +106,12 @@ impl Source {
     }
 
     fn backoff(&self) -> Backoff {
+        // Equal jitter: relays (or sources) that lost one database spread
+        // out their reconnects.
         Backoff::new(
-            Duration::from_millis(self.replication.backoff_initial_ms),
-            Duration::from_millis(self.replication.backoff_max_ms),
+            self.replication.backoff_initial,
+            self.replication.backoff_max,
+            Jitter::Equal,
         )
     }
 
@@ -137,7 +140,7 @@ impl Source {
             self.metrics.set_state(state, Some(error.to_string()));
             self.metrics.reconnecting();
             let delay = if operator {
-                Duration::from_millis(self.replication.backoff_max_ms)
+                self.replication.backoff_max
             } else {
                 backoff.next_delay()
             };
@@ -194,10 +197,10 @@ impl Source {
             max_in_flight_records: self.kafka.max_in_flight_records.max(1),
             max_in_flight_bytes: self.kafka.max_in_flight_bytes,
             max_record_bytes: self.kafka.max_record_bytes,
-            status_interval: Duration::from_millis(self.replication.status_interval_ms),
-            shutdown_grace: Duration::from_millis(self.replication.shutdown_grace_ms),
-            healthy_after: Duration::from_millis(self.replication.healthy_session_ms),
-            receive_timeout: Duration::from_millis(self.replication.receive_timeout_ms),
+            status_interval: self.replication.status_interval,
+            shutdown_grace: self.replication.shutdown_grace,
+            healthy_after: self.replication.healthy_session,
+            receive_timeout: self.replication.receive_timeout,
         };
         let confirmed = Pipeline::new(settings, confirmed, Arc::clone(&self.metrics))
             .run(stream, publisher, acks, shutdown, healthy)
@@ -241,8 +244,8 @@ impl Source {
         slot: &str,
         cancel: &mut Option<CancelKey>,
     ) -> Result<Started, SourceError> {
-        let timeout = Duration::from_millis(self.replication.connect_timeout_ms);
-        let command_timeout = Duration::from_millis(self.replication.command_timeout_ms);
+        let timeout = self.replication.connect_timeout;
+        let command_timeout = self.replication.command_timeout;
         let url = self.config.url.expose();
         let (schema, table) = self.config.qualified_table();
 
@@ -254,7 +257,7 @@ impl Source {
 
         let params = ConnectParams::from_url(url, &format!("outbox-relay/{}", self.name))?;
         let mut connection = ReplicationConnection::connect(&params, timeout).await?;
-        connection.set_user_timeout(Duration::from_millis(self.replication.receive_timeout_ms))?;
+        connection.set_user_timeout(self.replication.receive_timeout)?;
         *cancel = connection.cancel_key();
         let server_lsn = connection.identify_system(command_timeout).await?;
         let slots::Prepared { confirmed, outcome } = slots::prepare(
@@ -264,7 +267,7 @@ impl Source {
             slot,
             true,
             slots::Mode::Relay,
-            Duration::from_millis(self.replication.create_slot_timeout_ms),
+            self.replication.create_slot_timeout,
         )
         .await?;
         if outcome == slots::Outcome::Created {

@@ -62,8 +62,8 @@ impl Application {
                 source: name.clone(),
                 url: config.url.expose().to_owned(),
                 slot: config.slot_name(name),
-                interval: Duration::from_millis(self.config.replication.lag_probe_interval_ms),
-                connect_timeout: Duration::from_millis(self.config.replication.connect_timeout_ms),
+                interval: self.config.replication.lag_probe_interval,
+                connect_timeout: self.config.replication.connect_timeout,
                 metrics: self.metrics.source(name),
             };
             sources.spawn(probe.run(shutdown.clone()));
@@ -75,17 +75,16 @@ impl Application {
         );
 
         // rskafka's requests stall on Nagle without it (see the module).
-        let nodelay = tokio::spawn(crate::nodelay::keep_set(shutdown.clone()));
+        let nodelay = tokio::spawn(commerce_base::nodelay::keep_set(shutdown.clone()));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         wait_for_signal().await;
         tracing::info!("shutting down");
         shutdown.cancel();
-        // Sources drain within `shutdown_grace_ms` and cancel what they
+        // Sources drain within `shutdown_grace` and cancel what they
         // wait for; a source stuck anyway (a bug) must not keep the process
         // alive until the orchestrator's SIGKILL.
-        let patience =
-            Duration::from_millis(self.config.replication.shutdown_grace_ms) + STOP_PATIENCE;
+        let patience = self.config.replication.shutdown_grace + STOP_PATIENCE;
         let stopped = tokio::time::timeout(patience, async {
             while sources.join_next().await.is_some() {}
         })

@@ -1139,11 +1139,18 @@ mod tests {
         let of = |binary| options.settings_of(binary).collect::<Vec<_>>();
         assert_eq!(
             of("order-service"),
-            [("APP__CONSUMER__BUSY_FETCH_INTERVAL".to_string(), OsString::from("20ms"))]
+            [(
+                "APP__CONSUMER__BUSY_FETCH_INTERVAL".to_string(),
+                OsString::from("20ms")
+            )]
         );
         assert_eq!(of("outbox-relay").len(), 1);
         assert!(of("payment-service").is_empty());
-        for bad in ["orders:APP__X=1", "order-service:X=1", "order-service:APP__X"] {
+        for bad in [
+            "orders:APP__X=1",
+            "order-service:X=1",
+            "order-service:APP__X",
+        ] {
             assert!(Args::parse(&strings(&["--set", bad])).is_err(), "{bad}");
         }
     }

@@ -42,7 +42,7 @@ pub enum ReplicationError {
     },
     #[error(
         "the server sent nothing for {0:?}, not even a keepalive when asked: the connection \
-         is presumed dead (replication.receive_timeout_ms)"
+         is presumed dead (replication.receive_timeout)"
     )]
     Silent(Duration),
 }

@@ -96,7 +96,7 @@ async fn the_bytes_in_flight_stay_within_the_bound_and_a_larger_record_goes_alon
             ),
             // A broker slower than reading WAL: each partition produces at
             // most every 50 ms, so records would pile up without a bound.
-            ("APP__KAFKA__BUSY_PRODUCE_INTERVAL_MS", "50".into()),
+            ("APP__KAFKA__BUSY_PRODUCE_INTERVAL", "50ms".into()),
         ],
     )
     .await;

@@ -64,9 +64,9 @@ pub fn relay_env(
         ("APP__HTTP__PORT".into(), port.to_string()),
         ("APP__KAFKA__BROKERS".into(), test_support::kafka_brokers()),
         ("APP__KAFKA__TOPICS".into(), String::new()),
-        ("APP__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()),
-        ("APP__REPLICATION__BACKOFF_MAX_MS".into(), "2000".into()),
-        ("APP__REPLICATION__STATUS_INTERVAL_MS".into(), "200".into()),
+        ("APP__KAFKA__PRODUCE_TIMEOUT".into(), "3s".into()),
+        ("APP__REPLICATION__BACKOFF_MAX".into(), "2s".into()),
+        ("APP__REPLICATION__STATUS_INTERVAL".into(), "200ms".into()),
         ("RUST_LOG".into(), "info,rskafka=error".into()),
         ("LOG_FORMAT".into(), "pretty".into()),
     ];

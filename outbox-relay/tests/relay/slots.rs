@@ -194,8 +194,8 @@ async fn the_lag_probe_reports_lag_and_wal_status_while_the_source_cannot_stream
         &[&source],
         &[
             ("APP__KAFKA__BROKERS", dead_broker),
-            ("APP__KAFKA__PRODUCE_TIMEOUT_MS", "500".into()),
-            ("APP__REPLICATION__LAG_PROBE_INTERVAL_MS", "200".into()),
+            ("APP__KAFKA__PRODUCE_TIMEOUT", "500ms".into()),
+            ("APP__REPLICATION__LAG_PROBE_INTERVAL", "200ms".into()),
         ],
     )
     .await;

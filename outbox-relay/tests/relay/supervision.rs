@@ -46,7 +46,7 @@ async fn a_failure_that_recurs_after_streaming_starts_backs_off_and_shows_as_fla
     let topic = unique("rt_flap");
     let relay = Relay::start_with(
         &[&source],
-        &[("APP__REPLICATION__BACKOFF_MAX_MS", "4000".into())],
+        &[("APP__REPLICATION__BACKOFF_MAX", "4s".into())],
     )
     .await;
     relay
@@ -145,6 +145,7 @@ async fn a_zero_status_interval_is_refused_at_start_up_by_name() {
                 "APP__SOURCES__ZERO__URL",
                 "postgres://u@127.0.0.1/db".into(),
             ),
+            // The key's old name: still read (for a release), as milliseconds.
             ("APP__REPLICATION__STATUS_INTERVAL_MS", "0".into()),
             ("LOG_FORMAT", "pretty".into()),
         ],
@@ -159,7 +160,7 @@ async fn a_zero_status_interval_is_refused_at_start_up_by_name() {
     )
     .await;
     assert!(!status.success(), "exit status {status}");
-    let expected = "replication.status_interval_ms = 0 is invalid: must be above 0";
+    let expected = "replication.status_interval = 0ms is invalid: must be above 0";
     assert!(relay.log_contains(expected), "{:?}", relay.logs());
 }
 
@@ -176,8 +177,8 @@ async fn a_panicking_source_is_reported_and_restarted() {
     config.http.port = 0;
     config.kafka.brokers = test_support::kafka_brokers();
     config.kafka.topics = String::new();
-    config.replication.status_interval_ms = 0;
-    config.replication.backoff_max_ms = 2_000;
+    config.replication.status_interval = Duration::ZERO;
+    config.replication.backoff_max = Duration::from_secs(2);
     config.sources.insert(
         "panicky".into(),
         SourceConfig {
@@ -248,8 +249,8 @@ async fn a_slot_creation_blocked_by_an_open_transaction_names_it_and_sigterm_sti
     let mut relay = Relay::start_with(
         &[&source],
         &[(
-            "APP__REPLICATION__CREATE_SLOT_TIMEOUT_MS",
-            CREATE_SLOT_TIMEOUT.as_millis().to_string(),
+            "APP__REPLICATION__CREATE_SLOT_TIMEOUT",
+            format!("{}ms", CREATE_SLOT_TIMEOUT.as_millis()),
         )],
     )
     .await;
@@ -385,8 +386,8 @@ async fn a_frozen_walsender_is_noticed_within_the_receive_timeout() {
     let relay = Relay::start_with(
         &[&source],
         &[(
-            "APP__REPLICATION__RECEIVE_TIMEOUT_MS",
-            RECEIVE_TIMEOUT.as_millis().to_string(),
+            "APP__REPLICATION__RECEIVE_TIMEOUT",
+            format!("{}ms", RECEIVE_TIMEOUT.as_millis()),
         )],
     )
     .await;

@@ -8,7 +8,7 @@
 //! insert (`--wake notify`: `LISTEN outbox_polled`, the bench's trigger sends
 //! one notification per inserting statement; `--interval-ms` is then only a
 //! fallback). Its broker sockets get `TCP_NODELAY` as the relay's do
-//! (`outbox_relay::nodelay`), so a produce is not held by Nagle's algorithm.
+//! (`commerce_base::nodelay`), so a produce is not held by Nagle's algorithm.
 //! On SIGTERM/SIGINT it prints one JSON line: events published, failed
 //! polls, and latency from `occurred_at` (set by the inserting statement) to
 //! the broker's acknowledgement, whole and split into the wait for the poll
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     // connections opened since.
     tokio::spawn(async {
         loop {
-            outbox_relay::nodelay::set_on_tcp_sockets();
+            commerce_base::nodelay::set_on_tcp_sockets();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

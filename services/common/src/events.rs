@@ -17,34 +17,15 @@ pub mod topics {
 }
 
 /// Kafka record header names set by the relay.
-pub mod headers {
-    pub const EVENT_ID: &str = "event_id";
-    pub const EVENT_TYPE: &str = "event_type";
-    pub const TRACE_ID: &str = "trace_id";
-}
+pub use commerce_base::outbox::headers;
 
 /// Version of the envelope and payload schemas written by this code.
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// The JSON value of every Kafka record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub occurred_at: DateTime<Utc>,
-    pub schema_version: i32,
-    pub trace_id: String,
-    pub payload: serde_json::Value,
-}
-
-impl Envelope {
-    /// The typed event inside, or why it cannot be read.
-    pub fn event(&self) -> Result<Event, serde_json::Error> {
-        Event::from_parts(&self.event_type, self.payload.clone())
-    }
-}
+/// The JSON value of every Kafka record, as the services read it (the wire
+/// format is `commerce_base::outbox`'s); `envelope.event::<Event>()` is the
+/// typed event inside, or why it cannot be read.
+pub type Envelope = commerce_base::outbox::Envelope<Uuid, String, serde_json::Value>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {

@@ -6,6 +6,8 @@
 //! the table never grows.
 
 use chrono::Utc;
+// The outbox columns, in the order `NewRow::bind` binds them.
+use commerce_base::outbox::columns::ALL as COLUMNS;
 use diesel::{
     pg::Pg,
     prelude::*,
@@ -92,18 +94,6 @@ impl<'a> NewRow<'a> {
             .bind::<Jsonb, _>(&self.payload)
     }
 }
-
-/// The outbox columns, in the order [`NewRow::bind`] binds them.
-const COLUMNS: [&str; 8] = [
-    "id",
-    "aggregate_type",
-    "aggregate_id",
-    "event_type",
-    "schema_version",
-    "trace_id",
-    "occurred_at",
-    "payload",
-];
 
 /// `INSERT INTO outbox (..) SELECT $first, .., $first+7 FROM source`: an
 /// outbox insert folded into a larger statement, writing one row per row of

@@ -1,25 +1,8 @@
 //! Logging: pretty on a terminal, JSON otherwise (containers), filtered by
-//! `RUST_LOG` (default `info`). `LOG_FORMAT=json|pretty` overrides.
-
-use std::io::IsTerminal;
-
-use tracing_subscriber::{EnvFilter, fmt};
+//! `RUST_LOG` (default `info`). `LOG_FORMAT=json|pretty` overrides. See
+//! `commerce_base::telemetry`.
 
 /// Installs the global subscriber once; later calls are no-ops (tests).
 pub fn init(service: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match std::env::var("LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("pretty") => false,
-        _ => !std::io::stderr().is_terminal(),
-    };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.with_target(false).try_init()
-    };
-    if result.is_ok() {
-        tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
-    }
+    commerce_base::telemetry::init(service, "info");
 }

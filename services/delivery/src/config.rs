@@ -7,6 +7,7 @@ use commerce_common::{
     consumer::ConsumerConfig,
 };
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 pub const SERVICE: &str = "delivery-service";
 /// The consumer group: offsets, leases and the inbox are kept under it.
@@ -47,7 +48,7 @@ impl Default for Settings {
 
 impl Settings {
     pub fn load() -> anyhow::Result<Self> {
-        let settings: Self = commerce_common::config::load()
+        let settings: Self = commerce_common::config::load_renamed(RENAMED_KEYS)
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.windows.validate()?;
         settings.quotas.validate()?;
@@ -55,17 +56,24 @@ impl Settings {
     }
 }
 
-/// The delivery windows offered: `per_day` windows of `length_minutes`
-/// each day from `first_start_hour` (UTC), each taking `capacity`
-/// deliveries, bookable from tomorrow on for `horizon_days` days.
+/// The keys renamed when durations got units (`windows.length_minutes` is
+/// now `windows.length`): still read, with their meaning (a number in the
+/// old name's unit), for this release.
+pub const RENAMED_KEYS: &[&str] = &["windows.length_minutes", "windows.horizon_days"];
+
+/// The delivery windows offered: `per_day` windows of `length` each day
+/// from `first_start_hour` (UTC), each taking `capacity` deliveries,
+/// bookable from tomorrow on for `horizon` (whole days).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WindowsConfig {
     pub per_day: u32,
     pub first_start_hour: u32,
-    pub length_minutes: u32,
+    #[serde(with = "commerce_common::config::duration")]
+    pub length: Duration,
     pub capacity: i32,
-    pub horizon_days: u32,
+    #[serde(with = "commerce_common::config::duration")]
+    pub horizon: Duration,
 }
 
 impl Default for WindowsConfig {
@@ -73,9 +81,9 @@ impl Default for WindowsConfig {
         Self {
             per_day: 4,
             first_start_hour: 8,
-            length_minutes: 120,
+            length: Duration::from_secs(2 * 3600),
             capacity: 50,
-            horizon_days: 7,
+            horizon: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -87,19 +95,33 @@ impl WindowsConfig {
             "windows.per_day must be between 1 and 96"
         );
         anyhow::ensure!(
-            self.length_minutes >= 1,
-            "windows.length_minutes must be positive"
+            self.length >= Duration::from_secs(60)
+                && self.length.as_millis().is_multiple_of(60_000),
+            "windows.length must be a whole number of minutes, at least 1m"
         );
         anyhow::ensure!(
-            self.first_start_hour * 60 + self.per_day * self.length_minutes <= 24 * 60,
-            "windows.first_start_hour + per_day * length_minutes must fit in one day"
+            u64::from(self.first_start_hour * 60)
+                + u64::from(self.per_day) * self.length.as_secs() / 60
+                <= 24 * 60,
+            "windows.first_start_hour + per_day * length must fit in one day"
         );
         anyhow::ensure!(self.capacity >= 0, "windows.capacity must not be negative");
         anyhow::ensure!(
-            (1..=366).contains(&self.horizon_days),
-            "windows.horizon_days must be between 1 and 366"
+            self.horizon.as_millis().is_multiple_of(86_400_000)
+                && (1..=366).contains(&self.horizon_days()),
+            "windows.horizon must be whole days, between 1d and 366d"
         );
         Ok(())
+    }
+
+    /// The length of a window in minutes (validated whole, and within a day).
+    pub fn length_minutes(&self) -> u32 {
+        u32::try_from(self.length.as_secs() / 60).unwrap_or(u32::MAX)
+    }
+
+    /// How many days ahead windows are bookable (validated whole).
+    pub fn horizon_days(&self) -> u32 {
+        u32::try_from(self.horizon.as_secs() / 86_400).unwrap_or(u32::MAX)
     }
 }
 
@@ -144,9 +166,32 @@ mod tests {
         };
         assert!(too_long.validate().is_err());
         let no_horizon = WindowsConfig {
-            horizon_days: 0,
+            horizon: Duration::ZERO,
             ..WindowsConfig::default()
         };
         assert!(no_horizon.validate().is_err());
+        let part_of_a_day = WindowsConfig {
+            horizon: Duration::from_secs(36 * 3600),
+            ..WindowsConfig::default()
+        };
+        assert!(part_of_a_day.validate().is_err());
+        let seconds = WindowsConfig {
+            length: Duration::from_secs(90),
+            ..WindowsConfig::default()
+        };
+        assert!(seconds.validate().is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn the_old_window_keys_load_in_their_units() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP__WINDOWS__LENGTH_MINUTES", "90");
+            jail.set_env("APP__WINDOWS__HORIZON_DAYS", "3");
+            let settings = Settings::load().expect("loads");
+            assert_eq!(settings.windows.length, Duration::from_secs(90 * 60));
+            assert_eq!(settings.windows.horizon_days(), 3);
+            Ok(())
+        });
     }
 }

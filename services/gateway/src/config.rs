@@ -1,10 +1,31 @@
 //! The gateway's typed configuration (defaults -> `APP_CONFIG_FILE` TOML ->
 //! `APP__SECTION__KEY` environment), and its validation at start-up.
+//! Durations are written with a unit (`"2s"`, `"15m"`); the keys that named
+//! their unit (`..._ms`, `..._seconds`) still load for a release
+//! ([`RENAMED_KEYS`]).
 
 use std::{path::PathBuf, time::Duration};
 
 use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
 use serde::{Deserialize, Serialize};
+
+/// The keys renamed when durations got units (`proxy.connect_timeout_ms` is
+/// now `proxy.connect_timeout`): still read, with their meaning (a number
+/// in the old name's unit), for this release.
+pub const RENAMED_KEYS: &[&str] = &[
+    "auth.token_ttl_seconds",
+    "proxy.connect_timeout_ms",
+    "proxy.request_timeout_ms",
+    "proxy.pool_idle_timeout_ms",
+    "proxy.probe_timeout_ms",
+    "proxy.spec_cache_seconds",
+    "login_throttle.window_seconds",
+    "login_throttle.slow_down_interval_ms",
+    "login_throttle.max_delay_ms",
+    "rate_limit.login_per_address.per_seconds",
+    "rate_limit.register_per_address.per_seconds",
+    "rate_limit.global.per_seconds",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +59,7 @@ impl Default for Config {
 
 impl Config {
     pub fn load() -> anyhow::Result<Self> {
-        let config: Self = commerce_common::config::load()
+        let config: Self = commerce_common::config::load_renamed(RENAMED_KEYS)
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
@@ -51,8 +72,8 @@ impl Config {
             "auth.bcrypt_cost must be between 4 and 31"
         );
         anyhow::ensure!(
-            self.auth.token_ttl_seconds > 0,
-            "auth.token_ttl_seconds must be positive"
+            self.auth.token_ttl >= Duration::from_secs(1),
+            "auth.token_ttl must be at least 1s (a token's exp is in whole seconds)"
         );
         anyhow::ensure!(
             self.auth.private_key_pem.is_some() || self.auth.private_key_file.is_some(),
@@ -72,8 +93,8 @@ impl Config {
             "proxy.body_limit_bytes must be positive"
         );
         anyhow::ensure!(
-            self.login_throttle.window_seconds > 0,
-            "login_throttle.window_seconds must be positive"
+            !self.login_throttle.window.is_zero(),
+            "login_throttle.window must be positive"
         );
         anyhow::ensure!(
             self.login_throttle.max_tracked_keys > 0 && self.rate_limit.max_tracked_addresses > 0,
@@ -81,8 +102,8 @@ impl Config {
         );
         for (name, rate) in self.rate_limit.all() {
             anyhow::ensure!(
-                rate.requests > 0 && rate.per_seconds > 0,
-                "rate_limit.{name}: requests and per_seconds must be positive"
+                rate.requests > 0 && !rate.per.is_zero(),
+                "rate_limit.{name}: requests and per must be positive"
             );
         }
         for proxy in &self.rate_limit.trusted_proxies {
@@ -106,7 +127,8 @@ pub struct AuthConfig {
     pub private_key_file: Option<PathBuf>,
     pub public_key_pem: Option<String>,
     pub public_key_file: Option<PathBuf>,
-    pub token_ttl_seconds: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub token_ttl: Duration,
     /// bcrypt work factor (4..=31); 12 in production, tests lower it.
     pub bcrypt_cost: u32,
     /// Reject requests to the services with a missing or invalid token at
@@ -121,7 +143,7 @@ impl Default for AuthConfig {
             private_key_file: None,
             public_key_pem: None,
             public_key_file: None,
-            token_ttl_seconds: 3600,
+            token_ttl: Duration::from_secs(3600),
             bcrypt_cost: 12,
             verify_at_edge: true,
         }
@@ -164,49 +186,36 @@ pub struct ProxyConfig {
     /// Largest request body forwarded; larger ones get 413.
     pub body_limit_bytes: u64,
     /// TCP connect to a service.
-    pub connect_timeout_ms: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub connect_timeout: Duration,
     /// From sending the request until the service's response head arrived.
-    pub request_timeout_ms: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub request_timeout: Duration,
     /// Idle pooled connections are closed after this; keep it below the
     /// services' keep-alive (actix: 5 s) so a reused connection is never stale.
-    pub pool_idle_timeout_ms: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub pool_idle_timeout: Duration,
     /// Connections per worker and service.
     pub pool_max_connections: usize,
     /// Per-service `/ready` and `/openapi.json` fetches.
-    pub probe_timeout_ms: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub probe_timeout: Duration,
     /// How long a fetched service OpenAPI document is reused.
-    pub spec_cache_seconds: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub spec_cache: Duration,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             body_limit_bytes: 1024 * 1024,
-            connect_timeout_ms: 2_000,
-            request_timeout_ms: 30_000,
-            pool_idle_timeout_ms: 4_000,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(4),
             pool_max_connections: 256,
-            probe_timeout_ms: 2_000,
-            spec_cache_seconds: 30,
+            probe_timeout: Duration::from_secs(2),
+            spec_cache: Duration::from_secs(30),
         }
-    }
-}
-
-impl ProxyConfig {
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-    pub fn pool_idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.pool_idle_timeout_ms)
-    }
-    pub fn probe_timeout(&self) -> Duration {
-        Duration::from_millis(self.probe_timeout_ms)
-    }
-    pub fn spec_cache(&self) -> Duration {
-        Duration::from_secs(self.spec_cache_seconds)
     }
 }
 
@@ -217,7 +226,8 @@ impl ProxyConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
-    pub window_seconds: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub window: Duration,
     /// Failures of one email from one client address before that pair gets 429.
     pub max_failures_per_email_and_address: usize,
     /// Failures from one client address (any email) before it gets 429.
@@ -225,9 +235,11 @@ pub struct ThrottleConfig {
     /// Failures of one email (any address) after which its attempts are spaced.
     pub slow_down_after_failures_per_email: usize,
     /// Spacing of the attempts on a slowed-down email.
-    pub slow_down_interval_ms: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub slow_down_interval: Duration,
     /// Longest wait for a slot; an attempt that would wait longer gets 429.
-    pub max_delay_ms: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub max_delay: Duration,
     /// Keys remembered per kind (pairs, addresses, emails).
     pub max_tracked_keys: usize,
 }
@@ -235,24 +247,25 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            window_seconds: 900,
+            window: Duration::from_secs(900),
             max_failures_per_email_and_address: 5,
             max_failures_per_address: 20,
             slow_down_after_failures_per_email: 10,
-            slow_down_interval_ms: 2_000,
-            max_delay_ms: 10_000,
+            slow_down_interval: Duration::from_secs(2),
+            max_delay: Duration::from_secs(10),
             max_tracked_keys: 100_000,
         }
     }
 }
 
-/// `requests` per `per_seconds`, as a token bucket: a burst of `requests`,
-/// refilled evenly over `per_seconds`.
+/// `requests` per `per`, as a token bucket: a burst of `requests`,
+/// refilled evenly over `per`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     pub requests: u32,
-    pub per_seconds: u64,
+    #[serde(with = "commerce_common::config::duration")]
+    pub per: Duration,
 }
 
 /// Request rate limits of the credential endpoints (each request costs a
@@ -278,15 +291,15 @@ impl Default for RateLimitConfig {
             trusted_proxies: Vec::new(),
             login_per_address: Rate {
                 requests: 30,
-                per_seconds: 60,
+                per: Duration::from_secs(60),
             },
             register_per_address: Rate {
                 requests: 20,
-                per_seconds: 3_600,
+                per: Duration::from_secs(3_600),
             },
             global: Rate {
                 requests: 20,
-                per_seconds: 2,
+                per: Duration::from_secs(2),
             },
             max_tracked_addresses: 100_000,
         }
@@ -335,5 +348,24 @@ mod tests {
         let mut typo = base;
         typo["proxy"]["body_limit"] = serde_json::json!(1);
         assert!(serde_json::from_value::<Config>(typo).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn the_old_duration_keys_load_in_their_units() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP__AUTH__PRIVATE_KEY_FILE", "/keys/jwt.pem");
+            jail.set_env("APP__AUTH__TOKEN_TTL_SECONDS", "600");
+            jail.set_env("APP__PROXY__REQUEST_TIMEOUT_MS", "1500");
+            jail.set_env("APP__RATE_LIMIT__GLOBAL__PER_SECONDS", "10");
+            jail.set_env("APP__LOGIN_THROTTLE__WINDOW", "15m");
+            let config = Config::load().expect("loads");
+            assert_eq!(config.auth.token_ttl, Duration::from_secs(600));
+            assert_eq!(config.proxy.request_timeout, Duration::from_millis(1500));
+            assert_eq!(config.rate_limit.global.per, Duration::from_secs(10));
+            assert_eq!(config.rate_limit.global.requests, 20);
+            assert_eq!(config.login_throttle.window, Duration::from_secs(900));
+            Ok(())
+        });
     }
 }

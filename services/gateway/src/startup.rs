@@ -86,7 +86,7 @@ impl Application {
             }
         };
         let verifier = aweb::Data::new(verifier);
-        let docs = aweb::Data::new(ApiDocs::new(&config.upstreams, config.proxy.spec_cache()));
+        let docs = aweb::Data::new(ApiDocs::new(&config.upstreams, config.proxy.spec_cache));
 
         let listener = TcpListener::bind(config.http.address())?;
         let port = listener.local_addr()?.port();

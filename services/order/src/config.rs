@@ -91,11 +91,11 @@ pub struct RedriveConfig {
     /// after `consumer.lease_ttl`, 10 s; Kafka restarts in about 15 s): a
     /// re-drive of a saga that is only slow costs a few events and changes
     /// nothing, but it is noise in the logs.
-    #[serde(with = "commerce_common::config::duration_serde")]
+    #[serde(with = "commerce_common::config::duration")]
     pub after: Duration,
     /// Each further re-drive waits twice as long as the one before, at most
     /// this long.
-    #[serde(with = "commerce_common::config::duration_serde")]
+    #[serde(with = "commerce_common::config::duration")]
     pub max_backoff: Duration,
     /// Re-drives without a move before the order counts as stuck (shown by
     /// `sagas_stuck` and `GET /admin/sagas/stuck`; no more re-drives until an
@@ -138,13 +138,13 @@ pub struct QuotasConfig {
     /// may have; one more is 429 TOO_MANY_OPEN_ORDERS.
     pub max_open_orders: u32,
     /// `Retry-After` of TOO_MANY_OPEN_ORDERS: about how long a saga takes.
-    #[serde(with = "commerce_common::config::duration_serde")]
+    #[serde(with = "commerce_common::config::duration")]
     pub open_orders_retry_after: Duration,
     /// Orders one customer may place within any `placement_interval`; one
     /// more is 429 ORDER_RATE_LIMITED, with `Retry-After` until the oldest
     /// of them is out of the interval.
     pub max_orders_per_interval: u32,
-    #[serde(with = "commerce_common::config::duration_serde")]
+    #[serde(with = "commerce_common::config::duration")]
     pub placement_interval: Duration,
 }
 
@@ -184,7 +184,7 @@ pub struct CancellationConfig {
     /// A DELIVERY_SCHEDULED order can be cancelled until this long before its
     /// delivery window starts; later, 409 TOO_LATE_TO_CANCEL (the parcel is
     /// on its way).
-    #[serde(with = "commerce_common::config::duration_serde")]
+    #[serde(with = "commerce_common::config::duration")]
     pub cutoff_before_window: Duration,
 }
 
@@ -203,7 +203,7 @@ pub struct IdempotencyConfig {
     /// How long a key is remembered (at least; older keys are deleted every
     /// twenty-fourth of this, at most hourly). A retry with the key after
     /// that places a new order.
-    #[serde(with = "commerce_common::config::duration_serde")]
+    #[serde(with = "commerce_common::config::duration")]
     pub retention: Duration,
 }
 

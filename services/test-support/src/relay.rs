@@ -33,8 +33,8 @@ impl Relay {
             ("APP__HTTP__PORT".to_owned(), port.to_string()),
             ("APP__KAFKA__BROKERS".to_owned(), brokers.to_owned()),
             (
-                "APP__REPLICATION__STATUS_INTERVAL_MS".to_owned(),
-                "200".to_owned(),
+                "APP__REPLICATION__STATUS_INTERVAL".to_owned(),
+                "200ms".to_owned(),
             ),
             ("RUST_LOG".to_owned(), "info,rskafka=error".to_owned()),
             ("LOG_FORMAT".to_owned(), "pretty".to_owned()),

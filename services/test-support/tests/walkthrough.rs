@@ -115,7 +115,7 @@ impl Stack {
         env.extend([
             ("APP__HTTP__PORT".into(), relay_port.to_string()),
             ("APP__KAFKA__BROKERS".into(), broker.brokers.clone()),
-            ("APP__REPLICATION__STATUS_INTERVAL_MS".into(), "200".into()),
+            ("APP__REPLICATION__STATUS_INTERVAL".into(), "200ms".into()),
         ]);
         let mut slots = Vec::new();
         for (source, db) in &databases {

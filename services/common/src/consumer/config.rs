@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::duration_serde;
+use crate::config::duration;
 
 /// Who consumes what: decided by the service, not configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,31 +56,31 @@ pub struct ConsumerConfig {
     /// Unique per running process (default: host, pid and a random suffix).
     pub instance_id: String,
     /// How long a partition lease lives without renewal (renewed every third).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "duration")]
     pub lease_ttl: Duration,
     /// Fetch `max_wait` while a partition is idle (the last fetch brought
     /// nothing): how long the broker may hold a fetch open waiting for new
     /// records. Kafka answers a held fetch as soon as a record arrives, so
     /// this adds no latency; it only bounds how long an idle fetch waits
     /// (and so how often an idle partition is asked).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "duration")]
     pub fetch_max_wait: Duration,
     /// While fetches bring records, the next one is sent no sooner than this
     /// after the previous one started and asks for what is there now
     /// (`max_wait` 0): the records of a busy partition that arrive in the
     /// meantime are fetched and applied together, in one transaction,
     /// instead of one fetch and one transaction per record.
-    #[serde(with = "duration_serde")]
+    #[serde(with = "duration")]
     pub busy_fetch_interval: Duration,
     pub fetch_max_bytes: i32,
     /// Deadline of every broker call (on top of `fetch_max_wait` for fetches).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "duration")]
     pub broker_timeout: Duration,
     /// Cap of the exponential backoff between retries.
-    #[serde(with = "duration_serde")]
+    #[serde(with = "duration")]
     pub max_backoff: Duration,
     /// Handled event ids are remembered this long.
-    #[serde(with = "duration_serde")]
+    #[serde(with = "duration")]
     pub inbox_retention: Duration,
 }
 

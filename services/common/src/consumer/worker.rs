@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use commerce_base::backoff::{Backoff, Jitter};
 use diesel::{
     QueryableByName,
     sql_types::{BigInt, Integer, Text},
@@ -47,13 +48,17 @@ impl Worker {
     pub async fn run(self) {
         let labels = Metrics::partition(&self.identity.group, &self.topic, self.partition);
         tracing::info!(topic = %self.topic, partition = self.partition, "partition worker started");
-        let mut backoff = Backoff::new(Duration::from_millis(50), self.config.max_backoff);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(50),
+            self.config.max_backoff,
+            Jitter::Added,
+        );
         let mut next = loop {
             match self.stored_offset().await {
                 Ok(offset) => break offset,
                 Err(error) => {
                     tracing::warn!(error = %error, "reading the stored offset failed");
-                    if !self.pause(backoff.next()).await {
+                    if !self.pause(backoff.next_delay()).await {
                         return;
                     }
                 }
@@ -87,7 +92,7 @@ impl Worker {
                         self.metrics.fetch_errors.get_or_create(&labels).inc();
                         tracing::warn!(topic = %self.topic, partition = self.partition,
                             error = %error, "connecting the partition client failed");
-                        if !self.pause(backoff.next()).await {
+                        if !self.pause(backoff.next_delay()).await {
                             return;
                         }
                         continue;
@@ -134,7 +139,7 @@ impl Worker {
                             tracing::warn!(topic = %self.topic, partition = self.partition,
                                 error = %format!("{error:#}"), "listing the partition's offsets failed");
                             client = None;
-                            if !self.pause(backoff.next()).await {
+                            if !self.pause(backoff.next_delay()).await {
                                 return;
                             }
                             continue;
@@ -148,7 +153,7 @@ impl Worker {
                         tracing::warn!(topic = %self.topic, partition = self.partition,
                             offset = next, log_start = range.0, log_end = range.1,
                             "fetch out of range, but the offset is within the log now");
-                        if !self.pause(backoff.next()).await {
+                        if !self.pause(backoff.next_delay()).await {
                             return;
                         }
                         continue;
@@ -169,7 +174,7 @@ impl Worker {
                         Err(ApplyError::Transient(error)) => {
                             tracing::warn!(topic = %self.topic, partition = self.partition,
                                 error = %format!("{error:#}"), "moving the offset failed");
-                            if !self.pause(backoff.next()).await {
+                            if !self.pause(backoff.next_delay()).await {
                                 return;
                             }
                         }
@@ -181,7 +186,7 @@ impl Worker {
                     tracing::warn!(topic = %self.topic, partition = self.partition, offset = next,
                         error = %error, "fetch failed");
                     client = None;
-                    if !self.pause(backoff.next()).await {
+                    if !self.pause(backoff.next_delay()).await {
                         return;
                     }
                     continue;
@@ -251,7 +256,7 @@ impl Worker {
                         tracing::warn!(topic = %self.topic, partition = self.partition,
                             offset = next, error = %format!("{error:#}"),
                             "handling failed, retrying");
-                        if !self.pause(backoff.next()).await {
+                        if !self.pause(backoff.next_delay()).await {
                             return;
                         }
                     }
@@ -318,50 +323,4 @@ impl Worker {
 struct OffsetRow {
     #[diesel(sql_type = BigInt)]
     next_offset: i64,
-}
-
-/// Exponential backoff with jitter, from `initial` up to `max`.
-struct Backoff {
-    initial: Duration,
-    current: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            current: initial,
-            max,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let jitter = rand::random::<f64>() * 0.25;
-        base.mul_f64(1.0 + jitter).min(self.max)
-    }
-
-    fn reset(&mut self) {
-        self.current = self.initial;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = backoff.next();
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(125));
-        for _ in 0..10 {
-            assert!(backoff.next() <= Duration::from_secs(1));
-        }
-        assert_eq!(backoff.next(), Duration::from_secs(1));
-        backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(125));
-    }
 }

@@ -11,7 +11,7 @@ pub struct Window {
 }
 
 /// The windows bookable on a given day: from tomorrow (UTC) on, for
-/// `horizon_days` days.
+/// `horizon` (whole days).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowPlan {
     pub windows: Vec<Window>,
@@ -28,21 +28,22 @@ impl WindowPlan {
         };
         let first_day = today + Days::new(1);
         let mut windows = Vec::new();
-        for day in 0..config.horizon_days {
+        let length = config.length_minutes();
+        for day in 0..config.horizon_days() {
             let start_of_day = midnight(first_day + Days::new(u64::from(day)));
             for slot in 0..config.per_day {
-                let offset = config.first_start_hour * 60 + slot * config.length_minutes;
+                let offset = config.first_start_hour * 60 + slot * length;
                 let starts_at = start_of_day + Duration::minutes(i64::from(offset));
                 windows.push(Window {
                     starts_at,
-                    ends_at: starts_at + Duration::minutes(i64::from(config.length_minutes)),
+                    ends_at: starts_at + Duration::minutes(i64::from(length)),
                 });
             }
         }
         Self {
             windows,
             from: midnight(first_day),
-            until: midnight(first_day + Days::new(u64::from(config.horizon_days))),
+            until: midnight(first_day + Days::new(u64::from(config.horizon_days()))),
         }
     }
 }
@@ -56,9 +57,9 @@ mod tests {
         let config = WindowsConfig {
             per_day: 4,
             first_start_hour: 8,
-            length_minutes: 120,
+            length: std::time::Duration::from_secs(2 * 3600),
             capacity: 10,
-            horizon_days: 2,
+            horizon: std::time::Duration::from_secs(2 * 86_400),
         };
         let today = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
         let plan = WindowPlan::for_day(today, &config);

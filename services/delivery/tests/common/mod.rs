@@ -80,9 +80,9 @@ pub fn one_window(capacity: i32) -> WindowsConfig {
     WindowsConfig {
         per_day: 1,
         first_start_hour: 10,
-        length_minutes: 120,
+        length: std::time::Duration::from_secs(2 * 3600),
         capacity,
-        horizon_days: 1,
+        horizon: std::time::Duration::from_secs(86_400),
     }
 }
 

@@ -48,7 +48,7 @@ mod tests {
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
         let config = AuthConfig {
             private_key_pem: Some(commerce_common::config::Secret::new(pem)),
-            token_ttl_seconds: seconds,
+            token_ttl: std::time::Duration::from_secs(seconds),
             ..AuthConfig::default()
         };
         TokenIssuer::from_config(&config).unwrap()

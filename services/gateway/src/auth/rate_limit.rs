@@ -24,7 +24,7 @@ struct Gcra {
 
 impl Gcra {
     fn new(rate: Rate) -> Self {
-        let per = Duration::from_secs(rate.per_seconds);
+        let per = rate.per;
         let emission = per / rate.requests.max(1);
         Self {
             emission,
@@ -128,7 +128,7 @@ mod tests {
     fn a_bucket_allows_its_burst_then_says_when() {
         let gcra = Gcra::new(Rate {
             requests: 3,
-            per_seconds: 60,
+            per: Duration::from_secs(60),
         });
         let now = Instant::now();
         let mut tat = None;
@@ -145,7 +145,7 @@ mod tests {
         let limit = PerAddress::new(
             Rate {
                 requests: 1,
-                per_seconds: 60,
+                per: Duration::from_secs(60),
             },
             2,
         );

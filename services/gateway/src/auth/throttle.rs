@@ -5,9 +5,9 @@
 //!   not the owner on another address);
 //! - per client address, any email: `max_failures_per_address`, then 429;
 //! - per email, any address: past `slow_down_after_failures_per_email`
-//!   failures, attempts on the account get slots `slow_down_interval_ms`
+//!   failures, attempts on the account get slots `slow_down_interval`
 //!   apart and wait for theirs: a correct password is delayed, not refused
-//!   (unless the queue is longer than `max_delay_ms`).
+//!   (unless the queue is longer than `max_delay`).
 //!
 //! An attempt is reserved atomically before the password is checked (it
 //! counts as a failure from that moment), so concurrent guesses cannot all
@@ -110,12 +110,12 @@ pub fn email_key(raw: &str) -> String {
 impl LoginThrottle {
     pub fn new(config: &ThrottleConfig) -> Self {
         Self {
-            window: Duration::from_secs(config.window_seconds),
+            window: config.window,
             max_per_pair: config.max_failures_per_email_and_address.max(1),
             max_per_address: config.max_failures_per_address.max(1),
             slow_after: config.slow_down_after_failures_per_email.max(1),
-            interval: Duration::from_millis(config.slow_down_interval_ms),
-            max_delay: Duration::from_millis(config.max_delay_ms),
+            interval: config.slow_down_interval,
+            max_delay: config.max_delay,
             max_keys: config.max_tracked_keys.max(1),
             state: Mutex::new(State {
                 pairs: HashMap::new(),
@@ -314,12 +314,12 @@ mod tests {
 
     fn throttle(pair: usize, address: usize, slow_after: usize) -> LoginThrottle {
         LoginThrottle::new(&ThrottleConfig {
-            window_seconds: 60,
+            window: Duration::from_secs(60),
             max_failures_per_email_and_address: pair,
             max_failures_per_address: address,
             slow_down_after_failures_per_email: slow_after,
-            slow_down_interval_ms: 1_000,
-            max_delay_ms: 2_500,
+            slow_down_interval: Duration::from_secs(1),
+            max_delay: Duration::from_millis(2_500),
             max_tracked_keys: 3,
         })
     }

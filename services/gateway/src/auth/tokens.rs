@@ -57,7 +57,7 @@ impl TokenIssuer {
         let issuer = Self {
             key,
             header: Header::new(Algorithm::EdDSA),
-            ttl: Duration::from_secs(config.token_ttl_seconds),
+            ttl: config.token_ttl,
         };
         let probe = issuer.issue(Uuid::nil())?;
         verifier

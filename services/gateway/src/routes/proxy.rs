@@ -78,19 +78,19 @@ pub struct ProxyClient {
 impl ProxyClient {
     pub fn new(config: &ProxyConfig, edge_verifier: Option<JwtVerifier>) -> Self {
         let connector = awc::Connector::new()
-            .timeout(config.connect_timeout())
-            .conn_keep_alive(config.pool_idle_timeout())
+            .timeout(config.connect_timeout)
+            .conn_keep_alive(config.pool_idle_timeout)
             .limit(config.pool_max_connections);
         let client = awc::Client::builder()
             .connector(connector)
-            .timeout(config.request_timeout())
+            .timeout(config.request_timeout)
             .disable_redirects()
             .no_default_headers()
             .finish();
         Self {
             client,
             body_limit: config.body_limit_bytes,
-            probe_timeout: config.probe_timeout(),
+            probe_timeout: config.probe_timeout,
             edge_auth: edge_verifier.map(EdgeAuth::new),
         }
     }

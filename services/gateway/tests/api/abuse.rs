@@ -83,8 +83,8 @@ async fn an_attacker_cannot_lock_the_owner_out() {
         behind_proxy(c);
         c.login_throttle.max_failures_per_email_and_address = 3;
         c.login_throttle.slow_down_after_failures_per_email = 3;
-        c.login_throttle.slow_down_interval_ms = 1_500;
-        c.login_throttle.max_delay_ms = 10_000;
+        c.login_throttle.slow_down_interval = Duration::from_millis(1_500);
+        c.login_throttle.max_delay = Duration::from_secs(10);
     })
     .await;
     app.register("judy@example.com", PASSWORD, "Judy").await;
@@ -180,7 +180,7 @@ async fn registration_is_rate_limited_per_address() {
     let app = spawn_app_with(|c| {
         behind_proxy(c);
         c.rate_limit.register_per_address.requests = 2;
-        c.rate_limit.register_per_address.per_seconds = 3_600;
+        c.rate_limit.register_per_address.per = Duration::from_secs(3_600);
     })
     .await;
     for i in 0..2 {
@@ -201,7 +201,7 @@ async fn registration_is_rate_limited_per_address() {
 async fn successful_logins_are_rate_limited_per_address() {
     let app = spawn_app_with(|c| {
         c.rate_limit.login_per_address.requests = 3;
-        c.rate_limit.login_per_address.per_seconds = 3_600;
+        c.rate_limit.login_per_address.per = Duration::from_secs(3_600);
     })
     .await;
     app.register("leo@example.com", PASSWORD, "Leo").await;
@@ -222,7 +222,7 @@ async fn all_clients_together_are_rate_limited() {
     let app = spawn_app_with(|c| {
         behind_proxy(c);
         c.rate_limit.global.requests = 4;
-        c.rate_limit.global.per_seconds = 3_600;
+        c.rate_limit.global.per = Duration::from_secs(3_600);
     })
     .await;
     assert_eq!(

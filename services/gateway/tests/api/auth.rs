@@ -212,7 +212,7 @@ async fn wrong_password_and_unknown_email_answer_the_same_in_similar_time() {
 async fn repeated_failures_for_one_email_are_throttled_with_retry_after() {
     let app = spawn_app_with(|c| {
         c.login_throttle.max_failures_per_email_and_address = 3;
-        c.login_throttle.window_seconds = 600;
+        c.login_throttle.window = Duration::from_secs(600);
     })
     .await;
     app.register("frank@example.com", PASSWORD, "Frank").await;

@@ -91,7 +91,7 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config.upstreams.order = nowhere.clone();
     config.upstreams.payment = nowhere.clone();
     config.upstreams.delivery = nowhere;
-    config.proxy.probe_timeout_ms = 1_000;
+    config.proxy.probe_timeout = Duration::from_secs(1);
     config.metrics.port = Some(0);
     // Tests make many requests from one address; the tests of the limits
     // set them low again.

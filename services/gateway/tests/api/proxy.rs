@@ -201,7 +201,7 @@ async fn long_poll_preferences_pass_both_ways() {
     // long-poll): the preference goes up, `Preference-Applied` comes back.
     let (app, _upstream) = app_with_upstream(|_| {}).await;
     assert!(
-        gateway::config::ProxyConfig::default().request_timeout() > Duration::from_secs(20),
+        gateway::config::ProxyConfig::default().request_timeout > Duration::from_secs(20),
         "by default the gateway must outwait the longest long-poll (20 s)"
     );
     let response = app
@@ -327,7 +327,8 @@ async fn a_service_that_is_down_is_503() {
 
 #[tokio::test]
 async fn a_service_that_does_not_answer_in_time_is_504() {
-    let (app, _upstream) = app_with_upstream(|c| c.proxy.request_timeout_ms = 300).await;
+    let (app, _upstream) =
+        app_with_upstream(|c| c.proxy.request_timeout = Duration::from_millis(300)).await;
     let response = app
         .http
         .get(app.url("/api/orders/123/slow"))
