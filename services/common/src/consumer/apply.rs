@@ -11,7 +11,8 @@
 
 use std::{collections::HashSet, panic::AssertUnwindSafe};
 
-use diesel::sql_types::{BigInt, Integer, Text};
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use futures::FutureExt;
 use rskafka::record::RecordAndOffset;
@@ -171,39 +172,28 @@ impl Worker {
             }
             Concurrency::ByKey => "",
         };
-        // The offset moves first, in the statement that checks it: the row
-        // lock it takes keeps another instance (or a fenced worker of this
-        // one) out until commit, and no rows means the partition is no
-        // longer ours to apply. Effects that follow and fail roll it back.
-        let claimed = diesel::sql_query(format!(
-            "UPDATE consumer_offsets o SET next_offset = $5, updated_at = now() \
-             FROM partition_leases l{lock} \
-             WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = $3 \
-               AND o.next_offset = $6 AND l.owner = $4 \
-               AND (l.consumer_group, l.topic, l.partition) = (o.consumer_group, o.topic, o.partition)"
-        ))
-        .bind::<Text, _>(group)
-        .bind::<Text, _>(&self.topic)
-        .bind::<Integer, _>(self.partition)
-        .bind::<Text, _>(&self.config.instance_id)
-        .bind::<BigInt, _>(new_next)
-        .bind::<BigInt, _>(expected)
-        .prepared()
-        .execute(conn)
-        .await?;
-        if claimed != 1 {
-            return Err(ApplyError::Fenced);
-        }
-
         let mut ordered = records.to_vec();
         if concurrency == Concurrency::ByKey {
             ordered.sort_by(|a, b| a.record.record.key.cmp(&b.record.record.key));
         }
-        // Optimistic: the inbox takes every event of the fetch in one
-        // statement. With savepoints each record's entry lives in its
-        // savepoint (a dead-lettered record must not stay in the inbox).
+        let claim = Claim {
+            group,
+            topic: &self.topic,
+            partition: self.partition,
+            owner: &self.config.instance_id,
+            expected,
+            new_next,
+            lock,
+        };
+        // Optimistic: the inbox takes every event of the fetch in the
+        // statement that moves the offset. With savepoints each record's
+        // entry lives in its savepoint (a dead-lettered record must not stay
+        // in the inbox).
         let first_offsets: Option<HashSet<i64>> = match pass {
-            Pass::Savepoints => None,
+            Pass::Savepoints => {
+                claim.alone(conn).await?;
+                None
+            }
             Pass::Optimistic => {
                 let (ids, offsets): (Vec<uuid::Uuid>, Vec<i64>) = ordered
                     .iter()
@@ -212,17 +202,12 @@ impl Worker {
                         Err(_) => None,
                     })
                     .unzip();
-                Some(
-                    inbox::remember_events(
-                        conn,
-                        group,
-                        &self.topic,
-                        self.partition,
-                        &ids,
-                        &offsets,
-                    )
-                    .await?,
-                )
+                if ids.is_empty() {
+                    claim.alone(conn).await?;
+                    Some(HashSet::new())
+                } else {
+                    Some(claim.with_inbox(conn, &ids, &offsets).await?)
+                }
             }
         };
         let mut outcomes = Outcomes::default();
@@ -257,6 +242,105 @@ impl Worker {
         Ok(Applied::Done(outcomes))
     }
 
+}
+
+/// Moving a partition's offset from `expected` to `new_next` while the
+/// partition is still ours. It comes first in the transaction, in the
+/// statement that checks it: the offset row's lock keeps another instance
+/// (or a fenced worker of this one) out until commit, and no row means the
+/// partition is no longer ours to apply. Effects that follow and fail roll
+/// it back.
+struct Claim<'a> {
+    group: &'a str,
+    topic: &'a str,
+    partition: i32,
+    owner: &'a str,
+    expected: i64,
+    new_next: i64,
+    /// The advisory lock of [`Concurrency::Serialized`], or nothing.
+    lock: &'static str,
+}
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    claimed: i64,
+    #[diesel(sql_type = Array<BigInt>)]
+    remembered: Vec<i64>,
+}
+
+impl Claim<'_> {
+    fn update(&self) -> String {
+        format!(
+            "UPDATE consumer_offsets o SET next_offset = $5, updated_at = now() \
+             FROM partition_leases l{lock} \
+             WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = $3 \
+               AND o.next_offset = $6 AND l.owner = $4 \
+               AND (l.consumer_group, l.topic, l.partition) = (o.consumer_group, o.topic, o.partition)",
+            lock = self.lock
+        )
+    }
+
+    /// The claim alone.
+    async fn alone(&self, conn: &mut AsyncPgConnection) -> Result<(), ApplyError> {
+        let claimed = diesel::sql_query(self.update())
+            .bind::<Text, _>(self.group)
+            .bind::<Text, _>(self.topic)
+            .bind::<Integer, _>(self.partition)
+            .bind::<Text, _>(self.owner)
+            .bind::<BigInt, _>(self.new_next)
+            .bind::<BigInt, _>(self.expected)
+            .prepared()
+            .execute(conn)
+            .await?;
+        if claimed != 1 {
+            return Err(ApplyError::Fenced);
+        }
+        Ok(())
+    }
+
+    /// The claim and the fetch's inbox entries in one statement (a
+    /// statement and a round trip fewer per fetch than the two apart);
+    /// answers the offsets whose event id was new (of one event at two
+    /// offsets, the first). The entries are made only if the claim holds.
+    async fn with_inbox(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event_ids: &[uuid::Uuid],
+        offsets: &[i64],
+    ) -> Result<HashSet<i64>, ApplyError> {
+        let row: Claimed = diesel::sql_query(format!(
+            "WITH claimed AS ({update} RETURNING 1), \
+             remembered AS ( \
+               INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
+               SELECT $1, e.id, $2, $3, e.record_offset \
+               FROM unnest($7::uuid[], $8::bigint[]) WITH ORDINALITY AS e(id, record_offset, n) \
+               WHERE EXISTS (SELECT FROM claimed) \
+               ORDER BY e.n \
+               ON CONFLICT DO NOTHING RETURNING record_offset) \
+             SELECT (SELECT count(*) FROM claimed) AS claimed, \
+                    ARRAY(SELECT record_offset FROM remembered) AS remembered",
+            update = self.update()
+        ))
+        .bind::<Text, _>(self.group)
+        .bind::<Text, _>(self.topic)
+        .bind::<Integer, _>(self.partition)
+        .bind::<Text, _>(self.owner)
+        .bind::<BigInt, _>(self.new_next)
+        .bind::<BigInt, _>(self.expected)
+        .bind::<Array<SqlUuid>, _>(event_ids)
+        .bind::<Array<BigInt>, _>(offsets)
+        .prepared()
+        .get_result(conn)
+        .await?;
+        if row.claimed != 1 {
+            return Err(ApplyError::Fenced);
+        }
+        Ok(row.remembered.into_iter().collect())
+    }
+}
+
+impl Worker {
     /// One record: its inbox entry (in `mode`), then the handler, or the
     /// handler's `repeated` for an event handled before.
     async fn apply_record(

@@ -27,9 +27,10 @@ pub(crate) async fn remember_event(
         .map(|new| new.len())
 }
 
-/// Records the events of a fetch in the inbox in one statement; answers
+/// Records events in the inbox in one statement (a fetch's optimistic pass
+/// does it in the statement that moves the offset, `apply::Claim`); answers
 /// the offsets whose event was new (of one event at two offsets, the first).
-pub(super) async fn remember_events(
+async fn remember_events(
     conn: &mut AsyncPgConnection,
     group: &str,
     topic: &str,
