@@ -27,6 +27,42 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// typed event inside, or why it cannot be read.
 pub type Envelope = commerce_base::outbox::Envelope<Uuid, String, serde_json::Value>;
 
+/// How long after an order id was made (its UUIDv7 time) an event about an
+/// order that a service's own database cannot see yet is taken for one whose
+/// commit is still being completed rather than for a stranger's.
+///
+/// A commit is not visible to other sessions at once: PostgreSQL writes and
+/// flushes the commit record, and only then ends the transaction in its
+/// shared state, while logical decoding streams what is flushed. A backend
+/// descheduled between the two (a loaded machine) lets the event it wrote
+/// travel through the broker, and an answer come back, before the row that
+/// event is about can be read. Measured: 22 of 4,000 orders at 200/s on a
+/// machine at load 7 stayed PENDING for good while the order service
+/// ignored such answers (the inbox kept their ids, so re-drives were
+/// skipped as repeats).
+///
+/// The gap closes within milliseconds of the commit; the window is wide to
+/// cover an id made well before its placement commits (a placement queued
+/// behind a busy pool on an overloaded machine). It also bounds how long an
+/// event of another deployment sharing the broker, about an order this one
+/// never had, holds its partition back before it is ignored.
+pub const NOT_YET_VISIBLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `order_id` (a UUIDv7) was made less than
+/// [`NOT_YET_VISIBLE_WINDOW`] ago: a service that cannot see a row about it
+/// should retry the event rather than ignore it. False for ids without a
+/// time (UUIDv4).
+pub fn made_recently(order_id: Uuid) -> bool {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    order_id.get_timestamp().is_some_and(|made| {
+        let (seconds, nanos) = made.to_unix();
+        let made = UNIX_EPOCH + Duration::new(seconds, nanos);
+        SystemTime::now()
+            .duration_since(made)
+            .map_or(true, |age| age < NOT_YET_VISIBLE_WINDOW)
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub name: String,

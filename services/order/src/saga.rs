@@ -13,16 +13,18 @@
 //! - A repeated event changes nothing: facts are only ever set once per
 //!   kind, and a status already reached is not reached again.
 //! - An event for an order this database does not have is ignored with a
-//!   warning (it belongs to another deployment sharing the broker; the
-//!   order row is committed before `OrderCreated` can be published, so a
-//!   genuine order is never "not yet there").
+//!   warning (it belongs to another deployment sharing the broker), unless
+//!   the order's id was made less than [`events::NOT_YET_VISIBLE_WINDOW`]
+//!   ago: then the placement's commit may not be visible yet (its event
+//!   can travel to payment and the answer come back before it is), so it
+//!   is a transient error and the event is applied again after a pause.
 //! - An event that contradicts what the order knows (a failure after a
 //!   confirmation, another customer) is a permanent error: the consumer
 //!   runtime moves it to the dead-letter table with the reason.
 
 use commerce_common::{
     consumer::{BoxFuture, Concurrency, EventHandler, HandleError},
-    events::{Envelope, Event},
+    events::{self, Envelope, Event},
 };
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -171,6 +173,12 @@ async fn apply_event(
         return Ok(Outcome::NotForUs);
     };
     let Some(mut row) = store::lock_order(conn, order_id).await? else {
+        if events::made_recently(order_id) {
+            return Err(SagaError::Transient(anyhow::anyhow!(
+                "order {order_id} is not visible yet (its placement's commit is being \
+                 completed); the event is applied again after a pause"
+            )));
+        }
         tracing::warn!(%order_id, "event for an unknown order ignored");
         return Ok(Outcome::UnknownOrder(order_id));
     };

@@ -414,6 +414,31 @@ async fn unknown_orders_foreign_customers_and_other_events() {
         apply(&app, &stranger.confirmed()).await.unwrap(),
         Outcome::UnknownOrder(stranger.id)
     );
+    // An order id made a moment ago names an order whose placement may not
+    // be visible yet: the event is applied again later, not dropped (the
+    // inbox would keep its id and the order would stay PENDING for good).
+    let not_visible_yet = Order {
+        id: Uuid::now_v7(),
+        customer: Customer::new(),
+    };
+    assert!(matches!(
+        apply(&app, &not_visible_yet.confirmed()).await,
+        Err(SagaError::Transient(_))
+    ));
+    let old = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (chrono::Utc::now().timestamp() as u64)
+            .saturating_sub(commerce_common::events::NOT_YET_VISIBLE_WINDOW.as_secs() + 60),
+        0,
+    ));
+    let stranger_of_old = Order {
+        id: old,
+        customer: Customer::new(),
+    };
+    assert_eq!(
+        apply(&app, &stranger_of_old.confirmed()).await.unwrap(),
+        Outcome::UnknownOrder(old)
+    );
     let impostor = Order {
         id: order.id,
         customer: Customer::new(),

@@ -4,7 +4,7 @@
 
 use commerce_common::{
     consumer::{BoxFuture, EventHandler, HandleError},
-    events::{Envelope, Event},
+    events::{self, Envelope, Event},
 };
 use diesel_async::AsyncPgConnection;
 
@@ -14,6 +14,17 @@ use crate::{
     metrics::PaymentMetrics,
     store::{self, Answer, ChargeOutcome},
 };
+
+/// What a refund request says about the charge before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    /// It was made: delivery is only asked for after this service confirmed
+    /// the payment, so a payment row that cannot be read is one whose commit
+    /// is not visible yet (see [`events::NOT_YET_VISIBLE_WINDOW`]).
+    Made,
+    /// It may never have been made (a cancellation can come first).
+    MaybeNot,
+}
 
 pub struct PaymentSaga {
     wallet: WalletConfig,
@@ -61,13 +72,15 @@ impl PaymentSaga {
             }
             Event::DeliveryFailed(failed) => {
                 let reason = RefundReason::delivery_failed(&failed.reason);
-                self.refund(conn, failed.order_id, reason, trace_id).await?;
+                self.refund(conn, failed.order_id, reason, Charge::Made, trace_id)
+                    .await?;
             }
             Event::OrderCancellationRequested(cancel) => {
                 self.refund(
                     conn,
                     cancel.order_id,
                     RefundReason::CustomerCancelled,
+                    Charge::MaybeNot,
                     trace_id,
                 )
                 .await?;
@@ -82,11 +95,21 @@ impl PaymentSaga {
         conn: &mut AsyncPgConnection,
         order_id: uuid::Uuid,
         reason: RefundReason,
+        charge: Charge,
         trace_id: &str,
     ) -> Result<(), HandleError> {
         if store::refund(conn, order_id, reason, trace_id).await? {
             self.metrics.outcome("refunded");
         } else {
+            if charge == Charge::Made
+                && events::made_recently(order_id)
+                && !store::has_payment(conn, order_id).await?
+            {
+                return Err(HandleError::Transient(anyhow::anyhow!(
+                    "the charge of order {order_id} is not visible yet (its commit is being \
+                     completed); the refund is tried again after a pause"
+                )));
+            }
             // Refunded before (or never charged: then nothing is said).
             self.answer_again(conn, order_id, Answer::Refund, trace_id)
                 .await?;

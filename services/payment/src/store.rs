@@ -280,6 +280,15 @@ pub async fn refund(
     Ok(true)
 }
 
+/// Whether the order has a payment row, whatever its status.
+pub async fn has_payment(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        payments::table.filter(payments::order_id.eq(order_id)),
+    ))
+    .get_result(conn)
+    .await
+}
+
 /// Which of its answers about an order the payment service announces again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {

@@ -532,3 +532,60 @@ async fn a_wallet_opened_by_the_http_path_during_the_first_charge_pays_the_order
     );
     assert_eq!(balance(&app, customer).await, INITIAL_CREDIT - 600);
 }
+
+/// A refund asked for by a delivery failure comes after this service
+/// confirmed the charge; when the charge cannot be read yet (its commit is
+/// still being completed on a loaded machine) the event is retried, not
+/// taken for "nothing to refund": that would lose the customer's money.
+/// A cancellation may come before any charge, so it is not retried.
+#[tokio::test]
+async fn a_delivery_failure_for_a_charge_not_visible_yet_is_retried() {
+    use commerce_common::consumer::{EventHandler, HandleError};
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    use payment_service::{config::WalletConfig, metrics::PaymentMetrics, saga::PaymentSaga};
+
+    let app = spawn_app().await;
+    let saga = PaymentSaga::new(WalletConfig::default(), PaymentMetrics::default());
+    let mut conn = AsyncPgConnection::establish(&app.database.url)
+        .await
+        .unwrap();
+    let customer = Uuid::new_v4();
+    let delivery_failed = |order_id| {
+        Event::DeliveryFailed(DeliveryFailed {
+            order_id,
+            customer_id: customer,
+            reason: "NO_CAPACITY".into(),
+        })
+    };
+    let handle = async |conn: &mut AsyncPgConnection, event: Event| {
+        let envelope = test_support::envelope(&event);
+        saga.handle(conn, &envelope, event).await
+    };
+
+    let just_placed = Uuid::now_v7();
+    assert!(matches!(
+        handle(&mut conn, delivery_failed(just_placed)).await,
+        Err(HandleError::Transient(_))
+    ));
+    let cancelled = Event::OrderCancellationRequested(OrderCancellationRequested {
+        order_id: just_placed,
+        customer_id: customer,
+        reason: "CUSTOMER_REQUEST".into(),
+    });
+    handle(&mut conn, cancelled).await.unwrap();
+
+    // An order of long ago that this service never charged belongs to
+    // someone else: nothing to refund, and the partition moves on.
+    let window = commerce_common::events::NOT_YET_VISIBLE_WINDOW.as_secs();
+    let long_ago = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (chrono::Utc::now().timestamp() as u64).saturating_sub(window + 60),
+        0,
+    ));
+    handle(&mut conn, delivery_failed(long_ago)).await.unwrap();
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM outbox").await,
+        0,
+        "nothing was said about orders never charged"
+    );
+}
