@@ -3,7 +3,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
+use commerce_common::{
+    config::{DatabaseConfig, HttpConfig, Secret},
+    service::{MetricsAt, ServiceSettings},
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,12 +39,34 @@ impl Default for Config {
     }
 }
 
+impl ServiceSettings for Config {
+    fn http(&self) -> &HttpConfig {
+        &self.http
+    }
+
+    fn database(&self) -> &DatabaseConfig {
+        &self.database
+    }
+
+    fn metrics(&self) -> MetricsAt {
+        match self.metrics.port {
+            None => MetricsAt::Nowhere,
+            Some(port) => MetricsAt::Own {
+                host: self.metrics.host.clone(),
+                port,
+            },
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        Config::validate(self)
+    }
+}
+
 impl Config {
+    /// See [`ServiceSettings::load`].
     pub fn load() -> anyhow::Result<Self> {
-        let config: Self = commerce_common::config::load()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        config.validate()?;
-        Ok(config)
+        <Self as ServiceSettings>::load()
     }
 
     /// Checks what serde cannot; the message names the offending key.
