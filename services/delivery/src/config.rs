@@ -5,7 +5,7 @@ use commerce_common::{
     auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig},
     consumer::ConsumerConfig,
-    service::ServiceSettings,
+    service::{CommonSettings, ServiceSettings},
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,20 +54,10 @@ impl Settings {
 }
 
 impl ServiceSettings for Settings {
-    fn http(&self) -> &HttpConfig {
-        &self.http
-    }
-
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
-
-    fn auth(&self) -> Option<&PublicKeyConfig> {
-        Some(&self.auth)
-    }
-
-    fn consumer(&self) -> Option<(&KafkaConfig, &ConsumerConfig)> {
-        Some((&self.kafka, &self.consumer))
+    fn common(&self) -> CommonSettings<'_> {
+        CommonSettings::new(&self.http, &self.database)
+            .auth(&self.auth)
+            .consumer(&self.kafka, &self.consumer)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

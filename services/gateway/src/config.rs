@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use commerce_common::{
     config::{DatabaseConfig, HttpConfig, Secret},
-    service::{MetricsAt, ServiceSettings},
+    service::{CommonSettings, MetricsAt, ServiceSettings},
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,22 +40,16 @@ impl Default for Config {
 }
 
 impl ServiceSettings for Config {
-    fn http(&self) -> &HttpConfig {
-        &self.http
-    }
-
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
-
-    fn metrics(&self) -> MetricsAt {
-        match self.metrics.port {
+    /// `/metrics` on a listener of its own, or nowhere.
+    fn common(&self) -> CommonSettings<'_> {
+        let metrics = match self.metrics.port {
             None => MetricsAt::Nowhere,
             Some(port) => MetricsAt::Own {
                 host: self.metrics.host.clone(),
                 port,
             },
-        }
+        };
+        CommonSettings::new(&self.http, &self.database).metrics(metrics)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -6,9 +6,9 @@
 use std::{rc::Rc, sync::Arc};
 
 use actix_web::{
-    App, Error, HttpResponse,
+    App, HttpResponse,
     body::{BodySize, BoxBody, MessageBody},
-    dev::{Service as _, ServiceFactory, ServiceRequest, ServiceResponse},
+    dev::{Service as _, ServiceResponse},
     guard,
     http::{
         StatusCode,
@@ -20,7 +20,7 @@ use actix_web::{
 use commerce_common::{
     auth::JwtVerifier,
     http::ApiError,
-    service::{self, Context, Service},
+    service::{self, AppFactory, Context, Service},
 };
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use paperclip::{
@@ -148,10 +148,7 @@ impl Service for Gateway {
     /// The gateway's own operations go into the merged document at
     /// `/openapi.json` (routes::docs), and on their own at
     /// `/openapi/gateway.json`; Swagger UI shows the merged one.
-    fn document<T>(&self, app: paperclip::actix::App<T>) -> paperclip::actix::App<T>
-    where
-        T: ServiceFactory<ServiceRequest, Config = (), Error = Error, InitError = ()>,
-    {
+    fn document<T: AppFactory>(&self, app: paperclip::actix::App<T>) -> paperclip::actix::App<T> {
         let docs = self.docs.clone();
         app.with_raw_json_spec_v3(move |app, spec| {
             docs.set_gateway(spec);
@@ -163,26 +160,7 @@ impl Service for Gateway {
 
     /// JSON 405s; `X-Request-Id` on every request, response and log line;
     /// no caching of the credential endpoints' answers.
-    fn wrap<T>(
-        app: App<T>,
-    ) -> App<
-        impl ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<impl MessageBody + 'static>,
-            Error = Error,
-            InitError = (),
-        > + 'static,
-    >
-    where
-        T: ServiceFactory<
-                ServiceRequest,
-                Config = (),
-                Response = ServiceResponse<BoxBody>,
-                Error = Error,
-                InitError = (),
-            > + 'static,
-    {
+    fn wrap(app: App<impl AppFactory<Body = BoxBody>>) -> App<impl AppFactory> {
         app.wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
             .wrap_fn(|mut req, srv| {
                 let id = request_id::resolve(req.headers().get(X_REQUEST_ID));

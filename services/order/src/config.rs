@@ -5,7 +5,7 @@ use commerce_common::{
     auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig},
     consumer::ConsumerConfig,
-    service::ServiceSettings,
+    service::{CommonSettings, ServiceSettings},
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -64,20 +64,13 @@ impl Settings {
 }
 
 impl ServiceSettings for Settings {
-    fn http(&self) -> &HttpConfig {
-        &self.http
-    }
-
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
-
-    fn auth(&self) -> Option<&PublicKeyConfig> {
-        Some(&self.auth)
-    }
-
-    fn consumer(&self) -> Option<(&KafkaConfig, &ConsumerConfig)> {
-        self.saga.enabled.then_some((&self.kafka, &self.consumer))
+    /// The consumer runs with `saga.enabled` only.
+    fn common(&self) -> CommonSettings<'_> {
+        let common = CommonSettings::new(&self.http, &self.database).auth(&self.auth);
+        match self.saga.enabled {
+            true => common.consumer(&self.kafka, &self.consumer),
+            false => common,
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -6,16 +6,15 @@
 use std::sync::Arc;
 
 use actix_web::{
-    App, Error,
-    body::{BoxBody, MessageBody},
-    dev::{ServiceFactory, ServiceRequest, ServiceResponse},
+    App,
+    body::BoxBody,
     middleware::from_fn,
     web::{self as actix, Data},
 };
 use commerce_common::{
     db::DbPool,
     events::topics,
-    service::{self, Consumer, Context, Service},
+    service::{self, AppFactory, Consumer, Context, Service},
 };
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use paperclip::{
@@ -142,26 +141,7 @@ impl Service for OrderService {
         .service(web::resource("/api/products/{sku}").route(web::get().to(products::get_product)));
     }
 
-    fn wrap<T>(
-        app: App<T>,
-    ) -> App<
-        impl ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<impl MessageBody + 'static>,
-            Error = Error,
-            InitError = (),
-        > + 'static,
-    >
-    where
-        T: ServiceFactory<
-                ServiceRequest,
-                Config = (),
-                Response = ServiceResponse<BoxBody>,
-                Error = Error,
-                InitError = (),
-            > + 'static,
-    {
+    fn wrap(app: App<impl AppFactory<Body = BoxBody>>) -> App<impl AppFactory> {
         app.wrap(from_fn(trace_requests))
     }
 

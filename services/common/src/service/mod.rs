@@ -56,32 +56,58 @@ pub enum MetricsAt {
     Nowhere,
 }
 
-/// The settings part every service has, found through accessors: serde's
-/// `flatten` does not combine with the `deny_unknown_fields` every settings
-/// struct uses, so each keeps its sections at the top and says where they
-/// are.
+/// The sections every service's settings have, as the skeleton reads them.
+#[derive(Debug, Clone)]
+pub struct CommonSettings<'a> {
+    pub http: &'a HttpConfig,
+    pub database: &'a DatabaseConfig,
+    /// The public key that verifies bearer tokens; the skeleton registers a
+    /// `web::Data<JwtVerifier>` from it.
+    pub auth: Option<&'a PublicKeyConfig>,
+    /// The brokers and the consumer runtime's tuning, when the service's
+    /// consumer runs.
+    pub consumer: Option<(&'a KafkaConfig, &'a ConsumerConfig)>,
+    pub metrics: MetricsAt,
+}
+
+impl<'a> CommonSettings<'a> {
+    /// No token verifier, no consumer, `/metrics` on the HTTP port.
+    pub fn new(http: &'a HttpConfig, database: &'a DatabaseConfig) -> Self {
+        Self {
+            http,
+            database,
+            auth: None,
+            consumer: None,
+            metrics: MetricsAt::Public,
+        }
+    }
+
+    pub fn auth(self, auth: &'a PublicKeyConfig) -> Self {
+        Self {
+            auth: Some(auth),
+            ..self
+        }
+    }
+
+    pub fn consumer(self, kafka: &'a KafkaConfig, consumer: &'a ConsumerConfig) -> Self {
+        Self {
+            consumer: Some((kafka, consumer)),
+            ..self
+        }
+    }
+
+    pub fn metrics(self, metrics: MetricsAt) -> Self {
+        Self { metrics, ..self }
+    }
+}
+
+/// A service's settings. The common sections are found through
+/// [`ServiceSettings::common`], not shared by `#[serde(flatten)]`, which does
+/// not combine with the `deny_unknown_fields` every settings struct uses.
 pub trait ServiceSettings:
     Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static
 {
-    fn http(&self) -> &HttpConfig;
-
-    fn database(&self) -> &DatabaseConfig;
-
-    /// The public key that verifies bearer tokens; the skeleton registers a
-    /// `web::Data<JwtVerifier>` from it.
-    fn auth(&self) -> Option<&PublicKeyConfig> {
-        None
-    }
-
-    /// The brokers and the consumer runtime's tuning, when the service's
-    /// consumer runs.
-    fn consumer(&self) -> Option<(&KafkaConfig, &ConsumerConfig)> {
-        None
-    }
-
-    fn metrics(&self) -> MetricsAt {
-        MetricsAt::Public
-    }
+    fn common(&self) -> CommonSettings<'_>;
 
     /// Checks serde cannot make; the message names the offending key.
     fn validate(&self) -> anyhow::Result<()> {
@@ -96,6 +122,34 @@ pub trait ServiceSettings:
         settings.validate()?;
         Ok(settings)
     }
+}
+
+/// What an actix `App` is made of, middleware included: a factory of the
+/// service answering its requests with bodies of type `Body`.
+pub trait AppFactory:
+    ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<Self::Body>,
+        Error = Error,
+        InitError = (),
+    > + 'static
+{
+    type Body: MessageBody + 'static;
+}
+
+impl<T, B> AppFactory for T
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    type Body = B;
 }
 
 /// What a service builds its own parts from.
@@ -136,7 +190,7 @@ pub trait Service: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<Self>> + Send;
 
     /// Its consumer, if it consumes events (it runs when
-    /// [`ServiceSettings::consumer`] says so).
+    /// [`CommonSettings::consumer`] is set).
     fn consumer(&self) -> Option<Consumer> {
         None
     }
@@ -162,34 +216,12 @@ pub trait Service: Sized + Send + Sync + 'static {
     fn api(&self, cfg: &mut paperclip::actix::web::ServiceConfig<'_>);
 
     /// Where the document is served: `/openapi.json` unless it says otherwise.
-    fn document<T>(&self, app: paperclip::actix::App<T>) -> paperclip::actix::App<T>
-    where
-        T: ServiceFactory<ServiceRequest, Config = (), Error = Error, InitError = ()>,
-    {
+    fn document<T: AppFactory>(&self, app: paperclip::actix::App<T>) -> paperclip::actix::App<T> {
         app.with_json_spec_at("/openapi.json")
     }
 
     /// Middleware around the whole app.
-    fn wrap<T>(
-        app: App<T>,
-    ) -> App<
-        impl ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<impl MessageBody + 'static>,
-            Error = Error,
-            InitError = (),
-        > + 'static,
-    >
-    where
-        T: ServiceFactory<
-                ServiceRequest,
-                Config = (),
-                Response = ServiceResponse<BoxBody>,
-                Error = Error,
-                InitError = (),
-            > + 'static,
-    {
+    fn wrap(app: App<impl AppFactory<Body = BoxBody>>) -> App<impl AppFactory> {
         app
     }
 
@@ -208,18 +240,18 @@ pub struct Application<S> {
 impl<S: Service> Application<S> {
     pub async fn build(settings: S::Settings) -> anyhow::Result<Self> {
         settings.validate()?;
-        let verifier = settings
-            .auth()
+        let common = settings.common();
+        let verifier = common
+            .auth
             .map(PublicKeyConfig::verifier)
             .transpose()?
             .map(web::Data::new);
-        let expected = db::migrate(settings.database(), S::MIGRATIONS)
+        let expected = db::migrate(common.database, S::MIGRATIONS)
             .await
             .with_context(|| format!("migrating the {} database", S::NAME))?;
-        let pool = db::pool(settings.database())?;
-        let (listener, port) = bind(settings.http().address())?;
-        let metrics_at = settings.metrics();
-        let metrics_listener = match &metrics_at {
+        let pool = db::pool(common.database)?;
+        let (listener, port) = bind(common.http.address())?;
+        let metrics_listener = match &common.metrics {
             MetricsAt::Own { host, port } => Some(bind((host.as_str(), *port))?),
             MetricsAt::Public | MetricsAt::Nowhere => None,
         };
@@ -233,7 +265,7 @@ impl<S: Service> Application<S> {
         };
         let service = S::new(&settings, context).await?;
         let mut tasks = Vec::new();
-        if let (Some((kafka, tuning)), Some(consumer)) = (settings.consumer(), service.consumer()) {
+        if let (Some((kafka, tuning)), Some(consumer)) = (common.consumer, service.consumer()) {
             let identity = consumer::Identity::new(
                 kafka.broker_list(),
                 consumer.group,
@@ -259,7 +291,7 @@ impl<S: Service> Application<S> {
         let operational = Operational::new(S::NAME, pool, expected, registry, S::JSON_LIMIT);
         let registry = operational.registry.clone();
         let service = web::Data::new(service);
-        let metrics_public = metrics_at == MetricsAt::Public;
+        let metrics_public = common.metrics == MetricsAt::Public;
         let server = {
             let service = service.clone();
             HttpServer::new(move || {
@@ -281,7 +313,7 @@ impl<S: Service> Application<S> {
                     .default_service(web::to(unknown_route))
                     .build()
             })
-            .workers(settings.http().worker_threads())
+            .workers(common.http.worker_threads())
             .disable_signals()
             .listen(listener)?
             .run()
@@ -362,7 +394,7 @@ pub async fn replay_dead_letters<S: Service>(
     settings: S::Settings,
     ids: &[String],
 ) -> anyhow::Result<()> {
-    let pool = db::pool(settings.database())?;
+    let pool = db::pool(settings.common().database)?;
     let context = Context {
         pool: &pool,
         registry: &mut Registry::default(),
