@@ -13,18 +13,19 @@
 mod command;
 mod operational;
 mod running;
+mod server;
 
 use std::{future::Future, marker::PhantomData, sync::Arc};
 
 use actix_web::{
-    App, Error, HttpServer,
+    App, Error,
     body::{BoxBody, MessageBody},
     dev::{ServiceFactory, ServiceRequest, ServiceResponse},
     web,
 };
 use anyhow::Context as _;
 use diesel_migrations::EmbeddedMigrations;
-use paperclip::{actix::OpenApiExt, v2::models::DefaultApiRaw};
+use paperclip::v2::models::DefaultApiRaw;
 use prometheus_client::registry::Registry;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::task::JoinHandle;
@@ -41,7 +42,8 @@ use crate::{
     db::{self, DbPool},
     dead_letters,
 };
-use operational::{Operational, bind};
+use operational::Operational;
+use server::bind;
 
 /// Where a service serves `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +259,8 @@ impl<S: Service> Application<S> {
         };
 
         let shutdown = CancellationToken::new();
+        // Whatever fails from here on stops what was started.
+        let stop_on_error = shutdown.clone().drop_guard();
         let mut registry = Registry::default();
         let context = Context {
             pool: &pool,
@@ -280,61 +284,23 @@ impl<S: Service> Application<S> {
                 shutdown.clone(),
             ));
         }
-        match service.spawn_tasks(&settings, &shutdown) {
-            Ok(own) => tasks.extend(own),
-            Err(error) => {
-                shutdown.cancel();
-                return Err(error);
-            }
-        }
+        tasks.extend(service.spawn_tasks(&settings, &shutdown)?);
 
         let operational = Operational::new(S::NAME, pool, expected, registry, S::JSON_LIMIT);
         let registry = operational.registry.clone();
         let service = web::Data::new(service);
-        let metrics_public = common.metrics == MetricsAt::Public;
-        let server = {
-            let service = service.clone();
-            HttpServer::new(move || {
-                let mut app = S::wrap(App::new())
-                    .configure(|cfg| operational.configure(cfg))
-                    .app_data(service.clone());
-                if let Some(verifier) = &verifier {
-                    app = app.app_data(verifier.clone());
-                }
-                if metrics_public {
-                    app = app.route("/metrics", web::get().to(operational::metrics::<S>));
-                }
-                let app = app
-                    .configure(|cfg| service.configure(cfg))
-                    .wrap_api_with_spec(S::api_spec())
-                    .configure(|cfg| service.api(cfg));
-                service
-                    .document(app)
-                    .default_service(web::to(unknown_route))
-                    .build()
-            })
-            .workers(common.http.worker_threads())
-            .disable_signals()
-            .listen(listener)?
-            .run()
+        let public = server::Public {
+            listener,
+            workers: common.http.worker_threads(),
+            verifier,
+            metrics: common.metrics == MetricsAt::Public,
         };
+        let server = server::public(service.clone(), operational, public)?;
         let metrics = match metrics_listener {
             None => None,
-            Some((listener, port)) => {
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(service.clone())
-                        .app_data(registry.clone())
-                        .route("/metrics", web::get().to(operational::metrics::<S>))
-                        .default_service(web::to(unknown_route))
-                })
-                .workers(1)
-                .disable_signals()
-                .listen(listener)?
-                .run();
-                Some((port, server))
-            }
+            Some((listener, port)) => Some((port, server::metrics(service, registry, listener)?)),
         };
+        stop_on_error.disarm();
         Ok(Self {
             running: RunningService {
                 port,

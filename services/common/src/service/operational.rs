@@ -3,13 +3,9 @@
 //! migrations), `/metrics`, the 404 for unknown routes, and the header of
 //! its OpenAPI document.
 
-use std::{
-    net::{TcpListener, ToSocketAddrs},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
-use anyhow::Context;
 use paperclip::v2::models::{DefaultApiRaw, Info};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
@@ -127,13 +123,4 @@ pub fn api_spec(title: &str, description: Option<&str>) -> DefaultApiRaw {
         },
         ..Default::default()
     }
-}
-
-/// Binds an HTTP listener (port 0 allowed); returns it with the bound port.
-pub(super) fn bind(
-    address: impl ToSocketAddrs + std::fmt::Debug,
-) -> anyhow::Result<(TcpListener, u16)> {
-    let listener = TcpListener::bind(&address).with_context(|| format!("binding {address:?}"))?;
-    let port = listener.local_addr()?.port();
-    Ok((listener, port))
 }
