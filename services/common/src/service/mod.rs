@@ -32,8 +32,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use command::Command;
-pub use operational::{MetricsRegistry, Readiness, api_spec, unknown_route};
-pub use running::{RunningService, shutdown_signal};
+pub use operational::{Readiness, api_spec, unknown_route};
+pub use running::RunningService;
 
 use crate::{
     auth::PublicKeyConfig,

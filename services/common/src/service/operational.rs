@@ -18,10 +18,10 @@ use crate::{
 /// The finished metrics registry (the service's own metrics and the consumer
 /// runtime's), shared with the `/metrics` handler.
 #[derive(Clone)]
-pub struct MetricsRegistry(Arc<Registry>);
+pub(super) struct MetricsRegistry(Arc<Registry>);
 
 impl MetricsRegistry {
-    pub fn render(&self) -> String {
+    fn render(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.0).expect("writing to a String cannot fail");
         text

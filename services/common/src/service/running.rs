@@ -66,7 +66,7 @@ impl RunningService {
 }
 
 /// Resolves on SIGINT or SIGTERM, naming the signal.
-pub async fn shutdown_signal() -> &'static str {
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     tokio::select! {
