@@ -241,7 +241,6 @@ impl Worker {
 
         Ok(Applied::Done(outcomes))
     }
-
 }
 
 /// Moving a partition's offset from `expected` to `new_next` while the
