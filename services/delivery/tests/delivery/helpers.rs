@@ -3,8 +3,6 @@
 //! (unique per test, so tests sharing the broker never see each other's
 //! events), fed with events produced straight to Kafka.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use commerce_common::{
@@ -151,22 +149,9 @@ impl TestApp {
             None => request,
         }
     }
-
-    pub fn post(&self, path: &str, user: Option<Uuid>) -> reqwest::RequestBuilder {
-        let request = self.client.post(format!("{}{path}", self.address));
-        match user {
-            Some(user) => request.bearer_auth(test_support::mint_token(user)),
-            None => request,
-        }
-    }
 }
 
 /// Waits until `sql` (one bigint) yields `expected`.
 pub async fn wait_for_value(database: &TestDatabase, sql: &str, expected: i64) {
     test_support::wait_for_value(database, sql, expected, WAIT).await;
-}
-
-/// Waits until `sql` (one bigint) yields at least `minimum`.
-pub async fn wait_for_value_at_least(database: &TestDatabase, sql: &str, minimum: i64) {
-    test_support::wait_for_value_at_least(database, sql, minimum, WAIT).await;
 }

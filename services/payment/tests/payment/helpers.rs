@@ -3,8 +3,6 @@
 //! (unique per test, so tests sharing the broker never see each other's
 //! events), fed with events produced straight to Kafka.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use commerce_common::{
