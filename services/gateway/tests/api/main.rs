@@ -4,7 +4,6 @@
 
 mod abuse;
 mod auth;
-mod browser;
 mod compose;
 mod docs;
 mod helpers;
