@@ -173,7 +173,7 @@ impl StackBuilder {
             None
         };
         Stack {
-            relay,
+            _relay: relay,
             services: running,
             brokers,
             http: reqwest::Client::builder()
@@ -242,7 +242,7 @@ struct Running {
 /// A started stack; dropping it stops everything. Field order is drop
 /// order: the relay first (then its slots), the services, the broker last.
 pub struct Stack {
-    relay: Option<Relay>,
+    _relay: Option<Relay>,
     services: Vec<Running>,
     brokers: String,
     http: reqwest::Client,
@@ -271,11 +271,6 @@ impl Stack {
         &self.http
     }
 
-    /// Whether the relay runs.
-    pub fn has_relay(&self) -> bool {
-        self.relay.is_some()
-    }
-
     fn running(&self, service: Service) -> &Running {
         self.services
             .iter()
@@ -296,10 +291,5 @@ impl Stack {
     /// The database of `service`.
     pub fn db(&self, service: Service) -> &TestDatabase {
         &self.running(service).db
-    }
-
-    /// The process of `service` (its logs).
-    pub fn process(&self, service: Service) -> &ChildProcess {
-        &self.running(service).process
     }
 }
