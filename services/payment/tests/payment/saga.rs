@@ -2,14 +2,12 @@
 //! app's topic: charges, insufficient funds, refunds, repeats, poison, and
 //! two instances sharing the partitions while one is killed.
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
+use crate::helpers::{INITIAL_CREDIT, TestApp, spawn_app, spawn_app_configured, wait_for_value};
 use commerce_common::events::{
     DeliveryFailed, Event, OrderCancellationRequested, OrderCreated, UserRegistered,
 };
-use common::{INITIAL_CREDIT, TestApp, spawn_app, spawn_app_configured, wait_for_value};
 use rskafka::{
     client::partition::{Compression, UnknownTopicHandling},
     record::Record,
@@ -26,7 +24,7 @@ fn order_created(customer_id: Uuid, total_cents: i64) -> OrderCreated {
         customer_id,
         items: vec![],
         total_cents,
-        shipping_address: common::address(),
+        shipping_address: crate::helpers::address(),
     }
 }
 
@@ -379,7 +377,7 @@ async fn a_poison_event_is_dead_lettered_and_the_partition_moves_on() {
 }
 
 async fn spawn_app_single_partition() -> TestApp {
-    common::spawn_app_with(1).await
+    crate::helpers::spawn_app_with(1).await
 }
 
 fn service_env(database_url: &str, topic: &str, instance: &str) -> Vec<(String, String)> {
@@ -407,7 +405,7 @@ fn service_env(database_url: &str, topic: &str, instance: &str) -> Vec<(String, 
 #[tokio::test]
 async fn two_instances_split_the_partitions_and_the_survivor_finishes_after_a_kill() {
     let database = fresh_database("payment_ha").await;
-    let topic = common::fresh_topic(4).await;
+    let topic = crate::helpers::fresh_topic(4).await;
     let bin = env!("CARGO_BIN_EXE_payment-service");
     let owned = |instance: &'static str| {
         let database = database.clone();
@@ -425,14 +423,18 @@ async fn two_instances_split_the_partitions_and_the_survivor_finishes_after_a_ki
     };
 
     let mut a = ChildProcess::spawn("payment-a", bin, service_env(&database.url, &topic, "a"));
-    test_support::wait_until(common::WAIT, "instance a to own all partitions", || async {
-        (owned("a").await == 4).then_some(())
-    })
+    test_support::wait_until(
+        crate::helpers::WAIT,
+        "instance a to own all partitions",
+        || async { (owned("a").await == 4).then_some(()) },
+    )
     .await;
     let _b = ChildProcess::spawn("payment-b", bin, service_env(&database.url, &topic, "b"));
-    test_support::wait_until(common::WAIT, "a and b to split the partitions", || async {
-        (owned("a").await == 2 && owned("b").await == 2).then_some(())
-    })
+    test_support::wait_until(
+        crate::helpers::WAIT,
+        "a and b to split the partitions",
+        || async { (owned("a").await == 2 && owned("b").await == 2).then_some(()) },
+    )
     .await;
 
     // 10 customers, 6 orders of 100 each: all affordable with 1000.
@@ -461,7 +463,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_finishes_after_a_ki
         })
     };
     // Kill a in the middle of the stream.
-    common::wait_for_value_at_least(&database, "SELECT count(*) FROM payments", 15).await;
+    crate::helpers::wait_for_value_at_least(&database, "SELECT count(*) FROM payments", 15).await;
     a.kill_hard();
     producer.await.unwrap();
 

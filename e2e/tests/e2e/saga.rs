@@ -1,8 +1,6 @@
-//! The whole saga, end to end: the order service (in process), the payment
-//! and delivery services and the outbox relay (the real binaries, as child
-//! processes), each service on its own fresh database, all through the
-//! test broker. Nothing is faked: events travel outbox -> WAL -> relay ->
-//! Kafka -> consumer runtime.
+//! The whole saga, end to end: the order, payment and delivery services and
+//! the outbox relay (the real binaries), each service on its own fresh
+//! database, on a broker of the stack's own (`Stack`).
 //!
 //! Every consumer reads its topics from offset 0, and every payment and
 //! delivery service acts on every order it sees. Two stacks on one broker
@@ -11,16 +9,13 @@
 //! test` names); otherwise the stacks share `TEST_KAFKA_BROKERS` and run one
 //! at a time.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Customer, TestApp, spawn_app_with, valid_order};
-use reqwest::Method;
-use serde_json::Value;
+use reqwest::{Method, Response};
+use serde_json::{Value, json};
 use test_support::{
-    ChildProcess, KafkaReader, Relay, StackBroker, TestDatabase, bin_path, delete_all_records,
-    free_port, fresh_database, jwt_keys, query_i64, wait_for_http_ok, wait_until,
+    KafkaReader, Service, Stack, TestDatabase, delete_all_records, mint_token, query_i64,
+    wait_until,
 };
 use uuid::Uuid;
 
@@ -47,132 +42,137 @@ impl Default for StackOptions {
 
 /// Re-drives in these tests: a second without a move, then every two
 /// seconds, at most four times.
-const REDRIVE_AFTER: Duration = Duration::from_secs(1);
+const REDRIVE_AFTER: &str = "1s";
+const REDRIVE_MAX_BACKOFF: &str = "2s";
 const REDRIVE_MAX_ATTEMPTS: i32 = 4;
-/// Leases renewed (and a released one taken) every half second.
-const LEASE_TTL: &str = "1500ms";
 
-/// A service binary and its port.
-struct Service {
-    port: u16,
-    _process: ChildProcess,
+/// A customer with a valid token.
+struct Customer {
+    token: String,
 }
 
-impl Service {
-    async fn start(
-        name: &str,
-        db: &TestDatabase,
-        brokers: &str,
-        extra: Vec<(String, String)>,
-    ) -> Service {
-        let port = free_port();
-        let mut env = vec![
-            ("APP__HTTP__PORT".to_owned(), port.to_string()),
-            ("APP__DATABASE__URL".to_owned(), db.url.clone()),
-            ("APP__DATABASE__MAX_CONNECTIONS".to_owned(), "4".to_owned()),
-            ("APP__KAFKA__BROKERS".to_owned(), brokers.to_owned()),
-            (
-                "APP__AUTH__PUBLIC_KEY_FILE".to_owned(),
-                jwt_keys().public_key_file.display().to_string(),
-            ),
-            (
-                "APP__CONSUMER__FETCH_MAX_WAIT".to_owned(),
-                "20ms".to_owned(),
-            ),
-            ("APP__CONSUMER__LEASE_TTL".to_owned(), LEASE_TTL.to_owned()),
-            ("RUST_LOG".to_owned(), "info,rskafka=error".to_owned()),
-            ("LOG_FORMAT".to_owned(), "pretty".to_owned()),
-        ];
-        env.extend(extra);
-        let process = ChildProcess::spawn(name, bin_path(name), env);
-        wait_for_http_ok(&format!("http://127.0.0.1:{port}/ready"), START_TIMEOUT).await;
-        Service {
-            port,
-            _process: process,
+impl Customer {
+    fn new() -> Self {
+        Self {
+            token: mint_token(Uuid::new_v4()),
         }
     }
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+/// The order service's API, as its customers and operators use it.
+struct OrderApi {
+    address: String,
+    db: TestDatabase,
+    http: reqwest::Client,
+}
+
+impl OrderApi {
+    async fn send(
+        &self,
+        customer: &Customer,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(&customer.token);
+        match body {
+            Some(body) => request.json(body),
+            None => request,
+        }
+        .send()
+        .await
+        .unwrap()
+    }
+
+    async fn place(&self, customer: &Customer, body: &Value) -> Response {
+        self.send(customer, Method::POST, "/api/orders", Some(body))
+            .await
+    }
+
+    async fn order_json(&self, customer: &Customer, id: &str) -> Value {
+        let response = self
+            .send(customer, Method::GET, &format!("/api/orders/{id}"), None)
+            .await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    async fn cancel(&self, customer: &Customer, id: &str, body: Option<Value>) -> Response {
+        let path = format!("/api/orders/{id}/cancel");
+        self.send(customer, Method::POST, &path, body.as_ref())
+            .await
+    }
+
+    /// The service's `/metrics` text.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
-/// Everything a saga needs. Field order is drop order: the relay goes
-/// first (then its slots), then the services, the broker last.
-struct Stack {
-    _relay: Relay,
-    order: TestApp,
-    payment: Service,
-    delivery: Service,
+/// Everything a saga needs, and shortcuts into it.
+struct SagaStack {
+    order: OrderApi,
     payment_db: TestDatabase,
     delivery_db: TestDatabase,
     brokers: String,
     http: reqwest::Client,
-    _broker: StackBroker,
+    stack: Stack,
 }
 
-impl Stack {
-    async fn start(options: StackOptions) -> Stack {
-        let broker = StackBroker::start().await;
-        let brokers = broker.brokers.clone();
-        let payment_db = fresh_database("order_e2e_payment").await;
-        let delivery_db = fresh_database("order_e2e_delivery").await;
-        let payment = Service::start(
-            "payment-service",
-            &payment_db,
-            &brokers,
-            vec![(
-                "APP__WALLET__INITIAL_CREDIT_CENTS".to_owned(),
-                INITIAL_CREDIT.to_string(),
-            )],
-        )
-        .await;
-        let delivery = Service::start(
-            "delivery-service",
-            &delivery_db,
-            &brokers,
-            vec![
-                (
-                    "APP__WINDOWS__CAPACITY".to_owned(),
-                    options.window_capacity.to_string(),
-                ),
-                (
-                    "APP__QUOTAS__BOOKINGS_PER_CUSTOMER_PER_DAY".to_owned(),
-                    options.bookings_per_day.to_string(),
-                ),
-            ],
-        )
-        .await;
-        let order = spawn_app_with(|settings| {
-            settings.saga.enabled = true;
-            settings.kafka.brokers = brokers.clone();
-            settings.consumer.fetch_max_wait = Duration::from_millis(20);
-            settings.consumer.lease_ttl = Duration::from_millis(1500);
-            settings.redrive.after = REDRIVE_AFTER;
-            settings.redrive.max_backoff = 2 * REDRIVE_AFTER;
-            settings.redrive.max_attempts = REDRIVE_MAX_ATTEMPTS;
-        })
-        .await;
-        let relay = Relay::start(
-            &brokers,
-            &[
-                ("order", &order.db),
-                ("payment", &payment_db),
-                ("delivery", &delivery_db),
-            ],
-            START_TIMEOUT,
-        )
-        .await;
-        Stack {
-            _relay: relay,
-            order,
-            payment,
-            delivery,
-            payment_db,
-            delivery_db,
-            brokers,
-            http: reqwest::Client::new(),
-            _broker: broker,
+impl SagaStack {
+    async fn start(options: StackOptions) -> SagaStack {
+        let stack = Stack::builder("e2e")
+            .services(&[Service::Order, Service::Payment, Service::Delivery])
+            .relay()
+            .env(
+                Service::Payment,
+                "APP__WALLET__INITIAL_CREDIT_CENTS",
+                INITIAL_CREDIT,
+            )
+            .env(
+                Service::Delivery,
+                "APP__WINDOWS__CAPACITY",
+                options.window_capacity,
+            )
+            .env(
+                Service::Delivery,
+                "APP__QUOTAS__BOOKINGS_PER_CUSTOMER_PER_DAY",
+                options.bookings_per_day,
+            )
+            .env(Service::Order, "APP__REDRIVE__AFTER", REDRIVE_AFTER)
+            .env(
+                Service::Order,
+                "APP__REDRIVE__MAX_BACKOFF",
+                REDRIVE_MAX_BACKOFF,
+            )
+            .env(
+                Service::Order,
+                "APP__REDRIVE__MAX_ATTEMPTS",
+                REDRIVE_MAX_ATTEMPTS,
+            )
+            .start()
+            .await;
+        SagaStack {
+            order: OrderApi {
+                address: stack.address(Service::Order),
+                db: stack.db(Service::Order).clone(),
+                http: stack.http().clone(),
+            },
+            payment_db: stack.db(Service::Payment).clone(),
+            delivery_db: stack.db(Service::Delivery).clone(),
+            brokers: stack.brokers().to_owned(),
+            http: stack.http().clone(),
+            stack,
         }
     }
 
@@ -197,10 +197,10 @@ impl Stack {
         .await
     }
 
-    async fn get(&self, service: &Service, customer: &Customer, path: &str) -> (u16, Value) {
+    async fn get(&self, service: Service, customer: &Customer, path: &str) -> (u16, Value) {
         let response = self
             .http
-            .request(Method::GET, service.url(path))
+            .request(Method::GET, self.stack.url(service, path))
             .bearer_auth(&customer.token)
             .send()
             .await
@@ -210,21 +210,21 @@ impl Stack {
     }
 
     async fn balance(&self, customer: &Customer) -> i64 {
-        let (status, wallet) = self.get(&self.payment, customer, "/api/wallet").await;
+        let (status, wallet) = self.get(Service::Payment, customer, "/api/wallet").await;
         assert_eq!(status, 200, "{wallet}");
         wallet["balance_cents"].as_i64().unwrap()
     }
 
     async fn payment_of(&self, customer: &Customer, order_id: &str) -> Value {
         let path = format!("/api/payments/{order_id}");
-        let (status, payment) = self.get(&self.payment, customer, &path).await;
+        let (status, payment) = self.get(Service::Payment, customer, &path).await;
         assert_eq!(status, 200, "{payment}");
         payment
     }
 
     async fn delivery_of(&self, customer: &Customer, order_id: &str) -> (u16, Value) {
         let path = format!("/api/deliveries/{order_id}");
-        self.get(&self.delivery, customer, &path).await
+        self.get(Service::Delivery, customer, &path).await
     }
 
     /// The consumer of `db` stops applying `topic`: a stranger holds its
@@ -311,16 +311,21 @@ impl Stack {
 
 /// An order of `quantity` units at 10.00.
 fn order_of(quantity: i64) -> Value {
-    let mut body = valid_order();
-    body["items"] = serde_json::json!([
-        {"sku": "E2E-1", "quantity": quantity, "unit_price_cents": 1000}
-    ]);
-    body
+    json!({
+        "items": [{"sku": "E2E-1", "quantity": quantity, "unit_price_cents": 1000}],
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "street": "12 St James's Square",
+            "city": "London",
+            "postal_code": "SW1Y 4JH",
+            "country": "GB"
+        }
+    })
 }
 
 #[tokio::test]
 async fn happy_path_customer_cancellation_and_insufficient_funds() {
-    let stack = Stack::start(StackOptions::default()).await;
+    let stack = SagaStack::start(StackOptions::default()).await;
 
     // Happy path: paid, then a window booked; the order shows both.
     let alice = Customer::new();
@@ -388,7 +393,7 @@ async fn happy_path_customer_cancellation_and_insufficient_funds() {
 
 #[tokio::test]
 async fn no_delivery_capacity_cancels_the_order_with_a_refund() {
-    let stack = Stack::start(StackOptions {
+    let stack = SagaStack::start(StackOptions {
         window_capacity: 0,
         ..StackOptions::default()
     })
@@ -428,7 +433,7 @@ async fn no_delivery_capacity_cancels_the_order_with_a_refund() {
 /// of these orders stays PENDING or PAID forever.
 #[tokio::test]
 async fn a_lost_event_at_any_step_is_healed_by_the_saga_re_drive() {
-    let stack = Stack::start(StackOptions::default()).await;
+    let stack = SagaStack::start(StackOptions::default()).await;
     let brokers = stack.brokers.clone();
     let (order_db, payment_db, delivery_db) =
         (&stack.order.db, &stack.payment_db, &stack.delivery_db);
@@ -627,7 +632,7 @@ async fn a_lost_event_at_any_step_is_healed_by_the_saga_re_drive() {
 /// listed for the operator, and re-driven when the operator asks.
 #[tokio::test]
 async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks() {
-    let stack = Stack::start(StackOptions::default()).await;
+    let stack = SagaStack::start(StackOptions::default()).await;
     let customer = Customer::new();
     // Payment applies nothing of `orders` while the order is re-driven.
     stack.pause(&stack.payment_db, "orders").await;
@@ -693,7 +698,7 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
 
 #[tokio::test]
 async fn a_booking_over_the_daily_limit_cancels_the_order_with_daily_limit_and_a_refund() {
-    let stack = Stack::start(StackOptions {
+    let stack = SagaStack::start(StackOptions {
         bookings_per_day: 1,
         ..StackOptions::default()
     })

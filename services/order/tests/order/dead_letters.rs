@@ -1,11 +1,9 @@
 //! `order-service replay-dead-letters`: the binary replays a dead-lettered
 //! event through the order saga once its cause is fixed.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::{TestApp, payment_confirmed, placed_order, spawn_app};
+use crate::helpers::{TestApp, payment_confirmed, placed_order, spawn_app};
 use test_support::{bin_path, query_i64};
 
 /// Runs `order-service replay-dead-letters ARGS...` against the app's database.

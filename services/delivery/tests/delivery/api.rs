@@ -1,9 +1,7 @@
 //! The HTTP API: authentication, owners only, operational endpoints.
 
-mod common;
-
+use crate::helpers::spawn_app;
 use commerce_common::events::{Event, PaymentConfirmed};
-use common::spawn_app;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -47,7 +45,7 @@ async fn operational_endpoints_answer() {
             "{path} missing from the spec: {spec}"
         );
     }
-    test_support::wait_until(common::WAIT, "consumer_lag in /metrics", || async {
+    test_support::wait_until(crate::helpers::WAIT, "consumer_lag in /metrics", || async {
         let metrics = app
             .get("/metrics", None)
             .send()
@@ -73,7 +71,7 @@ async fn deliveries_are_visible_to_their_owner_only() {
         amount_cents: 100,
     }))
     .await;
-    common::wait_for_value(&app.database, "SELECT count(*) FROM deliveries", 1).await;
+    crate::helpers::wait_for_value(&app.database, "SELECT count(*) FROM deliveries", 1).await;
 
     let path = format!("/api/deliveries/{order_id}");
     let delivery: Value = app

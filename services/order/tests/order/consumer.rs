@@ -2,13 +2,11 @@
 //! test broker move the order, a record published twice applies once, and
 //! the runtime's lag shows in /metrics.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::helpers::{OutboxTap, payment_confirmed, placed_order, spawn_consuming_app};
 use chrono::Utc;
 use commerce_common::events::{DeliveryScheduled, Envelope, Event, topics};
-use common::{OutboxTap, payment_confirmed, placed_order, spawn_consuming_app};
 use serde_json::Value;
 use test_support::{ensure_topics, envelope, kafka_brokers, produce_envelope, wait_until};
 use uuid::Uuid;

@@ -3,12 +3,10 @@
 //! (the order rows are changed with plain SQL, as another instance's saga
 //! consumer would).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::helpers::{Customer, TestApp, spawn_app, spawn_app_with};
 use commerce_common::config::Secret;
-use common::{Customer, TestApp, spawn_app, spawn_app_with};
 use reqwest::{Method, Response};
 use serde_json::Value;
 use test_support::wait_until;

@@ -1,15 +1,13 @@
 //! The saga handler's effects, calling it directly on a connection to the
 //! test database (the consumer runtime around it is tested in the common
-//! crate; the full saga over the broker in saga_e2e.rs).
+//! crate; the full saga over the broker in the e2e crate).
 
-mod common;
-
+use crate::helpers::{Customer, OutboxTap, TestApp, VALID_TOTAL, assert_error, spawn_app};
 use chrono::{Duration, TimeZone, Utc};
 use commerce_common::events::{
     DeliveryCancelled, DeliveryFailed, DeliveryScheduled, Event, PaymentConfirmed, PaymentFailed,
     PaymentRefunded,
 };
-use common::{Customer, OutboxTap, TestApp, VALID_TOTAL, assert_error, spawn_app};
 use order_service::{
     domain::{OrderStatus, StatusChange},
     saga::{Outcome, SagaError, handle_event},

@@ -3,13 +3,11 @@
 //! cancellation before payment, repeats, poison, and concurrent bookings
 //! racing for the last places.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::helpers::{TestApp, one_window, spawn_app_configured, spawn_app_with, wait_for_value};
 use chrono::{DateTime, Days, Utc};
 use commerce_common::events::{Event, OrderCancellationRequested, PaymentConfirmed};
-use common::{TestApp, one_window, spawn_app_configured, spawn_app_with, wait_for_value};
 use delivery_service::{config::WindowsConfig, startup::Application};
 use rskafka::{
     client::partition::{Compression, UnknownTopicHandling},
@@ -272,7 +270,7 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
     let app = spawn_app_with(8, one_window(CAPACITY)).await;
     // A second instance on the same database and topic: two processes'
     // worth of consumers booking at once.
-    let second = Application::build(common::settings(
+    let second = Application::build(crate::helpers::settings(
         &app.database,
         &app.topic,
         "second",
@@ -282,14 +280,18 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
     .unwrap();
     let stop_second = second.shutdown_token();
     tokio::spawn(second.run_until_stopped());
-    test_support::wait_until(common::WAIT, "both instances to own partitions", || async {
-        let owners = test_support::try_query_i64(
-            &app.database,
-            "SELECT count(DISTINCT owner) FROM partition_leases WHERE expires_at > now()",
-        )
-        .await?;
-        (owners == 2).then_some(())
-    })
+    test_support::wait_until(
+        crate::helpers::WAIT,
+        "both instances to own partitions",
+        || async {
+            let owners = test_support::try_query_i64(
+                &app.database,
+                "SELECT count(DISTINCT owner) FROM partition_leases WHERE expires_at > now()",
+            )
+            .await?;
+            (owners == 2).then_some(())
+        },
+    )
     .await;
 
     // Produce everything first, so the consumers start on full partitions at once.

@@ -1,9 +1,7 @@
-//! spawn_app and event helpers for the payment service's tests: the real
+//! spawn_app and event helpers for the delivery service's tests: the real
 //! app on port 0 against a fresh database, consuming its own test topic
 //! (unique per test, so tests sharing the broker never see each other's
 //! events), fed with events produced straight to Kafka.
-
-#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -13,8 +11,8 @@ use commerce_common::{
     consumer::ConsumerConfig,
     events::{Envelope, Event},
 };
-use payment_service::{
-    config::{Settings, WalletConfig},
+use delivery_service::{
+    config::{QuotasConfig, Settings, WindowsConfig},
     startup::Application,
 };
 use test_support::{
@@ -25,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(30);
-pub const INITIAL_CREDIT: i64 = 1_000;
 
 pub struct TestApp {
     pub address: String,
@@ -42,7 +39,12 @@ impl Drop for TestApp {
     }
 }
 
-pub fn settings(database: &TestDatabase, topic: &str, instance: &str) -> Settings {
+pub fn settings(
+    database: &TestDatabase,
+    topic: &str,
+    instance: &str,
+    windows: WindowsConfig,
+) -> Settings {
     Settings {
         http: HttpConfig::with_port(0),
         database: DatabaseConfig::with_url(&database.url),
@@ -59,36 +61,46 @@ pub fn settings(database: &TestDatabase, topic: &str, instance: &str) -> Setting
             lease_ttl: Duration::from_millis(1500),
             ..ConsumerConfig::default()
         },
-        wallet: WalletConfig {
-            initial_credit_cents: INITIAL_CREDIT,
-            ..WalletConfig::default()
-        },
+        windows,
+        quotas: QuotasConfig::default(),
     }
 }
 
 /// A fresh topic with `partitions` partitions.
 pub async fn fresh_topic(partitions: i32) -> String {
-    let topic = format!("payment-test-{}", Uuid::new_v4().simple());
+    let topic = format!("delivery-test-{}", Uuid::new_v4().simple());
     ensure_topics(&kafka_brokers(), &[&topic], partitions).await;
     topic
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(2).await
+/// One window a day, tomorrow only, with `capacity` places.
+pub fn one_window(capacity: i32) -> WindowsConfig {
+    WindowsConfig {
+        per_day: 1,
+        first_start_hour: 10,
+        length: std::time::Duration::from_secs(2 * 3600),
+        capacity,
+        horizon: std::time::Duration::from_secs(86_400),
+    }
 }
 
-pub async fn spawn_app_with(partitions: i32) -> TestApp {
-    spawn_app_configured(partitions, |_| {}).await
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(2, WindowsConfig::default()).await
+}
+
+pub async fn spawn_app_with(partitions: i32, windows: WindowsConfig) -> TestApp {
+    spawn_app_configured(partitions, windows, |_| {}).await
 }
 
 /// [`spawn_app_with`], with the settings changed by `configure` first.
 pub async fn spawn_app_configured(
     partitions: i32,
+    windows: WindowsConfig,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let database = fresh_database("payment").await;
+    let database = fresh_database("delivery").await;
     let topic = fresh_topic(partitions).await;
-    let mut settings = settings(&database, &topic, "test");
+    let mut settings = settings(&database, &topic, "test", windows);
     configure(&mut settings);
     let app = Application::build(settings)
         .await
@@ -137,32 +149,9 @@ impl TestApp {
             None => request,
         }
     }
-
-    pub fn post(&self, path: &str, user: Option<Uuid>) -> reqwest::RequestBuilder {
-        let request = self.client.post(format!("{}{path}", self.address));
-        match user {
-            Some(user) => request.bearer_auth(test_support::mint_token(user)),
-            None => request,
-        }
-    }
 }
 
 /// Waits until `sql` (one bigint) yields `expected`.
 pub async fn wait_for_value(database: &TestDatabase, sql: &str, expected: i64) {
     test_support::wait_for_value(database, sql, expected, WAIT).await;
-}
-
-pub fn address() -> commerce_common::events::Address {
-    commerce_common::events::Address {
-        name: "Ada Lovelace".into(),
-        street: "1 Analytical Way".into(),
-        city: "London".into(),
-        postal_code: "N1 1AA".into(),
-        country: "GB".into(),
-    }
-}
-
-/// Waits until `sql` (one bigint) yields at least `minimum`.
-pub async fn wait_for_value_at_least(database: &TestDatabase, sql: &str, minimum: i64) {
-    test_support::wait_for_value_at_least(database, sql, minimum, WAIT).await;
 }

@@ -5,7 +5,7 @@
 //! databases that db/bootstrap/docker-init.sh creates, and
 //! `docker-compose config` (when installed) accepts the file and resolves
 //! the same environments as our parser. The per-binary config checks live in
-//! each binary's `tests/compose.rs`.
+//! the `compose` module of each binary's tests.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,14 +1,14 @@
 //! The `order` container of compose.yaml, checked against this crate: its
 //! environment loads with the real `Settings::load` (a misspelled key would
-//! fail), names the port the healthcheck and the gateway use, the
-//! `commerce_order` database and the broker's internal listener; the
-//! healthcheck path answers 200 on the real app. And docs/configuration.md
+//! fail) and passes the checks every service container shares
+//! (`Compose::assert_service_container`); the healthcheck path answers 200
+//! on the real app. And docs/configuration.md
 //! documents every key of `Settings` with its default.
 
 use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
 use order_service::{config::Settings, startup::Application};
 use test_support::{
-    compose::{Compose, assert_health_answers},
+    compose::{Compose, ServiceContainer, assert_health_answers},
     config_doc::assert_config_documented,
     fresh_database, jwt_keys,
 };
@@ -18,31 +18,17 @@ const SERVICE: &str = "order";
 #[tokio::test]
 async fn the_compose_environment_configures_the_service() {
     let compose = Compose::load();
-    let container = compose.service(SERVICE);
-    let settings = container.load_config(Settings::load);
-    let health_path = container.assert_serves_http(&settings.http.host, settings.http.port);
-    assert_eq!(
-        compose.gateway_upstream(SERVICE),
-        format!("http://{SERVICE}:{}", settings.http.port),
-        "the gateway forwards to this container's port"
+    let settings = compose.service(SERVICE).load_config(Settings::load);
+    let health_path = compose.assert_service_container(
+        SERVICE,
+        ServiceContainer {
+            host: &settings.http.host,
+            port: settings.http.port,
+            database_url: settings.database.url.expose(),
+            kafka_brokers: settings.kafka.broker_list(),
+            public_key_file: settings.auth.public_key_file.as_deref(),
+        },
     );
-    assert!(
-        settings
-            .database
-            .url
-            .expose()
-            .ends_with("@postgres:5432/commerce_order")
-    );
-    assert_eq!(
-        settings.kafka.broker_list(),
-        [compose.kafka_internal_address()]
-    );
-    let key_file = settings
-        .auth
-        .public_key_file
-        .clone()
-        .expect("a public key file");
-    compose.assert_reads_jwt_key(SERVICE, &key_file, "jwt.pub.pem");
     assert!(settings.saga.enabled, "the container runs the saga");
 
     // The healthcheck path is a route of the real app and answers 200 once

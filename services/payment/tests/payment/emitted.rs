@@ -2,10 +2,8 @@
 //! real outbox relay: event types, payloads, keys and the trace id carried
 //! over from the event that caused them; the outbox table stays empty.
 
-mod common;
-
+use crate::helpers::{INITIAL_CREDIT, WAIT, spawn_app};
 use commerce_common::events::{Event, OrderCancellationRequested, OrderCreated, headers, topics};
-use common::{INITIAL_CREDIT, WAIT, spawn_app};
 use test_support::{KafkaReader, Relay, kafka_brokers};
 use uuid::Uuid;
 
@@ -20,13 +18,13 @@ async fn charges_failures_and_refunds_are_published_with_the_causing_trace_id() 
         customer_id: customer,
         items: vec![],
         total_cents,
-        shipping_address: common::address(),
+        shipping_address: crate::helpers::address(),
     };
     let (affordable, too_expensive) = (order(400), order(INITIAL_CREDIT + 1));
 
     let cause = app.publish(&Event::OrderCreated(affordable.clone())).await;
     let confirmed = payments
-        .wait_for(common::WAIT, "PaymentConfirmed", |r| {
+        .wait_for(crate::helpers::WAIT, "PaymentConfirmed", |r| {
             r.key.as_deref() == Some(&affordable.order_id.to_string())
         })
         .await;
@@ -51,7 +49,7 @@ async fn charges_failures_and_refunds_are_published_with_the_causing_trace_id() 
     app.publish(&Event::OrderCreated(too_expensive.clone()))
         .await;
     let failed = payments
-        .wait_for(common::WAIT, "PaymentFailed", |r| {
+        .wait_for(crate::helpers::WAIT, "PaymentFailed", |r| {
             r.key.as_deref() == Some(&too_expensive.order_id.to_string())
         })
         .await;
@@ -69,7 +67,7 @@ async fn charges_failures_and_refunds_are_published_with_the_causing_trace_id() 
     ))
     .await;
     let refunded = payments
-        .wait_for(common::WAIT, "PaymentRefunded", |r| {
+        .wait_for(crate::helpers::WAIT, "PaymentRefunded", |r| {
             r.key.as_deref() == Some(&affordable.order_id.to_string())
         })
         .await;

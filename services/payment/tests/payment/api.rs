@@ -1,9 +1,7 @@
 //! The HTTP API: authentication, the wallet, top-up validation, owners only.
 
-mod common;
-
+use crate::helpers::{INITIAL_CREDIT, spawn_app};
 use commerce_common::events::{Event, OrderCreated};
-use common::{INITIAL_CREDIT, spawn_app};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -64,7 +62,7 @@ async fn operational_endpoints_answer() {
         );
     }
     // The consumer reports its lag once it owns the partitions.
-    test_support::wait_until(common::WAIT, "consumer_lag in /metrics", || async {
+    test_support::wait_until(crate::helpers::WAIT, "consumer_lag in /metrics", || async {
         let metrics = app
             .get("/metrics", None)
             .send()
@@ -226,10 +224,10 @@ async fn payments_are_visible_to_their_owner_only() {
         customer_id: owner,
         items: vec![],
         total_cents: 300,
-        shipping_address: common::address(),
+        shipping_address: crate::helpers::address(),
     }))
     .await;
-    common::wait_for_value(&app.database, "SELECT count(*) FROM payments", 1).await;
+    crate::helpers::wait_for_value(&app.database, "SELECT count(*) FROM payments", 1).await;
 
     let path = format!("/api/payments/{order_id}");
     let payment: Value = app

@@ -1,40 +1,37 @@
-//! Swagger UI in a real headless Chromium: the page loads from the gateway
-//! alone, lists every operation of the merged document, and a user can
-//! register, log in, authorize, place an order and read it back through
-//! "Try it out" (against the real order-service binary when it is built).
+//! Swagger UI in a real headless Chromium, served by the gateway binary: the
+//! page loads from the gateway alone, lists every operation of the merged
+//! document, and a user can register, log in, authorize, place an order and
+//! read it back through "Try it out" (against the order-service binary).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use fantoccini::{Client, Locator, elements::Element, key::Key};
 use serde_json::{Value, json};
-use test_support::{Browser, ChildProcess, bin_path, free_port, fresh_database, jwt_keys};
-
-use crate::helpers::spawn_app_with;
+use test_support::{Browser, Service, Stack};
+use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn swagger_ui_lists_every_operation_and_drives_the_order_flow() {
-    let order_bin = bin_path("order-service");
-    let order = if order_bin.is_file() {
-        Some(start_order_service(&order_bin).await)
-    } else {
-        eprintln!(
-            "{} not built: only the listing is checked (build it for the order flow)",
-            order_bin.display()
-        );
-        None
-    };
-    let order_url = order.as_ref().map(|(_, url)| url.clone());
-    let app = spawn_app_with(|c| {
-        if let Some(url) = order_url {
-            c.upstreams.order = url;
-        }
-    })
-    .await;
-    let doc: Value = app
-        .http
-        .get(app.url("/openapi.json"))
+    // Only the HTTP API is exercised: no saga consumers, no broker of its own.
+    let stack = Stack::builder("browser")
+        .services(&[Service::Order, Service::Gateway])
+        .shared_broker()
+        .env(Service::Order, "APP__SAGA__ENABLED", "false")
+        .start()
+        .await;
+    let gateway = stack.address(Service::Gateway);
+    let doc: Value = stack
+        .http()
+        .get(stack.url(Service::Gateway, "/openapi.json"))
         .send()
         .await
         .unwrap()
@@ -55,46 +52,52 @@ async fn swagger_ui_lists_every_operation_and_drives_the_order_flow() {
     expected.sort();
 
     let (_browser, client) = Browser::start().await;
-    let result = drive(&client, &app.address, &expected, order.is_some()).await;
+    let result = drive(&client, &gateway, &expected).await;
     let shot = save_screenshot(&client).await;
     client.close().await.ok();
     if let Err(error) = result {
-        if let Some((process, _)) = &order {
-            eprintln!("order-service logs:\n{}", process.logs().join("\n"));
-        }
         panic!("{error} (screenshot: {})", shot.display());
     }
     println!("screenshot: {}", shot.display());
 }
 
-async fn start_order_service(bin: &std::path::Path) -> (ChildProcess, String) {
-    let db = fresh_database("gateway_ui_order").await;
-    let port = free_port();
-    let process = ChildProcess::spawn(
-        "order-service",
-        bin,
-        [
-            ("APP__HTTP__PORT", port.to_string()),
-            ("APP__DATABASE__URL", db.url.clone()),
-            ("APP__AUTH__PUBLIC_KEY_PEM", jwt_keys().public_pem.clone()),
-            ("APP__KAFKA__BROKERS", test_support::kafka_brokers()),
-            // Only the HTTP API is exercised: no saga consumers.
-            ("APP__SAGA__ENABLED", "false".to_owned()),
-        ],
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    test_support::wait_for_http_ok(&format!("{url}/ready"), Duration::from_secs(30)).await;
-    (process, url)
-}
-
 type Outcome = Result<(), String>;
 
-async fn drive(
-    client: &Client,
-    address: &str,
-    expected: &[(String, String)],
-    with_orders: bool,
-) -> Outcome {
+/// A server on a port of its own that counts the connections made to it
+/// (each answered with an empty 404): a page that must not use it.
+struct ForeignServer {
+    base: String,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ForeignServer {
+    async fn start() -> ForeignServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        ForeignServer { base, hits, task }
+    }
+}
+
+impl Drop for ForeignServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(client: &Client, address: &str, expected: &[(String, String)]) -> Outcome {
     client
         .set_window_size(1400, 2400)
         .await
@@ -143,10 +146,6 @@ async fn drive(
     if !foreign.is_empty() {
         return Err(format!("the page loaded foreign resources: {foreign:?}"));
     }
-    if !with_orders {
-        return Ok(());
-    }
-
     let credentials = json!({"email": "swagger@example.com", "password": "correct horse battery"});
     let registration = json!({"email": "swagger@example.com", "password": "correct horse battery", "name": "Swagger"});
     let (status, body) =
@@ -361,14 +360,19 @@ async fn save_screenshot(client: &Client) -> PathBuf {
 /// not kept in the browser's storage.
 #[tokio::test]
 async fn swagger_ui_ignores_a_foreign_url_and_keeps_no_token() {
-    let evil = crate::helpers::spawn_upstream().await;
-    let app = spawn_app_with(|_| {}).await;
+    let evil = ForeignServer::start().await;
+    let stack = Stack::builder("browser_foreign")
+        .service(Service::Gateway)
+        .shared_broker()
+        .start()
+        .await;
+    let gateway = stack.address(Service::Gateway);
     let (_browser, client) = Browser::start().await;
     let result = async {
         client
             .goto(&format!(
                 "{}/swagger-ui.html?url={}/openapi.json&configUrl={}/config.json",
-                app.address, evil.base, evil.base
+                gateway, evil.base, evil.base
             ))
             .await
             .map_err(|e| e.to_string())?;
@@ -390,7 +394,7 @@ async fn swagger_ui_ignores_a_foreign_url_and_keeps_no_token() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|url| !url.as_str().unwrap_or_default().starts_with(&app.address))
+            .filter(|url| !url.as_str().unwrap_or_default().starts_with(&gateway))
             .collect();
         if !foreign.is_empty() || fetched.to_string().contains(&evil.base) {
             return Err(format!("the page used the foreign address: {fetched}"));
@@ -417,5 +421,9 @@ async fn swagger_ui_ignores_a_foreign_url_and_keeps_no_token() {
     if let Err(error) = result {
         panic!("{error}");
     }
-    assert_eq!(evil.hits(), 0, "the foreign server was asked");
+    assert_eq!(
+        evil.hits.load(Ordering::SeqCst),
+        0,
+        "the foreign server was asked"
+    );
 }

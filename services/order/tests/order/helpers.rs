@@ -3,8 +3,6 @@
 //! events reached the outbox (its rows are deleted in the same transaction,
 //! so the WAL is the only place to see them).
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};

@@ -1,8 +1,6 @@
 //! The orders HTTP API against the real app and a fresh database.
 
-mod common;
-
-use common::{
+use crate::helpers::{
     Customer, OutboxTap, VALID_TOTAL, assert_error, spawn_app, spawn_app_with, valid_order,
 };
 use std::time::Duration;
@@ -873,7 +871,7 @@ async fn listing_is_paginated_newest_first_and_private() {
 }
 
 /// Sets the status of one stored order (the saga's job, done by hand).
-async fn set_status(app: &common::TestApp, order_id: &Value, status: &str) {
+async fn set_status(app: &crate::helpers::TestApp, order_id: &Value, status: &str) {
     let id: Uuid = order_id.as_str().unwrap().parse().unwrap();
     app.db
         .client()

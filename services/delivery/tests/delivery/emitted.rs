@@ -2,12 +2,10 @@
 //! real outbox relay: event types, payloads, keys and the trace id carried
 //! over from the event that caused them.
 
-mod common;
-
+use crate::helpers::{WAIT, one_window, spawn_app_with};
 use commerce_common::events::{
     Event, OrderCancellationRequested, PaymentConfirmed, headers, topics,
 };
-use common::{WAIT, one_window, spawn_app_with};
 use test_support::{KafkaReader, Relay, kafka_brokers};
 use uuid::Uuid;
 
@@ -28,7 +26,7 @@ async fn bookings_failures_and_releases_are_published_with_the_causing_trace_id(
 
     let cause = app.publish(&Event::PaymentConfirmed(first.clone())).await;
     let scheduled = deliveries
-        .wait_for(common::WAIT, "DeliveryScheduled", |r| {
+        .wait_for(crate::helpers::WAIT, "DeliveryScheduled", |r| {
             r.key == key_of(&first)
         })
         .await;
@@ -50,7 +48,9 @@ async fn bookings_failures_and_releases_are_published_with_the_causing_trace_id(
     // The only window is full now.
     app.publish(&Event::PaymentConfirmed(second.clone())).await;
     let failed = deliveries
-        .wait_for(common::WAIT, "DeliveryFailed", |r| r.key == key_of(&second))
+        .wait_for(crate::helpers::WAIT, "DeliveryFailed", |r| {
+            r.key == key_of(&second)
+        })
         .await;
     let Ok(Event::DeliveryFailed(failure)) = failed.envelope().event() else {
         panic!("not a DeliveryFailed: {failed:?}");
@@ -66,7 +66,7 @@ async fn bookings_failures_and_releases_are_published_with_the_causing_trace_id(
     ))
     .await;
     let cancelled = deliveries
-        .wait_for(common::WAIT, "DeliveryCancelled", |r| {
+        .wait_for(crate::helpers::WAIT, "DeliveryCancelled", |r| {
             r.key == key_of(&first)
         })
         .await;
