@@ -1,7 +1,8 @@
 //! The small crate the services share: event contracts, config loading,
 //! telemetry, HTTP error mapping, JWT verification, database plumbing, the
-//! outbox writer, the Kafka consumer runtime and the service runtime
-//! (operational routes, shutdown). Nothing service-specific.
+//! outbox writer, the Kafka consumer runtime and the service skeleton
+//! (start-up, operational routes, shutdown, `main`). Nothing
+//! service-specific.
 
 pub mod auth;
 pub mod config;

@@ -5,6 +5,7 @@ use commerce_common::{
     auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig},
     consumer::ConsumerConfig,
+    service::{CommonSettings, ServiceSettings},
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -47,12 +48,24 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// See [`ServiceSettings::load`].
     pub fn load() -> anyhow::Result<Self> {
-        let settings: Self = commerce_common::config::load_renamed(RENAMED_KEYS)
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        settings.windows.validate()?;
-        settings.quotas.validate()?;
-        Ok(settings)
+        <Self as ServiceSettings>::load()
+    }
+}
+
+impl ServiceSettings for Settings {
+    const RENAMED_KEYS: &'static [&'static str] = RENAMED_KEYS;
+
+    fn common(&self) -> CommonSettings<'_> {
+        CommonSettings::new(&self.http, &self.database)
+            .auth(&self.auth)
+            .consumer(&self.kafka, &self.consumer)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.windows.validate()?;
+        self.quotas.validate()
     }
 }
 

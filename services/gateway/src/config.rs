@@ -6,7 +6,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use commerce_common::config::{DatabaseConfig, HttpConfig, Secret};
+use commerce_common::{
+    config::{DatabaseConfig, HttpConfig, Secret},
+    service::{CommonSettings, MetricsAt, ServiceSettings},
+};
 use serde::{Deserialize, Serialize};
 
 /// The keys renamed when durations got units (`proxy.connect_timeout_ms` is
@@ -57,12 +60,30 @@ impl Default for Config {
     }
 }
 
+impl ServiceSettings for Config {
+    const RENAMED_KEYS: &'static [&'static str] = RENAMED_KEYS;
+
+    /// `/metrics` on a listener of its own, or nowhere.
+    fn common(&self) -> CommonSettings<'_> {
+        let metrics = match self.metrics.port {
+            None => MetricsAt::Nowhere,
+            Some(port) => MetricsAt::Own {
+                host: self.metrics.host.clone(),
+                port,
+            },
+        };
+        CommonSettings::new(&self.http, &self.database).metrics(metrics)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        Config::validate(self)
+    }
+}
+
 impl Config {
+    /// See [`ServiceSettings::load`].
     pub fn load() -> anyhow::Result<Self> {
-        let config: Self = commerce_common::config::load_renamed(RENAMED_KEYS)
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        config.validate()?;
-        Ok(config)
+        <Self as ServiceSettings>::load()
     }
 
     /// Checks what serde cannot; the message names the offending key.

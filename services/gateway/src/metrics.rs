@@ -1,9 +1,7 @@
-//! Prometheus metrics of the gateway, served at `/metrics`.
-
-use std::sync::Mutex;
+//! Prometheus metrics of the gateway, served at `/metrics` on its own
+//! listener (`metrics.port`).
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
@@ -11,7 +9,6 @@ use prometheus_client::{
 type Labels = Vec<(&'static str, &'static str)>;
 
 pub struct Metrics {
-    registry: Mutex<Registry>,
     /// Requests forwarded, by service and outcome (`ok`, `unavailable`, ...).
     pub proxied: Family<Labels, Counter>,
     /// Login attempts by outcome (`ok`, `invalid`, `throttled`).
@@ -20,9 +17,10 @@ pub struct Metrics {
     pub registrations: Family<Labels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("gateway");
+impl Metrics {
+    /// Registers them in `registry`, prefixed `gateway_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("gateway");
         let proxied = Family::<Labels, Counter>::default();
         let logins = Family::<Labels, Counter>::default();
         let registrations = Family::<Labels, Counter>::default();
@@ -38,15 +36,12 @@ impl Default for Metrics {
             registrations.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
             proxied,
             logins,
             registrations,
         }
     }
-}
 
-impl Metrics {
     pub fn proxied(&self, upstream: &'static str, outcome: &'static str) {
         self.proxied
             .get_or_create(&vec![("upstream", upstream), ("outcome", outcome)])
@@ -61,12 +56,5 @@ impl Metrics {
         self.registrations
             .get_or_create(&vec![("outcome", outcome)])
             .inc();
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().expect("metrics lock");
-        encode(&mut out, &registry).expect("writing to a String");
-        out
     }
 }

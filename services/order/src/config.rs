@@ -5,6 +5,7 @@ use commerce_common::{
     auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig},
     consumer::ConsumerConfig,
+    service::{CommonSettings, ServiceSettings},
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -56,11 +57,24 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// See [`ServiceSettings::load`].
     pub fn load() -> anyhow::Result<Self> {
-        let settings: Self = commerce_common::config::load()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        settings.quotas.validate()?;
-        Ok(settings)
+        <Self as ServiceSettings>::load()
+    }
+}
+
+impl ServiceSettings for Settings {
+    /// The consumer runs with `saga.enabled` only.
+    fn common(&self) -> CommonSettings<'_> {
+        let common = CommonSettings::new(&self.http, &self.database).auth(&self.auth);
+        match self.saga.enabled {
+            true => common.consumer(&self.kafka, &self.consumer),
+            false => common,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.quotas.validate()
     }
 }
 

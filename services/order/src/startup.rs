@@ -1,27 +1,38 @@
-//! Builds the service: migrations, pool, the saga consumer, the order
-//! change listener (long-polling) and the HTTP server, bound (port 0
-//! allowed) and ready to run.
+//! The order service on the shared skeleton (`commerce_common::service`):
+//! its migrations, its saga consumer, its background tasks (the order change
+//! listener for long-polling, the idempotency key purge, the re-driver) and
+//! its routes.
 
 use std::sync::Arc;
 
-use actix_web::{App, HttpServer, middleware::from_fn, web as actix};
-use anyhow::Context;
+use actix_web::{
+    App,
+    body::BoxBody,
+    middleware::from_fn,
+    web::{self as actix, Data},
+};
 use commerce_common::{
-    consumer, db, dead_letters,
+    db::{self, DbPool},
     events::topics,
-    service::{self, Operational, RunningService},
+    service::{self, AppFactory, Consumer, Context, Service},
 };
 use diesel_migrations::embed_migrations;
-use paperclip::actix::{OpenApiExt, web};
-use prometheus_client::registry::Registry;
+use paperclip::{
+    actix::web::{self, ServiceConfig},
+    v2::models::DefaultApiRaw,
+};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{CONSUMER_GROUP, IdempotencyConfig, SERVICE, Settings},
+    config::{
+        CONSUMER_GROUP, CancellationConfig, IdempotencyConfig, QuotasConfig, RedriveConfig,
+        SERVICE, Settings,
+    },
     metrics::OrderMetrics,
     order_changes::OrderChanges,
     redrive,
-    routes::{self, admin, orders, products, request_trace::trace_requests},
+    routes::{admin, orders, products, request_trace::trace_requests},
     saga::SagaHandler,
     store,
 };
@@ -31,150 +42,133 @@ pub const MIGRATIONS: db::Migrations = db::Migrations::new(
     embed_migrations!("../../db/migrations/order"),
 );
 
-/// Largest accepted JSON body (100 lines fit many times over).
-const JSON_LIMIT: usize = 64 * 1024;
+pub type Application = service::Application<OrderService>;
 
-pub struct Application(RunningService);
+pub struct OrderService {
+    pool: DbPool,
+    metrics: Data<OrderMetrics>,
+    changes: Data<OrderChanges>,
+    cancellation: Data<CancellationConfig>,
+    redrive: Data<RedriveConfig>,
+    quotas: Data<QuotasConfig>,
+}
 
-impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.quotas.validate()?;
-        let verifier = settings.auth.verifier()?;
-        let expected = db::migrate(&settings.database, MIGRATIONS)
-            .await
-            .context("migrating the order database")?;
-        let pool = db::pool(&settings.database)?;
+impl Service for OrderService {
+    type Settings = Settings;
+    const NAME: &'static str = SERVICE;
+    const MIGRATIONS: db::Migrations = MIGRATIONS;
+    /// 100 lines fit many times over.
+    const JSON_LIMIT: usize = 64 * 1024;
 
-        let mut registry = Registry::default();
-        let order_metrics = OrderMetrics::register(&mut registry);
-        let shutdown = CancellationToken::new();
-        let consumer = settings.saga.enabled.then(|| {
-            let identity = consumer::Identity::new(
-                settings.kafka.broker_list(),
-                CONSUMER_GROUP,
-                [topics::PAYMENTS, topics::DELIVERIES],
-            );
-            consumer::spawn(
-                pool.clone(),
-                identity,
-                settings.consumer.clone(),
-                Arc::new(SagaHandler::new(order_metrics.clone())),
-                &mut registry,
+    async fn new(settings: &Settings, context: Context<'_>) -> anyhow::Result<Self> {
+        Ok(Self {
+            pool: context.pool.clone(),
+            metrics: Data::new(OrderMetrics::register(context.registry)),
+            changes: Data::new(OrderChanges::new(
+                context.registry,
+                context.shutdown.clone(),
+            )),
+            cancellation: Data::new(settings.cancellation.clone()),
+            redrive: Data::new(settings.redrive.clone()),
+            quotas: Data::new(settings.quotas.clone()),
+        })
+    }
+
+    fn consumer(&self) -> Option<Consumer> {
+        Some(Consumer {
+            group: CONSUMER_GROUP,
+            topics: &[topics::PAYMENTS, topics::DELIVERIES],
+            handler: Arc::new(SagaHandler::new(self.metrics.get_ref().clone())),
+        })
+    }
+
+    fn spawn_tasks(
+        &self,
+        settings: &Settings,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Vec<JoinHandle<()>>> {
+        let mut tasks = vec![
+            self.changes
+                .spawn_listener(settings.database.url.expose())?,
+            tokio::spawn(purge_idempotency_keys(
+                self.pool.clone(),
+                settings.idempotency.clone(),
                 shutdown.clone(),
-            )
-        });
-
-        let changes = OrderChanges::new(&mut registry, shutdown.clone());
-        let change_listener = changes.spawn_listener(settings.database.url.expose())?;
-        let key_purge = tokio::spawn(purge_idempotency_keys(
-            pool.clone(),
-            settings.idempotency.clone(),
-            shutdown.clone(),
-        ));
+            )),
+        ];
         // Re-drives are answered through the saga consumer: without it they
         // would only fill the outbox.
-        let redriver = (settings.saga.enabled && settings.redrive.enabled).then(|| {
-            tokio::spawn(redrive::run(
-                pool.clone(),
+        if settings.saga.enabled && settings.redrive.enabled {
+            tasks.push(tokio::spawn(redrive::run(
+                self.pool.clone(),
                 settings.redrive.clone(),
-                order_metrics.clone(),
+                self.metrics.get_ref().clone(),
                 shutdown.clone(),
-            ))
-        });
-        // The running service awaits one background task on shutdown: the
-        // consumer (releasing its leases), then the change listener and the
-        // key purge.
-        let background = tokio::spawn(async move {
-            if let Some(consumer) = consumer {
-                consumer.await.ok();
-            }
-            change_listener.await.ok();
-            key_purge.await.ok();
-            if let Some(redriver) = redriver {
-                redriver.await.ok();
-            }
-        });
-
-        let (listener, port) = service::bind(&settings.http.address())?;
-        let operational = Operational::new(SERVICE, pool, expected, registry, JSON_LIMIT);
-        let verifier = actix::Data::new(verifier);
-        let order_metrics = actix::Data::new(order_metrics);
-        let changes = actix::Data::new(changes);
-        let cancellation = actix::Data::new(settings.cancellation.clone());
-        let redrive_config = actix::Data::new(settings.redrive.clone());
-        let quotas = actix::Data::new(settings.quotas.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .configure(|cfg| operational.configure(cfg))
-                .app_data(verifier.clone())
-                .app_data(cancellation.clone())
-                .app_data(redrive_config.clone())
-                .app_data(quotas.clone())
-                .app_data(order_metrics.clone())
-                .app_data(changes.clone())
-                .route("/metrics", actix::get().to(routes::metrics))
-                .route("/admin/sagas", actix::get().to(admin::page))
-                .route("/admin/sagas/stuck", actix::get().to(admin::stuck))
-                .route(
-                    "/admin/sagas/{id}/redrive",
-                    actix::post().to(admin::redrive_now),
-                )
-                .wrap(from_fn(trace_requests))
-                .wrap_api_with_spec(service::api_spec(
-                    SERVICE,
-                    "Orders: place, read, list, cancel; the product catalog they are priced from.",
-                ))
-                .service(
-                    web::resource("/api/orders")
-                        .route(web::post().to(orders::place_order))
-                        .route(web::get().to(orders::list_orders)),
-                )
-                .service(web::resource("/api/orders/{id}").route(web::get().to(orders::get_order)))
-                .service(
-                    web::resource("/api/orders/{id}/cancel")
-                        .route(web::post().to(orders::cancel_order)),
-                )
-                .service(
-                    web::resource("/api/products").route(web::get().to(products::list_products)),
-                )
-                .service(
-                    web::resource("/api/products/{sku}")
-                        .route(web::get().to(products::get_product)),
-                )
-                .with_json_spec_at("/openapi.json")
-                .default_service(actix::to(service::unknown_route))
-                .build()
-        })
-        .workers(settings.http.worker_threads())
-        .disable_signals()
-        .listen(listener)?
-        .run();
-        Ok(Self(RunningService::new(
-            port,
-            server,
-            Some(background),
-            shutdown,
-        )))
+            )));
+        }
+        Ok(tasks)
     }
 
-    pub fn port(&self) -> u16 {
-        self.0.port()
+    fn configure(&self, cfg: &mut actix::ServiceConfig) {
+        cfg.app_data(self.cancellation.clone())
+            .app_data(self.redrive.clone())
+            .app_data(self.quotas.clone())
+            .app_data(self.metrics.clone())
+            .app_data(self.changes.clone())
+            .route("/admin/sagas", actix::get().to(admin::page))
+            .route("/admin/sagas/stuck", actix::get().to(admin::stuck))
+            .route(
+                "/admin/sagas/{id}/redrive",
+                actix::post().to(admin::redrive_now),
+            );
     }
 
-    /// Cancelling it stops the service as SIGINT/SIGTERM would.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.0.shutdown_token()
+    fn api_spec() -> DefaultApiRaw {
+        service::api_spec(
+            SERVICE,
+            Some("Orders: place, read, list, cancel; the product catalog they are priced from."),
+        )
     }
 
-    /// See [`RunningService::run_until_stopped`].
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.0.run_until_stopped().await
+    fn api(&self, cfg: &mut ServiceConfig<'_>) {
+        cfg.service(
+            web::resource("/api/orders")
+                .route(web::post().to(orders::place_order))
+                .route(web::get().to(orders::list_orders)),
+        )
+        .service(web::resource("/api/orders/{id}").route(web::get().to(orders::get_order)))
+        .service(
+            web::resource("/api/orders/{id}/cancel").route(web::post().to(orders::cancel_order)),
+        )
+        .service(web::resource("/api/products").route(web::get().to(products::list_products)))
+        .service(web::resource("/api/products/{sku}").route(web::get().to(products::get_product)));
+    }
+
+    fn wrap(app: App<impl AppFactory<Body = BoxBody>>) -> App<impl AppFactory> {
+        app.wrap(from_fn(trace_requests))
+    }
+
+    /// The per-status and saga gauges are counted on every scrape.
+    async fn refresh_metrics(&self) {
+        let mut conn = match self.pool.get().await {
+            Ok(conn) => conn,
+            Err(error) => return tracing::warn!(%error, "no connection for /metrics"),
+        };
+        match store::count_by_status(&mut conn).await {
+            Ok(counts) => self.metrics.set_counts(&counts),
+            Err(error) => tracing::warn!(%error, "counting orders for /metrics"),
+        }
+        let schedule = self.redrive.schedule();
+        match store::redrive::count(&mut conn, schedule, chrono::Utc::now()).await {
+            Ok((in_flight, stuck)) => self.metrics.set_sagas(in_flight, stuck),
+            Err(error) => tracing::warn!(%error, "counting sagas for /metrics"),
+        }
     }
 }
 
 /// Deletes expired idempotency keys every `purge_interval` until shutdown.
 async fn purge_idempotency_keys(
-    pool: db::DbPool,
+    pool: DbPool,
     config: IdempotencyConfig,
     shutdown: CancellationToken,
 ) {
@@ -197,13 +191,4 @@ async fn purge_idempotency_keys(
             }
         }
     }
-}
-
-/// The `replay-dead-letters [ID]...` command: the consumer group's dead
-/// letters run through the service's handler again (see
-/// `commerce_common::dead_letters`).
-pub async fn replay_dead_letters(settings: Settings, ids: &[String]) -> anyhow::Result<()> {
-    let pool = db::pool(&settings.database)?;
-    let handler = SagaHandler::new(OrderMetrics::register(&mut Registry::default()));
-    dead_letters::replay_command(&pool, CONSUMER_GROUP, &handler, ids).await
 }

@@ -5,6 +5,7 @@ use commerce_common::{
     auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig},
     consumer::ConsumerConfig,
+    service::{CommonSettings, ServiceSettings},
 };
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +44,21 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// See [`ServiceSettings::load`].
     pub fn load() -> anyhow::Result<Self> {
-        let settings: Self = commerce_common::config::load()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        settings.wallet.validate()?;
-        Ok(settings)
+        <Self as ServiceSettings>::load()
+    }
+}
+
+impl ServiceSettings for Settings {
+    fn common(&self) -> CommonSettings<'_> {
+        CommonSettings::new(&self.http, &self.database)
+            .auth(&self.auth)
+            .consumer(&self.kafka, &self.consumer)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.wallet.validate()
     }
 }
 

@@ -1,22 +1,22 @@
-//! Builds the service: migrations, pool, the saga consumer and the HTTP
-//! server, bound (port 0 allowed) and ready to run.
+//! The payment service on the shared skeleton (`commerce_common::service`):
+//! its migrations, its saga consumer and its routes.
 
 use std::sync::Arc;
 
-use actix_web::{App, HttpServer, web as actix};
-use anyhow::Context;
+use actix_web::web::Data;
 use commerce_common::{
-    consumer, db, dead_letters,
+    db,
     events::topics,
-    service::{self, Operational, RunningService},
+    service::{self, Consumer, Context, Service},
 };
 use diesel_migrations::embed_migrations;
-use paperclip::actix::{OpenApiExt, web};
-use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
+use paperclip::{
+    actix::web::{self, ServiceConfig},
+    v2::models::DefaultApiRaw,
+};
 
 use crate::{
-    config::{CONSUMER_GROUP, SERVICE, Settings},
+    config::{CONSUMER_GROUP, SERVICE, Settings, WalletConfig},
     metrics::PaymentMetrics,
     routes::{payments, wallet},
     saga::PaymentSaga,
@@ -27,100 +27,50 @@ pub const MIGRATIONS: db::Migrations = db::Migrations::new(
     embed_migrations!("../../db/migrations/payment"),
 );
 
-const JSON_LIMIT: usize = 16 * 1024;
+pub type Application = service::Application<PaymentService>;
 
-pub struct Application(RunningService);
-
-impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.wallet.validate()?;
-        let verifier = settings.auth.verifier()?;
-        let expected = db::migrate(&settings.database, MIGRATIONS)
-            .await
-            .context("migrating the payment database")?;
-        let pool = db::pool(&settings.database)?;
-
-        let mut registry = Registry::default();
-        let payment_metrics = PaymentMetrics::register(&mut registry);
-        let shutdown = CancellationToken::new();
-        let identity = consumer::Identity::new(
-            settings.kafka.broker_list(),
-            CONSUMER_GROUP,
-            [topics::USERS, topics::ORDERS, topics::DELIVERIES],
-        );
-        let consumer = consumer::spawn(
-            pool.clone(),
-            identity,
-            settings.consumer.clone(),
-            Arc::new(PaymentSaga::new(settings.wallet, payment_metrics.clone())),
-            &mut registry,
-            shutdown.clone(),
-        );
-
-        let (listener, port) = service::bind(&settings.http.address())?;
-        let operational = Operational::new(SERVICE, pool, expected, registry, JSON_LIMIT);
-        let verifier = actix::Data::new(verifier);
-        let payment_metrics = actix::Data::new(payment_metrics);
-        let wallet_config = actix::Data::new(settings.wallet);
-        let server = HttpServer::new(move || {
-            App::new()
-                .configure(|cfg| operational.configure(cfg))
-                .app_data(verifier.clone())
-                .app_data(payment_metrics.clone())
-                .app_data(wallet_config.clone())
-                .route("/metrics", actix::get().to(service::metrics))
-                .wrap_api_with_spec(service::api_spec(
-                    SERVICE,
-                    "Wallets and payments: balance, top-up, payments of your orders.",
-                ))
-                .service(web::resource("/api/wallet").route(web::get().to(wallet::get_wallet)))
-                .service(web::resource("/api/wallet/top-up").route(web::post().to(wallet::top_up)))
-                .service(
-                    web::resource("/api/payments").route(web::get().to(payments::list_payments)),
-                )
-                .service(
-                    web::resource("/api/payments/{order_id}")
-                        .route(web::get().to(payments::get_payment)),
-                )
-                .with_json_spec_at("/openapi.json")
-                .default_service(actix::to(service::unknown_route))
-                .build()
-        })
-        .workers(settings.http.worker_threads())
-        .disable_signals()
-        .listen(listener)?
-        .run();
-        Ok(Self(RunningService::new(
-            port,
-            server,
-            Some(consumer),
-            shutdown,
-        )))
-    }
-
-    pub fn port(&self) -> u16 {
-        self.0.port()
-    }
-
-    /// Cancelling it stops the service as SIGINT/SIGTERM would.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.0.shutdown_token()
-    }
-
-    /// See [`RunningService::run_until_stopped`].
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.0.run_until_stopped().await
-    }
+pub struct PaymentService {
+    metrics: Data<PaymentMetrics>,
+    wallet: Data<WalletConfig>,
 }
 
-/// The `replay-dead-letters [ID]...` command: the consumer group's dead
-/// letters run through the service's handler again (see
-/// `commerce_common::dead_letters`).
-pub async fn replay_dead_letters(settings: Settings, ids: &[String]) -> anyhow::Result<()> {
-    let pool = db::pool(&settings.database)?;
-    let handler = PaymentSaga::new(
-        settings.wallet,
-        PaymentMetrics::register(&mut Registry::default()),
-    );
-    dead_letters::replay_command(&pool, CONSUMER_GROUP, &handler, ids).await
+impl Service for PaymentService {
+    type Settings = Settings;
+    const NAME: &'static str = SERVICE;
+    const MIGRATIONS: db::Migrations = MIGRATIONS;
+
+    async fn new(settings: &Settings, context: Context<'_>) -> anyhow::Result<Self> {
+        Ok(Self {
+            metrics: Data::new(PaymentMetrics::register(context.registry)),
+            wallet: Data::new(settings.wallet),
+        })
+    }
+
+    fn consumer(&self) -> Option<Consumer> {
+        let handler = PaymentSaga::new(*self.wallet.get_ref(), self.metrics.get_ref().clone());
+        Some(Consumer {
+            group: CONSUMER_GROUP,
+            topics: &[topics::USERS, topics::ORDERS, topics::DELIVERIES],
+            handler: Arc::new(handler),
+        })
+    }
+
+    fn api_spec() -> DefaultApiRaw {
+        service::api_spec(
+            SERVICE,
+            Some("Wallets and payments: balance, top-up, payments of your orders."),
+        )
+    }
+
+    fn api(&self, cfg: &mut ServiceConfig<'_>) {
+        cfg.app_data(self.metrics.clone())
+            .app_data(self.wallet.clone())
+            .service(web::resource("/api/wallet").route(web::get().to(wallet::get_wallet)))
+            .service(web::resource("/api/wallet/top-up").route(web::post().to(wallet::top_up)))
+            .service(web::resource("/api/payments").route(web::get().to(payments::list_payments)))
+            .service(
+                web::resource("/api/payments/{order_id}")
+                    .route(web::get().to(payments::get_payment)),
+            );
+    }
 }

@@ -177,6 +177,52 @@ impl Compose {
     }
 }
 
+/// What the checks shared by the services behind the gateway read from a
+/// container's loaded settings ([`Compose::assert_service_container`]).
+pub struct ServiceContainer<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub database_url: &'a str,
+    pub kafka_brokers: Vec<String>,
+    pub public_key_file: Option<&'a Path>,
+}
+
+impl Compose {
+    /// The checks every service behind the gateway shares (`order`,
+    /// `payment`, `delivery`): the container serves HTTP on the port its
+    /// healthcheck probes and the gateway forwards to, uses the
+    /// `commerce_<service>` database and the broker's internal listener, and
+    /// reads the public key the keys job writes. Returns the healthcheck path.
+    pub fn assert_service_container(
+        &self,
+        service: &str,
+        settings: ServiceContainer<'_>,
+    ) -> String {
+        let health_path = self
+            .service(service)
+            .assert_serves_http(settings.host, settings.port);
+        assert_eq!(
+            self.gateway_upstream(service),
+            format!("http://{service}:{}", settings.port),
+            "the gateway forwards to the {service} container's port"
+        );
+        assert!(
+            settings
+                .database_url
+                .ends_with(&format!("@postgres:5432/commerce_{service}")),
+            "{service}: the commerce_{service} database on the postgres container"
+        );
+        assert_eq!(
+            settings.kafka_brokers,
+            [self.kafka_internal_address()],
+            "{service}: the broker's internal listener"
+        );
+        let key_file = settings.public_key_file.expect("a public key file");
+        self.assert_reads_jwt_key(service, key_file, "jwt.pub.pem");
+        health_path
+    }
+}
+
 /// Loads a config from `environment` plus one misspelled key and asserts
 /// the loader refuses it (the configs use `deny_unknown_fields`).
 pub fn assert_rejects_misspelled_key<T, E: std::fmt::Display>(

@@ -1,7 +1,8 @@
 //! Helpers for tests that exercise the real thing (zero2prod / IOx style):
 //! fresh databases on a real PostgreSQL, the real binaries as child
 //! processes, tokens the services accept, a Kafka reader, Kafka nodes of a
-//! test's own, a headless browser, and wait-until helpers instead of sleeps.
+//! test's own, a headless browser, wait-until helpers instead of sleeps, and
+//! [`Stack`]: any subset of the whole system started from one wiring.
 //!
 //! Environment (set by `cargo xtask test`, defaulting to the shared dev
 //! instances): `TEST_DATABASE_URL`, `TEST_KAFKA_BROKERS`, `TEST_KAFKA_LIBS`
@@ -19,6 +20,7 @@ mod events;
 mod kafka;
 mod process;
 mod relay;
+mod stack;
 mod wait;
 
 pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
@@ -39,4 +41,5 @@ pub use kafka::{
 };
 pub use process::{ChildProcess, free_port};
 pub use relay::{Relay, ReplicationSlots};
+pub use stack::{Service, Stack, StackBuilder};
 pub use wait::{wait_for_http_ok, wait_until};

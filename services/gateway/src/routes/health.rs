@@ -1,31 +1,16 @@
-//! Probes: `/health` (alive), `/ready` (database + migrations), `/metrics`,
-//! and the public `GET /api/health`, which also asks each service's `/ready`.
+//! The public `GET /api/health`: the gateway's own readiness and each
+//! service's `/ready` (the operational probes are the skeleton's,
+//! `commerce_common::service`).
 
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode};
-use commerce_common::http::{alive, readiness};
+use commerce_common::service::Readiness;
 use futures::future::join_all;
 use paperclip::actix::{Apiv2Schema, api_v2_errors, api_v2_operation, web};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, proxy::ProxyClient};
-use crate::metrics::Metrics;
-
-pub async fn health() -> HttpResponse {
-    alive("gateway")
-}
-
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let check = commerce_common::db::ready(&state.pool, &state.migration_version).await;
-    readiness("gateway", check)
-}
-
-pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(metrics.render())
-}
 
 /// One component's state.
 #[derive(Debug, Clone, Serialize, Deserialize, Apiv2Schema)]
@@ -70,17 +55,16 @@ impl ResponseError for Degraded {
 pub async fn api_health(
     req: HttpRequest,
     state: web::Data<AppState>,
+    readiness: web::Data<Readiness>,
 ) -> Result<web::Json<HealthReport>, Degraded> {
     let client = ProxyClient::of(&req);
     let timeout = client.probe_timeout;
     let gateway = async {
         // The raw error names hosts, roles and databases: logged, not shown.
-        let check = commerce_common::db::ready(&state.pool, &state.migration_version)
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "gateway database not ready");
-                "database unavailable".to_owned()
-            });
+        let check = readiness.check().await.map_err(|error| {
+            tracing::warn!(%error, "gateway database not ready");
+            "database unavailable".to_owned()
+        });
         component("gateway", check)
     };
     let services = join_all(

@@ -22,7 +22,6 @@ use crate::{
 /// What the gateway's own handlers need; shared by all workers.
 pub struct AppState {
     pub pool: DbPool,
-    pub migration_version: String,
     pub hasher: PasswordHasher,
     pub issuer: TokenIssuer,
     pub throttle: LoginThrottle,

@@ -1,9 +1,10 @@
 //! End-to-end tests of the gateway over HTTP: real PostgreSQL, the real app
-//! on port 0, fake upstream services started in the test.
+//! on port 0, fake upstream services started in the test; and the compose
+//! container.
 
 mod abuse;
 mod auth;
-mod browser;
+mod compose;
 mod docs;
 mod helpers;
 mod hostile_input;

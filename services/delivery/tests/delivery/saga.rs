@@ -1,0 +1,328 @@
+//! The delivery side of the saga, driven by events produced straight to the
+//! app's topic: earliest free window, no capacity, release on cancellation,
+//! cancellation before payment, repeats, poison, and concurrent bookings
+//! racing for the last places.
+
+use std::time::Duration;
+
+use crate::helpers::{TestApp, one_window, spawn_app_configured, spawn_app_with, wait_for_value};
+use chrono::{DateTime, Days, Utc};
+use commerce_common::events::{Event, OrderCancellationRequested, PaymentConfirmed};
+use delivery_service::{config::WindowsConfig, startup::Application};
+use rskafka::{
+    client::partition::{Compression, UnknownTopicHandling},
+    record::Record,
+};
+use uuid::Uuid;
+
+fn paid(customer_id: Uuid) -> PaymentConfirmed {
+    PaymentConfirmed {
+        payment_id: Uuid::new_v4(),
+        order_id: Uuid::new_v4(),
+        customer_id,
+        amount_cents: 100,
+    }
+}
+
+fn cancellation(order: &PaymentConfirmed) -> OrderCancellationRequested {
+    OrderCancellationRequested {
+        order_id: order.order_id,
+        customer_id: order.customer_id,
+        reason: "changed my mind".into(),
+    }
+}
+
+async fn delivery_of(
+    app: &TestApp,
+    order_id: Uuid,
+) -> (String, Option<String>, Option<DateTime<Utc>>) {
+    let row = app
+        .database
+        .client()
+        .await
+        .query_one(
+            "SELECT status, reason, window_start FROM deliveries WHERE order_id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn drained(app: &TestApp, records: i64) {
+    wait_for_value(
+        &app.database,
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets",
+        records,
+    )
+    .await;
+}
+
+fn tomorrow_at(hour: u32) -> DateTime<Utc> {
+    let day = Utc::now().date_naive() + Days::new(1);
+    day.and_hms_opt(hour, 0, 0).unwrap().and_utc()
+}
+
+#[tokio::test]
+async fn a_paid_order_gets_the_earliest_window_with_room() {
+    let windows = WindowsConfig {
+        capacity: 2,
+        ..WindowsConfig::default()
+    };
+    let app = spawn_app_with(1, windows).await;
+    let customer = Uuid::new_v4();
+    let orders: Vec<_> = (0..3).map(|_| paid(customer)).collect();
+    for order in &orders {
+        app.publish(&Event::PaymentConfirmed(order.clone())).await;
+    }
+    drained(&app, 3).await;
+    let first = delivery_of(&app, orders[0].order_id).await;
+    assert_eq!(first.0, "SCHEDULED");
+    assert_eq!(first.2, Some(tomorrow_at(8)));
+    assert_eq!(
+        delivery_of(&app, orders[1].order_id).await.2,
+        Some(tomorrow_at(8))
+    );
+    assert_eq!(
+        delivery_of(&app, orders[2].order_id).await.2,
+        Some(tomorrow_at(10)),
+        "the first window is full"
+    );
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM delivery_windows").await,
+        4 * 7,
+        "windows for the whole horizon"
+    );
+}
+
+#[tokio::test]
+async fn no_window_left_fails_with_no_capacity() {
+    let app = spawn_app_with(1, one_window(1)).await;
+    let customer = Uuid::new_v4();
+    let (first, second) = (paid(customer), paid(customer));
+    app.publish(&Event::PaymentConfirmed(first.clone())).await;
+    app.publish(&Event::PaymentConfirmed(second.clone())).await;
+    drained(&app, 2).await;
+    assert_eq!(delivery_of(&app, first.order_id).await.0, "SCHEDULED");
+    assert_eq!(
+        delivery_of(&app, second.order_id).await,
+        ("FAILED".into(), Some("NO_CAPACITY".into()), None)
+    );
+}
+
+#[tokio::test]
+async fn a_customer_over_the_daily_booking_limit_fails_with_daily_limit() {
+    let app = spawn_app_configured(1, one_window(10), |settings| {
+        settings.quotas.bookings_per_customer_per_day = 2;
+    })
+    .await;
+    let (customer, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let booked = [paid(customer), paid(customer)];
+    for order in &booked {
+        app.publish(&Event::PaymentConfirmed(order.clone())).await;
+    }
+    // A booking cancelled since still counts: cancelling frees the window,
+    // not the day's quota.
+    app.publish(&Event::OrderCancellationRequested(cancellation(&booked[0])))
+        .await;
+    let over = paid(customer);
+    let others = paid(other);
+    app.publish(&Event::PaymentConfirmed(over.clone())).await;
+    app.publish(&Event::PaymentConfirmed(others.clone())).await;
+    drained(&app, 5).await;
+
+    assert_eq!(delivery_of(&app, booked[0].order_id).await.0, "CANCELLED");
+    assert_eq!(delivery_of(&app, booked[1].order_id).await.0, "SCHEDULED");
+    assert_eq!(
+        delivery_of(&app, over.order_id).await,
+        ("FAILED".into(), Some("DAILY_LIMIT".into()), None),
+        "the third booking of the day"
+    );
+    assert_eq!(
+        delivery_of(&app, others.order_id).await.0,
+        "SCHEDULED",
+        "another customer is not limited"
+    );
+    assert_eq!(
+        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+            .await,
+        2,
+        "the refused order took no place"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_releases_the_window_and_a_cancellation_first_books_nothing() {
+    let app = spawn_app_with(1, one_window(1)).await;
+    let customer = Uuid::new_v4();
+    let booked = paid(customer);
+    app.publish(&Event::PaymentConfirmed(booked.clone())).await;
+    drained(&app, 1).await;
+    assert_eq!(
+        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+            .await,
+        1
+    );
+
+    app.publish(&Event::OrderCancellationRequested(cancellation(&booked)))
+        .await;
+    drained(&app, 2).await;
+    assert_eq!(
+        delivery_of(&app, booked.order_id).await.0,
+        "CANCELLED",
+        "the booked delivery is cancelled"
+    );
+    assert_eq!(
+        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+            .await,
+        0
+    );
+
+    // Cancelled before the payment was confirmed: the confirmation books nothing.
+    let early = paid(customer);
+    app.publish(&Event::OrderCancellationRequested(cancellation(&early)))
+        .await;
+    app.publish(&Event::PaymentConfirmed(early.clone())).await;
+    drained(&app, 4).await;
+    assert_eq!(
+        delivery_of(&app, early.order_id).await,
+        ("CANCELLED".into(), Some("CUSTOMER_CANCELLED".into()), None)
+    );
+    assert_eq!(
+        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+            .await,
+        0
+    );
+
+    // The released place is free for the next order.
+    let next = paid(customer);
+    app.publish(&Event::PaymentConfirmed(next.clone())).await;
+    drained(&app, 5).await;
+    assert_eq!(delivery_of(&app, next.order_id).await.0, "SCHEDULED");
+}
+
+#[tokio::test]
+async fn every_event_delivered_twice_has_its_effects_once() {
+    let app = spawn_app_with(2, one_window(10)).await;
+    let customer = Uuid::new_v4();
+    let orders: Vec<_> = (0..4).map(|_| paid(customer)).collect();
+    let mut events: Vec<Event> = orders
+        .iter()
+        .cloned()
+        .map(Event::PaymentConfirmed)
+        .collect();
+    events.push(Event::OrderCancellationRequested(cancellation(&orders[0])));
+    let envelopes: Vec<_> = events.iter().map(test_support::envelope).collect();
+    for envelope in &envelopes {
+        app.send(envelope).await;
+        app.send(envelope).await;
+    }
+    drained(&app, 2 * envelopes.len() as i64).await;
+    assert_eq!(app.query_i64("SELECT count(*) FROM deliveries").await, 4);
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM deliveries WHERE status = 'SCHEDULED'")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_and_the_partition_moves_on() {
+    let app = spawn_app_with(1, one_window(10)).await;
+    let client = test_support::kafka_client(&test_support::kafka_brokers()).await;
+    let partition = client
+        .partition_client(app.topic.clone(), 0, UnknownTopicHandling::Retry)
+        .await
+        .unwrap();
+    let garbage = Record {
+        key: None,
+        value: Some(br#"{"event_id": "nope"}"#.to_vec()),
+        headers: Default::default(),
+        timestamp: Utc::now(),
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        partition.produce(vec![garbage], Compression::NoCompression),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let good = paid(Uuid::new_v4());
+    app.publish(&Event::PaymentConfirmed(good.clone())).await;
+    drained(&app, 2).await;
+    assert_eq!(delivery_of(&app, good.order_id).await.0, "SCHEDULED");
+    assert_eq!(app.query_i64("SELECT count(*) FROM dead_letters").await, 1);
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM dead_letters WHERE record_offset = 0 AND reason LIKE 'invalid envelope%'").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacity() {
+    const CAPACITY: i32 = 5;
+    const ORDERS: i64 = 40;
+    let app = spawn_app_with(8, one_window(CAPACITY)).await;
+    // A second instance on the same database and topic: two processes'
+    // worth of consumers booking at once.
+    let second = Application::build(crate::helpers::settings(
+        &app.database,
+        &app.topic,
+        "second",
+        one_window(CAPACITY),
+    ))
+    .await
+    .unwrap();
+    let stop_second = second.shutdown_token();
+    tokio::spawn(second.run_until_stopped());
+    test_support::wait_until(
+        crate::helpers::WAIT,
+        "both instances to own partitions",
+        || async {
+            let owners = test_support::try_query_i64(
+                &app.database,
+                "SELECT count(DISTINCT owner) FROM partition_leases WHERE expires_at > now()",
+            )
+            .await?;
+            (owners == 2).then_some(())
+        },
+    )
+    .await;
+
+    // Produce everything first, so the consumers start on full partitions at once.
+    let envelopes: Vec<_> = (0..ORDERS)
+        .map(|_| test_support::envelope(&Event::PaymentConfirmed(paid(Uuid::new_v4()))))
+        .collect();
+    for envelope in &envelopes {
+        app.send(envelope).await;
+    }
+    drained(&app, ORDERS).await;
+
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM deliveries WHERE status = 'SCHEDULED'")
+            .await,
+        i64::from(CAPACITY)
+    );
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM deliveries WHERE status = 'FAILED'")
+            .await,
+        ORDERS - i64::from(CAPACITY)
+    );
+    assert_eq!(
+        app.query_i64("SELECT booked::bigint FROM delivery_windows")
+            .await,
+        i64::from(CAPACITY)
+    );
+    assert_eq!(
+        app.query_i64("SELECT count(DISTINCT consumer_group || owner) FROM partition_leases")
+            .await,
+        2,
+        "both instances took part"
+    );
+    stop_second.cancel();
+}
