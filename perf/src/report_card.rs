@@ -3,8 +3,9 @@
 //!
 //! The runs: a warm-up at 100 orders/s for [`WARM_UP_S`] s (not graded: a
 //! broker just started is still compiling), an idle stack with an order
-//! every 5 s (targets 2 and 5's idle CPU), 100 orders/s (target 3), 200 orders/s twice back to back (target 1,
-//! and target 5's "nothing grows with history"), then saturation (target 4).
+//! every 5 s (targets 2 and 5's idle CPU), 100 orders/s (target 3),
+//! 200 orders/s twice back to back (target 1, and target 5's "nothing grows
+//! with history"), then saturation (target 4).
 //! Each run also writes its own report, named in the card.
 
 use std::fmt::Write as _;
