@@ -69,11 +69,12 @@ pub struct ConsumerConfig {
     /// after the previous one started and asks for what is there now
     /// (`max_wait` 0): the records of a busy partition that arrive in the
     /// meantime are fetched and applied together, in one transaction,
-    /// instead of one fetch and one transaction per record. 10 ms rather
-    /// than 5: 13% less stack CPU per order at 200 orders/s (7.2 against
-    /// 8.2 ms, with the relay's `busy_produce_interval` at 10 ms too, four
-    /// alternated runs, docs/perf.md), for a saga p50 of 40-47 ms there
-    /// instead of 29-33.
+    /// instead of one fetch and one transaction per record. 20 ms, with the
+    /// relay's `busy_produce_interval` at 20 ms too: 16% less stack CPU per
+    /// order at 200 orders/s than 10 ms (6.2 against 7.3 ms) and 30% less at
+    /// 100/s (7.5 against 10.5), for a saga p50 of 65-75 ms at 200/s
+    /// instead of 45 (alternated runs, docs/perf.md). 40 ms saved little
+    /// more (5.8 ms) and brought the p99 at 100/s to 133 ms.
     #[serde(with = "duration")]
     pub busy_fetch_interval: Duration,
     pub fetch_max_bytes: i32,
@@ -95,7 +96,7 @@ impl Default for ConsumerConfig {
             instance_id: default_instance_id(),
             lease_ttl: Duration::from_secs(10),
             fetch_max_wait: Duration::from_millis(500),
-            busy_fetch_interval: Duration::from_millis(10),
+            busy_fetch_interval: Duration::from_millis(20),
             fetch_max_bytes: 1024 * 1024,
             broker_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
@@ -134,7 +135,7 @@ mod tests {
         let config = ConsumerConfig::default();
         let json = serde_json::to_value(&config).unwrap();
         assert_eq!(json["fetch_max_wait"], "500ms");
-        assert_eq!(json["busy_fetch_interval"], "10ms");
+        assert_eq!(json["busy_fetch_interval"], "20ms");
         let back: ConsumerConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, config);
         let partial: ConsumerConfig =
