@@ -62,8 +62,13 @@ common_jvm=(-Djava.awt.headless=true -XX:+UseSerialGC
     -cp "$libs/*")
 
 if [ ! -f "$dir/log/meta.properties" ]; then
-    # A cluster id is 16 random bytes, URL-safe base64 without padding.
-    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    # A cluster id is 16 random bytes, URL-safe base64 without padding; one
+    # that starts with '-' would be read as an option (one start in 64
+    # failed so), so like Kafka's own ids it is drawn again.
+    cluster_id=-
+    while [ "${cluster_id:0:1}" = - ]; do
+        cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    done
     "$java" -Xmx128m "${common_jvm[@]}" kafka.tools.StorageTool format \
         --cluster-id "$cluster_id" --config "$dir/server.properties" >/dev/null
 fi
