@@ -4,15 +4,18 @@
 
 use diesel::{
     ConnectionError, QueryResult, QueryableByName,
+    dsl::{Limit, Offset},
     migration::{self, Migration, MigrationSource},
     pg::Pg,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
+    query_dsl::methods::{LimitDsl, OffsetDsl},
     sql_query,
     sql_types::Text,
 };
 use diesel_async::{
     AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
+    methods::LoadQuery,
     pooled_connection::{
         AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool::Pool,
     },
@@ -163,6 +166,30 @@ pub async fn migrate(config: &DatabaseConfig, migrations: Migrations) -> anyhow:
 struct Version {
     #[diesel(sql_type = Text)]
     version: String,
+}
+
+/// One page (1-based, `page_size` rows) of `rows`, and how many rows
+/// `count` finds in all: the two statements of every paged list (a
+/// customer's orders, payments or deliveries, the catalogue). A page past
+/// the last one is empty, with the true total.
+pub async fn page<'q, Rows, Count, T>(
+    conn: &mut AsyncPgConnection,
+    rows: Rows,
+    count: Count,
+    page: i64,
+    page_size: i64,
+) -> QueryResult<(Vec<T>, i64)>
+where
+    Rows: LimitDsl,
+    Limit<Rows>: OffsetDsl,
+    Offset<Limit<Rows>>: LoadQuery<'q, AsyncPgConnection, T> + 'q,
+    Count: LoadQuery<'q, AsyncPgConnection, i64> + 'q,
+    T: Send,
+{
+    let total = count.get_result(conn).await?;
+    let offset = (page - 1).saturating_mul(page_size);
+    let rows = rows.limit(page_size).offset(offset).load(conn).await?;
+    Ok((rows, total))
 }
 
 /// Ready when the database answers and the newest embedded migration is applied.

@@ -4,7 +4,7 @@
 //! transaction.
 
 use commerce_common::{
-    consumer::{BoxFuture, EventHandler, HandleError},
+    consumer::{BoxFuture, EventHandler, HandleError, Participant, ParticipantMetrics},
     events::{Envelope, Event},
 };
 use diesel_async::AsyncPgConnection;
@@ -12,19 +12,18 @@ use diesel_async::AsyncPgConnection;
 use crate::{
     config::{QuotasConfig, WindowsConfig},
     domain::WindowPlan,
-    metrics::DeliveryMetrics,
     store::{self, Answer, BookingOutcome, CancelOutcome, KnownWindows},
 };
 
 pub struct DeliverySaga {
     windows: WindowsConfig,
     quotas: QuotasConfig,
-    metrics: DeliveryMetrics,
+    metrics: ParticipantMetrics,
     known: KnownWindows,
 }
 
 impl DeliverySaga {
-    pub fn new(windows: WindowsConfig, quotas: QuotasConfig, metrics: DeliveryMetrics) -> Self {
+    pub fn new(windows: WindowsConfig, quotas: QuotasConfig, metrics: ParticipantMetrics) -> Self {
         Self {
             windows,
             quotas,
@@ -79,20 +78,30 @@ impl DeliverySaga {
         }
         Ok(())
     }
+}
 
-    /// Writes again what the service answered about `order_id` (see
-    /// [`EventHandler::repeated`]).
-    async fn answer_again(
-        &self,
-        conn: &mut AsyncPgConnection,
+impl Participant for DeliverySaga {
+    type Answer = Answer;
+
+    fn request(event: &Event) -> Option<(uuid::Uuid, Answer)> {
+        match event {
+            Event::PaymentConfirmed(paid) => Some((paid.order_id, Answer::Booking)),
+            Event::OrderCancellationRequested(cancel) => Some((cancel.order_id, Answer::Release)),
+            _ => None,
+        }
+    }
+
+    fn announce_again<'a>(
+        conn: &'a mut AsyncPgConnection,
         order_id: uuid::Uuid,
         answer: Answer,
-        trace_id: &str,
-    ) -> Result<(), HandleError> {
-        if store::announce_again(conn, order_id, answer, trace_id).await? {
-            self.metrics.announced_again.inc();
-        }
-        Ok(())
+        trace_id: &'a str,
+    ) -> BoxFuture<'a, diesel::QueryResult<bool>> {
+        Box::pin(store::announce_again(conn, order_id, answer, trace_id))
+    }
+
+    fn metrics(&self) -> &ParticipantMetrics {
+        &self.metrics
     }
 }
 
@@ -106,28 +115,17 @@ impl EventHandler for DeliverySaga {
         Box::pin(self.apply(conn, envelope, event))
     }
 
-    /// The events `apply` acts on; the others skip the inbox.
-    /// A request handled before comes again (the order service re-drives a
-    /// saga that stopped moving): the answer given then is written to the
-    /// outbox again under its event id, for whoever lost it. Nothing is
-    /// booked or released again.
+    /// A request handled before comes again: its answer, again.
     fn repeated<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
         envelope: &'a Envelope,
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(async move {
-            let (order_id, answer) = match event {
-                Event::PaymentConfirmed(paid) => (paid.order_id, Answer::Booking),
-                Event::OrderCancellationRequested(cancel) => (cancel.order_id, Answer::Release),
-                _ => return Ok(()),
-            };
-            self.answer_again(conn, order_id, answer, &envelope.trace_id)
-                .await
-        })
+        self.answer_repeated(conn, envelope, &event)
     }
 
+    /// The events `apply` acts on; the others skip the inbox.
     fn wants(&self, event: &Event) -> bool {
         matches!(
             event,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix_web::web::Data;
 use commerce_common::{
+    consumer::ParticipantMetrics,
     db,
     events::topics,
     service::{self, Consumer, Context, Service},
@@ -17,7 +18,7 @@ use paperclip::{
 
 use crate::{
     config::{CONSUMER_GROUP, QuotasConfig, SERVICE, Settings, WindowsConfig},
-    metrics::DeliveryMetrics,
+    metrics,
     routes::deliveries,
     saga::DeliverySaga,
 };
@@ -30,7 +31,7 @@ pub const MIGRATIONS: db::Migrations = db::Migrations::new(
 pub type Application = service::Application<DeliveryService>;
 
 pub struct DeliveryService {
-    metrics: Data<DeliveryMetrics>,
+    metrics: Data<ParticipantMetrics>,
     windows: WindowsConfig,
     quotas: QuotasConfig,
 }
@@ -42,7 +43,7 @@ impl Service for DeliveryService {
 
     async fn new(settings: &Settings, context: Context<'_>) -> anyhow::Result<Self> {
         Ok(Self {
-            metrics: Data::new(DeliveryMetrics::register(context.registry)),
+            metrics: Data::new(metrics::register(context.registry)),
             windows: settings.windows,
             quotas: settings.quotas,
         })

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
-    db::Reuse,
+    db::{self, Reuse},
     events::{
         DeliveryCancelled, DeliveryFailed, DeliveryScheduled, Event, OrderCancellationRequested,
         PaymentConfirmed,
@@ -432,18 +432,9 @@ pub async fn list_deliveries(
     page: i64,
     page_size: i64,
 ) -> QueryResult<(Vec<Delivery>, i64)> {
-    let items = deliveries::table
-        .filter(deliveries::customer_id.eq(customer_id))
+    let mine = deliveries::table.filter(deliveries::customer_id.eq(customer_id));
+    let newest_first = mine
         .order((deliveries::created_at.desc(), deliveries::id.desc()))
-        .limit(page_size)
-        .offset((page - 1) * page_size)
-        .select(Delivery::as_select())
-        .load(conn)
-        .await?;
-    let total = deliveries::table
-        .filter(deliveries::customer_id.eq(customer_id))
-        .count()
-        .get_result(conn)
-        .await?;
-    Ok((items, total))
+        .select(Delivery::as_select());
+    db::page(conn, newest_first, mine.count(), page, page_size).await
 }

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use commerce_common::{
-    db::Reuse,
+    db::{self, Reuse},
     events::{self, Event},
     outbox,
 };
@@ -287,20 +287,9 @@ pub async fn list_products(
     page: i64,
     page_size: i64,
 ) -> Result<(Vec<ProductRow>, i64), DieselError> {
-    let total: i64 = products::table
-        .filter(products::active)
-        .count()
-        .get_result(conn)
-        .await?;
-    let rows = products::table
-        .filter(products::active)
-        .order(products::sku)
-        .limit(page_size)
-        .offset((page - 1).saturating_mul(page_size))
-        .select(ProductRow::as_select())
-        .load(conn)
-        .await?;
-    Ok((rows, total))
+    let active = products::table.filter(products::active);
+    let by_sku = active.order(products::sku).select(ProductRow::as_select());
+    db::page(conn, by_sku, active.count(), page, page_size).await
 }
 
 /// Deletes the idempotency keys created more than `retention` ago; returns
@@ -475,19 +464,12 @@ pub async fn list_orders(
     page: i64,
     page_size: i64,
 ) -> Result<(Vec<OrderView>, i64), DieselError> {
-    let total: i64 = orders::table
-        .filter(orders::customer_id.eq(customer_id))
-        .count()
-        .get_result(conn)
-        .await?;
-    let rows: Vec<OrderRow> = orders::table
-        .filter(orders::customer_id.eq(customer_id))
+    let mine = orders::table.filter(orders::customer_id.eq(customer_id));
+    let newest_first = mine
         .order((orders::created_at.desc(), orders::id.desc()))
-        .limit(page_size)
-        .offset((page - 1).saturating_mul(page_size))
-        .select(OrderRow::as_select())
-        .load(conn)
-        .await?;
+        .select(OrderRow::as_select());
+    let (rows, total): (Vec<OrderRow>, i64) =
+        db::page(conn, newest_first, mine.count(), page, page_size).await?;
     let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
     let mut items: Vec<ItemRow> = order_items::table
         .filter(order_items::order_id.eq_any(&ids))

@@ -3,7 +3,7 @@
 //! Runs inside the consumer runtime's transaction.
 
 use commerce_common::{
-    consumer::{BoxFuture, EventHandler, HandleError},
+    consumer::{BoxFuture, EventHandler, HandleError, Participant, ParticipantMetrics},
     events::{self, Envelope, Event},
 };
 use diesel_async::AsyncPgConnection;
@@ -11,7 +11,6 @@ use diesel_async::AsyncPgConnection;
 use crate::{
     config::WalletConfig,
     domain::{ChargeAmount, RefundReason},
-    metrics::PaymentMetrics,
     store::{self, Answer, ChargeOutcome},
 };
 
@@ -28,11 +27,11 @@ enum Charge {
 
 pub struct PaymentSaga {
     wallet: WalletConfig,
-    metrics: PaymentMetrics,
+    metrics: ParticipantMetrics,
 }
 
 impl PaymentSaga {
-    pub fn new(wallet: WalletConfig, metrics: PaymentMetrics) -> Self {
+    pub fn new(wallet: WalletConfig, metrics: ParticipantMetrics) -> Self {
         Self { wallet, metrics }
     }
 
@@ -116,20 +115,31 @@ impl PaymentSaga {
         }
         Ok(())
     }
+}
 
-    /// Writes again what the service answered about `order_id` (see
-    /// [`EventHandler::repeated`]).
-    async fn answer_again(
-        &self,
-        conn: &mut AsyncPgConnection,
+impl Participant for PaymentSaga {
+    type Answer = Answer;
+
+    fn request(event: &Event) -> Option<(uuid::Uuid, Answer)> {
+        match event {
+            Event::OrderCreated(order) => Some((order.order_id, Answer::Charge)),
+            Event::DeliveryFailed(failed) => Some((failed.order_id, Answer::Refund)),
+            Event::OrderCancellationRequested(cancel) => Some((cancel.order_id, Answer::Refund)),
+            _ => None,
+        }
+    }
+
+    fn announce_again<'a>(
+        conn: &'a mut AsyncPgConnection,
         order_id: uuid::Uuid,
         answer: Answer,
-        trace_id: &str,
-    ) -> Result<(), HandleError> {
-        if store::announce_again(conn, order_id, answer, trace_id).await? {
-            self.metrics.announced_again.inc();
-        }
-        Ok(())
+        trace_id: &'a str,
+    ) -> BoxFuture<'a, diesel::QueryResult<bool>> {
+        Box::pin(store::announce_again(conn, order_id, answer, trace_id))
+    }
+
+    fn metrics(&self) -> &ParticipantMetrics {
+        &self.metrics
     }
 }
 
@@ -143,29 +153,17 @@ impl EventHandler for PaymentSaga {
         Box::pin(self.apply(conn, envelope, event))
     }
 
-    /// The events `apply` acts on; the others skip the inbox.
-    /// A request handled before comes again (the order service re-drives a
-    /// saga that stopped moving): the answer given then is written to the
-    /// outbox again under its event id, for whoever lost it. Nothing is
-    /// charged or refunded again.
+    /// A request handled before comes again: its answer, again.
     fn repeated<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
         envelope: &'a Envelope,
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(async move {
-            let (order_id, answer) = match event {
-                Event::OrderCreated(order) => (order.order_id, Answer::Charge),
-                Event::DeliveryFailed(failed) => (failed.order_id, Answer::Refund),
-                Event::OrderCancellationRequested(cancel) => (cancel.order_id, Answer::Refund),
-                _ => return Ok(()),
-            };
-            self.answer_again(conn, order_id, answer, &envelope.trace_id)
-                .await
-        })
+        self.answer_repeated(conn, envelope, &event)
     }
 
+    /// The events `apply` acts on; the others skip the inbox.
     fn wants(&self, event: &Event) -> bool {
         matches!(
             event,

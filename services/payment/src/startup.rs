@@ -47,7 +47,7 @@ impl Service for PaymentService {
     }
 
     fn consumer(&self) -> Option<Consumer> {
-        let handler = PaymentSaga::new(*self.wallet.get_ref(), self.metrics.get_ref().clone());
+        let handler = PaymentSaga::new(*self.wallet.get_ref(), self.metrics.payments.clone());
         Some(Consumer {
             group: CONSUMER_GROUP,
             topics: &[topics::USERS, topics::ORDERS, topics::DELIVERIES],

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
-    db::Reuse,
+    db::{self, Reuse},
     events::{Event, OrderCreated, PaymentConfirmed, PaymentFailed, PaymentRefunded},
     outbox,
 };
@@ -442,18 +442,9 @@ pub async fn list_payments(
     page: i64,
     page_size: i64,
 ) -> QueryResult<(Vec<Payment>, i64)> {
-    let items = payments::table
-        .filter(payments::customer_id.eq(customer_id))
+    let mine = payments::table.filter(payments::customer_id.eq(customer_id));
+    let newest_first = mine
         .order((payments::created_at.desc(), payments::id.desc()))
-        .limit(page_size)
-        .offset((page - 1) * page_size)
-        .select(Payment::as_select())
-        .load(conn)
-        .await?;
-    let total = payments::table
-        .filter(payments::customer_id.eq(customer_id))
-        .count()
-        .get_result(conn)
-        .await?;
-    Ok((items, total))
+        .select(Payment::as_select());
+    db::page(conn, newest_first, mine.count(), page, page_size).await
 }

@@ -51,7 +51,8 @@
 //! contract with a service), `coordinator` (membership and leases),
 //! `worker` (the fetch loop), `apply` (one fetch's transaction), `inbox`,
 //! `dead_letter`, `decode`, `out_of_range`, `broker` (calls with
-//! deadlines), `metrics`.
+//! deadlines), `metrics`; and `participant`, what the saga's participants
+//! (payment, delivery) build their handlers from.
 //!
 //! Usage (in a service's startup):
 //! ```ignore
@@ -70,6 +71,7 @@ mod handler;
 mod inbox;
 mod metrics;
 mod out_of_range;
+mod participant;
 mod worker;
 
 use std::{collections::HashMap, sync::Arc};
@@ -81,6 +83,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::{
     config::{ConsumerConfig, Identity},
     handler::{BoxFuture, Concurrency, EventHandler, HandleError},
+    participant::{Participant, ParticipantMetrics},
 };
 use self::{coordinator::Coordinator, metrics::Metrics};
 pub(crate) use self::{decode::decode_value, inbox::remember_event};

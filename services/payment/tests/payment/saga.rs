@@ -542,12 +542,13 @@ async fn a_wallet_opened_by_the_http_path_during_the_first_charge_pays_the_order
 /// A cancellation may come before any charge, so it is not retried.
 #[tokio::test]
 async fn a_delivery_failure_for_a_charge_not_visible_yet_is_retried() {
+    use commerce_common::consumer::ParticipantMetrics;
     use commerce_common::consumer::{EventHandler, HandleError};
     use diesel_async::{AsyncConnection, AsyncPgConnection};
-    use payment_service::{config::WalletConfig, metrics::PaymentMetrics, saga::PaymentSaga};
+    use payment_service::{config::WalletConfig, saga::PaymentSaga};
 
     let app = spawn_app().await;
-    let saga = PaymentSaga::new(WalletConfig::default(), PaymentMetrics::default());
+    let saga = PaymentSaga::new(WalletConfig::default(), ParticipantMetrics::default());
     let mut conn = AsyncPgConnection::establish(&app.database.url)
         .await
         .unwrap();
