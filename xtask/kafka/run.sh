@@ -4,6 +4,7 @@
 # place that knows how a development Kafka is configured and started.
 #
 #   run.sh LIBS_DIR DATA_DIR PORT CONTROLLER_PORT
+#   run.sh --new-cluster-id [COUNT]   (prints COUNT fresh cluster ids; a test)
 #
 # LIBS_DIR holds the broker's jars (`cargo xtask install-broker`). DATA_DIR
 # keeps server.properties and the log (records, metadata); it is formatted on
@@ -13,6 +14,23 @@
 # controlled shutdown). Its log goes to stderr, warnings and up by default
 # (KAFKA_LOG_LEVEL: info for more).
 set -euo pipefail
+
+# A cluster id is 16 random bytes, URL-safe base64 without padding. One that
+# starts with '-' is read by kafka-storage as an option and Kafka does not
+# start (one fresh start in 64 failed so): like Kafka's own ids, it is drawn
+# again.
+new_cluster_id() {
+    local id=-
+    while [ "${id:0:1}" = - ]; do
+        id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    done
+    echo "$id"
+}
+
+if [ "${1:-}" = --new-cluster-id ]; then
+    for _ in $(seq "${2:-1}"); do new_cluster_id; done
+    exit 0
+fi
 
 if [ $# -ne 4 ]; then
     echo "usage: $0 LIBS_DIR DATA_DIR PORT CONTROLLER_PORT" >&2
@@ -62,13 +80,7 @@ common_jvm=(-Djava.awt.headless=true -XX:+UseSerialGC
     -cp "$libs/*")
 
 if [ ! -f "$dir/log/meta.properties" ]; then
-    # A cluster id is 16 random bytes, URL-safe base64 without padding; one
-    # that starts with '-' would be read as an option (one start in 64
-    # failed so), so like Kafka's own ids it is drawn again.
-    cluster_id=-
-    while [ "${cluster_id:0:1}" = - ]; do
-        cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
-    done
+    cluster_id=$(new_cluster_id)
     "$java" -Xmx128m "${common_jvm[@]}" kafka.tools.StorageTool format \
         --cluster-id "$cluster_id" --config "$dir/server.properties" >/dev/null
 fi
