@@ -125,11 +125,9 @@ impl EventHandler for DeliverySaga {
         self.answer_repeated(conn, envelope, &event)
     }
 
-    /// The events `apply` acts on; the others skip the inbox.
+    /// The requests it answers (all `apply` acts on); the others skip the
+    /// inbox.
     fn wants(&self, event: &Event) -> bool {
-        matches!(
-            event,
-            Event::PaymentConfirmed(_) | Event::OrderCancellationRequested(_)
-        )
+        Self::request(event).is_some()
     }
 }

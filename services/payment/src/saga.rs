@@ -163,14 +163,9 @@ impl EventHandler for PaymentSaga {
         self.answer_repeated(conn, envelope, &event)
     }
 
-    /// The events `apply` acts on; the others skip the inbox.
+    /// The events `apply` acts on, a new user's wallet and the requests it
+    /// answers; the others skip the inbox.
     fn wants(&self, event: &Event) -> bool {
-        matches!(
-            event,
-            Event::UserRegistered(_)
-                | Event::OrderCreated(_)
-                | Event::DeliveryFailed(_)
-                | Event::OrderCancellationRequested(_)
-        )
+        matches!(event, Event::UserRegistered(_)) || Self::request(event).is_some()
     }
 }
