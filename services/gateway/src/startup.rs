@@ -71,7 +71,6 @@ impl Service for Gateway {
         let hasher = PasswordHasher::new(config.auth.bcrypt_cost).await?;
         let metrics = Arc::new(Metrics::register(context.registry));
         let state = Data::new(AppState {
-            pool: context.pool.clone(),
             hasher,
             issuer,
             throttle: LoginThrottle::new(&config.login_throttle),

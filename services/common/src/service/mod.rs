@@ -289,7 +289,14 @@ impl<S: Service> Application<S> {
         }
         tasks.extend(service.spawn_tasks(&settings, &shutdown)?);
 
-        let operational = Operational::new(S::NAME, pool, expected, registry, S::JSON_LIMIT);
+        let operational = Operational::new(
+            S::NAME,
+            pool,
+            common.database.clone(),
+            expected,
+            registry,
+            S::JSON_LIMIT,
+        );
         let registry = operational.registry.clone();
         let service = web::Data::new(service);
         let public = server::Public {

@@ -11,6 +11,7 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 
 use super::Service;
 use crate::{
+    config::DatabaseConfig,
     db::{self, DbPool},
     http,
 };
@@ -45,24 +46,27 @@ impl Readiness {
 /// The app data and routes every service mounts before its own.
 #[derive(Clone)]
 pub(super) struct Operational {
-    pool: web::Data<DbPool>,
+    /// What each HTTP worker opens its own pool with.
+    database: DatabaseConfig,
     readiness: web::Data<Readiness>,
     pub(super) registry: web::Data<MetricsRegistry>,
     json_limit: usize,
 }
 
 impl Operational {
-    /// `expected_migration` is what [`db::migrate`] returned; `json_limit`
-    /// bounds request bodies.
+    /// `pool` is the service's main one (for `/ready`), `database` what
+    /// each HTTP worker's pool is opened with; `expected_migration` is what
+    /// [`db::migrate`] returned; `json_limit` bounds request bodies.
     pub(super) fn new(
         service: &'static str,
         pool: DbPool,
+        database: DatabaseConfig,
         expected_migration: String,
         registry: Registry,
         json_limit: usize,
     ) -> Self {
         Self {
-            pool: web::Data::new(pool.clone()),
+            database,
             readiness: web::Data::new(Readiness {
                 service,
                 pool,
@@ -73,10 +77,14 @@ impl Operational {
         }
     }
 
-    /// Registers the pool (`web::Data<DbPool>`), the readiness check, the
-    /// metrics registry, the extractor configs, `/health` and `/ready`.
+    /// Registers the worker's pool (`web::Data<DbPool>`), the readiness
+    /// check, the metrics registry, the extractor configs, `/health` and
+    /// `/ready`. Called on each HTTP worker's thread, inside its runtime:
+    /// the pool opened here is the worker's own (see [`db::worker_pool`]).
     pub(super) fn configure(&self, cfg: &mut web::ServiceConfig) {
-        cfg.app_data(self.pool.clone())
+        let pool = db::worker_pool(&self.database)
+            .expect("the same settings built the service's main pool");
+        cfg.app_data(web::Data::new(pool))
             .app_data(self.readiness.clone())
             .app_data(self.registry.clone())
             .app_data(http::json_config(self.json_limit))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode};
 use commerce_common::{
+    db::DbPool,
     events::{Event, UserRegistered},
     http::{ApiError, FieldError},
     outbox,
@@ -176,9 +177,10 @@ pub struct LoginError(AuthError);
 pub async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
+    pool: web::Data<DbPool>,
     body: web::Json<RegisterRequest>,
 ) -> Result<CreatedJson<TokenResponse>, RegisterError> {
-    register_user(&req, &state, body.into_inner())
+    register_user(&req, &state, &pool, body.into_inner())
         .await
         .map(CreatedJson)
         .map_err(RegisterError)
@@ -189,9 +191,10 @@ pub async fn register(
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
+    pool: web::Data<DbPool>,
     body: web::Json<LoginRequest>,
 ) -> Result<web::Json<TokenResponse>, LoginError> {
-    check_credentials(&req, &state, body.into_inner())
+    check_credentials(&req, &state, &pool, body.into_inner())
         .await
         .map(web::Json)
         .map_err(LoginError)
@@ -200,6 +203,7 @@ pub async fn login(
 async fn register_user(
     req: &HttpRequest,
     state: &AppState,
+    pool: &DbPool,
     body: RegisterRequest,
 ) -> Result<TokenResponse, AuthError> {
     let email = Email::parse(&body.email).map_err(|e| field("email", e));
@@ -230,7 +234,7 @@ async fn register_user(
         name: name.as_str().to_owned(),
     };
     let trace_id = request_id::of(req);
-    let mut conn = state.pool.get().await.map_err(ApiError::from)?;
+    let mut conn = pool.get().await.map_err(ApiError::from)?;
     let inserted = conn
         .transaction(async |conn| {
             diesel::insert_into(users::table)
@@ -269,6 +273,7 @@ async fn register_user(
 async fn check_credentials(
     req: &HttpRequest,
     state: &AppState,
+    pool: &DbPool,
     body: LoginRequest,
 ) -> Result<TokenResponse, AuthError> {
     let email_key = throttle::email_key(&body.email);
@@ -299,7 +304,7 @@ async fn check_credentials(
     let user = match lookup {
         None => None,
         Some(email) => {
-            let mut conn = state.pool.get().await.map_err(ApiError::from)?;
+            let mut conn = pool.get().await.map_err(ApiError::from)?;
             users::table
                 .filter(users::email.eq(email.as_str()))
                 .select((users::id, users::email, users::name, users::password_hash))

@@ -1,21 +1,18 @@
 //! `GET /api/me`: the account behind the bearer token.
 
-use commerce_common::{auth::AuthUser, http::ApiError};
+use commerce_common::{auth::AuthUser, db::DbPool, http::ApiError};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use paperclip::actix::{api_v2_operation, web};
 use uuid::Uuid;
 
-use super::{AppState, auth::UserBody};
+use super::auth::UserBody;
 use crate::schema::users;
 
 /// The current user.
 #[api_v2_operation(operation_id = "me", tags(Auth))]
-pub async fn me(
-    user: AuthUser,
-    state: web::Data<AppState>,
-) -> Result<web::Json<UserBody>, ApiError> {
-    let mut conn = state.pool.get().await?;
+pub async fn me(user: AuthUser, pool: web::Data<DbPool>) -> Result<web::Json<UserBody>, ApiError> {
+    let mut conn = pool.get().await?;
     let (id, email, name) = users::table
         .find(user.user_id)
         .select((users::id, users::email, users::name))

@@ -8,8 +8,6 @@ pub mod proxy;
 
 use std::sync::Arc;
 
-use commerce_common::db::DbPool;
-
 use crate::{
     auth::{
         client::ClientAddresses, password::PasswordHasher, rate_limit::RateLimits,
@@ -19,9 +17,9 @@ use crate::{
     metrics::Metrics,
 };
 
-/// What the gateway's own handlers need; shared by all workers.
+/// What the gateway's own handlers need; shared by all workers (the
+/// database pool is each worker's own `web::Data<DbPool>`).
 pub struct AppState {
-    pub pool: DbPool,
     pub hasher: PasswordHasher,
     pub issuer: TokenIssuer,
     pub throttle: LoginThrottle,

@@ -10,6 +10,37 @@ use serde_json::{Value, json};
 use test_support::{claims_for, mint_token_with, wait_for_value};
 use uuid::Uuid;
 
+/// The HTTP workers read the database through their own connections: a
+/// request is answered while the service's main runtime cannot run at all
+/// (through the main pool each statement of a request waited for that
+/// runtime's thread, woken twice per statement).
+#[tokio::test]
+async fn requests_are_answered_while_the_main_runtime_is_busy() {
+    use std::io::{Read, Write};
+
+    let app = spawn_app().await;
+    let up = app.http.get(format!("{}/ready", app.address)).send().await;
+    assert_eq!(up.unwrap().status(), 200, "the service is up");
+    let address = app.address.trim_start_matches("http://");
+    // Blocking calls on this test's runtime, which is the service's main
+    // one (its tasks, its main pool's connections): none of it runs until
+    // the answer is read.
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /api/products HTTP/1.1\r\nHost: order\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let read = stream.read_to_string(&mut answer);
+    assert!(
+        read.is_ok() && answer.starts_with("HTTP/1.1 200"),
+        "no answer while the main runtime was busy: {read:?} {answer}"
+    );
+    assert!(answer.contains("\"items\""), "{answer}");
+}
+
 #[tokio::test]
 async fn operational_endpoints_answer() {
     let app = spawn_app().await;
