@@ -23,7 +23,7 @@ use super::{
     config::{ConsumerConfig, Identity},
     decode::Decoded,
     handler::EventHandler,
-    metrics::Metrics,
+    metrics::{Labels, Metrics},
     out_of_range::Jump,
 };
 use crate::db::DbPool;
@@ -204,11 +204,11 @@ impl Worker {
                 // moment (a new leader that has not caught up yet); a
                 // position past the end of the log is answered with
                 // OFFSET_OUT_OF_RANGE instead (above).
-                self.metrics
-                    .lag
-                    .get_or_create(&labels)
-                    .set((high_watermark - next).max(0));
-                if !self.store_lazily(next, &mut stored, &mut stored_at).await {
+                let lag = high_watermark - next;
+                if !self
+                    .passed(&labels, lag, next, &mut stored, &mut stored_at)
+                    .await
+                {
                     return;
                 }
                 continue;
@@ -224,11 +224,11 @@ impl Worker {
                     ..Outcomes::default()
                 });
                 next = new_next;
-                self.metrics
-                    .lag
-                    .get_or_create(&labels)
-                    .set((high_watermark - next).max(0));
-                if !self.store_lazily(next, &mut stored, &mut stored_at).await {
+                let lag = high_watermark - next;
+                if !self
+                    .passed(&labels, lag, next, &mut stored, &mut stored_at)
+                    .await
+                {
                     return;
                 }
                 continue;
@@ -263,6 +263,20 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The partition was read up to `next` with nothing to apply: the lag
+    /// that leaves, and `next` stored lazily; false when fenced.
+    async fn passed(
+        &self,
+        labels: &Labels,
+        lag: i64,
+        next: i64,
+        stored: &mut i64,
+        stored_at: &mut Instant,
+    ) -> bool {
+        self.metrics.lag.get_or_create(labels).set(lag.max(0));
+        self.store_lazily(next, stored, stored_at).await
     }
 
     /// Stores `next` when the database lags behind it (unwanted events only)
