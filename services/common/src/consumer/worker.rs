@@ -23,7 +23,7 @@ use super::{
     config::{ConsumerConfig, Identity},
     decode::Decoded,
     handler::EventHandler,
-    metrics::{Labels, Metrics},
+    metrics::Metrics,
     out_of_range::Jump,
 };
 use crate::db::DbPool;
@@ -199,36 +199,29 @@ impl Worker {
                 }
             };
             backoff.reset();
-            let Some(last) = records.last() else {
-                // Nothing new. The high watermark may be below `next` for a
-                // moment (a new leader that has not caught up yet); a
-                // position past the end of the log is answered with
-                // OFFSET_OUT_OF_RANGE instead (above).
-                let lag = high_watermark - next;
-                if !self
-                    .passed(&labels, lag, next, &mut stored, &mut stored_at)
-                    .await
-                {
-                    return;
-                }
-                continue;
-            };
-            busy = true;
-            let new_next = last.offset + 1;
             let decoded: Vec<Decoded> = records.iter().map(Decoded::of).collect();
             let wanted: Vec<&Decoded> = decoded.iter().filter(|d| self.wanted(d)).collect();
             let ignored = (records.len() - wanted.len()) as u64;
+            let new_next = records.last().map_or(next, |last| last.offset + 1);
+            busy = !records.is_empty();
             if wanted.is_empty() {
-                self.count(&Outcomes {
-                    ignored,
-                    ..Outcomes::default()
-                });
+                // Nothing new (the high watermark may be below `next` for a
+                // moment, a new leader that has not caught up yet; a
+                // position past the end of the log is answered with
+                // OFFSET_OUT_OF_RANGE instead, above), or nothing wanted:
+                // the offset moves on and is stored lazily.
+                if busy {
+                    self.count(&Outcomes {
+                        ignored,
+                        ..Outcomes::default()
+                    });
+                }
                 next = new_next;
-                let lag = high_watermark - next;
-                if !self
-                    .passed(&labels, lag, next, &mut stored, &mut stored_at)
-                    .await
-                {
+                self.metrics
+                    .lag
+                    .get_or_create(&labels)
+                    .set((high_watermark - next).max(0));
+                if !self.store_lazily(next, &mut stored, &mut stored_at).await {
                     return;
                 }
                 continue;
@@ -263,20 +256,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// The partition was read up to `next` with nothing to apply: the lag
-    /// that leaves, and `next` stored lazily; false when fenced.
-    async fn passed(
-        &self,
-        labels: &Labels,
-        lag: i64,
-        next: i64,
-        stored: &mut i64,
-        stored_at: &mut Instant,
-    ) -> bool {
-        self.metrics.lag.get_or_create(labels).set(lag.max(0));
-        self.store_lazily(next, stored, stored_at).await
     }
 
     /// Stores `next` when the database lags behind it (unwanted events only)
