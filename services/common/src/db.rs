@@ -42,7 +42,6 @@ pub type DbPool = Pool<AsyncPgConnection>;
 /// found its connections closed (and the leases had to expire instead).
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
     let mut manager_config = ManagerConfig::default();
-    manager_config.recycling_method = RecyclingMethod::Fast;
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         manager_config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
@@ -70,15 +69,14 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
 /// a second the order service's main thread switched 4,700 times a second,
 /// 23 times per order.
 pub fn worker_pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
-    let mut manager_config = ManagerConfig::default();
-    manager_config.recycling_method = RecyclingMethod::Fast;
-    build_pool(config, manager_config)
+    build_pool(config, ManagerConfig::default())
 }
 
 fn build_pool(
     config: &DatabaseConfig,
-    manager_config: ManagerConfig<AsyncPgConnection>,
+    mut manager_config: ManagerConfig<AsyncPgConnection>,
 ) -> anyhow::Result<DbPool> {
+    manager_config.recycling_method = RecyclingMethod::Fast;
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         config.url.expose(),
         manager_config,
