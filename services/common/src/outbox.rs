@@ -110,6 +110,55 @@ pub fn insert_from(source: &str, first: usize) -> String {
     )
 }
 
+/// The SQL type of each outbox column, in [`COLUMNS`]' order.
+const COLUMN_TYPES: [&str; 8] = [
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "text",
+    "timestamptz",
+    "jsonb",
+];
+
+/// `INSERT INTO outbox (..) SELECT .. FROM unnest($first, .., $first+7)`:
+/// the rows that [`bind_all`] appends as eight arrays (parameters `first`
+/// on), inserted in the order given (the order the relay publishes them
+/// in), in one statement, alone or as a CTE of a larger one; only if
+/// `condition` (SQL) holds, when there is one.
+pub fn insert_all(first: usize, condition: Option<&str>) -> String {
+    let arrays: Vec<String> = (first..)
+        .zip(COLUMN_TYPES)
+        .map(|(n, sql_type)| format!("${n}::{sql_type}[]"))
+        .collect();
+    let condition = condition.map(|c| format!(" WHERE {c}")).unwrap_or_default();
+    format!(
+        "INSERT INTO outbox ({columns}) SELECT {columns} \
+         FROM unnest({arrays}) WITH ORDINALITY AS a ({columns}, n){condition} ORDER BY n",
+        columns = COLUMNS.join(", "),
+        arrays = arrays.join(", ")
+    )
+}
+
+/// Appends `rows` to `query` as the eight arrays of [`insert_all`].
+pub fn bind_all<'q>(
+    rows: &'q [NewRow<'q>],
+    query: BoxedSqlQuery<'q, Pg, SqlQuery>,
+) -> BoxedSqlQuery<'q, Pg, SqlQuery> {
+    use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+    let column = |f: fn(&'q NewRow<'q>) -> &'q str| rows.iter().map(f).collect::<Vec<_>>();
+    query
+        .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(column(|r| r.aggregate_type))
+        .bind::<Array<Text>, _>(column(|r| &r.aggregate_id))
+        .bind::<Array<Text>, _>(column(|r| &r.event_type))
+        .bind::<Array<Integer>, _>(rows.iter().map(|r| r.schema_version).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(column(|r| r.trace_id))
+        .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
+}
+
 /// Writes `event` to the outbox; returns its event id. Call it inside the
 /// transaction that makes the change the event announces.
 pub async fn enqueue(
@@ -159,6 +208,21 @@ pub async fn insert(conn: &mut AsyncPgConnection, row: &NewRow<'_>) -> QueryResu
 mod tests {
     use super::*;
     use crate::events::PaymentFailed;
+
+    #[test]
+    fn a_set_insert_takes_one_array_per_column_and_keeps_the_rows_order() {
+        assert_eq!(
+            insert_all(3, Some("ok")),
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, schema_version, \
+             trace_id, occurred_at, payload) \
+             SELECT id, aggregate_type, aggregate_id, event_type, schema_version, trace_id, \
+             occurred_at, payload \
+             FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::text[], \
+             $9::timestamptz[], $10::jsonb[]) \
+             WITH ORDINALITY AS a (id, aggregate_type, aggregate_id, event_type, schema_version, \
+             trace_id, occurred_at, payload, n) WHERE ok ORDER BY n"
+        );
+    }
 
     #[test]
     fn a_folded_insert_names_the_columns_in_the_order_they_are_bound() {

@@ -22,19 +22,21 @@
 //!   confirmation, another customer) is a permanent error: the consumer
 //!   runtime moves it to the dead-letter table with the reason.
 
+use std::collections::HashMap;
+
 use commerce_common::{
     consumer::{BoxFuture, Concurrency, EventHandler, HandleError},
     events::{self, Envelope, Event},
+    outbox,
 };
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     domain::{DeliveryState, OrderStatus, PaymentState, StatusChange},
     metrics::OrderMetrics,
-    store::{self, OrderRow, SagaFacts, StoreError},
+    store::{self, LockedOrder, OrderRow, SagaFacts, StoreError},
 };
 
 /// Reason used when a payment failure or refund came without one.
@@ -68,8 +70,8 @@ impl From<StoreError> for SagaError {
     }
 }
 
-/// The consumer runtime's entry point: [`apply_event`] in the runtime's
-/// transaction, with metrics.
+/// The consumer runtime's entry point: [`apply_events`] in the runtime's
+/// transaction, a fetch's events at once, with metrics.
 pub struct SagaHandler {
     metrics: OrderMetrics,
 }
@@ -77,6 +79,32 @@ pub struct SagaHandler {
 impl SagaHandler {
     pub fn new(metrics: OrderMetrics) -> Self {
         Self { metrics }
+    }
+
+    /// [`apply_events`] with metrics and the runtime's error kinds.
+    async fn apply(
+        &self,
+        conn: &mut AsyncPgConnection,
+        records: &[(&Envelope, Event)],
+    ) -> Result<(), HandleError> {
+        let events: Vec<(&Event, &str)> = records
+            .iter()
+            .map(|(envelope, event)| (event, envelope.trace_id.as_str()))
+            .collect();
+        let outcomes = apply_events(conn, &events)
+            .await
+            .map_err(|error| match error {
+                SagaError::Permanent(reason) => HandleError::Permanent(reason),
+                SagaError::Transient(error) => HandleError::Transient(error),
+            })?;
+        for outcome in outcomes {
+            if let Outcome::Applied { transitions, .. } = outcome {
+                for status in transitions {
+                    self.metrics.status_changed(status);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -87,24 +115,18 @@ impl EventHandler for SagaHandler {
         envelope: &'a Envelope,
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(async move {
-            let span = tracing::info_span!("saga_event", event_id = %envelope.event_id,
-                event_type = %envelope.event_type, order_id = %envelope.aggregate_id,
-                trace_id = %envelope.trace_id);
-            let outcome = apply_event(conn, &event, &envelope.trace_id)
-                .instrument(span)
-                .await
-                .map_err(|error| match error {
-                    SagaError::Permanent(reason) => HandleError::Permanent(reason),
-                    SagaError::Transient(error) => HandleError::Transient(error),
-                })?;
-            if let Outcome::Applied { transitions, .. } = outcome {
-                for status in transitions {
-                    self.metrics.status_changed(status);
-                }
-            }
-            Ok(())
-        })
+        Box::pin(async move { self.apply(conn, &[(envelope, event)]).await })
+    }
+
+    /// The fetch's new events in two statements whatever their number: the
+    /// orders locked at once, then every change and announcement written
+    /// at once ([`apply_events`]).
+    fn handle_all<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        records: Vec<(&'a Envelope, Event)>,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move { self.apply(conn, &records).await })
     }
 
     /// Payment and delivery events about an order; the others skip the inbox.
@@ -113,7 +135,8 @@ impl EventHandler for SagaHandler {
     }
 
     /// Every event is keyed by its order id and locks only that order's
-    /// row, so the payments and deliveries partitions may apply at once.
+    /// row (all of a fetch's in id order), so the payments and deliveries
+    /// partitions may apply at once.
     fn concurrency(&self) -> Concurrency {
         Concurrency::ByKey
     }
@@ -158,58 +181,88 @@ pub async fn handle_event(
     event: &Event,
     trace_id: &str,
 ) -> Result<Outcome, SagaError> {
-    conn.transaction::<_, SagaError, _>(async |conn| apply_event(conn, event, trace_id).await)
-        .await
+    let mut outcomes = conn
+        .transaction::<_, SagaError, _>(async |conn| apply_events(conn, &[(event, trace_id)]).await)
+        .await?;
+    Ok(outcomes.pop().expect("one outcome per event"))
 }
 
-/// [`handle_event`] in the caller's transaction (the consumer runtime's
-/// savepoint for the record: no second savepoint per event).
-async fn apply_event(
+/// Applies events (each with its trace id), in order, in the caller's
+/// transaction: every order they are about is locked in one statement, the
+/// events are recorded and followed on the rows in memory, and the orders
+/// they changed and the `OrderStatusChanged` events are written in one
+/// more: two statements for a whole fetch of the consumer instead of two
+/// per event. Several events of one order see each other's effects, as
+/// they would one transaction after the other. One outcome per event.
+pub async fn apply_events(
     conn: &mut AsyncPgConnection,
-    event: &Event,
-    trace_id: &str,
-) -> Result<Outcome, SagaError> {
-    let Some((order_id, customer_id)) = subject(event) else {
-        return Ok(Outcome::NotForUs);
+    events: &[(&Event, &str)],
+) -> Result<Vec<Outcome>, SagaError> {
+    let mut ids: Vec<Uuid> = events
+        .iter()
+        .filter_map(|(event, _)| subject(event).map(|(order_id, _)| order_id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut orders: HashMap<Uuid, LockedOrder> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        store::avoid_table_scans(conn).await?;
+        store::lock_orders(conn, &ids)
+            .await?
+            .into_iter()
+            .map(|order| (order.row.id, order))
+            .collect()
     };
-    let Some(mut row) = store::lock_order(conn, order_id).await? else {
-        if events::made_recently(order_id) {
-            return Err(SagaError::Transient(anyhow::anyhow!(
-                "order {order_id} is not visible yet (its placement's commit is being \
-                 completed); the event is applied again after a pause"
+    let mut announcements = Vec::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for &(event, trace_id) in events {
+        let Some((order_id, customer_id)) = subject(event) else {
+            outcomes.push(Outcome::NotForUs);
+            continue;
+        };
+        let Some(order) = orders.get_mut(&order_id) else {
+            if events::made_recently(order_id) {
+                return Err(SagaError::Transient(anyhow::anyhow!(
+                    "order {order_id} is not visible yet (its placement's commit is being \
+                     completed); the event is applied again after a pause"
+                )));
+            }
+            tracing::warn!(%order_id, "event for an unknown order ignored");
+            outcomes.push(Outcome::UnknownOrder(order_id));
+            continue;
+        };
+        let row = &mut order.row;
+        if row.customer_id != customer_id {
+            return Err(SagaError::Permanent(format!(
+                "event names customer {customer_id}, order {order_id} belongs to {}",
+                row.customer_id
             )));
         }
-        tracing::warn!(%order_id, "event for an unknown order ignored");
-        return Ok(Outcome::UnknownOrder(order_id));
-    };
-    if row.customer_id != customer_id {
-        return Err(SagaError::Permanent(format!(
-            "event names customer {customer_id}, order {order_id} belongs to {}",
-            row.customer_id
-        )));
+        let before = SagaFacts::of(row);
+        let mut facts = before.clone();
+        record(&mut facts, event, row.total_cents)?;
+        if facts != before {
+            facts.copy_into(row);
+            order.changed = true;
+        }
+        let mut transitions = Vec::new();
+        while let Some(change) = next_change(row)? {
+            let announcement = row.change_status(change)?;
+            tracing::info!(%order_id, status = %row.status, reason = ?row.status_reason,
+                %trace_id, "order status changed");
+            transitions.push(row.status()?);
+            announcements.push(outbox::NewRow::new(&announcement, trace_id));
+            order.changed = true;
+        }
+        outcomes.push(Outcome::Applied {
+            order_id,
+            transitions,
+        });
     }
-    let before = SagaFacts::of(&row);
-    let mut facts = before.clone();
-    record(&mut facts, event, row.total_cents)?;
-    let new_facts = facts != before;
-    if new_facts {
-        facts.clone().copy_into(&mut row);
-    }
-    let mut transitions = Vec::new();
-    while let Some(change) = next_change(&row)? {
-        // Writes the row's facts, the new ones included, with the status.
-        let status = store::change_status(conn, &mut row, change, trace_id).await?;
-        tracing::info!(%order_id, %status, reason = ?row.status_reason, "order status changed");
-        transitions.push(status);
-    }
-    // New facts that caused no status change are written alone.
-    if new_facts && transitions.is_empty() {
-        store::record_facts(conn, &mut row, facts).await?;
-    }
-    Ok(Outcome::Applied {
-        order_id,
-        transitions,
-    })
+    let changed: Vec<&LockedOrder> = orders.values().filter(|order| order.changed).collect();
+    store::save_saga(conn, &changed, &announcements).await?;
+    Ok(outcomes)
 }
 
 fn payment_state(facts: &SagaFacts) -> Result<Option<PaymentState>, SagaError> {

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::{
     dead_letter,
     decode::Decoded,
-    handler::{Concurrency, HandleError, permanent_cause},
+    handler::{BoxFuture, Concurrency, HandleError, permanent_cause},
     inbox,
     worker::Worker,
 };
@@ -211,8 +211,28 @@ impl Worker {
             }
         };
         let mut outcomes = Outcomes::default();
+        // Consecutive new records of the optimistic pass, handed to the
+        // handler together (`handle_all`) before anything else is applied.
+        let mut run: Vec<(&Envelope, Event)> = Vec::new();
         for decoded in ordered {
             let record = decoded.record;
+            let mode = match &first_offsets {
+                Some(first) => RecordMode::Batch {
+                    first_time: first.contains(&record.offset),
+                },
+                None => RecordMode::Savepoint,
+            };
+            if let (RecordMode::Batch { first_time: true }, Ok((envelope, Ok(event)))) =
+                (mode, &decoded.envelope)
+            {
+                run.push((envelope, event.clone()));
+                continue;
+            }
+            if let RecordResult::NeedsSavepoints =
+                self.apply_run(conn, &mut run, &mut outcomes).await?
+            {
+                return Ok(Applied::RetryWithSavepoints);
+            }
             let (envelope, event) = match &decoded.envelope {
                 Ok(parts) => parts,
                 Err(reason) => {
@@ -220,12 +240,6 @@ impl Worker {
                     outcomes.dead_lettered += 1;
                     continue;
                 }
-            };
-            let mode = match &first_offsets {
-                Some(first) => RecordMode::Batch {
-                    first_time: first.contains(&record.offset),
-                },
-                None => RecordMode::Savepoint,
             };
             let span = tracing::info_span!("event",
                 event_id = %envelope.event_id, event_type = %envelope.event_type,
@@ -237,6 +251,10 @@ impl Worker {
             if let RecordResult::NeedsSavepoints = result {
                 return Ok(Applied::RetryWithSavepoints);
             }
+        }
+        if let RecordResult::NeedsSavepoints = self.apply_run(conn, &mut run, &mut outcomes).await?
+        {
+            return Ok(Applied::RetryWithSavepoints);
         }
 
         Ok(Applied::Done(outcomes))
@@ -380,30 +398,9 @@ impl Worker {
         }
         let savepoint = mode == RecordMode::Savepoint;
         let outcome = match event {
-            // A panicking handler would fail the same record forever: its
-            // record is dead-lettered like any permanent failure.
-            Ok(event) => AssertUnwindSafe(self.handler.handle(conn, envelope, event))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(HandleError::Permanent(format!(
-                        "handler panicked: {message}"
-                    )))
-                }),
+            Ok(event) => guarded(self.handler.handle(conn, envelope, event)).await,
             Err(reason) => Err(HandleError::Permanent(reason)),
         };
-        let outcome = outcome.map_err(|error| match error {
-            HandleError::Transient(error) => match permanent_cause(&error) {
-                Some(reason) => HandleError::Permanent(reason),
-                None => HandleError::Transient(error),
-            },
-            permanent => permanent,
-        });
         match outcome {
             Ok(()) => {
                 if savepoint {
@@ -429,6 +426,38 @@ impl Worker {
             }
         }
         Ok(RecordResult::Done)
+    }
+
+    /// The new records gathered in `run` (emptied), handled together by
+    /// the handler's `handle_all`, in the optimistic pass's transaction.
+    async fn apply_run(
+        &self,
+        conn: &mut AsyncPgConnection,
+        run: &mut Vec<(&Envelope, Event)>,
+        outcomes: &mut Outcomes,
+    ) -> Result<RecordResult, ApplyError> {
+        if run.is_empty() {
+            return Ok(RecordResult::Done);
+        }
+        let records = std::mem::take(run);
+        let occurred: Vec<_> = records
+            .iter()
+            .map(|(envelope, _)| envelope.occurred_at)
+            .collect();
+        let span = tracing::info_span!("events", count = records.len());
+        match guarded(self.handler.handle_all(conn, records))
+            .instrument(span)
+            .await
+        {
+            Ok(()) => {
+                outcomes.handled += occurred.len() as u64;
+                outcomes.occurred.extend(occurred);
+                Ok(RecordResult::Done)
+            }
+            // Which record it was, the savepoint pass finds out.
+            Err(HandleError::Permanent(_)) => Ok(RecordResult::NeedsSavepoints),
+            Err(HandleError::Transient(error)) => Err(ApplyError::Transient(error)),
+        }
     }
 
     /// An event handled before: the handler is not run again, but it may
@@ -494,4 +523,31 @@ impl Worker {
         .await?;
         Ok(())
     }
+}
+
+/// A handler's work, with what the runtime makes of its failures: a
+/// panicking handler would fail the same record forever, so a panic is a
+/// permanent failure (the record is dead-lettered), and so is a transient
+/// error whose cause is a data exception.
+async fn guarded(work: BoxFuture<'_, Result<(), HandleError>>) -> Result<(), HandleError> {
+    let outcome = AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(HandleError::Permanent(format!(
+                "handler panicked: {message}"
+            )))
+        });
+    outcome.map_err(|error| match error {
+        HandleError::Transient(error) => match permanent_cause(&error) {
+            Some(reason) => HandleError::Permanent(reason),
+            None => HandleError::Transient(error),
+        },
+        permanent => permanent,
+    })
 }

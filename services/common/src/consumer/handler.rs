@@ -107,6 +107,27 @@ pub trait EventHandler: Send + Sync + 'static {
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>>;
 
+    /// Applies records that are new to the inbox, in their order, in one
+    /// go: what a handler can do set-based (one statement for all of them
+    /// instead of a few per record, e.g. lock every order of the fetch at
+    /// once) it does here. The runtime hands it the consecutive new records
+    /// of a fetch in the optimistic pass (no savepoints); on a `Permanent`
+    /// error the fetch is applied again with a savepoint per record, where
+    /// [`handle`](Self::handle) takes each alone and only the failing one is
+    /// dead-lettered. Default: [`handle`](Self::handle) for each in turn.
+    fn handle_all<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        records: Vec<(&'a Envelope, Event)>,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            for (envelope, event) in records {
+                self.handle(conn, envelope, event).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Whether [`handle`](Self::handle) acts on `event` at all. Events it
     /// does not want are skipped without touching the database: no inbox
     /// row, no savepoint, and a fetch holding only such events moves the
@@ -151,6 +172,8 @@ pub enum Concurrency {
     /// keys (a stable sort: one key's events keep their order). Every
     /// transaction then locks rows in the same order, so none can deadlock,
     /// PROVIDED that a handler locks only rows of the record's own key (its
-    /// aggregate, e.g. the order row for an event keyed by order id).
+    /// aggregate, e.g. the order row for an event keyed by order id), or in
+    /// [`EventHandler::handle_all`] the rows of all its records' keys at
+    /// once, in key order.
     ByKey,
 }

@@ -14,7 +14,7 @@ use commerce_common::{
     dead_letters::{self, Replayed},
     events::{Envelope, Event, PaymentFailed},
 };
-use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel::sql_types::{Integer, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use prometheus_client::registry::Registry;
 use rskafka::{
@@ -78,6 +78,25 @@ impl EventHandler for Recorder {
         })
     }
 
+    /// Notes in `together` how many records each call brought, then
+    /// handles them one by one.
+    fn handle_all<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        records: Vec<(&'a Envelope, Event)>,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            diesel::sql_query("INSERT INTO together (records) VALUES ($1)")
+                .bind::<Integer, _>(records.len() as i32)
+                .execute(conn)
+                .await?;
+            for (envelope, event) in records {
+                self.handle(conn, envelope, event).await?;
+            }
+            Ok(())
+        })
+    }
+
     fn concurrency(&self) -> Concurrency {
         self.concurrency
     }
@@ -102,7 +121,8 @@ async fn setup(partitions: i32) -> Setup {
         .await
         .batch_execute(
             "CREATE TABLE effects (seq bigserial, event_id uuid NOT NULL, instance text NOT NULL, \
-                                   trace text NOT NULL)",
+                                   trace text NOT NULL); \
+             CREATE TABLE together (seq bigserial, records int NOT NULL)",
         )
         .await
         .unwrap();
@@ -555,6 +575,54 @@ async fn an_event_repeated_within_one_fetch_applies_once() {
     assert_eq!(
         query_i64(database, "SELECT count(*) FROM dead_letters").await,
         1
+    );
+}
+
+#[tokio::test]
+async fn the_new_events_of_a_fetch_reach_the_handler_together() {
+    let setup = setup(1).await;
+    let brokers = kafka_brokers();
+    let database = &setup.database;
+    let key = Uuid::new_v4().to_string();
+    let first: Vec<Envelope> = (0..10).map(|_| envelope("OK")).collect();
+    // One batch before the consumer starts: its first fetch holds them all.
+    produce_envelopes(
+        &brokers,
+        &setup.topic,
+        0,
+        &key,
+        &first.iter().collect::<Vec<_>>(),
+    )
+    .await;
+    let (_handle, shutdown) = start(&setup, "only");
+    wait_for_stored_offset(database, 10, "the first batch to be consumed").await;
+    // A repeat in the middle of new events: it is skipped, and the new
+    // events on either side of it are handed over apart, in their order.
+    let (x, y) = (envelope("OK"), envelope("OK"));
+    produce_envelopes(&brokers, &setup.topic, 0, &key, &[&x, &first[3], &y]).await;
+    wait_for_stored_offset(database, 13, "the second batch to be consumed").await;
+    shutdown.cancel();
+
+    let together: Vec<i32> = database
+        .client()
+        .await
+        .query("SELECT records FROM together ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        together,
+        [10, 1, 1],
+        "records handed to handle_all per call"
+    );
+    let mut expected: Vec<Uuid> = first.iter().map(|e| e.event_id).collect();
+    expected.extend([x.event_id, y.event_id]);
+    assert_eq!(
+        effects_in_order(database).await,
+        expected,
+        "each new event once, in order"
     );
 }
 

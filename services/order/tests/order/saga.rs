@@ -4,13 +4,17 @@
 
 use crate::helpers::{Customer, OutboxTap, TestApp, VALID_TOTAL, assert_error, spawn_app};
 use chrono::{Duration, TimeZone, Utc};
-use commerce_common::events::{
-    DeliveryCancelled, DeliveryFailed, DeliveryScheduled, Event, PaymentConfirmed, PaymentFailed,
-    PaymentRefunded,
+use commerce_common::{
+    events::{
+        DeliveryCancelled, DeliveryFailed, DeliveryScheduled, Event, PaymentConfirmed,
+        PaymentFailed, PaymentRefunded,
+    },
+    outbox,
 };
+use diesel_async::AsyncConnection;
 use order_service::{
     domain::{OrderStatus, StatusChange},
-    saga::{Outcome, SagaError, handle_event},
+    saga::{Outcome, SagaError, apply_events, handle_event},
     store::{self, StoreError},
 };
 use serde_json::{Value, json};
@@ -461,9 +465,10 @@ async fn a_status_change_from_a_stale_read_writes_and_announces_nothing() {
     let order = Order::place(&app).await;
     let tap = OutboxTap::start(&app.db).await;
     let mut conn = app.connection().await;
-    let mut stale = store::lock_order(&mut conn, order.id)
+    let mut stale = store::lock_orders(&mut conn, &[order.id])
         .await
         .unwrap()
+        .pop()
         .expect("the order exists");
     // Someone else changes the order after our read (outside our lock,
     // as a bug or an operator would).
@@ -477,24 +482,141 @@ async fn a_status_change_from_a_stale_read_writes_and_announces_nothing() {
         .await
         .unwrap();
 
-    let lost = store::change_status(&mut conn, &mut stale, StatusChange::Paid, "trace-test").await;
+    let event = stale.row.change_status(StatusChange::Paid).unwrap();
+    stale.changed = true;
+    let announcement = outbox::NewRow::new(&event, "trace-test");
+    let lost = store::save_saga(&mut conn, &[&stale], std::slice::from_ref(&announcement)).await;
     assert!(
         matches!(lost, Err(StoreError::LostUpdate(id)) if id == order.id),
         "{lost:?}"
     );
-    assert_eq!(stale.status, "PENDING", "the caller's copy is unchanged");
     assert_eq!(order.json(&app).await["status"], "PENDING");
     assert!(tap.events().await.is_empty(), "no OrderStatusChanged");
 
     // From a fresh read the same change goes through, with its event.
-    let mut fresh = store::lock_order(&mut conn, order.id)
+    let mut fresh = store::lock_orders(&mut conn, &[order.id])
         .await
         .unwrap()
+        .pop()
         .unwrap();
-    let status = store::change_status(&mut conn, &mut fresh, StatusChange::Paid, "trace-test")
+    let event = fresh.row.change_status(StatusChange::Paid).unwrap();
+    fresh.changed = true;
+    let announcement = outbox::NewRow::new(&event, "trace-test");
+    store::save_saga(&mut conn, &[&fresh], std::slice::from_ref(&announcement))
         .await
         .unwrap();
-    assert_eq!(status, OrderStatus::Paid);
     assert_eq!(order.json(&app).await["status"], "PAID");
     assert_eq!(status_events(&tap).await, [changed("PAID")]);
+}
+
+#[tokio::test]
+async fn a_fetch_of_events_applies_together_as_one_by_one() {
+    let app = spawn_app().await;
+    let (a, b, c) = (
+        Order::place(&app).await,
+        Order::place(&app).await,
+        Order::place(&app).await,
+    );
+    let tap = OutboxTap::start(&app.db).await;
+    // No such order here, and its id (v4) is not a fresh one.
+    let stranger = Order {
+        id: Uuid::new_v4(),
+        customer: Customer::new(),
+    };
+    let events = [
+        a.scheduled(),
+        c.confirmed(),
+        a.confirmed(),
+        b.failed(),
+        stranger.confirmed(),
+        a.confirmed(),
+    ];
+    let traced: Vec<(&Event, &str)> = events.iter().map(|e| (e, "trace-test")).collect();
+    let mut conn = app.connection().await;
+    let outcomes = conn
+        .transaction::<_, SagaError, _>(async |conn| apply_events(conn, &traced).await)
+        .await
+        .unwrap();
+    let applied = |order: &Order, transitions: &[OrderStatus]| Outcome::Applied {
+        order_id: order.id,
+        transitions: transitions.to_vec(),
+    };
+    assert_eq!(
+        outcomes,
+        [
+            applied(&a, &[]),
+            applied(&c, &[OrderStatus::Paid]),
+            applied(&a, &[OrderStatus::Paid, OrderStatus::DeliveryScheduled]),
+            applied(&b, &[OrderStatus::Rejected]),
+            Outcome::UnknownOrder(stranger.id),
+            applied(&a, &[]),
+        ]
+    );
+    let a_now = a.json(&app).await;
+    assert_eq!(a_now["status"], "DELIVERY_SCHEDULED");
+    assert_eq!(a_now["payment"]["status"], "CONFIRMED");
+    assert_eq!(a_now["delivery"]["tracking_number"], "TRK-0042");
+    assert_eq!(b.json(&app).await["status"], "REJECTED");
+    assert_eq!(b.json(&app).await["reason"], "INSUFFICIENT_FUNDS");
+    assert_eq!(c.json(&app).await["status"], "PAID");
+    // Announced in the order the events came, each about its order.
+    let announced: Vec<(String, String)> = tap
+        .events()
+        .await
+        .into_iter()
+        .map(|(_, payload)| {
+            let field = |name: &str| payload[name].as_str().unwrap().to_owned();
+            (field("order_id"), field("status"))
+        })
+        .collect();
+    let said = |order: &Order, status: &str| (order.id.to_string(), status.to_owned());
+    assert_eq!(
+        announced,
+        [
+            said(&c, "PAID"),
+            said(&a, "PAID"),
+            said(&a, "DELIVERY_SCHEDULED"),
+            said(&b, "REJECTED"),
+        ]
+    );
+}
+
+#[derive(diesel::QueryableByName)]
+struct TableScans {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    seq_scan: i64,
+}
+
+#[tokio::test]
+async fn a_fetch_finds_its_orders_by_index_while_the_table_is_small() {
+    let app = spawn_app().await;
+    let (a, b) = (Order::place(&app).await, Order::place(&app).await);
+    // What the planner knows of a new deployment's table: a page or two.
+    app.db
+        .client()
+        .await
+        .batch_execute("ANALYZE orders")
+        .await
+        .unwrap();
+    let events = [a.confirmed(), b.failed()];
+    let traced: Vec<(&Event, &str)> = events.iter().map(|e| (e, "trace-test")).collect();
+    let mut conn = app.connection().await;
+    let scans = conn
+        .transaction::<_, SagaError, _>(async |conn| {
+            apply_events(conn, &traced).await?;
+            let scans: TableScans = diesel_async::RunQueryDsl::get_result(
+                diesel::sql_query(
+                    "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'orders'",
+                ),
+                conn,
+            )
+            .await?;
+            Ok(scans.seq_scan)
+        })
+        .await
+        .unwrap();
+    // A plan with a table scan would be kept while the table grows.
+    assert_eq!(scans, 0, "sequential scans of orders");
+    assert_eq!(a.json(&app).await["status"], "PAID");
+    assert_eq!(b.json(&app).await["status"], "REJECTED");
 }
