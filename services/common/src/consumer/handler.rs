@@ -120,12 +120,7 @@ pub trait EventHandler: Send + Sync + 'static {
         conn: &'a mut AsyncPgConnection,
         records: Vec<(&'a Envelope, Event)>,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(async move {
-            for (envelope, event) in records {
-                self.handle(conn, envelope, event).await?;
-            }
-            Ok(())
-        })
+        handle_each(self, conn, records)
     }
 
     /// Whether [`handle`](Self::handle) acts on `event` at all. Events it
@@ -159,6 +154,21 @@ pub trait EventHandler: Send + Sync + 'static {
     fn concurrency(&self) -> Concurrency {
         Concurrency::Serialized
     }
+}
+
+/// [`EventHandler::handle_all`]'s default: `handler.handle` for each record
+/// in turn (for a handler whose own `handle_all` adds to it).
+pub fn handle_each<'a, H: EventHandler + ?Sized>(
+    handler: &'a H,
+    conn: &'a mut AsyncPgConnection,
+    records: Vec<(&'a Envelope, Event)>,
+) -> BoxFuture<'a, Result<(), HandleError>> {
+    Box::pin(async move {
+        for (envelope, event) in records {
+            handler.handle(conn, envelope, event).await?;
+        }
+        Ok(())
+    })
 }
 
 /// How the runtime keeps a group's fetches (one transaction each, one per

@@ -82,7 +82,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::{
     config::{ConsumerConfig, Identity},
-    handler::{BoxFuture, Concurrency, EventHandler, HandleError},
+    handler::{BoxFuture, Concurrency, EventHandler, HandleError, handle_each},
     participant::{Participant, ParticipantMetrics},
 };
 use self::{coordinator::Coordinator, metrics::Metrics};

@@ -90,10 +90,7 @@ impl EventHandler for Recorder {
                 .bind::<Integer, _>(records.len() as i32)
                 .execute(conn)
                 .await?;
-            for (envelope, event) in records {
-                self.handle(conn, envelope, event).await?;
-            }
-            Ok(())
+            consumer::handle_each(self, conn, records).await
         })
     }
 
@@ -231,17 +228,25 @@ async fn delete_records_below(topic: &str, offset: i64) {
     assert_eq!(start, offset, "the log start after DeleteRecords");
 }
 
-/// The handled event ids, in the order they were handled.
-async fn effects_in_order(database: &TestDatabase) -> Vec<Uuid> {
+/// The first column of the rows `sql` selects.
+async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    database: &TestDatabase,
+    sql: &str,
+) -> Vec<T> {
     database
         .client()
         .await
-        .query("SELECT event_id FROM effects ORDER BY seq", &[])
+        .query(sql, &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// The handled event ids, in the order they were handled.
+async fn effects_in_order(database: &TestDatabase) -> Vec<Uuid> {
+    column(database, "SELECT event_id FROM effects ORDER BY seq").await
 }
 
 fn envelope(reason: &str) -> Envelope {
@@ -603,15 +608,7 @@ async fn the_new_events_of_a_fetch_reach_the_handler_together() {
     wait_for_stored_offset(database, 13, "the second batch to be consumed").await;
     shutdown.cancel();
 
-    let together: Vec<i32> = database
-        .client()
-        .await
-        .query("SELECT records FROM together ORDER BY seq", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let together: Vec<i32> = column(database, "SELECT records FROM together ORDER BY seq").await;
     assert_eq!(
         together,
         [10, 1, 1],
@@ -797,15 +794,7 @@ async fn by_key_concurrency_applies_a_fetch_in_key_order_keeping_each_keys_order
         (query_i64(database, "SELECT count(*) FROM effects").await == 5).then_some(())
     })
     .await;
-    let applied: Vec<Uuid> = database
-        .client()
-        .await
-        .query("SELECT event_id FROM effects ORDER BY seq", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied = effects_in_order(database).await;
     let id = |i: usize| events[i].1.event_id;
     // a (2nd, 5th produced), b (1st, 4th), c (3rd).
     assert_eq!(applied, vec![id(1), id(4), id(0), id(3), id(2)]);
