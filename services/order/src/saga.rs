@@ -248,10 +248,10 @@ pub async fn apply_events(
         }
         let mut transitions = Vec::new();
         while let Some(change) = next_change(row)? {
-            let announcement = row.change_status(change)?;
-            tracing::info!(%order_id, status = %row.status, reason = ?row.status_reason,
+            let (status, announcement) = row.change_status(change)?;
+            tracing::info!(%order_id, %status, reason = ?row.status_reason,
                 %trace_id, "order status changed");
-            transitions.push(row.status()?);
+            transitions.push(status);
             announcements.push(outbox::NewRow::new(&announcement, trace_id));
             order.changed = true;
         }

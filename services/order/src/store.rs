@@ -84,9 +84,9 @@ impl OrderRow {
     }
 }
 
-/// What payment and delivery said about an order, written back as a whole.
-#[derive(Debug, Clone, PartialEq, Default, AsChangeset)]
-#[diesel(table_name = orders, treat_none_as_null = true)]
+/// What payment and delivery said about an order, written back as a whole
+/// (by [`save_saga`]).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SagaFacts {
     pub payment_status: Option<String>,
     pub payment_id: Option<Uuid>,
@@ -559,17 +559,21 @@ impl OrderRow {
     /// Moves the (locked) order along the state machine, in memory: the
     /// new status and the `OrderStatusChanged` event announcing it, which
     /// [`save_saga`] writes together with the row.
-    pub fn change_status(&mut self, change: StatusChange) -> Result<Event, StoreError> {
+    pub fn change_status(
+        &mut self,
+        change: StatusChange,
+    ) -> Result<(OrderStatus, Event), StoreError> {
         let to = self.status()?.apply(&change)?;
         let reason = change.reason().map(str::to_owned);
         self.status = to.as_str().to_owned();
         self.status_reason = reason.clone();
-        Ok(Event::OrderStatusChanged(events::OrderStatusChanged {
+        let event = Event::OrderStatusChanged(events::OrderStatusChanged {
             order_id: self.id,
             customer_id: self.customer_id,
             status: to.as_str().to_owned(),
             reason,
-        }))
+        });
+        Ok((to, event))
     }
 }
 

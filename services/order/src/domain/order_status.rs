@@ -6,8 +6,9 @@
 //! PAID | DELIVERY_SCHEDULED -> CANCELLED(reason)   (after the refund)
 //! ```
 //!
-//! Every status write goes through [`OrderStatus::apply`] (see
-//! `store::change_status`, which also writes the `OrderStatusChanged` event).
+//! Every status change goes through [`OrderStatus::apply`] (see
+//! `OrderRow::change_status`, which also makes the `OrderStatusChanged`
+//! event that `store::save_saga` writes with the row).
 
 use std::{fmt, str::FromStr};
 

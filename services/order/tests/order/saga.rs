@@ -482,7 +482,7 @@ async fn a_status_change_from_a_stale_read_writes_and_announces_nothing() {
         .await
         .unwrap();
 
-    let event = stale.row.change_status(StatusChange::Paid).unwrap();
+    let (_, event) = stale.row.change_status(StatusChange::Paid).unwrap();
     stale.changed = true;
     let announcement = outbox::NewRow::new(&event, "trace-test");
     let lost = store::save_saga(&mut conn, &[&stale], std::slice::from_ref(&announcement)).await;
@@ -499,7 +499,7 @@ async fn a_status_change_from_a_stale_read_writes_and_announces_nothing() {
         .unwrap()
         .pop()
         .unwrap();
-    let event = fresh.row.change_status(StatusChange::Paid).unwrap();
+    let (_, event) = fresh.row.change_status(StatusChange::Paid).unwrap();
     fresh.changed = true;
     let announcement = outbox::NewRow::new(&event, "trace-test");
     store::save_saga(&mut conn, &[&fresh], std::slice::from_ref(&announcement))
