@@ -330,15 +330,8 @@ fn forward(prefix: String, stream: impl Read + Send + 'static) -> JoinHandle<()>
         // around the colour codes.
         let (label, visible) = prefix.split_once('\0').expect("prefix format");
         let visible: usize = visible.parse().expect("prefix length");
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&buf);
+        for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line);
             let width = NAME_WIDTH.load(Ordering::Relaxed);
             let pad = " ".repeat(width.saturating_sub(visible));
             let _guard = OUTPUT.lock().unwrap_or_else(|e| e.into_inner());

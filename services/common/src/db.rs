@@ -282,6 +282,60 @@ impl<Q: Query> Query for Prepared<Q> {
     type SqlType = Q::SqlType;
 }
 
+/// The reads of a participant's records of orders (the payment service's
+/// payments, the delivery service's deliveries), one row per order, written
+/// once for both tables: `by_order` finds an order's record whoever's it
+/// is (what a repeated request is answered from), `$one` the record of one
+/// of a customer's orders (another customer's is not found), `$page` a
+/// page of the customer's records, newest first, with their total count.
+/// `$table` needs the columns `id`, `order_id`, `customer_id` and
+/// `created_at`, and `$row` a `customer_id` field.
+#[macro_export]
+macro_rules! order_records {
+    ($table:ident, $row:ty, one: $one:ident, page: $page:ident) => {
+        /// The record of an order, whoever's it is.
+        pub async fn by_order(
+            conn: &mut ::diesel_async::AsyncPgConnection,
+            order_id: ::uuid::Uuid,
+        ) -> ::diesel::QueryResult<Option<$row>> {
+            use ::diesel::prelude::*;
+            use ::diesel_async::RunQueryDsl;
+            $table::table
+                .filter($table::order_id.eq(order_id))
+                .select(<$row>::as_select())
+                .first(conn)
+                .await
+                .optional()
+        }
+
+        /// The record of one of the customer's orders.
+        pub async fn $one(
+            conn: &mut ::diesel_async::AsyncPgConnection,
+            customer_id: ::uuid::Uuid,
+            order_id: ::uuid::Uuid,
+        ) -> ::diesel::QueryResult<Option<$row>> {
+            let found = by_order(conn, order_id).await?;
+            Ok(found.filter(|row| row.customer_id == customer_id))
+        }
+
+        /// A page of the customer's records, newest first, and their total
+        /// count.
+        pub async fn $page(
+            conn: &mut ::diesel_async::AsyncPgConnection,
+            customer_id: ::uuid::Uuid,
+            page: i64,
+            page_size: i64,
+        ) -> ::diesel::QueryResult<(Vec<$row>, i64)> {
+            use ::diesel::prelude::*;
+            let mine = $table::table.filter($table::customer_id.eq(customer_id));
+            let newest_first = mine
+                .order(($table::created_at.desc(), $table::id.desc()))
+                .select(<$row>::as_select());
+            $crate::db::page(conn, newest_first, mine.count(), page, page_size).await
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

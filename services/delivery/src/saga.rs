@@ -4,8 +4,8 @@
 //! transaction.
 
 use commerce_common::{
-    consumer::{BoxFuture, EventHandler, HandleError, Participant, ParticipantMetrics},
-    events::{Envelope, Event},
+    consumer::{HandleError, Participant, ParticipantMetrics},
+    events::Event,
 };
 use diesel_async::AsyncPgConnection;
 
@@ -31,14 +31,29 @@ impl DeliverySaga {
             known: KnownWindows::default(),
         }
     }
+}
 
-    async fn apply(
+impl Participant for DeliverySaga {
+    type Answer = Answer;
+
+    fn request(event: &Event) -> Option<(uuid::Uuid, Answer)> {
+        match event {
+            Event::PaymentConfirmed(paid) => Some((paid.order_id, Answer::Booking)),
+            Event::OrderCancellationRequested(cancel) => Some((cancel.order_id, Answer::Release)),
+            _ => None,
+        }
+    }
+
+    fn metrics(&self) -> &ParticipantMetrics {
+        &self.metrics
+    }
+
+    async fn decide(
         &self,
         conn: &mut AsyncPgConnection,
-        envelope: &Envelope,
         event: Event,
+        trace_id: &str,
     ) -> Result<(), HandleError> {
-        let trace_id = envelope.trace_id.as_str();
         match event {
             Event::PaymentConfirmed(paid) => {
                 let plan = WindowPlan::for_day(chrono::Utc::now().date_naive(), &self.windows);
@@ -77,57 +92,5 @@ impl DeliverySaga {
             _ => {}
         }
         Ok(())
-    }
-}
-
-impl Participant for DeliverySaga {
-    type Answer = Answer;
-
-    fn request(event: &Event) -> Option<(uuid::Uuid, Answer)> {
-        match event {
-            Event::PaymentConfirmed(paid) => Some((paid.order_id, Answer::Booking)),
-            Event::OrderCancellationRequested(cancel) => Some((cancel.order_id, Answer::Release)),
-            _ => None,
-        }
-    }
-
-    fn announce_again<'a>(
-        conn: &'a mut AsyncPgConnection,
-        order_id: uuid::Uuid,
-        answer: Answer,
-        trace_id: &'a str,
-    ) -> BoxFuture<'a, diesel::QueryResult<bool>> {
-        Box::pin(store::announce_again(conn, order_id, answer, trace_id))
-    }
-
-    fn metrics(&self) -> &ParticipantMetrics {
-        &self.metrics
-    }
-}
-
-impl EventHandler for DeliverySaga {
-    fn handle<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        envelope: &'a Envelope,
-        event: Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(self.apply(conn, envelope, event))
-    }
-
-    /// A request handled before comes again: its answer, again.
-    fn repeated<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        envelope: &'a Envelope,
-        event: Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
-        self.answer_repeated(conn, envelope, &event)
-    }
-
-    /// The requests it answers (all `apply` acts on); the others skip the
-    /// inbox.
-    fn wants(&self, event: &Event) -> bool {
-        Self::request(event).is_some()
     }
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
-    db::{self, Reuse},
+    consumer::ParticipantAnswer,
+    db::Reuse,
     events::{
         DeliveryCancelled, DeliveryFailed, DeliveryScheduled, Event, OrderCancellationRequested,
         PaymentConfirmed,
@@ -244,7 +245,7 @@ async fn bookings_today(conn: &mut AsyncPgConnection, customer_id: Uuid) -> Quer
 
 /// Records that the order gets no delivery, for `reason`, with the id its
 /// `DeliveryFailed` is announced under (and announced again under, see
-/// [`announce_again`]); returns that event.
+/// [`Answer::announce_again`]); returns that event.
 async fn record_failure(
     conn: &mut AsyncPgConnection,
     paid: &PaymentConfirmed,
@@ -348,93 +349,62 @@ pub enum Answer {
     Release,
 }
 
-/// Writes again to the outbox, under its first event id, what the delivery
-/// service answered about `order_id` (a repeated request: the requester
-/// may have lost the answer). Answers whether there was anything to say.
-pub async fn announce_again(
-    conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-    answer: Answer,
-    trace_id: &str,
-) -> QueryResult<bool> {
-    let found: Option<Delivery> = deliveries::table
-        .filter(deliveries::order_id.eq(order_id))
-        .select(Delivery::as_select())
-        .first(conn)
-        .await
-        .optional()?;
-    let Some(delivery) = found else {
-        return Ok(false);
-    };
-    let status = delivery.status.as_str();
-    let booked = (
-        delivery.window_start,
-        delivery.window_end,
-        &delivery.tracking_number,
-    );
-    let (event, event_id) = match (answer, booked) {
-        // Booked once (scheduled, or released since).
-        (Answer::Booking, (Some(window_start), Some(window_end), Some(tracking)))
-            if status != DeliveryStatus::Failed.as_str() =>
-        {
-            let event = Event::DeliveryScheduled(DeliveryScheduled {
-                delivery_id: delivery.id,
-                order_id,
-                customer_id: delivery.customer_id,
-                window_start,
-                window_end,
-                tracking_number: tracking.clone(),
-            });
-            (event, delivery.outcome_event_id)
-        }
-        (Answer::Booking, _) if status == DeliveryStatus::Failed.as_str() => {
-            let event = Event::DeliveryFailed(DeliveryFailed {
-                order_id,
-                customer_id: delivery.customer_id,
-                reason: delivery.reason.clone().unwrap_or_default(),
-            });
-            (event, delivery.outcome_event_id)
-        }
-        (Answer::Release, (Some(_), _, _)) if status == DeliveryStatus::Cancelled.as_str() => {
-            let event = Event::DeliveryCancelled(DeliveryCancelled {
-                delivery_id: delivery.id,
-                order_id,
-                customer_id: delivery.customer_id,
-            });
-            (event, delivery.cancel_event_id)
-        }
-        // Cancelled before anything was booked: nothing was announced.
-        _ => return Ok(false),
-    };
-    outbox::enqueue_again(conn, &event, event_id, trace_id).await?;
-    Ok(true)
+impl ParticipantAnswer for Answer {
+    /// Writes again to the outbox, under its first event id, this answer
+    /// of the delivery service about `order_id` (a repeated request: the requester
+    /// may have lost the answer). Answers whether there was anything to say.
+    async fn announce_again(
+        self,
+        conn: &mut AsyncPgConnection,
+        order_id: Uuid,
+        trace_id: &str,
+    ) -> QueryResult<bool> {
+        let Some(delivery) = by_order(conn, order_id).await? else {
+            return Ok(false);
+        };
+        let status = delivery.status.as_str();
+        let booked = (
+            delivery.window_start,
+            delivery.window_end,
+            &delivery.tracking_number,
+        );
+        let (event, event_id) = match (self, booked) {
+            // Booked once (scheduled, or released since).
+            (Answer::Booking, (Some(window_start), Some(window_end), Some(tracking)))
+                if status != DeliveryStatus::Failed.as_str() =>
+            {
+                let event = Event::DeliveryScheduled(DeliveryScheduled {
+                    delivery_id: delivery.id,
+                    order_id,
+                    customer_id: delivery.customer_id,
+                    window_start,
+                    window_end,
+                    tracking_number: tracking.clone(),
+                });
+                (event, delivery.outcome_event_id)
+            }
+            (Answer::Booking, _) if status == DeliveryStatus::Failed.as_str() => {
+                let event = Event::DeliveryFailed(DeliveryFailed {
+                    order_id,
+                    customer_id: delivery.customer_id,
+                    reason: delivery.reason.clone().unwrap_or_default(),
+                });
+                (event, delivery.outcome_event_id)
+            }
+            (Answer::Release, (Some(_), _, _)) if status == DeliveryStatus::Cancelled.as_str() => {
+                let event = Event::DeliveryCancelled(DeliveryCancelled {
+                    delivery_id: delivery.id,
+                    order_id,
+                    customer_id: delivery.customer_id,
+                });
+                (event, delivery.cancel_event_id)
+            }
+            // Cancelled before anything was booked: nothing was announced.
+            _ => return Ok(false),
+        };
+        outbox::enqueue_again(conn, &event, event_id, trace_id).await?;
+        Ok(true)
+    }
 }
 
-/// The delivery of one of the customer's orders.
-pub async fn delivery(
-    conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    order_id: Uuid,
-) -> QueryResult<Option<Delivery>> {
-    deliveries::table
-        .filter(deliveries::order_id.eq(order_id))
-        .filter(deliveries::customer_id.eq(customer_id))
-        .select(Delivery::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
-
-/// A page of the customer's deliveries, newest first, and their total count.
-pub async fn list_deliveries(
-    conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    page: i64,
-    page_size: i64,
-) -> QueryResult<(Vec<Delivery>, i64)> {
-    let mine = deliveries::table.filter(deliveries::customer_id.eq(customer_id));
-    let newest_first = mine
-        .order((deliveries::created_at.desc(), deliveries::id.desc()))
-        .select(Delivery::as_select());
-    db::page(conn, newest_first, mine.count(), page, page_size).await
-}
+commerce_common::order_records!(deliveries, Delivery, one: delivery, page: list_deliveries);

@@ -69,8 +69,8 @@ impl Step {
         if row.status == OrderStatus::Pending.as_str() {
             return Step::Payment;
         }
-        let failed = row.delivery_status.as_deref() == Some(DeliveryState::Failed.as_str());
-        let refunded = row.payment_status.as_deref() == Some(PaymentState::Refunded.as_str());
+        let failed = row.facts.delivery_status.as_deref() == Some(DeliveryState::Failed.as_str());
+        let refunded = row.facts.payment_status.as_deref() == Some(PaymentState::Refunded.as_str());
         if failed || refunded {
             Step::Refund
         } else {

@@ -239,11 +239,9 @@ pub async fn apply_events(
                 row.customer_id
             )));
         }
-        let before = SagaFacts::of(row);
-        let mut facts = before.clone();
-        record(&mut facts, event, row.total_cents)?;
-        if facts != before {
-            facts.copy_into(row);
+        let before = row.facts.clone();
+        record(&mut row.facts, event, row.total_cents)?;
+        if row.facts != before {
             order.changed = true;
         }
         let mut transitions = Vec::new();
@@ -364,9 +362,9 @@ pub fn record(facts: &mut SagaFacts, event: &Event, order_total: i64) -> Result<
 /// The next move the facts call for, if any. Following it repeatedly walks
 /// the order as far as the facts allow, along the state machine's edges.
 pub fn next_change(row: &OrderRow) -> Result<Option<StatusChange>, SagaError> {
-    let facts = SagaFacts::of(row);
-    let payment = payment_state(&facts)?;
-    let delivery = delivery_state(&facts)?;
+    let facts = &row.facts;
+    let payment = payment_state(facts)?;
+    let delivery = delivery_state(facts)?;
     let reason = || {
         facts
             .payment_reason
@@ -414,16 +412,7 @@ mod tests {
             shipping_country: "x".into(),
             cancellation_requested_at: None,
             cancellation_note: None,
-            payment_status: None,
-            payment_id: None,
-            payment_amount_cents: None,
-            payment_reason: None,
-            delivery_status: None,
-            delivery_id: None,
-            delivery_window_start: None,
-            delivery_window_end: None,
-            tracking_number: None,
-            delivery_reason: None,
+            facts: SagaFacts::default(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -473,11 +462,7 @@ mod tests {
     fn run(mut row: OrderRow, events: &[Event]) -> (OrderRow, Vec<OrderStatus>) {
         let mut path = Vec::new();
         for event in events {
-            let mut facts = SagaFacts::of(&row);
-            record(&mut facts, event, TOTAL).unwrap();
-            row.payment_status = facts.payment_status;
-            row.payment_reason = facts.payment_reason;
-            row.delivery_status = facts.delivery_status;
+            record(&mut row.facts, event, TOTAL).unwrap();
             while let Some(change) = next_change(&row).unwrap() {
                 let to = row.status().unwrap().apply(&change).unwrap();
                 row.status = to.as_str().into();
@@ -535,10 +520,9 @@ mod tests {
 
     #[test]
     fn failure_after_confirmation_is_permanent() {
-        let (row, _) = run(order(OrderStatus::Pending), &[confirmed()]);
-        let mut facts = SagaFacts::of(&row);
+        let (mut row, _) = run(order(OrderStatus::Pending), &[confirmed()]);
         assert!(matches!(
-            record(&mut facts, &failed(), TOTAL),
+            record(&mut row.facts, &failed(), TOTAL),
             Err(SagaError::Permanent(_))
         ));
     }

@@ -59,16 +59,8 @@ pub struct OrderRow {
     pub shipping_country: String,
     pub cancellation_requested_at: Option<DateTime<Utc>>,
     pub cancellation_note: Option<String>,
-    pub payment_status: Option<String>,
-    pub payment_id: Option<Uuid>,
-    pub payment_amount_cents: Option<i64>,
-    pub payment_reason: Option<String>,
-    pub delivery_status: Option<String>,
-    pub delivery_id: Option<Uuid>,
-    pub delivery_window_start: Option<DateTime<Utc>>,
-    pub delivery_window_end: Option<DateTime<Utc>>,
-    pub tracking_number: Option<String>,
-    pub delivery_reason: Option<String>,
+    #[diesel(embed)]
+    pub facts: SagaFacts,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -86,7 +78,8 @@ impl OrderRow {
 
 /// What payment and delivery said about an order, written back as a whole
 /// (by [`save_saga`]).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = orders)]
 pub struct SagaFacts {
     pub payment_status: Option<String>,
     pub payment_id: Option<Uuid>,
@@ -98,36 +91,6 @@ pub struct SagaFacts {
     pub delivery_window_end: Option<DateTime<Utc>>,
     pub tracking_number: Option<String>,
     pub delivery_reason: Option<String>,
-}
-
-impl SagaFacts {
-    pub fn of(row: &OrderRow) -> Self {
-        Self {
-            payment_status: row.payment_status.clone(),
-            payment_id: row.payment_id,
-            payment_amount_cents: row.payment_amount_cents,
-            payment_reason: row.payment_reason.clone(),
-            delivery_status: row.delivery_status.clone(),
-            delivery_id: row.delivery_id,
-            delivery_window_start: row.delivery_window_start,
-            delivery_window_end: row.delivery_window_end,
-            tracking_number: row.tracking_number.clone(),
-            delivery_reason: row.delivery_reason.clone(),
-        }
-    }
-
-    pub fn copy_into(self, row: &mut OrderRow) {
-        row.payment_status = self.payment_status;
-        row.payment_id = self.payment_id;
-        row.payment_amount_cents = self.payment_amount_cents;
-        row.payment_reason = self.payment_reason;
-        row.delivery_status = self.delivery_status;
-        row.delivery_id = self.delivery_id;
-        row.delivery_window_start = self.delivery_window_start;
-        row.delivery_window_end = self.delivery_window_end;
-        row.tracking_number = self.tracking_number;
-        row.delivery_reason = self.delivery_reason;
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
@@ -171,12 +134,6 @@ pub enum PlaceError {
     CatalogChanged,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<DieselError> for PlaceError {
-    fn from(error: DieselError) -> Self {
-        PlaceError::Store(error.into())
-    }
 }
 
 /// Stores a new PENDING order and its `OrderCreated` event, or with a known
@@ -651,16 +608,16 @@ pub async fn save_saga(
         .bind::<Array<Timestamptz>, _>(changed.iter().map(|o| o.read_at).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(column(changed, |r| r.status.as_str()))
         .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.status_reason.as_deref()))
-        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.payment_status.as_deref()))
-        .bind::<Array<Nullable<SqlUuid>>, _>(column(changed, |r| r.payment_id))
-        .bind::<Array<Nullable<BigInt>>, _>(column(changed, |r| r.payment_amount_cents))
-        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.payment_reason.as_deref()))
-        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.delivery_status.as_deref()))
-        .bind::<Array<Nullable<SqlUuid>>, _>(column(changed, |r| r.delivery_id))
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(changed, |r| r.delivery_window_start))
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(changed, |r| r.delivery_window_end))
-        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.tracking_number.as_deref()))
-        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.delivery_reason.as_deref()));
+        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.facts.payment_status.as_deref()))
+        .bind::<Array<Nullable<SqlUuid>>, _>(column(changed, |r| r.facts.payment_id))
+        .bind::<Array<Nullable<BigInt>>, _>(column(changed, |r| r.facts.payment_amount_cents))
+        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.facts.payment_reason.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.facts.delivery_status.as_deref()))
+        .bind::<Array<Nullable<SqlUuid>>, _>(column(changed, |r| r.facts.delivery_id))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(changed, |r| r.facts.delivery_window_start))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(changed, |r| r.facts.delivery_window_end))
+        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.facts.tracking_number.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(changed, |r| r.facts.delivery_reason.as_deref()));
     let saved: Saved = outbox::bind_all(announcements, query)
         .prepared()
         .get_result(conn)
@@ -686,11 +643,19 @@ pub enum CancelError {
     Store(#[from] StoreError),
 }
 
-impl From<DieselError> for CancelError {
-    fn from(error: DieselError) -> Self {
-        CancelError::Store(error.into())
-    }
+/// `?` on a diesel error in a request with refusals of its own: a
+/// [`StoreError`].
+macro_rules! diesel_is_store_error {
+    ($($error:ident),+) => {
+        $(impl From<DieselError> for $error {
+            fn from(error: DieselError) -> Self {
+                $error::Store(error.into())
+            }
+        })+
+    };
 }
+
+diesel_is_store_error!(PlaceError, CancelError);
 
 /// The customer asks to cancel: allowed once paid, before the order ends
 /// and, once a delivery window is booked, until `cutoff` before it starts;
@@ -721,14 +686,14 @@ pub async fn request_cancellation(
         if row.cancellation_requested_at.is_some() {
             return Err(CancelError::AlreadyRequested);
         }
-        if row.delivery_status.as_deref() == Some(DeliveryState::Failed.as_str()) {
+        if row.facts.delivery_status.as_deref() == Some(DeliveryState::Failed.as_str()) {
             return Err(CancelError::NotCancellable(
                 "no delivery window was found; the order is being cancelled and refunded already",
             ));
         }
         let now = Utc::now();
         if status == OrderStatus::DeliveryScheduled
-            && let Some(window_start) = row.delivery_window_start
+            && let Some(window_start) = row.facts.delivery_window_start
             && now + cutoff >= window_start
         {
             return Err(CancelError::TooLate { window_start });

@@ -3,8 +3,8 @@
 //! Runs inside the consumer runtime's transaction.
 
 use commerce_common::{
-    consumer::{BoxFuture, EventHandler, HandleError, Participant, ParticipantMetrics},
-    events::{self, Envelope, Event},
+    consumer::{HandleError, Participant, ParticipantMetrics},
+    events::{self, Event},
 };
 use diesel_async::AsyncPgConnection;
 
@@ -35,13 +35,56 @@ impl PaymentSaga {
         Self { wallet, metrics }
     }
 
-    async fn apply(
+    async fn refund(
         &self,
         conn: &mut AsyncPgConnection,
-        envelope: &Envelope,
-        event: Event,
+        order_id: uuid::Uuid,
+        reason: RefundReason,
+        charge: Charge,
+        trace_id: &str,
     ) -> Result<(), HandleError> {
-        let trace_id = envelope.trace_id.as_str();
+        if store::refund(conn, order_id, reason, trace_id).await? {
+            self.metrics.outcome("refunded");
+        } else {
+            if charge == Charge::Made
+                && events::made_recently(order_id)
+                && !store::has_payment(conn, order_id).await?
+            {
+                return Err(HandleError::Transient(anyhow::anyhow!(
+                    "the charge of order {order_id} is not visible yet (its commit is being \
+                     completed); the refund is tried again after a pause"
+                )));
+            }
+            // Refunded before (or never charged: then nothing is said).
+            self.answer_again(conn, order_id, Answer::Refund, trace_id)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Participant for PaymentSaga {
+    type Answer = Answer;
+
+    fn request(event: &Event) -> Option<(uuid::Uuid, Answer)> {
+        match event {
+            Event::OrderCreated(order) => Some((order.order_id, Answer::Charge)),
+            Event::DeliveryFailed(failed) => Some((failed.order_id, Answer::Refund)),
+            Event::OrderCancellationRequested(cancel) => Some((cancel.order_id, Answer::Refund)),
+            _ => None,
+        }
+    }
+
+    fn metrics(&self) -> &ParticipantMetrics {
+        &self.metrics
+    }
+
+    async fn decide(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event: Event,
+        trace_id: &str,
+    ) -> Result<(), HandleError> {
         match event {
             Event::UserRegistered(user) => {
                 store::open_wallet(conn, user.user_id, self.wallet.initial_credit_cents).await?;
@@ -89,82 +132,8 @@ impl PaymentSaga {
         Ok(())
     }
 
-    async fn refund(
-        &self,
-        conn: &mut AsyncPgConnection,
-        order_id: uuid::Uuid,
-        reason: RefundReason,
-        charge: Charge,
-        trace_id: &str,
-    ) -> Result<(), HandleError> {
-        if store::refund(conn, order_id, reason, trace_id).await? {
-            self.metrics.outcome("refunded");
-        } else {
-            if charge == Charge::Made
-                && events::made_recently(order_id)
-                && !store::has_payment(conn, order_id).await?
-            {
-                return Err(HandleError::Transient(anyhow::anyhow!(
-                    "the charge of order {order_id} is not visible yet (its commit is being \
-                     completed); the refund is tried again after a pause"
-                )));
-            }
-            // Refunded before (or never charged: then nothing is said).
-            self.answer_again(conn, order_id, Answer::Refund, trace_id)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-impl Participant for PaymentSaga {
-    type Answer = Answer;
-
-    fn request(event: &Event) -> Option<(uuid::Uuid, Answer)> {
-        match event {
-            Event::OrderCreated(order) => Some((order.order_id, Answer::Charge)),
-            Event::DeliveryFailed(failed) => Some((failed.order_id, Answer::Refund)),
-            Event::OrderCancellationRequested(cancel) => Some((cancel.order_id, Answer::Refund)),
-            _ => None,
-        }
-    }
-
-    fn announce_again<'a>(
-        conn: &'a mut AsyncPgConnection,
-        order_id: uuid::Uuid,
-        answer: Answer,
-        trace_id: &'a str,
-    ) -> BoxFuture<'a, diesel::QueryResult<bool>> {
-        Box::pin(store::announce_again(conn, order_id, answer, trace_id))
-    }
-
-    fn metrics(&self) -> &ParticipantMetrics {
-        &self.metrics
-    }
-}
-
-impl EventHandler for PaymentSaga {
-    fn handle<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        envelope: &'a Envelope,
-        event: Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(self.apply(conn, envelope, event))
-    }
-
-    /// A request handled before comes again: its answer, again.
-    fn repeated<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        envelope: &'a Envelope,
-        event: Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
-        self.answer_repeated(conn, envelope, &event)
-    }
-
-    /// The events `apply` acts on, a new user's wallet and the requests it
-    /// answers; the others skip the inbox.
+    /// A new user's wallet, and the requests it answers; the other events
+    /// skip the inbox.
     fn wants(&self, event: &Event) -> bool {
         matches!(event, Event::UserRegistered(_)) || Self::request(event).is_some()
     }

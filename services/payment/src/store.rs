@@ -6,7 +6,8 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
-    db::{self, Reuse},
+    consumer::ParticipantAnswer,
+    db::Reuse,
     events::{Event, OrderCreated, PaymentConfirmed, PaymentFailed, PaymentRefunded},
     outbox,
 };
@@ -300,58 +301,53 @@ pub enum Answer {
     Refund,
 }
 
-/// Writes again to the outbox, under its first event id, what the payment
-/// service answered about `order_id` (a repeated request: the requester
-/// may have lost the answer). Answers whether there was anything to say.
-pub async fn announce_again(
-    conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-    answer: Answer,
-    trace_id: &str,
-) -> QueryResult<bool> {
-    let payment: Option<Payment> = payments::table
-        .filter(payments::order_id.eq(order_id))
-        .select(Payment::as_select())
-        .first(conn)
-        .await
-        .optional()?;
-    let Some(payment) = payment else {
-        return Ok(false);
-    };
-    let reason = || payment.reason.clone().unwrap_or_default();
-    let (event, event_id) = match (answer, PaymentStatus::parse(&payment.status)) {
-        (Answer::Charge, Some(PaymentStatus::Confirmed | PaymentStatus::Refunded)) => (
-            Event::PaymentConfirmed(PaymentConfirmed {
-                payment_id: payment.id,
-                order_id,
-                customer_id: payment.customer_id,
-                amount_cents: payment.amount_cents,
-            }),
-            payment.outcome_event_id,
-        ),
-        (Answer::Charge, Some(PaymentStatus::Failed)) => (
-            Event::PaymentFailed(PaymentFailed {
-                order_id,
-                customer_id: payment.customer_id,
-                amount_cents: payment.amount_cents,
-                reason: reason(),
-            }),
-            payment.outcome_event_id,
-        ),
-        (Answer::Refund, Some(PaymentStatus::Refunded)) => (
-            Event::PaymentRefunded(PaymentRefunded {
-                payment_id: payment.id,
-                order_id,
-                customer_id: payment.customer_id,
-                amount_cents: payment.amount_cents,
-                reason: reason(),
-            }),
-            payment.refund_event_id,
-        ),
-        _ => return Ok(false),
-    };
-    outbox::enqueue_again(conn, &event, event_id, trace_id).await?;
-    Ok(true)
+impl ParticipantAnswer for Answer {
+    /// Writes again to the outbox, under its first event id, what the payment
+    /// service answered about `order_id`.
+    async fn announce_again(
+        self,
+        conn: &mut AsyncPgConnection,
+        order_id: Uuid,
+        trace_id: &str,
+    ) -> QueryResult<bool> {
+        let Some(payment) = by_order(conn, order_id).await? else {
+            return Ok(false);
+        };
+        let reason = || payment.reason.clone().unwrap_or_default();
+        let (event, event_id) = match (self, PaymentStatus::parse(&payment.status)) {
+            (Answer::Charge, Some(PaymentStatus::Confirmed | PaymentStatus::Refunded)) => (
+                Event::PaymentConfirmed(PaymentConfirmed {
+                    payment_id: payment.id,
+                    order_id,
+                    customer_id: payment.customer_id,
+                    amount_cents: payment.amount_cents,
+                }),
+                payment.outcome_event_id,
+            ),
+            (Answer::Charge, Some(PaymentStatus::Failed)) => (
+                Event::PaymentFailed(PaymentFailed {
+                    order_id,
+                    customer_id: payment.customer_id,
+                    amount_cents: payment.amount_cents,
+                    reason: reason(),
+                }),
+                payment.outcome_event_id,
+            ),
+            (Answer::Refund, Some(PaymentStatus::Refunded)) => (
+                Event::PaymentRefunded(PaymentRefunded {
+                    payment_id: payment.id,
+                    order_id,
+                    customer_id: payment.customer_id,
+                    amount_cents: payment.amount_cents,
+                    reason: reason(),
+                }),
+                payment.refund_event_id,
+            ),
+            _ => return Ok(false),
+        };
+        outbox::enqueue_again(conn, &event, event_id, trace_id).await?;
+        Ok(true)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -420,31 +416,4 @@ pub async fn wallet(
     .await
 }
 
-/// The payment of one of the customer's orders.
-pub async fn payment(
-    conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    order_id: Uuid,
-) -> QueryResult<Option<Payment>> {
-    payments::table
-        .filter(payments::order_id.eq(order_id))
-        .filter(payments::customer_id.eq(customer_id))
-        .select(Payment::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
-
-/// A page of the customer's payments, newest first, and their total count.
-pub async fn list_payments(
-    conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    page: i64,
-    page_size: i64,
-) -> QueryResult<(Vec<Payment>, i64)> {
-    let mine = payments::table.filter(payments::customer_id.eq(customer_id));
-    let newest_first = mine
-        .order((payments::created_at.desc(), payments::id.desc()))
-        .select(Payment::as_select());
-    db::page(conn, newest_first, mine.count(), page, page_size).await
-}
+commerce_common::order_records!(payments, Payment, one: payment, page: list_payments);

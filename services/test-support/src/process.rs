@@ -238,15 +238,8 @@ fn capture(
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let live = test_log_enabled();
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+        for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line).trim_end().to_owned();
             if live {
                 eprintln!("[{name}] {line}");
             }

@@ -11,8 +11,12 @@
 
 use std::{collections::HashSet, panic::AssertUnwindSafe};
 
-use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
+use diesel::{
+    QueryableByName,
+    pg::Pg,
+    query_builder::{BoxedSqlQuery, SqlQuery},
+};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use futures::FutureExt;
 use rskafka::record::RecordAndOffset;
@@ -286,7 +290,7 @@ struct Claimed {
     remembered: Vec<i64>,
 }
 
-impl Claim<'_> {
+impl<'a> Claim<'a> {
     fn update(&self) -> String {
         format!(
             "UPDATE consumer_offsets o SET next_offset = $5, updated_at = now() \
@@ -298,18 +302,22 @@ impl Claim<'_> {
         )
     }
 
-    /// The claim alone.
-    async fn alone(&self, conn: &mut AsyncPgConnection) -> Result<(), ApplyError> {
-        let claimed = diesel::sql_query(self.update())
+    /// `sql` (the claim, alone or in a larger statement) with the claim's
+    /// six parameters bound, as `$1` to `$6`.
+    fn bound(&self, sql: String) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
+        diesel::sql_query(sql)
+            .into_boxed()
             .bind::<Text, _>(self.group)
             .bind::<Text, _>(self.topic)
             .bind::<Integer, _>(self.partition)
             .bind::<Text, _>(self.owner)
             .bind::<BigInt, _>(self.new_next)
             .bind::<BigInt, _>(self.expected)
-            .prepared()
-            .execute(conn)
-            .await?;
+    }
+
+    /// The claim alone.
+    async fn alone(&self, conn: &mut AsyncPgConnection) -> Result<(), ApplyError> {
+        let claimed = self.bound(self.update()).prepared().execute(conn).await?;
         if claimed != 1 {
             return Err(ApplyError::Fenced);
         }
@@ -326,8 +334,9 @@ impl Claim<'_> {
         event_ids: &[uuid::Uuid],
         offsets: &[i64],
     ) -> Result<HashSet<i64>, ApplyError> {
-        let row: Claimed = diesel::sql_query(format!(
-            "WITH claimed AS ({update} RETURNING 1), \
+        let row: Claimed = self
+            .bound(format!(
+                "WITH claimed AS ({update} RETURNING 1), \
              remembered AS ( \
                INSERT INTO inbox (consumer_group, event_id, topic, partition, record_offset) \
                SELECT $1, e.id, $2, $3, e.record_offset \
@@ -337,19 +346,13 @@ impl Claim<'_> {
                ON CONFLICT DO NOTHING RETURNING record_offset) \
              SELECT (SELECT count(*) FROM claimed) AS claimed, \
                     ARRAY(SELECT record_offset FROM remembered) AS remembered",
-            update = self.update()
-        ))
-        .bind::<Text, _>(self.group)
-        .bind::<Text, _>(self.topic)
-        .bind::<Integer, _>(self.partition)
-        .bind::<Text, _>(self.owner)
-        .bind::<BigInt, _>(self.new_next)
-        .bind::<BigInt, _>(self.expected)
-        .bind::<Array<SqlUuid>, _>(event_ids)
-        .bind::<Array<BigInt>, _>(offsets)
-        .prepared()
-        .get_result(conn)
-        .await?;
+                update = self.update()
+            ))
+            .bind::<Array<SqlUuid>, _>(event_ids)
+            .bind::<Array<BigInt>, _>(offsets)
+            .prepared()
+            .get_result(conn)
+            .await?;
         if row.claimed != 1 {
             return Err(ApplyError::Fenced);
         }

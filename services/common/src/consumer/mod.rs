@@ -83,7 +83,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::{
     config::{ConsumerConfig, Identity},
     handler::{BoxFuture, Concurrency, EventHandler, HandleError, handle_each},
-    participant::{Participant, ParticipantMetrics},
+    participant::{Participant, ParticipantAnswer, ParticipantMetrics},
 };
 use self::{coordinator::Coordinator, metrics::Metrics};
 pub(crate) use self::{decode::decode_value, inbox::remember_event};

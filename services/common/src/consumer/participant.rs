@@ -12,7 +12,7 @@ use prometheus_client::{
 };
 use uuid::Uuid;
 
-use super::handler::{BoxFuture, HandleError};
+use super::handler::{BoxFuture, EventHandler, HandleError};
 use crate::events::{Envelope, Event};
 
 type OutcomeLabel = [(&'static str, &'static str); 1];
@@ -44,26 +44,52 @@ impl ParticipantMetrics {
     }
 }
 
-/// A service that answers the saga's requests about an order.
+/// Which of its answers about an order a participant is asked for
+/// (payment: the charge or the refund; delivery: the booking or the
+/// release).
+pub trait ParticipantAnswer: Copy + Send + 'static {
+    /// Writes to the outbox again, under its original event id, this answer
+    /// about `order_id` (a repeated request: the requester may have lost
+    /// it); false when none was given.
+    fn announce_again(
+        self,
+        conn: &mut AsyncPgConnection,
+        order_id: Uuid,
+        trace_id: &str,
+    ) -> impl Future<Output = QueryResult<bool>> + Send;
+}
+
+/// A service that answers the saga's requests about an order. Every
+/// participant is an [`EventHandler`]: a new event goes to
+/// [`decide`](Self::decide), a repeated request gets the answer given the
+/// first time ([`answer_repeated`](Self::answer_repeated)).
 pub trait Participant: Send + Sync + 'static {
-    /// Which of its answers a request asks for (payment: the charge or the
-    /// refund; delivery: the booking or the release).
-    type Answer: Copy + Send + 'static;
+    /// Which of its answers a request asks for.
+    type Answer: ParticipantAnswer;
 
     /// The order a request is about and the answer it asks for; `None` for
     /// an event that is no request to this service.
     fn request(event: &Event) -> Option<(Uuid, Self::Answer)>;
 
-    /// Writes to the outbox again, under its original event id, the answer
-    /// given about `order_id`; false when none was given.
-    fn announce_again<'a>(
-        conn: &'a mut AsyncPgConnection,
-        order_id: Uuid,
-        answer: Self::Answer,
-        trace_id: &'a str,
-    ) -> BoxFuture<'a, QueryResult<bool>>;
-
     fn metrics(&self) -> &ParticipantMetrics;
+
+    /// Acts on an event new to the inbox: decides a request (charge,
+    /// booking, refund, release) and writes its answer to the outbox, or
+    /// keeps what else the service learns from the event (payment: a new
+    /// user's wallet). The participant's
+    /// [`EventHandler::handle`].
+    fn decide(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event: Event,
+        trace_id: &str,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Whether [`decide`](Self::decide) acts on `event`: by default the
+    /// requests it answers; the others skip the inbox.
+    fn wants(&self, event: &Event) -> bool {
+        Self::request(event).is_some()
+    }
 
     /// Writes again what the service answered about `order_id`, and counts
     /// it.
@@ -75,7 +101,7 @@ pub trait Participant: Send + Sync + 'static {
         trace_id: &'a str,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
-            if Self::announce_again(conn, order_id, answer, trace_id).await? {
+            if answer.announce_again(conn, order_id, trace_id).await? {
                 self.metrics().announced_again.inc();
             }
             Ok(())
@@ -97,5 +123,30 @@ pub trait Participant: Send + Sync + 'static {
             }
             None => Box::pin(async { Ok(()) }),
         }
+    }
+}
+
+impl<P: Participant> EventHandler for P {
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(self.decide(conn, event, &envelope.trace_id))
+    }
+
+    /// A request handled before comes again: its answer, again.
+    fn repeated<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        self.answer_repeated(conn, envelope, &event)
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        Participant::wants(self, event)
     }
 }

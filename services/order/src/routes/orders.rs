@@ -256,13 +256,6 @@ pub async fn place_order(
         request_hash: request_hash(&body),
     });
     let mut conn = pool.get().await?;
-    let key_reused = || {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "IDEMPOTENCY_KEY_REUSED",
-            "this Idempotency-Key was already used with a different request body",
-        )
-    };
     // A product that changes between the catalog read and the insert makes
     // the insert store nothing: price again (a few times at most).
     let mut attempts = 0;
@@ -274,13 +267,8 @@ pub async fn place_order(
             Err(Refused::Pricing(error)) => {
                 // A retry of a request that was placed before the catalog
                 // changed still gets its order.
-                if let Some(idem) = &idempotency {
-                    match store::replay(&mut conn, user.user_id, idem).await {
-                        Ok(Some(placed)) => break placed,
-                        Ok(None) => {}
-                        Err(PlaceError::KeyReused) => return Err(key_reused()),
-                        Err(e) => return Err(ApiError::internal(e)),
-                    }
+                if let Some(placed) = replay(&mut conn, user.user_id, idempotency.as_ref()).await? {
+                    break placed;
                 }
                 return Err(error);
             }
@@ -306,13 +294,8 @@ pub async fn place_order(
             Ok(Ok(placed)) => break placed,
             Ok(Err(exceeded)) => {
                 // A retry of a request whose order was placed before gets it.
-                if let Some(idem) = &idempotency {
-                    match store::replay(&mut conn, user.user_id, idem).await {
-                        Ok(Some(placed)) => break placed,
-                        Ok(None) => {}
-                        Err(PlaceError::KeyReused) => return Err(key_reused()),
-                        Err(e) => return Err(ApiError::internal(e)),
-                    }
+                if let Some(placed) = replay(&mut conn, user.user_id, idempotency.as_ref()).await? {
+                    break placed;
                 }
                 tracing::info!(customer_id = %user.user_id, ?exceeded, "placement over quota");
                 return Err(over_quota(exceeded, &metrics));
@@ -342,6 +325,30 @@ pub async fn place_order(
             replayed: true,
         },
     })
+}
+
+/// The order an earlier request with this idempotency key placed, if any.
+async fn replay(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    idempotency: Option<&IdempotencyKey>,
+) -> Result<Option<Placed>, ApiError> {
+    let Some(idempotency) = idempotency else {
+        return Ok(None);
+    };
+    match store::replay(conn, customer_id, idempotency).await {
+        Ok(placed) => Ok(placed),
+        Err(PlaceError::KeyReused) => Err(key_reused()),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "IDEMPOTENCY_KEY_REUSED",
+        "this Idempotency-Key was already used with a different request body",
+    )
 }
 
 /// Get one of your orders

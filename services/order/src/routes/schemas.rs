@@ -261,19 +261,19 @@ impl From<ItemRow> for OrderItem {
 impl From<OrderView> for Order {
     fn from(view: OrderView) -> Self {
         let o = view.order;
-        let payment = o.payment_status.map(|status| PaymentInfo {
+        let payment = o.facts.payment_status.map(|status| PaymentInfo {
             status,
-            payment_id: o.payment_id,
-            amount_cents: o.payment_amount_cents,
-            reason: o.payment_reason,
+            payment_id: o.facts.payment_id,
+            amount_cents: o.facts.payment_amount_cents,
+            reason: o.facts.payment_reason,
         });
-        let delivery = o.delivery_status.map(|status| DeliveryInfo {
+        let delivery = o.facts.delivery_status.map(|status| DeliveryInfo {
             status,
-            delivery_id: o.delivery_id,
-            window_start: o.delivery_window_start,
-            window_end: o.delivery_window_end,
-            tracking_number: o.tracking_number,
-            reason: o.delivery_reason,
+            delivery_id: o.facts.delivery_id,
+            window_start: o.facts.delivery_window_start,
+            window_end: o.facts.delivery_window_end,
+            tracking_number: o.facts.tracking_number,
+            reason: o.facts.delivery_reason,
         });
         let cancellation = o
             .cancellation_requested_at
