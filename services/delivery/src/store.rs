@@ -245,7 +245,7 @@ async fn bookings_today(conn: &mut AsyncPgConnection, customer_id: Uuid) -> Quer
 
 /// Records that the order gets no delivery, for `reason`, with the id its
 /// `DeliveryFailed` is announced under (and announced again under, see
-/// [`Answer::announce_again`]); returns that event.
+/// the `ParticipantAnswer` impl of [`Answer`]); returns that event.
 async fn record_failure(
     conn: &mut AsyncPgConnection,
     paid: &PaymentConfirmed,
@@ -350,18 +350,16 @@ pub enum Answer {
 }
 
 impl ParticipantAnswer for Answer {
-    /// Writes again to the outbox, under its first event id, this answer
-    /// of the delivery service about `order_id` (a repeated request: the requester
-    /// may have lost the answer). Answers whether there was anything to say.
-    async fn announce_again(
-        self,
+    type Record = Delivery;
+
+    fn record(
         conn: &mut AsyncPgConnection,
         order_id: Uuid,
-        trace_id: &str,
-    ) -> QueryResult<bool> {
-        let Some(delivery) = by_order(conn, order_id).await? else {
-            return Ok(false);
-        };
+    ) -> impl Future<Output = QueryResult<Option<Delivery>>> + Send {
+        by_order(conn, order_id)
+    }
+
+    fn given(self, delivery: &Delivery) -> Option<(Event, Option<Uuid>)> {
         let status = delivery.status.as_str();
         let booked = (
             delivery.window_start,
@@ -375,7 +373,7 @@ impl ParticipantAnswer for Answer {
             {
                 let event = Event::DeliveryScheduled(DeliveryScheduled {
                     delivery_id: delivery.id,
-                    order_id,
+                    order_id: delivery.order_id,
                     customer_id: delivery.customer_id,
                     window_start,
                     window_end,
@@ -385,7 +383,7 @@ impl ParticipantAnswer for Answer {
             }
             (Answer::Booking, _) if status == DeliveryStatus::Failed.as_str() => {
                 let event = Event::DeliveryFailed(DeliveryFailed {
-                    order_id,
+                    order_id: delivery.order_id,
                     customer_id: delivery.customer_id,
                     reason: delivery.reason.clone().unwrap_or_default(),
                 });
@@ -394,16 +392,15 @@ impl ParticipantAnswer for Answer {
             (Answer::Release, (Some(_), _, _)) if status == DeliveryStatus::Cancelled.as_str() => {
                 let event = Event::DeliveryCancelled(DeliveryCancelled {
                     delivery_id: delivery.id,
-                    order_id,
+                    order_id: delivery.order_id,
                     customer_id: delivery.customer_id,
                 });
                 (event, delivery.cancel_event_id)
             }
             // Cancelled before anything was booked: nothing was announced.
-            _ => return Ok(false),
+            _ => return None,
         };
-        outbox::enqueue_again(conn, &event, event_id, trace_id).await?;
-        Ok(true)
+        Some((event, event_id))
     }
 }
 

@@ -302,23 +302,22 @@ pub enum Answer {
 }
 
 impl ParticipantAnswer for Answer {
-    /// Writes again to the outbox, under its first event id, what the payment
-    /// service answered about `order_id`.
-    async fn announce_again(
-        self,
+    type Record = Payment;
+
+    fn record(
         conn: &mut AsyncPgConnection,
         order_id: Uuid,
-        trace_id: &str,
-    ) -> QueryResult<bool> {
-        let Some(payment) = by_order(conn, order_id).await? else {
-            return Ok(false);
-        };
+    ) -> impl Future<Output = QueryResult<Option<Payment>>> + Send {
+        by_order(conn, order_id)
+    }
+
+    fn given(self, payment: &Payment) -> Option<(Event, Option<Uuid>)> {
         let reason = || payment.reason.clone().unwrap_or_default();
         let (event, event_id) = match (self, PaymentStatus::parse(&payment.status)) {
             (Answer::Charge, Some(PaymentStatus::Confirmed | PaymentStatus::Refunded)) => (
                 Event::PaymentConfirmed(PaymentConfirmed {
                     payment_id: payment.id,
-                    order_id,
+                    order_id: payment.order_id,
                     customer_id: payment.customer_id,
                     amount_cents: payment.amount_cents,
                 }),
@@ -326,7 +325,7 @@ impl ParticipantAnswer for Answer {
             ),
             (Answer::Charge, Some(PaymentStatus::Failed)) => (
                 Event::PaymentFailed(PaymentFailed {
-                    order_id,
+                    order_id: payment.order_id,
                     customer_id: payment.customer_id,
                     amount_cents: payment.amount_cents,
                     reason: reason(),
@@ -336,17 +335,16 @@ impl ParticipantAnswer for Answer {
             (Answer::Refund, Some(PaymentStatus::Refunded)) => (
                 Event::PaymentRefunded(PaymentRefunded {
                     payment_id: payment.id,
-                    order_id,
+                    order_id: payment.order_id,
                     customer_id: payment.customer_id,
                     amount_cents: payment.amount_cents,
                     reason: reason(),
                 }),
                 payment.refund_event_id,
             ),
-            _ => return Ok(false),
+            _ => return None,
         };
-        outbox::enqueue_again(conn, &event, event_id, trace_id).await?;
-        Ok(true)
+        Some((event, event_id))
     }
 }
 

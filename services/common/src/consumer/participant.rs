@@ -13,7 +13,10 @@ use prometheus_client::{
 use uuid::Uuid;
 
 use super::handler::{BoxFuture, EventHandler, HandleError};
-use crate::events::{Envelope, Event};
+use crate::{
+    events::{Envelope, Event},
+    outbox,
+};
 
 type OutcomeLabel = [(&'static str, &'static str); 1];
 
@@ -46,17 +49,21 @@ impl ParticipantMetrics {
 
 /// Which of its answers about an order a participant is asked for
 /// (payment: the charge or the refund; delivery: the booking or the
-/// release).
+/// release), and where it finds the answer it gave.
 pub trait ParticipantAnswer: Copy + Send + 'static {
-    /// Writes to the outbox again, under its original event id, this answer
-    /// about `order_id` (a repeated request: the requester may have lost
-    /// it); false when none was given.
-    fn announce_again(
-        self,
+    /// The service's record of an order (its payment, its delivery), which
+    /// keeps the answers given about it and the ids they went out under.
+    type Record: Send;
+
+    /// The record of `order_id`, if the service has one.
+    fn record(
         conn: &mut AsyncPgConnection,
         order_id: Uuid,
-        trace_id: &str,
-    ) -> impl Future<Output = QueryResult<bool>> + Send;
+    ) -> impl Future<Output = QueryResult<Option<Self::Record>>> + Send;
+
+    /// This answer as `record` says it was given: the event and the id it
+    /// was first announced under; `None` when it was not given.
+    fn given(self, record: &Self::Record) -> Option<(Event, Option<Uuid>)>;
 }
 
 /// A service that answers the saga's requests about an order. Every
@@ -91,8 +98,9 @@ pub trait Participant: Send + Sync + 'static {
         Self::request(event).is_some()
     }
 
-    /// Writes again what the service answered about `order_id`, and counts
-    /// it.
+    /// Writes to the outbox again, under its original event id, what the
+    /// service answered about `order_id` (a repeated request: the requester
+    /// may have lost it), and counts it; nothing when no answer was given.
     fn answer_again<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
@@ -101,7 +109,11 @@ pub trait Participant: Send + Sync + 'static {
         trace_id: &'a str,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
-            if answer.announce_again(conn, order_id, trace_id).await? {
+            let Some(record) = Self::Answer::record(conn, order_id).await? else {
+                return Ok(());
+            };
+            if let Some((event, first_id)) = answer.given(&record) {
+                outbox::enqueue_again(conn, &event, first_id, trace_id).await?;
                 self.metrics().announced_again.inc();
             }
             Ok(())
