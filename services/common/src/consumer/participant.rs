@@ -69,7 +69,7 @@ pub trait ParticipantAnswer: Copy + Send + 'static {
 /// A service that answers the saga's requests about an order. Every
 /// participant is an [`EventHandler`]: a new event goes to
 /// [`decide`](Self::decide), a repeated request gets the answer given the
-/// first time ([`answer_repeated`](Self::answer_repeated)).
+/// first time ([`answer_again`](Self::answer_again)).
 pub trait Participant: Send + Sync + 'static {
     /// Which of its answers a request asks for.
     type Answer: ParticipantAnswer;
@@ -119,23 +119,6 @@ pub trait Participant: Send + Sync + 'static {
             Ok(())
         })
     }
-
-    /// A participant's [`EventHandler::repeated`](super::EventHandler::repeated):
-    /// the answer to a request handled before, written again for whoever
-    /// lost it. Nothing is decided again (no second charge or booking).
-    fn answer_repeated<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        envelope: &'a Envelope,
-        event: &Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
-        match Self::request(event) {
-            Some((order_id, answer)) => {
-                self.answer_again(conn, order_id, answer, &envelope.trace_id)
-            }
-            None => Box::pin(async { Ok(()) }),
-        }
-    }
 }
 
 impl<P: Participant> EventHandler for P {
@@ -148,14 +131,21 @@ impl<P: Participant> EventHandler for P {
         Box::pin(self.decide(conn, event, &envelope.trace_id))
     }
 
-    /// A request handled before comes again: its answer, again.
+    /// A request handled before comes again: the answer given then,
+    /// written again for whoever lost it. Nothing is decided again (no
+    /// second charge or booking).
     fn repeated<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
         envelope: &'a Envelope,
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
-        self.answer_repeated(conn, envelope, &event)
+        match Self::request(&event) {
+            Some((order_id, answer)) => {
+                self.answer_again(conn, order_id, answer, &envelope.trace_id)
+            }
+            None => Box::pin(async { Ok(()) }),
+        }
     }
 
     fn wants(&self, event: &Event) -> bool {
