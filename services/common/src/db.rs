@@ -80,12 +80,13 @@ pub fn worker_pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
 /// the order placement, the order saga's writes): at 200 orders a second
 /// planning was 8% of the order database's backends (`perf`:
 /// `pg_plan_queries` under `GetCachedPlan`), 0.2% once plans were generic,
-/// and the backends took 10% less CPU (docs/perf.md). Every statement here
-/// finds its rows by key, so one plan fits all values; a statement that
-/// must match a partial index's predicate writes the predicate's values
-/// into its SQL, not as parameters (a generic plan cannot use the index
-/// otherwise). A plan still follows the statistics: an `ANALYZE` of its
-/// tables has it made again.
+/// and the backends took 8% less CPU (docs/perf.md). The services'
+/// statements find their rows through an index on the values they are
+/// given, so one plan fits all values; a statement that must match a
+/// partial index's predicate writes the predicate's values into its SQL,
+/// not as parameters (a generic plan cannot use the index otherwise). A
+/// plan still follows the statistics: an `ANALYZE` of its tables has it
+/// made again.
 const PLAN_ONCE: &str = "SET plan_cache_mode = force_generic_plan";
 
 /// A new connection of the pools, set up ([`PLAN_ONCE`]).
