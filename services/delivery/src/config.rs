@@ -1,12 +1,7 @@
 //! The delivery service's configuration: defaults, then the `APP_CONFIG_FILE`
 //! TOML file, then `APP__SECTION__KEY` environment variables.
 
-use commerce_common::{
-    auth::PublicKeyConfig,
-    config::{DatabaseConfig, HttpConfig, KafkaConfig},
-    consumer::ConsumerConfig,
-    service::{CommonSettings, ServiceSettings},
-};
+use commerce_common::service::{CommonSettings, ServiceSettings};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -14,43 +9,11 @@ pub const SERVICE: &str = "delivery-service";
 /// The consumer group: offsets, leases and the inbox are kept under it.
 pub const CONSUMER_GROUP: &str = "delivery";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub http: HttpConfig,
-    pub database: DatabaseConfig,
-    pub kafka: KafkaConfig,
-    pub auth: PublicKeyConfig,
-    /// Tuning of the consumer runtime. Brokers and group are filled in by
-    /// the service; `topics` defaults to payments and orders.
-    #[serde(default)]
-    pub consumer: ConsumerConfig,
-    #[serde(default)]
-    pub windows: WindowsConfig,
-    #[serde(default)]
-    pub quotas: QuotasConfig,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpConfig::with_port(8083),
-            database: DatabaseConfig::with_url(
-                "postgres://postgres@127.0.0.1:55432/commerce_delivery",
-            ),
-            kafka: KafkaConfig::default(),
-            auth: PublicKeyConfig::default(),
-            consumer: ConsumerConfig::default(),
-            windows: WindowsConfig::default(),
-            quotas: QuotasConfig::default(),
-        }
-    }
-}
-
-impl Settings {
-    /// See [`ServiceSettings::load`].
-    pub fn load() -> anyhow::Result<Self> {
-        <Self as ServiceSettings>::load()
+commerce_common::service_settings! {
+    /// The delivery service's settings.
+    pub struct Settings on port 8083, database "commerce_delivery" {
+        pub windows: WindowsConfig,
+        pub quotas: QuotasConfig,
     }
 }
 

@@ -1,12 +1,7 @@
 //! The order service's configuration: defaults, then the `APP_CONFIG_FILE`
 //! TOML file, then `APP__SECTION__KEY` environment variables.
 
-use commerce_common::{
-    auth::PublicKeyConfig,
-    config::{DatabaseConfig, HttpConfig, KafkaConfig},
-    consumer::ConsumerConfig,
-    service::{CommonSettings, ServiceSettings},
-};
+use commerce_common::service::{CommonSettings, ServiceSettings};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -14,52 +9,14 @@ pub const SERVICE: &str = "order-service";
 /// The consumer group: offsets, leases and the inbox are kept under it.
 pub const CONSUMER_GROUP: &str = "order";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub http: HttpConfig,
-    pub database: DatabaseConfig,
-    pub kafka: KafkaConfig,
-    pub auth: PublicKeyConfig,
-    /// Tuning of the consumer runtime; brokers, group and topics are filled
-    /// in by the service.
-    #[serde(default)]
-    pub consumer: ConsumerConfig,
-    #[serde(default)]
-    pub saga: SagaConfig,
-    #[serde(default)]
-    pub idempotency: IdempotencyConfig,
-    #[serde(default)]
-    pub cancellation: CancellationConfig,
-    #[serde(default)]
-    pub redrive: RedriveConfig,
-    #[serde(default)]
-    pub quotas: QuotasConfig,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            http: HttpConfig::with_port(8081),
-            database: DatabaseConfig::with_url(
-                "postgres://postgres@127.0.0.1:55432/commerce_order",
-            ),
-            kafka: KafkaConfig::default(),
-            auth: PublicKeyConfig::default(),
-            consumer: ConsumerConfig::default(),
-            saga: SagaConfig::default(),
-            idempotency: IdempotencyConfig::default(),
-            cancellation: CancellationConfig::default(),
-            redrive: RedriveConfig::default(),
-            quotas: QuotasConfig::default(),
-        }
-    }
-}
-
-impl Settings {
-    /// See [`ServiceSettings::load`].
-    pub fn load() -> anyhow::Result<Self> {
-        <Self as ServiceSettings>::load()
+commerce_common::service_settings! {
+    /// The order service's settings.
+    pub struct Settings on port 8081, database "commerce_order" {
+        pub saga: SagaConfig,
+        pub idempotency: IdempotencyConfig,
+        pub cancellation: CancellationConfig,
+        pub redrive: RedriveConfig,
+        pub quotas: QuotasConfig,
     }
 }
 

@@ -104,7 +104,8 @@ impl<'a> CommonSettings<'a> {
 
 /// A service's settings. The common sections are found through
 /// [`ServiceSettings::common`], not shared by `#[serde(flatten)]`, which does
-/// not combine with the `deny_unknown_fields` every settings struct uses.
+/// not combine with the `deny_unknown_fields` every settings struct uses (the
+/// saga services declare them once with [`service_settings!`](crate::service_settings)).
 pub trait ServiceSettings:
     Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static
 {
@@ -127,6 +128,72 @@ pub trait ServiceSettings:
         settings.validate()?;
         Ok(settings)
     }
+}
+
+/// Declares a saga service's `Settings`: the sections every saga service has
+/// (`http`, `database`, `kafka`, `auth`, `consumer`), then the service's own,
+/// each `#[serde(default)]`; its `Default` (the HTTP port and the database of
+/// a local run) and `Settings::load`. The service still implements
+/// [`ServiceSettings`] (its consumer, its checks).
+///
+/// ```text
+/// commerce_common::service_settings! {
+///     /// The payment service's settings.
+///     pub struct Settings on port 8082, database "commerce_payment" {
+///         pub wallet: WalletConfig,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! service_settings {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident on port $port:literal, database $database:literal {
+            $( $(#[$field_attr:meta])* pub $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            pub http: $crate::config::HttpConfig,
+            pub database: $crate::config::DatabaseConfig,
+            pub kafka: $crate::config::KafkaConfig,
+            pub auth: $crate::auth::PublicKeyConfig,
+            /// Tuning of the consumer runtime; brokers, group and the
+            /// default topics come from the service.
+            #[serde(default)]
+            pub consumer: $crate::consumer::ConsumerConfig,
+            $(
+                $(#[$field_attr])*
+                #[serde(default)]
+                pub $field: $ty,
+            )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self {
+                    http: $crate::config::HttpConfig::with_port($port),
+                    database: $crate::config::DatabaseConfig::with_url(concat!(
+                        "postgres://postgres@127.0.0.1:55432/",
+                        $database
+                    )),
+                    kafka: Default::default(),
+                    auth: Default::default(),
+                    consumer: Default::default(),
+                    $( $field: Default::default(), )*
+                }
+            }
+        }
+
+        impl $name {
+            /// See [`ServiceSettings::load`]($crate::service::ServiceSettings::load).
+            pub fn load() -> ::anyhow::Result<Self> {
+                <Self as $crate::service::ServiceSettings>::load()
+            }
+        }
+    };
 }
 
 /// What an actix `App` is made of, middleware included: a factory of the
