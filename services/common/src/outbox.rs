@@ -5,6 +5,8 @@
 //! reads the insert from the WAL (the publication publishes inserts only), so
 //! the table never grows.
 
+use std::sync::LazyLock;
+
 use chrono::Utc;
 // The outbox columns, in the order `NewRow::bind` binds them.
 use commerce_base::outbox::columns::ALL as COLUMNS;
@@ -202,6 +204,23 @@ pub async fn insert(conn: &mut AsyncPgConnection, row: &NewRow<'_>) -> QueryResu
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Writes outbox rows built before, in the order given: one statement
+/// whatever their number, none for none.
+pub async fn insert_rows(conn: &mut AsyncPgConnection, rows: &[NewRow<'_>]) -> QueryResult<()> {
+    static INSERT_ALL: LazyLock<String> = LazyLock::new(|| insert_all(1, None));
+    match rows {
+        [] => Ok(()),
+        [row] => insert(conn, row).await,
+        rows => {
+            bind_all(rows, diesel::sql_query(INSERT_ALL.as_str()).into_boxed())
+                .prepared()
+                .execute(conn)
+                .await?;
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! cancellation of the same order (arriving on different topics) never
 //! interleave.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::atomic::{AtomicI64, Ordering},
+};
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
@@ -76,11 +79,22 @@ struct BookedWindow {
     ends_at: DateTime<Utc>,
 }
 
-/// Serializes all work on one order within this database.
-async fn lock_order(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
-    let key = i64::from_be_bytes(order_id.as_bytes()[..8].try_into().expect("8 bytes"));
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-        .bind::<BigInt, _>(key)
+/// Serializes all work on these orders within this database. The keys are
+/// taken in ascending order (`unnest` keeps the array's), so two
+/// transactions locking several orders never wait for each other in a
+/// cycle; one statement whatever their number.
+async fn lock_orders(
+    conn: &mut AsyncPgConnection,
+    order_ids: impl IntoIterator<Item = Uuid>,
+) -> QueryResult<()> {
+    let mut keys: Vec<i64> = order_ids
+        .into_iter()
+        .map(|id| i64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes")))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    diesel::sql_query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
+        .bind::<Array<BigInt>, _>(keys)
         .prepared()
         .execute(conn)
         .await?;
@@ -126,51 +140,80 @@ async fn ensure_windows(
     Ok(())
 }
 
-/// Books the earliest window with free capacity in the plan's range for a
-/// paid order: DeliveryScheduled, or DeliveryFailed{NO_CAPACITY}, or
-/// DeliveryFailed{DAILY_LIMIT} when the customer booked
-/// `bookings_per_day` windows today already.
-pub async fn book(
+/// What booking one paid order did: the outcome, and the answer to
+/// announce with the id it goes out under (none for an order handled
+/// before: the caller announces the answer given then again).
+#[derive(Debug)]
+pub struct Booked {
+    pub outcome: BookingOutcome,
+    pub answer: Option<(Event, Uuid)>,
+}
+
+/// Books, for each paid order in turn, the earliest window with free
+/// capacity in the plan's range: DeliveryScheduled, or
+/// DeliveryFailed{NO_CAPACITY}, or DeliveryFailed{DAILY_LIMIT} when the
+/// customer booked `bookings_per_day` windows today already; an order that
+/// has a delivery (or comes twice) is `AlreadyHandled`. The orders are
+/// locked and what they and their customers have read in one statement
+/// each whatever their number; each booking is one statement. The caller
+/// writes the answers to the outbox.
+pub async fn book_all(
     conn: &mut AsyncPgConnection,
-    paid: &PaymentConfirmed,
+    paid: &[&PaymentConfirmed],
     plan: &WindowPlan,
     capacity: i32,
     bookings_per_day: u32,
     known: &KnownWindows,
-    trace_id: &str,
-) -> QueryResult<BookingOutcome> {
-    lock_order(conn, paid.order_id).await?;
-    let existing: Option<String> = deliveries::table
-        .filter(deliveries::order_id.eq(paid.order_id))
-        .select(deliveries::status)
-        .first(conn)
-        .await
-        .optional()?;
-    if let Some(status) = existing {
-        tracing::info!(order_id = %paid.order_id, %status, "delivery exists, nothing booked");
-        return Ok(BookingOutcome::AlreadyHandled);
-    }
-    if bookings_today(conn, paid.customer_id).await? >= i64::from(bookings_per_day) {
-        let outcome_event_id = Uuid::now_v7();
-        let event = record_failure(conn, paid, outcome_event_id, Reason::DailyLimit).await?;
-        outbox::insert(
-            conn,
-            &outbox::NewRow::new(&event, trace_id).with_id(outcome_event_id),
-        )
-        .await?;
-        tracing::info!(order_id = %paid.order_id, customer_id = %paid.customer_id, bookings_per_day, "daily booking limit reached");
-        return Ok(BookingOutcome::DailyLimit);
-    }
+) -> QueryResult<Vec<Booked>> {
+    lock_orders(conn, paid.iter().map(|p| p.order_id)).await?;
+    let (mut handled, mut bookings) = deliveries_and_bookings(conn, paid).await?;
     ensure_windows(conn, plan, capacity, known).await?;
+    let mut booked = Vec::with_capacity(paid.len());
+    for &paid in paid {
+        if !handled.insert(paid.order_id) {
+            tracing::info!(order_id = %paid.order_id, "delivery exists, nothing booked");
+            booked.push(Booked {
+                outcome: BookingOutcome::AlreadyHandled,
+                answer: None,
+            });
+            continue;
+        }
+        let booked_today = bookings.entry(paid.customer_id).or_default();
+        let outcome_event_id = Uuid::now_v7();
+        let (outcome, event) = if *booked_today >= i64::from(bookings_per_day) {
+            tracing::info!(order_id = %paid.order_id, customer_id = %paid.customer_id, bookings_per_day, "daily booking limit reached");
+            let event = record_failure(conn, paid, outcome_event_id, Reason::DailyLimit).await?;
+            (BookingOutcome::DailyLimit, event)
+        } else if let Some(event) = book_window(conn, paid, plan, outcome_event_id).await? {
+            *booked_today += 1;
+            (BookingOutcome::Scheduled, event)
+        } else {
+            tracing::info!(order_id = %paid.order_id, "no delivery window left");
+            let event = record_failure(conn, paid, outcome_event_id, Reason::NoCapacity).await?;
+            (BookingOutcome::NoCapacity, event)
+        };
+        booked.push(Booked {
+            outcome,
+            answer: Some((event, outcome_event_id)),
+        });
+    }
+    Ok(booked)
+}
 
-    // The row lock makes concurrent bookings queue; one that finds the
-    // window full after waiting moves on to the next (and the CHECK
-    // constraint would refuse an overbooking anyway). The delivery row is
-    // inserted by the same statement (a data-modifying WITH): one round
-    // trip for the booking. No free window: no row, nothing booked.
+/// Books the earliest window with free capacity in the plan's range for a
+/// paid order, its delivery row inserted by the same statement (a
+/// data-modifying WITH): its DeliveryScheduled, announced under
+/// `outcome_event_id`; `None` when no window is free (nothing booked).
+/// The row lock makes concurrent bookings queue; one that finds the window
+/// full after waiting moves on to the next (and the CHECK constraint would
+/// refuse an overbooking anyway).
+async fn book_window(
+    conn: &mut AsyncPgConnection,
+    paid: &PaymentConfirmed,
+    plan: &WindowPlan,
+    outcome_event_id: Uuid,
+) -> QueryResult<Option<Event>> {
     let delivery_id = Uuid::now_v7();
-    // The id of the answer (scheduled or failed), kept on the delivery.
-    let outcome_event_id = Uuid::now_v7();
     let tracking = TrackingNumber::generate();
     let window: Option<BookedWindow> = diesel::sql_query(
         "WITH booked AS ( \
@@ -196,51 +239,68 @@ pub async fn book(
     .get_result(conn)
     .await
     .optional()?;
-
-    let (event, outcome) = match window {
-        Some(window) => {
-            tracing::info!(order_id = %paid.order_id, window_start = %window.starts_at, "delivery scheduled");
-            let event = Event::DeliveryScheduled(DeliveryScheduled {
-                delivery_id,
-                order_id: paid.order_id,
-                customer_id: paid.customer_id,
-                window_start: window.starts_at,
-                window_end: window.ends_at,
-                tracking_number: tracking.as_str().into(),
-            });
-            (event, BookingOutcome::Scheduled)
-        }
-        None => {
-            tracing::info!(order_id = %paid.order_id, "no delivery window left");
-            let event = record_failure(conn, paid, outcome_event_id, Reason::NoCapacity).await?;
-            (event, BookingOutcome::NoCapacity)
-        }
-    };
-    outbox::insert(
-        conn,
-        &outbox::NewRow::new(&event, trace_id).with_id(outcome_event_id),
-    )
-    .await?;
-    Ok(outcome)
+    Ok(window.map(|window| {
+        tracing::info!(order_id = %paid.order_id, window_start = %window.starts_at, "delivery scheduled");
+        Event::DeliveryScheduled(DeliveryScheduled {
+            delivery_id,
+            order_id: paid.order_id,
+            customer_id: paid.customer_id,
+            window_start: window.starts_at,
+            window_end: window.ends_at,
+            tracking_number: tracking.as_str().into(),
+        })
+    }))
 }
 
-/// Windows the customer booked since the start of the UTC day, whether
-/// still booked or cancelled since (failed and cancelled-before-booking
-/// deliveries booked nothing). Race-free because the delivery consumer
-/// applies one fetch at a time (`Concurrency::Serialized`): no other
-/// booking commits between this count and the caller's insert.
-async fn bookings_today(conn: &mut AsyncPgConnection, customer_id: Uuid) -> QueryResult<i64> {
+#[derive(QueryableByName)]
+struct Known {
+    /// `true`: `id` is an order with a delivery; `false`: `id` is a
+    /// customer, who booked `bookings` windows today.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    delivery: bool,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    bookings: i64,
+}
+
+/// Which of the paid orders have a delivery already, and the windows each
+/// of their customers booked since the start of the UTC day, whether still
+/// booked or cancelled since (failed and cancelled-before-booking
+/// deliveries booked nothing); one statement. Race-free because the
+/// delivery consumer applies one fetch at a time
+/// (`Concurrency::Serialized`) and the orders are locked: no other booking
+/// commits between this read and the caller's inserts.
+async fn deliveries_and_bookings(
+    conn: &mut AsyncPgConnection,
+    paid: &[&PaymentConfirmed],
+) -> QueryResult<(HashSet<Uuid>, HashMap<Uuid, i64>)> {
     let day_start = Utc::now()
         .date_naive()
         .and_time(chrono::NaiveTime::MIN)
         .and_utc();
-    deliveries::table
-        .filter(deliveries::customer_id.eq(customer_id))
-        .filter(deliveries::created_at.ge(day_start))
-        .filter(deliveries::window_id.is_not_null())
-        .count()
-        .get_result(conn)
-        .await
+    let known: Vec<Known> = diesel::sql_query(
+        "SELECT true AS delivery, order_id AS id, 0::int8 AS bookings \
+         FROM deliveries WHERE order_id = ANY($1) \
+         UNION ALL \
+         SELECT false, customer_id, count(*) FROM deliveries \
+         WHERE customer_id = ANY($2) AND created_at >= $3 AND window_id IS NOT NULL \
+         GROUP BY customer_id",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(paid.iter().map(|p| p.order_id).collect::<Vec<_>>())
+    .bind::<Array<diesel::sql_types::Uuid>, _>(
+        paid.iter().map(|p| p.customer_id).collect::<Vec<_>>(),
+    )
+    .bind::<Timestamptz, _>(day_start)
+    .prepared()
+    .load(conn)
+    .await?;
+    let (deliveries, customers): (Vec<Known>, Vec<Known>) =
+        known.into_iter().partition(|k| k.delivery);
+    Ok((
+        deliveries.into_iter().map(|k| k.id).collect(),
+        customers.into_iter().map(|k| (k.id, k.bookings)).collect(),
+    ))
 }
 
 /// Records that the order gets no delivery, for `reason`, with the id its
@@ -277,7 +337,7 @@ pub async fn cancel(
     request: &OrderCancellationRequested,
     trace_id: &str,
 ) -> QueryResult<CancelOutcome> {
-    lock_order(conn, request.order_id).await?;
+    lock_orders(conn, [request.order_id]).await?;
     let cancel_event_id = Uuid::now_v7();
     let released: Option<Delivery> = diesel::update(
         deliveries::table

@@ -92,6 +92,25 @@ pub trait Participant: Send + Sync + 'static {
         trace_id: &str,
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
 
+    /// Acts on the consecutive new records of a fetch at once (the
+    /// runtime's optimistic pass, see [`EventHandler::handle_all`]): what
+    /// a participant can decide set-based (one statement for all the
+    /// fetch's requests instead of a few per request) it does here. The
+    /// participant's [`EventHandler::handle_all`]. Default:
+    /// [`decide`](Self::decide) for each in turn.
+    fn decide_all(
+        &self,
+        conn: &mut AsyncPgConnection,
+        records: Vec<(&Envelope, Event)>,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send {
+        async move {
+            for (envelope, event) in records {
+                self.decide(conn, event, &envelope.trace_id).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Whether [`decide`](Self::decide) acts on `event`: by default the
     /// requests it answers; the others skip the inbox.
     fn wants(&self, event: &Event) -> bool {
@@ -129,6 +148,14 @@ impl<P: Participant> EventHandler for P {
         event: Event,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(self.decide(conn, event, &envelope.trace_id))
+    }
+
+    fn handle_all<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        records: Vec<(&'a Envelope, Event)>,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(self.decide_all(conn, records))
     }
 
     /// A request handled before comes again: the answer given then,

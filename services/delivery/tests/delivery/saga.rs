@@ -326,3 +326,103 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
     );
     stop_second.cancel();
 }
+
+#[tokio::test]
+async fn a_fetch_of_bookings_takes_one_statement_per_order_and_a_fixed_few() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use commerce_common::consumer::{EventHandler, ParticipantMetrics};
+    use delivery_service::{config::QuotasConfig, saga::DeliverySaga};
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    /// Counts the statements sent on a connection.
+    struct Statements(Arc<AtomicUsize>);
+    impl Instrumentation for Statements {
+        fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+            if let InstrumentationEvent::StartQuery { .. } = event {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    // The app runs the migrations; its consumer's topic stays empty.
+    let app = spawn_app_with(1, one_window(10)).await;
+    let quotas = QuotasConfig {
+        bookings_per_customer_per_day: 2,
+    };
+    let saga = DeliverySaga::new(one_window(10), quotas, ParticipantMetrics::default());
+    let (customer, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let orders = [
+        paid(customer),
+        paid(other),
+        paid(customer),
+        paid(customer),
+        paid(Uuid::new_v4()),
+    ];
+    let mut events: Vec<Event> = orders
+        .iter()
+        .cloned()
+        .map(Event::PaymentConfirmed)
+        .collect();
+    // The second order paid again (a re-drive's request, under a new id).
+    events.push(Event::PaymentConfirmed(orders[1].clone()));
+    let envelopes: Vec<_> = events.iter().map(test_support::envelope).collect();
+    let records: Vec<_> = envelopes.iter().zip(events.clone()).collect();
+
+    let mut conn = AsyncPgConnection::establish(&app.database.url)
+        .await
+        .unwrap();
+    let statements = Arc::new(AtomicUsize::new(0));
+    conn.set_instrumentation(Statements(statements.clone()));
+    let announced = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            saga.handle_all(conn, records).await.unwrap();
+            let sent = AtomicUsize::load(&statements, Ordering::Relaxed);
+            // BEGIN; the orders locked; their deliveries and customers'
+            // bookings read; the day's windows created (the first
+            // booking of this process); a statement per new order (four
+            // bookings, one failure); the answers written; the repeated
+            // order's delivery read and its answer written again.
+            assert_eq!(sent, 1 + 3 + orders.len() + 1 + 2, "statements sent");
+            diesel::sql_query(
+                "SELECT n_tup_ins AS n FROM pg_stat_xact_user_tables WHERE relname = 'outbox'",
+            )
+            .get_result::<Count>(conn)
+            .await
+        })
+        .await
+        .unwrap()
+        .n;
+    assert_eq!(announced, 6, "five answers, one of them again");
+
+    let status = |i: usize| delivery_of(&app, orders[i].order_id);
+    assert_eq!(status(0).await.0, "SCHEDULED");
+    assert_eq!(status(1).await.0, "SCHEDULED");
+    assert_eq!(status(2).await.0, "SCHEDULED");
+    assert_eq!(
+        status(3).await,
+        ("FAILED".into(), Some("DAILY_LIMIT".into()), None),
+        "the customer's third booking of the fetch is over the day's limit"
+    );
+    assert_eq!(status(4).await.0, "SCHEDULED");
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM deliveries").await,
+        5,
+        "the order paid twice is booked once"
+    );
+    assert_eq!(
+        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+            .await,
+        4
+    );
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
