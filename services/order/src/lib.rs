@@ -1,6 +1,7 @@
 //! The order service: places and validates orders, owns the order state
 //! machine, and follows the saga from the payment and delivery events.
 
+pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod metrics;

@@ -25,9 +25,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    catalog::Placement,
     config::{
-        CONSUMER_GROUP, CancellationConfig, IdempotencyConfig, QuotasConfig, RedriveConfig,
-        SERVICE, Settings,
+        CONSUMER_GROUP, CancellationConfig, IdempotencyConfig, RedriveConfig, SERVICE, Settings,
     },
     metrics::OrderMetrics,
     order_changes::OrderChanges,
@@ -50,7 +50,7 @@ pub struct OrderService {
     changes: Data<OrderChanges>,
     cancellation: Data<CancellationConfig>,
     redrive: Data<RedriveConfig>,
-    quotas: Data<QuotasConfig>,
+    placement: Data<Placement>,
 }
 
 impl Service for OrderService {
@@ -70,7 +70,7 @@ impl Service for OrderService {
             )),
             cancellation: Data::new(settings.cancellation.clone()),
             redrive: Data::new(settings.redrive.clone()),
-            quotas: Data::new(settings.quotas.clone()),
+            placement: Data::new(Placement::new(settings.quotas.clone())),
         })
     }
 
@@ -112,7 +112,7 @@ impl Service for OrderService {
     fn configure(&self, cfg: &mut actix::ServiceConfig) {
         cfg.app_data(self.cancellation.clone())
             .app_data(self.redrive.clone())
-            .app_data(self.quotas.clone())
+            .app_data(self.placement.clone())
             .app_data(self.metrics.clone())
             .app_data(self.changes.clone())
             .route("/admin/sagas", actix::get().to(admin::page))

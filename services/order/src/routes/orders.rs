@@ -22,7 +22,8 @@ use super::{
     },
 };
 use crate::{
-    config::{CancellationConfig, QuotasConfig},
+    catalog::{Catalog, Fresh, Placement},
+    config::CancellationConfig,
     domain::{
         CatalogPrice, Cents, FieldProblem, NewOrder, OrderStatus, PricingError, Quantity,
         RawAddress, RequestedLine, ShippingAddress, Sku, check_line_count, price_lines,
@@ -134,46 +135,59 @@ enum Refused {
     Pricing(ApiError),
 }
 
-/// Prices the lines from the catalog (one read) and computes the total.
+/// Prices the lines from the catalog and computes the total. A refusal is
+/// the table's: one priced from memory is priced again from the table.
 async fn price_order(
     conn: &mut AsyncPgConnection,
+    catalog: &Catalog,
     parsed: &ParsedOrder,
+    mut fresh: Fresh,
 ) -> Result<NewOrder, Refused> {
     let skus: Vec<&str> = parsed.lines.iter().map(|l| l.sku.as_str()).collect();
-    let catalog = store::catalog_prices(conn, &skus)
-        .await
-        .map_err(|e| Refused::Api(ApiError::internal(e)))?;
-    let lines = price_lines(&parsed.lines, |sku| {
-        catalog
-            .iter()
-            .find(|(known, _, _)| known == sku)
-            .map(|&(_, price, active)| CatalogPrice {
-                // The table's CHECK keeps prices within the domain's bounds.
-                price: Cents::parse_unit_price(price).unwrap_or(Cents::ZERO),
-                active,
-            })
-    })
-    .map_err(|error| {
-        let (mut api, problems) = match error {
-            PricingError::NotOrderable(problems) => (ApiError::validation(vec![]), problems),
-            PricingError::PriceChanged(problems) => (
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    PRICE_CHANGED,
-                    "a unit price is not the catalog's: the price changed; \
-                     GET /api/products/{sku} shows the current one",
-                ),
-                problems,
-            ),
-        };
-        api.body.fields = problems
-            .into_iter()
-            .map(|(i, name, problem)| field(format!("items[{i}].{name}"), problem))
-            .collect();
-        Refused::Pricing(api)
-    })?;
+    let lines = loop {
+        let (prices, source) = catalog
+            .prices(conn, &skus, fresh)
+            .await
+            .map_err(|e| Refused::Api(ApiError::internal(e)))?;
+        let priced = price_lines(&parsed.lines, |sku| {
+            prices
+                .iter()
+                .find(|(known, _, _)| known == sku)
+                .map(|&(_, price, active)| CatalogPrice {
+                    // The table's CHECK keeps prices within the domain's bounds.
+                    price: Cents::parse_unit_price(price).unwrap_or(Cents::ZERO),
+                    active,
+                })
+        });
+        match priced {
+            Ok(lines) => break lines,
+            Err(_) if source == Fresh::Memory => fresh = Fresh::Table,
+            Err(error) => return Err(Refused::Pricing(pricing_refused(error))),
+        }
+    };
     NewOrder::new(lines, parsed.address.clone())
         .map_err(|problem| Refused::Api(ApiError::validation(vec![field("items", problem)])))
+}
+
+/// The 422 answer of lines the catalog refuses, naming each line.
+fn pricing_refused(error: PricingError) -> ApiError {
+    let (mut api, problems) = match error {
+        PricingError::NotOrderable(problems) => (ApiError::validation(vec![]), problems),
+        PricingError::PriceChanged(problems) => (
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                PRICE_CHANGED,
+                "a unit price is not the catalog's: the price changed; \
+                 GET /api/products/{sku} shows the current one",
+            ),
+            problems,
+        ),
+    };
+    api.body.fields = problems
+        .into_iter()
+        .map(|(i, name, problem)| field(format!("items[{i}].{name}"), problem))
+        .collect();
+    api
 }
 
 /// The 429 answer of a placement over a quota, counted by its code.
@@ -247,7 +261,7 @@ pub async fn place_order(
     body: web::Json<PlaceOrderRequest>,
     pool: web::Data<DbPool>,
     metrics: web::Data<OrderMetrics>,
-    quota: web::Data<QuotasConfig>,
+    placement: web::Data<Placement>,
     req: HttpRequest,
 ) -> Result<PlacedOrder, ApiError> {
     let parsed = parse_new_order(&body).map_err(ApiError::validation)?;
@@ -261,7 +275,13 @@ pub async fn place_order(
     let mut attempts = 0;
     let placed = loop {
         attempts += 1;
-        let new_order = match price_order(&mut conn, &parsed).await {
+        // After a catalog change, from the table.
+        let fresh = if attempts == 1 {
+            Fresh::Memory
+        } else {
+            Fresh::Table
+        };
+        let new_order = match price_order(&mut conn, &placement.catalog, &parsed, fresh).await {
             Ok(new_order) => new_order,
             Err(Refused::Api(error)) => return Err(error),
             Err(Refused::Pricing(error)) => {
@@ -276,7 +296,8 @@ pub async fn place_order(
         let trace_id = trace_id(&req);
         let attempt = conn
             .transaction::<_, PlaceError, _>(async |conn| {
-                if let Some(exceeded) = quotas::check(conn, user.user_id, &quota).await? {
+                if let Some(exceeded) = quotas::check(conn, user.user_id, &placement.quotas).await?
+                {
                     return Ok(Err(exceeded));
                 }
                 store::place_order(

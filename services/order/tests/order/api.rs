@@ -319,6 +319,118 @@ async fn unknown_and_inactive_skus_are_422_naming_the_line() {
 }
 
 #[tokio::test]
+async fn a_catalog_change_is_the_next_placements_whatever_was_read_before() {
+    let app = spawn_app().await;
+    let customer = Customer::new();
+    assert_eq!(app.place(&customer, &valid_order()).await.status(), 202);
+    // Cheaper since: a client sending the new price is served at once.
+    app.set_product("BOOK-1", 1200, true).await;
+    let mut body = valid_order();
+    body["items"][0]["unit_price_cents"] = json!(1200);
+    let response = app.place(&customer, &body).await;
+    assert_eq!(response.status(), 202);
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["total_cents"], 2 * 1200 + 3 * 199);
+    // The old price is refused.
+    assert_error(
+        app.place(&customer, &valid_order()).await,
+        422,
+        "PRICE_CHANGED",
+        &[("items[0].unit_price_cents", "price_changed")],
+    )
+    .await;
+    // Off the catalog, then back on it.
+    app.set_product("BOOK-1", 1200, false).await;
+    assert_error(
+        app.place(&customer, &body).await,
+        422,
+        "VALIDATION_FAILED",
+        &[("items[0].sku", "inactive_product")],
+    )
+    .await;
+    app.set_product("BOOK-1", 1200, true).await;
+    assert_eq!(app.place(&customer, &body).await.status(), 202);
+    assert_eq!(app.stored_orders().await, 3);
+}
+
+#[tokio::test]
+async fn placement_reads_the_catalog_once_for_products_it_has_read() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    use order_service::catalog::{Catalog, Fresh};
+
+    struct Statements(Arc<AtomicUsize>);
+    impl Instrumentation for Statements {
+        fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+            if let InstrumentationEvent::StartQuery { .. } = event {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    let app = spawn_app().await;
+    let mut conn = AsyncPgConnection::establish(&app.db.url).await.unwrap();
+    let statements = Arc::new(AtomicUsize::new(0));
+    conn.set_instrumentation(Statements(statements.clone()));
+    let sent = || statements.load(Ordering::Relaxed);
+    let catalog = Catalog::default();
+    let skus = ["BOOK-1", "pen_blue.2"];
+    let prices = |(mut read, source): (Vec<(String, i64, bool)>, Fresh)| {
+        read.sort();
+        (read, source)
+    };
+    let expected = vec![
+        ("BOOK-1".to_owned(), 1250, true),
+        ("pen_blue.2".to_owned(), 199, true),
+    ];
+
+    let first = catalog
+        .prices(&mut conn, &skus, Fresh::Memory)
+        .await
+        .unwrap();
+    assert_eq!(prices(first), (expected.clone(), Fresh::Table));
+    assert_eq!(sent(), 1);
+    let again = catalog
+        .prices(&mut conn, &skus[..1], Fresh::Memory)
+        .await
+        .unwrap();
+    assert_eq!(prices(again), (expected[..1].to_vec(), Fresh::Memory));
+    assert_eq!(sent(), 1, "known products are not read again");
+    // An unknown SKU is read, every time: memory keeps what exists only.
+    for _ in 0..2 {
+        let with_unknown = catalog
+            .prices(&mut conn, &["BOOK-1", "NO-SUCH-THING"], Fresh::Memory)
+            .await
+            .unwrap();
+        assert_eq!(prices(with_unknown), (expected[..1].to_vec(), Fresh::Table));
+    }
+    assert_eq!(sent(), 3);
+    // Asked for the table (a placement that found the catalog changed).
+    app.set_product("BOOK-1", 1300, true).await;
+    let fresh = catalog
+        .prices(&mut conn, &skus[..1], Fresh::Table)
+        .await
+        .unwrap();
+    assert_eq!(fresh.0, vec![("BOOK-1".to_owned(), 1300, true)]);
+    assert_eq!(sent(), 4);
+    let remembered = catalog
+        .prices(&mut conn, &skus[..1], Fresh::Memory)
+        .await
+        .unwrap();
+    assert_eq!(
+        remembered,
+        (fresh.0, Fresh::Memory),
+        "memory keeps the table's answer"
+    );
+    assert_eq!(sent(), 4);
+}
+
+#[tokio::test]
 async fn a_retry_with_its_idempotency_key_gets_its_order_after_the_catalog_changed() {
     let app = spawn_app().await;
     let customer = Customer::new();
