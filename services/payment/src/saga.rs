@@ -4,14 +4,14 @@
 
 use commerce_common::{
     consumer::{HandleError, Participant, ParticipantMetrics},
-    events::{self, Event},
+    events::{self, Envelope, Event, OrderCreated},
 };
 use diesel_async::AsyncPgConnection;
 
 use crate::{
     config::WalletConfig,
     domain::{ChargeAmount, RefundReason},
-    store::{self, Answer, ChargeOutcome},
+    store::{self, Answer, ChargeOutcome, ChargeRequest},
 };
 
 /// What a refund request says about the charge before it.
@@ -63,6 +63,51 @@ impl PaymentSaga {
     }
 }
 
+impl PaymentSaga {
+    /// Charges the orders, in order ([`store::charge_all`]); an order
+    /// charged before, under another event id (re-driven from before the
+    /// ids were kept, or after the inbox forgot), gets the answer given
+    /// then, again.
+    async fn charge(
+        &self,
+        conn: &mut AsyncPgConnection,
+        orders: &[(&OrderCreated, &str)],
+    ) -> Result<(), HandleError> {
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let requests = orders
+            .iter()
+            .map(|&(order, trace_id)| {
+                let amount =
+                    ChargeAmount::parse(order.total_cents).map_err(HandleError::Permanent)?;
+                Ok(ChargeRequest {
+                    order,
+                    amount,
+                    trace_id,
+                })
+            })
+            .collect::<Result<Vec<_>, HandleError>>()?;
+        let outcomes = store::charge_all(conn, &requests, self.wallet.initial_credit_cents).await?;
+        for (request, outcome) in requests.iter().zip(outcomes) {
+            match outcome {
+                ChargeOutcome::Confirmed => self.metrics.outcome("confirmed"),
+                ChargeOutcome::Failed => self.metrics.outcome("failed"),
+                ChargeOutcome::AlreadyCharged => {
+                    self.answer_again(
+                        conn,
+                        request.order.order_id,
+                        Answer::Charge,
+                        request.trace_id,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Participant for PaymentSaga {
     type Answer = Answer;
 
@@ -89,29 +134,7 @@ impl Participant for PaymentSaga {
             Event::UserRegistered(user) => {
                 store::open_wallet(conn, user.user_id, self.wallet.initial_credit_cents).await?;
             }
-            Event::OrderCreated(order) => {
-                let amount =
-                    ChargeAmount::parse(order.total_cents).map_err(HandleError::Permanent)?;
-                let outcome = store::charge(
-                    conn,
-                    &order,
-                    amount,
-                    self.wallet.initial_credit_cents,
-                    trace_id,
-                )
-                .await?;
-                match outcome {
-                    ChargeOutcome::Confirmed => self.metrics.outcome("confirmed"),
-                    ChargeOutcome::Failed => self.metrics.outcome("failed"),
-                    // Charged before, under another event id (an order
-                    // re-driven from before the ids were kept, or after the
-                    // inbox forgot): the answer given then, again.
-                    ChargeOutcome::AlreadyCharged => {
-                        self.answer_again(conn, order.order_id, Answer::Charge, trace_id)
-                            .await?;
-                    }
-                }
-            }
+            Event::OrderCreated(order) => self.charge(conn, &[(&order, trace_id)]).await?,
             Event::DeliveryFailed(failed) => {
                 let reason = RefundReason::delivery_failed(&failed.reason);
                 self.refund(conn, failed.order_id, reason, Charge::Made, trace_id)
@@ -130,6 +153,28 @@ impl Participant for PaymentSaga {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The orders of a fetch (the orders topic's charge requests) are
+    /// charged together, each run of them between other requests
+    /// ([`store::charge_all`]): two statements for the run instead of two
+    /// per order. Anything else is decided one by one, in order.
+    async fn decide_all(
+        &self,
+        conn: &mut AsyncPgConnection,
+        records: Vec<(&Envelope, Event)>,
+    ) -> Result<(), HandleError> {
+        let mut run: Vec<(&OrderCreated, &str)> = Vec::new();
+        for (envelope, event) in &records {
+            if let Event::OrderCreated(order) = event {
+                run.push((order, &envelope.trace_id));
+                continue;
+            }
+            self.charge(conn, &run).await?;
+            run.clear();
+            self.decide(conn, event.clone(), &envelope.trace_id).await?;
+        }
+        self.charge(conn, &run).await
     }
 
     /// A new user's wallet, and the requests it answers; the other events

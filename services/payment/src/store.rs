@@ -2,7 +2,7 @@
 //! top-ups, each with its ledger entry and (for the saga) its outbox event
 //! in the caller's transaction.
 
-use std::sync::LazyLock;
+use std::{collections::HashSet, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use commerce_common::{
@@ -104,118 +104,249 @@ pub async fn open_wallet(
     Ok(opened)
 }
 
-/// Charges the order's total to the customer's wallet (opened when
-/// missing): PaymentConfirmed, or PaymentFailed{INSUFFICIENT_FUNDS} with the
-/// balance untouched. An order is charged at most once.
-///
-/// Two statements when the wallet exists and covers the total (the
-/// payment row; the debit with its ledger entry and the outbox row),
-/// instead of a look-up, an insert and an update around each.
-pub async fn charge(
-    conn: &mut AsyncPgConnection,
-    order: &OrderCreated,
-    amount: ChargeAmount,
-    initial_credit_cents: i64,
-    trace_id: &str,
-) -> QueryResult<ChargeOutcome> {
-    // The payment first, as confirmed: the UNIQUE order_id says whether the
-    // order was charged already (its wallet reference is checked at commit,
-    // when the wallet exists in any case).
-    let payment_id = Uuid::now_v7();
-    let confirmed = Event::PaymentConfirmed(PaymentConfirmed {
-        payment_id,
-        order_id: order.order_id,
-        customer_id: order.customer_id,
-        amount_cents: amount.cents(),
-    });
-    let announcement = outbox::NewRow::new(&confirmed, trace_id);
-    let inserted = diesel::insert_into(payments::table)
-        .values((
-            payments::id.eq(payment_id),
-            payments::order_id.eq(order.order_id),
-            payments::customer_id.eq(order.customer_id),
-            payments::amount_cents.eq(amount.cents()),
-            payments::status.eq(PaymentStatus::Confirmed.as_str()),
-            payments::outcome_event_id.eq(announcement.id),
-        ))
-        .on_conflict(payments::order_id)
-        .do_nothing()
-        .execute(conn)
-        .await?;
-    if inserted == 0 {
-        return Ok(ChargeOutcome::AlreadyCharged);
-    }
-    // The confirmation is written by the debit itself when it succeeds.
-    let mut charged = debit(conn, order, amount.cents(), &announcement).await?;
-    if !charged {
-        // No wallet, or not enough in it. Open it if missing and debit again
-        // either way: when the HTTP path (GET /api/wallet, a top-up) opens
-        // the wallet at this very moment, the insert waits for it and adds
-        // nothing, but the wallet and its credit exist once it returns.
-        open_wallet(conn, order.customer_id, initial_credit_cents).await?;
-        charged = debit(conn, order, amount.cents(), &announcement).await?;
-    }
-
-    let (status, outcome) = if charged {
-        (PaymentStatus::Confirmed, ChargeOutcome::Confirmed)
-    } else {
-        let reason = FailureReason::InsufficientFunds.as_str();
-        let event = Event::PaymentFailed(PaymentFailed {
-            order_id: order.order_id,
-            customer_id: order.customer_id,
-            amount_cents: amount.cents(),
-            reason: reason.into(),
-        });
-        let failed = outbox::NewRow::new(&event, trace_id);
-        diesel::update(payments::table.find(payment_id))
-            .set((
-                payments::status.eq(PaymentStatus::Failed.as_str()),
-                payments::reason.eq(reason),
-                payments::outcome_event_id.eq(failed.id),
-            ))
-            .execute(conn)
-            .await?;
-        outbox::insert(conn, &failed).await?;
-        (PaymentStatus::Failed, ChargeOutcome::Failed)
-    };
-    tracing::info!(order_id = %order.order_id, status = status.as_str(), amount_cents = amount.cents(), "order charged");
-    Ok(outcome)
+/// One order to charge: its total, parsed, and the trace of its request.
+#[derive(Debug, Clone, Copy)]
+pub struct ChargeRequest<'a> {
+    pub order: &'a OrderCreated,
+    pub amount: ChargeAmount,
+    pub trace_id: &'a str,
 }
 
-/// The debit, its ledger entry and its outbox row (see [`debit`]).
-static DEBIT: LazyLock<String> = LazyLock::new(|| {
+/// A charge's payment row, written as confirmed, and the PaymentConfirmed
+/// it is announced with when the debit succeeds.
+struct NewPayment<'a> {
+    id: Uuid,
+    confirmed: outbox::NewRow<'a>,
+}
+
+/// Charges each order's total to its customer's wallet (opened when
+/// missing), in order: PaymentConfirmed, or
+/// PaymentFailed{INSUFFICIENT_FUNDS} with the balance untouched. An order
+/// is charged at most once (`AlreadyCharged` when it has a payment, or
+/// came before in `requests`).
+///
+/// Two statements whatever the number of orders when every wallet exists
+/// and covers its orders: the payment rows, then the debits with their
+/// ledger entries and outbox rows. A customer's second order of the batch,
+/// and an order whose wallet is missing or short, are charged alone after
+/// (see [`settle`]).
+pub async fn charge_all(
+    conn: &mut AsyncPgConnection,
+    requests: &[ChargeRequest<'_>],
+    initial_credit_cents: i64,
+) -> QueryResult<Vec<ChargeOutcome>> {
+    let payments: Vec<NewPayment> = requests
+        .iter()
+        .map(|request| {
+            let id = Uuid::now_v7();
+            let confirmed = Event::PaymentConfirmed(PaymentConfirmed {
+                payment_id: id,
+                order_id: request.order.order_id,
+                customer_id: request.order.customer_id,
+                amount_cents: request.amount.cents(),
+            });
+            NewPayment {
+                id,
+                confirmed: outbox::NewRow::new(&confirmed, request.trace_id),
+            }
+        })
+        .collect();
+    // The payments first, as confirmed: the UNIQUE order_id says which
+    // orders were charged already (the wallet reference is checked at
+    // commit, when the wallet exists in any case).
+    let mut new = insert_payments(conn, requests, &payments).await?;
+    let mut outcomes = vec![ChargeOutcome::AlreadyCharged; requests.len()];
+    let (mut first, mut alone) = (Vec::new(), Vec::new());
+    let mut customers = HashSet::new();
+    for (i, request) in requests.iter().enumerate() {
+        if !new.remove(&request.order.order_id) {
+            continue;
+        }
+        if customers.insert(request.order.customer_id) {
+            first.push(i);
+        } else {
+            alone.push((i, Debit::NotTried));
+        }
+    }
+    let debited = debit_all(conn, first.iter().map(|&i| (&requests[i], &payments[i]))).await?;
+    for i in first {
+        if debited.contains(&requests[i].order.order_id) {
+            outcomes[i] = ChargeOutcome::Confirmed;
+            charged(&requests[i], PaymentStatus::Confirmed);
+        } else {
+            alone.push((i, Debit::Refused));
+        }
+    }
+    alone.sort_unstable_by_key(|&(i, _)| i);
+    for (i, debit) in alone {
+        outcomes[i] = settle(
+            conn,
+            &requests[i],
+            &payments[i],
+            debit,
+            initial_credit_cents,
+        )
+        .await?;
+    }
+    Ok(outcomes)
+}
+
+fn charged(request: &ChargeRequest<'_>, status: PaymentStatus) {
+    tracing::info!(order_id = %request.order.order_id, status = status.as_str(),
+        amount_cents = request.amount.cents(), "order charged");
+}
+
+/// Whether an order's debit was tried with the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Debit {
+    NotTried,
+    /// Tried: no wallet, or not enough in it.
+    Refused,
+}
+
+/// Inserts the payment rows (as confirmed) of orders that have none; the
+/// orders inserted.
+async fn insert_payments(
+    conn: &mut AsyncPgConnection,
+    requests: &[ChargeRequest<'_>],
+    payments: &[NewPayment<'_>],
+) -> QueryResult<HashSet<Uuid>> {
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = sql_types::Uuid)]
+        order_id: Uuid,
+    }
+    let column = |f: fn(&ChargeRequest) -> Uuid| requests.iter().map(f).collect::<Vec<_>>();
+    let inserted: Vec<Inserted> = diesel::sql_query(
+        "INSERT INTO payments (id, order_id, customer_id, amount_cents, status, outcome_event_id) \
+         SELECT id, order_id, customer_id, amount_cents, $5, outcome_event_id \
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $6::uuid[]) \
+              AS p (id, order_id, customer_id, amount_cents, outcome_event_id) \
+         ON CONFLICT (order_id) DO NOTHING \
+         RETURNING order_id",
+    )
+    .bind::<sql_types::Array<sql_types::Uuid>, _>(payments.iter().map(|p| p.id).collect::<Vec<_>>())
+    .bind::<sql_types::Array<sql_types::Uuid>, _>(column(|r| r.order.order_id))
+    .bind::<sql_types::Array<sql_types::Uuid>, _>(column(|r| r.order.customer_id))
+    .bind::<sql_types::Array<sql_types::BigInt>, _>(
+        requests
+            .iter()
+            .map(|r| r.amount.cents())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<sql_types::Text, _>(PaymentStatus::Confirmed.as_str())
+    .bind::<sql_types::Array<sql_types::Uuid>, _>(
+        payments.iter().map(|p| p.confirmed.id).collect::<Vec<_>>(),
+    )
+    .prepared()
+    .load(conn)
+    .await?;
+    Ok(inserted.into_iter().map(|row| row.order_id).collect())
+}
+
+/// A charge that was not debited with its batch: debited alone (a
+/// customer's second order of the batch), else with the wallet opened if
+/// missing (when the HTTP path, GET /api/wallet or a top-up, opens it at
+/// this very moment, the insert waits for it and adds nothing, but the
+/// wallet and its credit exist once it returns), else failed.
+async fn settle(
+    conn: &mut AsyncPgConnection,
+    request: &ChargeRequest<'_>,
+    payment: &NewPayment<'_>,
+    debit: Debit,
+    initial_credit_cents: i64,
+) -> QueryResult<ChargeOutcome> {
+    let once = || std::iter::once((request, payment));
+    let mut debited = debit == Debit::NotTried && !debit_all(conn, once()).await?.is_empty();
+    if !debited {
+        open_wallet(conn, request.order.customer_id, initial_credit_cents).await?;
+        debited = !debit_all(conn, once()).await?.is_empty();
+    }
+    if debited {
+        charged(request, PaymentStatus::Confirmed);
+        return Ok(ChargeOutcome::Confirmed);
+    }
+    let reason = FailureReason::InsufficientFunds.as_str();
+    let event = Event::PaymentFailed(PaymentFailed {
+        order_id: request.order.order_id,
+        customer_id: request.order.customer_id,
+        amount_cents: request.amount.cents(),
+        reason: reason.into(),
+    });
+    let failed = outbox::NewRow::new(&event, request.trace_id);
+    diesel::update(payments::table.find(payment.id))
+        .set((
+            payments::status.eq(PaymentStatus::Failed.as_str()),
+            payments::reason.eq(reason),
+            payments::outcome_event_id.eq(failed.id),
+        ))
+        .execute(conn)
+        .await?;
+    outbox::insert(conn, &failed).await?;
+    charged(request, PaymentStatus::Failed);
+    Ok(ChargeOutcome::Failed)
+}
+
+/// The debits, their ledger entries and their outbox rows (see [`debit_all`]).
+static DEBIT_ALL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH debited AS ( \
-             UPDATE wallets SET balance_cents = balance_cents - $2, updated_at = now() \
-             WHERE customer_id = $1 AND balance_cents >= $2 \
-             RETURNING customer_id), \
-         entry AS ( \
+        "WITH d AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[]) \
+                 WITH ORDINALITY AS d (customer_id, amount_cents, entry_id, order_id, n)), \
+         debited AS ( \
+             UPDATE wallets w SET balance_cents = w.balance_cents - d.amount_cents, \
+                                  updated_at = now() \
+             FROM d WHERE w.customer_id = d.customer_id AND w.balance_cents >= d.amount_cents \
+             RETURNING d.*), \
+         entries AS ( \
              INSERT INTO wallet_entries (id, customer_id, kind, amount_cents, order_id) \
-             SELECT $3, customer_id, $4, -$2, $5 FROM debited) \
-         {}",
-        outbox::insert_from("debited", 6)
+             SELECT entry_id, customer_id, $5, -amount_cents, order_id FROM debited), \
+         announced AS ({}) \
+         SELECT ARRAY(SELECT order_id FROM debited) AS debited",
+        outbox::insert_all(6, Some("n IN (SELECT n FROM debited)"))
     )
 });
 
-/// Takes `amount_cents` from the customer's wallet unless the balance would
-/// go below zero (the CHECK constraint backs this up), with its ledger
-/// entry and the `PaymentConfirmed` outbox row, in one statement; false
-/// (and nothing written) when the wallet is short or missing.
-async fn debit(
+/// Takes each order's total from its customer's wallet unless the balance
+/// would go below zero (the CHECK constraint backs this up), with its
+/// ledger entry and its `PaymentConfirmed` outbox row, in one statement;
+/// the orders debited (a wallet short or missing: that order is not, and
+/// nothing is written for it). One order per customer: a wallet is updated
+/// once per statement.
+async fn debit_all<'a, 'r: 'a>(
     conn: &mut AsyncPgConnection,
-    order: &OrderCreated,
-    amount_cents: i64,
-    confirmed: &outbox::NewRow<'_>,
-) -> QueryResult<bool> {
-    let query = diesel::sql_query(DEBIT.as_str())
+    charges: impl Iterator<Item = (&'a ChargeRequest<'r>, &'a NewPayment<'r>)>,
+) -> QueryResult<Vec<Uuid>> {
+    #[derive(QueryableByName)]
+    struct Debited {
+        #[diesel(sql_type = sql_types::Array<sql_types::Uuid>)]
+        debited: Vec<Uuid>,
+    }
+    let (requests, payments): (Vec<_>, Vec<_>) = charges.unzip();
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let announcements: Vec<outbox::NewRow> = payments.iter().map(|p| p.confirmed.clone()).collect();
+    let column = |f: fn(&ChargeRequest) -> Uuid| requests.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let query = diesel::sql_query(DEBIT_ALL.as_str())
         .into_boxed()
-        .bind::<sql_types::Uuid, _>(order.customer_id)
-        .bind::<sql_types::BigInt, _>(amount_cents)
-        .bind::<sql_types::Uuid, _>(Uuid::now_v7())
-        .bind::<sql_types::Text, _>(EntryKind::Charge.as_str())
-        .bind::<sql_types::Uuid, _>(order.order_id);
-    let debited = confirmed.bind(query).prepared().execute(conn).await?;
-    Ok(debited > 0)
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(column(|r| r.order.customer_id))
+        .bind::<sql_types::Array<sql_types::BigInt>, _>(
+            requests
+                .iter()
+                .map(|r| r.amount.cents())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(
+            requests.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(column(|r| r.order.order_id))
+        .bind::<sql_types::Text, _>(EntryKind::Charge.as_str());
+    let debited: Debited = outbox::bind_all(&announcements, query)
+        .prepared()
+        .get_result(conn)
+        .await?;
+    Ok(debited.debited)
 }
 
 /// Gives a confirmed payment's money back (PaymentRefunded). Nothing

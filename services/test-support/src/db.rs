@@ -1,8 +1,16 @@
 //! Fresh databases, one per test, on the cluster of `TEST_DATABASE_URL`,
 //! and waiting for a count in one to reach a value.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -21,6 +29,35 @@ impl TestDatabase {
     /// A plain tokio-postgres connection to this database.
     pub async fn client(&self) -> Client {
         connect(&self.url).await
+    }
+
+    /// A diesel connection to this database, as the services use, that
+    /// counts the statements it sends (BEGIN and COMMIT included).
+    pub async fn counted_connection(&self) -> (AsyncPgConnection, Statements) {
+        let mut conn = AsyncPgConnection::establish(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.name));
+        let statements = Statements::default();
+        conn.set_instrumentation(statements.clone());
+        (conn, statements)
+    }
+}
+
+/// The statements a [`TestDatabase::counted_connection`] has sent.
+#[derive(Debug, Clone, Default)]
+pub struct Statements(Arc<AtomicUsize>);
+
+impl Statements {
+    pub fn sent(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Instrumentation for Statements {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let InstrumentationEvent::StartQuery { .. } = event {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
 pub use broker::{KafkaNode, StackBroker};
 pub use browser::Browser;
 pub use db::{
-    TestDatabase, admin_client, database_url, fresh_database, query_i64, try_query_i64,
+    Statements, TestDatabase, admin_client, database_url, fresh_database, query_i64, try_query_i64,
     wait_for_value, wait_for_value_at_least,
 };
 pub use env::{

@@ -329,25 +329,9 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
 
 #[tokio::test]
 async fn a_fetch_of_bookings_takes_one_statement_per_order_and_a_fixed_few() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
-
     use commerce_common::consumer::{EventHandler, ParticipantMetrics};
     use delivery_service::{config::QuotasConfig, saga::DeliverySaga};
-    use diesel::connection::{Instrumentation, InstrumentationEvent};
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-
-    /// Counts the statements sent on a connection.
-    struct Statements(Arc<AtomicUsize>);
-    impl Instrumentation for Statements {
-        fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-            if let InstrumentationEvent::StartQuery { .. } = event {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
+    use diesel_async::{AsyncConnection, RunQueryDsl};
 
     // The app runs the migrations; its consumer's topic stays empty.
     let app = spawn_app_with(1, one_window(10)).await;
@@ -373,15 +357,11 @@ async fn a_fetch_of_bookings_takes_one_statement_per_order_and_a_fixed_few() {
     let envelopes: Vec<_> = events.iter().map(test_support::envelope).collect();
     let records: Vec<_> = envelopes.iter().zip(events.clone()).collect();
 
-    let mut conn = AsyncPgConnection::establish(&app.database.url)
-        .await
-        .unwrap();
-    let statements = Arc::new(AtomicUsize::new(0));
-    conn.set_instrumentation(Statements(statements.clone()));
+    let (mut conn, statements) = app.database.counted_connection().await;
     let announced = conn
         .transaction::<_, diesel::result::Error, _>(async |conn| {
             saga.handle_all(conn, records).await.unwrap();
-            let sent = AtomicUsize::load(&statements, Ordering::Relaxed);
+            let sent = statements.sent();
             // BEGIN; the orders locked; their deliveries and customers'
             // bookings read; the day's windows created (the first
             // booking of this process); a statement per new order (four

@@ -355,29 +355,11 @@ async fn a_catalog_change_is_the_next_placements_whatever_was_read_before() {
 
 #[tokio::test]
 async fn placement_reads_the_catalog_once_for_products_it_has_read() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
-
-    use diesel::connection::{Instrumentation, InstrumentationEvent};
-    use diesel_async::{AsyncConnection, AsyncPgConnection};
     use order_service::catalog::{Catalog, Fresh};
 
-    struct Statements(Arc<AtomicUsize>);
-    impl Instrumentation for Statements {
-        fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-            if let InstrumentationEvent::StartQuery { .. } = event {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
     let app = spawn_app().await;
-    let mut conn = AsyncPgConnection::establish(&app.db.url).await.unwrap();
-    let statements = Arc::new(AtomicUsize::new(0));
-    conn.set_instrumentation(Statements(statements.clone()));
-    let sent = || statements.load(Ordering::Relaxed);
+    let (mut conn, statements) = app.db.counted_connection().await;
+    let sent = || statements.sent();
     let catalog = Catalog::default();
     let skus = ["BOOK-1", "pen_blue.2"];
     let prices = |(mut read, source): (Vec<(String, i64, bool)>, Fresh)| {

@@ -592,3 +592,118 @@ async fn a_delivery_failure_for_a_charge_not_visible_yet_is_retried() {
         "nothing was said about orders never charged"
     );
 }
+
+#[tokio::test]
+async fn a_fetch_of_orders_is_charged_in_two_statements_and_its_exceptions_one_by_one() {
+    use commerce_common::consumer::{EventHandler, ParticipantMetrics};
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use payment_service::{config::WalletConfig, saga::PaymentSaga};
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    // The app runs the migrations; its consumer's topic stays empty.
+    let app = spawn_app().await;
+    let wallet = WalletConfig {
+        initial_credit_cents: INITIAL_CREDIT,
+        ..WalletConfig::default()
+    };
+    let saga = PaymentSaga::new(wallet, ParticipantMetrics::default());
+    let (a, b, c, d, e) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let (mut conn, statements) = app.database.counted_connection().await;
+    let registered: Vec<Event> = [a, b, c, d]
+        .into_iter()
+        .map(|user_id| {
+            Event::UserRegistered(UserRegistered {
+                user_id,
+                email: format!("{user_id}@example.com"),
+                name: "Ada".into(),
+            })
+        })
+        .collect();
+    let envelopes: Vec<_> = registered.iter().map(test_support::envelope).collect();
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let records = envelopes.iter().zip(registered.clone()).collect();
+        saga.handle_all(conn, records).await.unwrap();
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let orders = [
+        order_created(a, 300),
+        order_created(b, 200),
+        order_created(a, 400),  // a's second: debited alone
+        order_created(c, 5000), // short: fails
+        order_created(d, 100),
+        order_created(e, 100), // no wallet yet: opened, then debited
+    ];
+    let mut events: Vec<Event> = orders.iter().cloned().map(Event::OrderCreated).collect();
+    // b's order again, under a new id (a re-drive's request).
+    events.push(Event::OrderCreated(orders[1].clone()));
+    let envelopes: Vec<_> = events.iter().map(test_support::envelope).collect();
+    let before = statements.sent();
+    let announced = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            let records = envelopes.iter().zip(events.clone()).collect();
+            saga.handle_all(conn, records).await.unwrap();
+            // BEGIN; the payment rows; the debits of a, b, d and e; a's
+            // second order debited; c's wallet looked for, debited again,
+            // the payment failed and announced; e's wallet opened with its
+            // ledger entry, debited; b's order's answer read and written
+            // again.
+            assert_eq!(
+                statements.sent() - before,
+                1 + 2 + 1 + 4 + 3 + 2,
+                "statements sent"
+            );
+            diesel::sql_query(
+                "SELECT n_tup_ins AS n FROM pg_stat_xact_user_tables WHERE relname = 'outbox'",
+            )
+            .get_result::<Count>(conn)
+            .await
+        })
+        .await
+        .unwrap()
+        .n;
+    assert_eq!(announced, 7, "six answers, one of them again");
+
+    for (i, expected) in [(0, "CONFIRMED"), (1, "CONFIRMED"), (2, "CONFIRMED")] {
+        assert_eq!(payment_of(&app, orders[i].order_id).await.0, expected);
+    }
+    assert_eq!(
+        payment_of(&app, orders[3].order_id).await,
+        ("FAILED".into(), Some("INSUFFICIENT_FUNDS".into()), 5000)
+    );
+    assert_eq!(payment_of(&app, orders[4].order_id).await.0, "CONFIRMED");
+    assert_eq!(payment_of(&app, orders[5].order_id).await.0, "CONFIRMED");
+    let balances = [
+        (a, INITIAL_CREDIT - 700),
+        (b, INITIAL_CREDIT - 200),
+        (c, INITIAL_CREDIT),
+        (d, INITIAL_CREDIT - 100),
+        (e, INITIAL_CREDIT - 100),
+    ];
+    for (customer, expected) in balances {
+        assert_eq!(balance(&app, customer).await, expected);
+    }
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM payments").await,
+        6,
+        "b's order charged once"
+    );
+    assert_eq!(
+        app.query_i64("SELECT count(*) FROM wallet_entries WHERE kind = 'CHARGE'")
+            .await,
+        5
+    );
+}
