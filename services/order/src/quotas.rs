@@ -8,10 +8,8 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use commerce_common::db::{Prepared, Reuse};
+use commerce_common::db::Reuse;
 use diesel::{
-    pg::Pg,
-    query_builder::{BoxedSqlQuery, SqlQuery},
     result::Error as DieselError,
     sql_types::{BigInt, Integer, Nullable},
 };
@@ -50,54 +48,25 @@ fn lock_key(customer_id: Uuid) -> i32 {
     i32::from_ne_bytes(folded.to_ne_bytes())
 }
 
-/// The open orders of the customer `$customer` counted up to `$max_open`, and
-/// the `$max_per_interval`-th newest order placed within the last `$interval`
-/// microseconds (`OFFSET` the limit minus one): each stops at its limit, one
-/// index range each (orders_open_by_customer, orders_customer_newest).
-/// `{usage}` of the parameters' numbers.
-fn usage_sql(customer: usize, max_open: usize, interval: usize, offset: usize) -> String {
+/// The customer's open orders (counted up to `$2`) and, when `$4 + 1`
+/// orders were placed within the last `$3` microseconds, how long until the
+/// oldest of them is out of that interval.
+static COUNT_USAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "(SELECT count(*) FROM (SELECT 1 FROM orders \
-            WHERE customer_id = ${customer} AND status IN ('{pending}', '{paid}') \
-            LIMIT ${max_open}) AS open) AS open_orders, \
-         (SELECT ceil(extract(epoch FROM \
-                   created_at + ${interval}::float8 * interval '1 microsecond' - now()) * 1000)::int8 \
-            FROM orders \
-            WHERE customer_id = ${customer} \
-              AND created_at > now() - ${interval}::float8 * interval '1 microsecond' \
-            ORDER BY created_at DESC OFFSET ${offset} LIMIT 1) AS rate_retry_after_ms",
+        "SELECT \
+           (SELECT count(*) FROM (SELECT 1 FROM orders \
+              WHERE customer_id = $1 AND status IN ('{pending}', '{paid}') LIMIT $2) AS open \
+           ) AS open_orders, \
+           (SELECT ceil(extract(epoch FROM \
+                     created_at + $3::float8 * interval '1 microsecond' - now()) * 1000)::int8 \
+              FROM orders \
+              WHERE customer_id = $1 AND created_at > now() - $3::float8 * interval '1 microsecond' \
+              ORDER BY created_at DESC OFFSET $4 LIMIT 1 \
+           ) AS rate_retry_after_ms",
         pending = OrderStatus::Pending.as_str(),
         paid = OrderStatus::Paid.as_str(),
     )
-}
-
-/// The customer's usage of both quotas (see [`usage_sql`]).
-static COUNT_USAGE: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {}", usage_sql(1, 2, 3, 4)));
-
-/// A condition for the placing statement: both quotas leave room, counted
-/// with the statement's snapshot, so it must run after [`lock`] (a later
-/// statement of the transaction). Its three parameters are `first` on, in
-/// [`bind_limits`]' order; `customer` is the customer id's parameter.
-pub fn within_sql(customer: usize, first: usize) -> String {
-    format!(
-        "(SELECT open_orders < ${first} AND rate_retry_after_ms IS NULL \
-          FROM (SELECT {}) AS usage)",
-        usage_sql(customer, first, first + 1, first + 2)
-    )
-}
-
-/// Appends the three limits of [`within_sql`] to `query`.
-pub fn bind_limits<'q>(
-    quotas: &QuotasConfig,
-    query: BoxedSqlQuery<'q, Pg, SqlQuery>,
-) -> BoxedSqlQuery<'q, Pg, SqlQuery> {
-    let interval_us = i64::try_from(quotas.placement_interval.as_micros()).unwrap_or(i64::MAX);
-    query
-        .bind::<BigInt, _>(i64::from(quotas.max_open_orders))
-        .bind::<BigInt, _>(interval_us)
-        .bind::<BigInt, _>(i64::from(quotas.max_orders_per_interval) - 1)
-}
+});
 
 #[derive(diesel::QueryableByName)]
 struct Usage {
@@ -109,41 +78,35 @@ struct Usage {
     rate_retry_after_ms: Option<i64>,
 }
 
-/// The customer's placement lock (`pg_advisory_xact_lock`, held until the
-/// transaction ends), as a statement to send ahead of the one that counts:
-/// PostgreSQL runs a connection's statements in order and takes the next
-/// one's snapshot only once the lock is held, so that statement sees every
-/// order committed by whoever held the lock before. Sent together
-/// (pipelined), the two are one round trip.
-pub fn lock(customer_id: Uuid) -> Prepared<BoxedSqlQuery<'static, Pg, SqlQuery>> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
-        .into_boxed()
-        .bind::<Integer, _>(PLACEMENT_LOCK_CLASS)
-        .bind::<Integer, _>(lock_key(customer_id))
-        .prepared()
-}
-
-/// Takes the customer's placement lock and checks both quotas: which one
-/// is exceeded, if any. The placing statement checks them itself
-/// ([`within_sql`]); this tells a placement that stored nothing why.
+/// Takes the customer's placement lock (until the caller's transaction
+/// ends) and checks both quotas. Call it in the transaction that stores the
+/// order: the counts then hold until the order is committed.
 pub async fn check(
     conn: &mut AsyncPgConnection,
     customer_id: Uuid,
     quotas: &QuotasConfig,
 ) -> Result<Option<QuotaExceeded>, DieselError> {
-    let count = bind_limits(
-        quotas,
-        diesel::sql_query(COUNT_USAGE.as_str())
-            .into_boxed()
-            .bind::<diesel::sql_types::Uuid, _>(customer_id),
-    )
-    .prepared();
+    let lock = diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind::<Integer, _>(PLACEMENT_LOCK_CLASS)
+        .bind::<Integer, _>(lock_key(customer_id))
+        .prepared();
+    // The count is a statement after the lock: PostgreSQL runs the two in
+    // order and takes the count's snapshot only once the lock is held, so
+    // it sees every order committed by whoever held the lock before. Both go
+    // out together (pipelined) and stay prepared on the connection: one
+    // round trip. Each count stops at its limit, one index range each
+    // (orders_open_by_customer, orders_customer_newest).
+    let interval_us = i64::try_from(quotas.placement_interval.as_micros()).unwrap_or(i64::MAX);
+    let count = diesel::sql_query(COUNT_USAGE.as_str())
+        .bind::<diesel::sql_types::Uuid, _>(customer_id)
+        .bind::<BigInt, _>(i64::from(quotas.max_open_orders))
+        .bind::<BigInt, _>(interval_us)
+        .bind::<BigInt, _>(i64::from(quotas.max_orders_per_interval) - 1)
+        .prepared();
     let shared: &AsyncPgConnection = conn;
     let (mut first, mut second) = (shared, shared);
-    let (_, usage): (usize, Usage) = futures::try_join!(
-        lock(customer_id).execute(&mut first),
-        count.get_result(&mut second)
-    )?;
+    let (_, usage): (usize, Usage) =
+        futures::try_join!(lock.execute(&mut first), count.get_result(&mut second))?;
     if usage.open_orders >= i64::from(quotas.max_open_orders) {
         return Ok(Some(QuotaExceeded::OpenOrders {
             limit: quotas.max_open_orders,

@@ -11,22 +11,15 @@ use commerce_common::{
     events::{self, Event},
     outbox,
 };
-use diesel::{
-    pg::Pg,
-    prelude::*,
-    query_builder::{BoxedSqlQuery, SqlQuery},
-    result::Error as DieselError,
-};
+use diesel::{prelude::*, result::Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::{
-    config::QuotasConfig,
     domain::{
         DeliveryState, IllegalTransition, NewOrder, OrderStatus, StatusChange,
         order_status::UnknownStatus,
     },
-    quotas::{self, QuotaExceeded},
     schema::{idempotency_keys, order_items, orders, products},
 };
 
@@ -139,49 +132,24 @@ pub enum PlaceError {
     /// was read: nothing was stored; price the order again.
     #[error("a product changed while the order was placed")]
     CatalogChanged,
-    /// The customer's quotas leave no room: nothing was stored.
-    #[error("over a placement quota: {0:?}")]
-    OverQuota(QuotaExceeded),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Stores a new PENDING order and its `OrderCreated` event, or with a known
-/// idempotency key returns the order that key created, under the
-/// customer's placement lock (held until the caller's transaction ends)
-/// and within their `quotas` ([`PlaceError::OverQuota`] otherwise).
+/// idempotency key returns the order that key created.
 pub async fn place_order(
     conn: &mut AsyncPgConnection,
     customer_id: Uuid,
     order: &NewOrder,
     idempotency: Option<&IdempotencyKey>,
-    quotas: &QuotasConfig,
     trace_id: &str,
 ) -> Result<Placed, PlaceError> {
     let order_id = Uuid::now_v7();
-    let announcement = outbox::NewRow::new(&order_created(order_id, customer_id, order), trace_id);
-    let insert = insert_order(
-        order_id,
-        customer_id,
-        order,
-        idempotency,
-        quotas,
-        &announcement,
-    );
-    // The lock, then the placing statement, which counts the quotas with a
-    // snapshot taken once the lock is held: one round trip.
-    let shared: &AsyncPgConnection = conn;
-    let (mut first, mut second) = (shared, shared);
-    let (_, inserted) = futures::try_join!(
-        quotas::lock(customer_id).execute(&mut first),
-        insert.get_result::<OrderRow>(&mut second)
-    )
-    .map(|(locked, row)| (locked, Some(row)))
-    .or_else(|error| match error {
-        DieselError::NotFound => Ok((0, None)),
-        error => Err(error),
-    })?;
-    if let Some(row) = inserted {
+    if let Some(row) = insert_order(conn, order_id, customer_id, order, idempotency, trace_id)
+        .await
+        .optional()?
+    {
         let items = order
             .lines()
             .iter()
@@ -196,13 +164,9 @@ pub async fn place_order(
             .collect();
         return Ok(Placed::Created(OrderView { order: row, items }));
     }
-    // Nothing was inserted: a quota leaves no room, or the key was claimed
-    // before (a concurrent claim made the insert wait until it committed;
-    // its order is committed too), or a product changed since its price was
-    // read.
-    if let Some(exceeded) = quotas::check(conn, customer_id, quotas).await? {
-        return Err(PlaceError::OverQuota(exceeded));
-    }
+    // Nothing was inserted: the key was claimed before (a concurrent claim
+    // made the insert wait until it committed; its order is committed too),
+    // or a product changed since its price was read.
     if let Some(idem) = idempotency
         && let Some(placed) = replay(conn, customer_id, idem).await?
     {
@@ -321,7 +285,7 @@ WITH priced AS (
         LEFT JOIN products ON products.sku = line.sku
         WHERE products.sku IS NULL OR NOT products.active
            OR products.price_cents <> line.unit_price_cents
-    ) AND {within_quotas} AS ok
+    ) AS ok
 ), claimed AS (
     INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id)
     SELECT $2, $3, $4, $1 WHERE $3 IS NOT NULL AND (SELECT ok FROM priced)
@@ -342,20 +306,18 @@ WITH priced AS (
              WITH ORDINALITY AS line (sku, quantity, unit_price_cents, n)
 ), announced AS ({})
 SELECT * FROM placed",
-        outbox::insert_from("placed", 15),
-        within_quotas = quotas::within_sql(2, 23),
+        outbox::insert_from("placed", 15)
     )
 });
 
-/// The placing statement ([`PLACE_ORDER`]) with its parameters.
-fn insert_order<'q>(
+async fn insert_order(
+    conn: &mut AsyncPgConnection,
     order_id: Uuid,
     customer_id: Uuid,
-    order: &'q NewOrder,
-    idempotency: Option<&'q IdempotencyKey>,
-    quotas: &QuotasConfig,
-    announcement: &'q outbox::NewRow<'q>,
-) -> db::Prepared<BoxedSqlQuery<'q, Pg, SqlQuery>> {
+    order: &NewOrder,
+    idempotency: Option<&IdempotencyKey>,
+    trace_id: &str,
+) -> Result<OrderRow, DieselError> {
     use diesel::sql_types::Uuid as SqlUuid;
     use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 
@@ -364,6 +326,8 @@ fn insert_order<'q>(
     let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
     let quantities: Vec<i32> = lines.iter().map(|line| line.quantity.get()).collect();
     let prices: Vec<i64> = lines.iter().map(|line| line.unit_price.get()).collect();
+    let event = order_created(order_id, customer_id, order);
+    let announcement = outbox::NewRow::new(&event, trace_id);
     let query = diesel::sql_query(PLACE_ORDER.as_str())
         .into_boxed()
         .bind::<SqlUuid, _>(order_id)
@@ -372,15 +336,15 @@ fn insert_order<'q>(
         .bind::<Nullable<Text>, _>(idempotency.map(|idem| idem.request_hash.as_str()))
         .bind::<Text, _>(OrderStatus::Pending.as_str())
         .bind::<BigInt, _>(order.total().get())
-        .bind::<Text, _>(address.name.as_str())
-        .bind::<Text, _>(address.street.as_str())
-        .bind::<Text, _>(address.city.as_str())
-        .bind::<Text, _>(address.postal_code.as_str())
-        .bind::<Text, _>(address.country.as_str())
-        .bind::<Array<Text>, _>(skus)
-        .bind::<Array<Integer>, _>(quantities)
-        .bind::<Array<BigInt>, _>(prices);
-    quotas::bind_limits(quotas, announcement.bind(query)).prepared()
+        .bind::<Text, _>(&address.name)
+        .bind::<Text, _>(&address.street)
+        .bind::<Text, _>(&address.city)
+        .bind::<Text, _>(&address.postal_code)
+        .bind::<Text, _>(&address.country)
+        .bind::<Array<Text>, _>(&skus)
+        .bind::<Array<Integer>, _>(&quantities)
+        .bind::<Array<BigInt>, _>(&prices);
+    announcement.bind(query).prepared().get_result(conn).await
 }
 
 fn order_created(order_id: Uuid, customer_id: Uuid, order: &NewOrder) -> Event {

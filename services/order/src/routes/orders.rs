@@ -30,7 +30,7 @@ use crate::{
     },
     metrics::OrderMetrics,
     order_changes::{OrderChanges, Wake},
-    quotas::QuotaExceeded,
+    quotas::{self, QuotaExceeded},
     store::{self, CancelError, IdempotencyKey, OrderView, PlaceError, Placed},
 };
 
@@ -296,20 +296,24 @@ pub async fn place_order(
         let trace_id = trace_id(&req);
         let attempt = conn
             .transaction::<_, PlaceError, _>(async |conn| {
+                if let Some(exceeded) = quotas::check(conn, user.user_id, &placement.quotas).await?
+                {
+                    return Ok(Err(exceeded));
+                }
                 store::place_order(
                     conn,
                     user.user_id,
                     &new_order,
                     idempotency.as_ref(),
-                    &placement.quotas,
                     &trace_id,
                 )
                 .await
+                .map(Ok)
             })
             .await;
         match attempt {
-            Ok(placed) => break placed,
-            Err(PlaceError::OverQuota(exceeded)) => {
+            Ok(Ok(placed)) => break placed,
+            Ok(Err(exceeded)) => {
                 // A retry of a request whose order was placed before gets it.
                 if let Some(placed) = replay(&mut conn, user.user_id, idempotency.as_ref()).await? {
                     break placed;

@@ -413,59 +413,6 @@ async fn placement_reads_the_catalog_once_for_products_it_has_read() {
 }
 
 #[tokio::test]
-async fn a_placement_is_its_lock_and_one_statement_sent_together() {
-    use diesel_async::AsyncConnection;
-    use order_service::{
-        config::QuotasConfig,
-        domain::{Cents, NewOrder, NewOrderLine, Quantity, RawAddress, ShippingAddress, Sku},
-        quotas::QuotaExceeded,
-        store::{self, PlaceError, Placed},
-    };
-
-    let app = spawn_app().await;
-    let (mut conn, statements) = app.db.counted_connection().await;
-    let address = ShippingAddress::parse(RawAddress {
-        name: Some("Ada"),
-        street: Some("1 Main St"),
-        city: Some("London"),
-        postal_code: Some("N1"),
-        country: Some("GB"),
-    })
-    .unwrap();
-    let line = NewOrderLine {
-        sku: Sku::parse("BOOK-1").unwrap(),
-        quantity: Quantity::parse(1).unwrap(),
-        unit_price: Cents::parse_unit_price(1250).unwrap(),
-    };
-    let order = NewOrder::new(vec![line], address).unwrap();
-    let customer = Uuid::new_v4();
-    let quotas = QuotasConfig {
-        max_open_orders: 1,
-        ..QuotasConfig::default()
-    };
-    let mut place = async || {
-        conn.transaction::<_, PlaceError, _>(async |conn| {
-            store::place_order(conn, customer, &order, None, &quotas, "trace").await
-        })
-        .await
-    };
-    assert!(matches!(place().await, Ok(Placed::Created(_))));
-    // BEGIN; the customer's lock and the placing statement (which checks
-    // prices and quotas itself); COMMIT.
-    assert_eq!(statements.sent(), 4, "statements sent");
-    // The second is over the open-orders quota: the placing statement
-    // stores nothing, and a count says why.
-    assert!(matches!(
-        place().await,
-        Err(PlaceError::OverQuota(QuotaExceeded::OpenOrders {
-            limit: 1,
-            ..
-        }))
-    ));
-    assert_eq!(app.stored_orders().await, 1);
-}
-
-#[tokio::test]
 async fn a_retry_with_its_idempotency_key_gets_its_order_after_the_catalog_changed() {
     let app = spawn_app().await;
     let customer = Customer::new();
