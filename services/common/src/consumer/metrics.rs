@@ -1,5 +1,5 @@
 //! The consumer's Prometheus metrics: lag, records by outcome, retries,
-//! fetch errors, offsets skipped, partitions owned and event age.
+//! fetches, fetch errors, offsets skipped, partitions owned and event age.
 
 use prometheus_client::{
     metrics::{
@@ -20,6 +20,7 @@ pub(super) struct Metrics {
     pub lag: Family<Labels, Gauge>,
     pub records: Family<Labels, Counter>,
     pub retries: Family<Labels, Counter>,
+    pub fetches: Family<Labels, Counter>,
     pub fetch_errors: Family<Labels, Counter>,
     pub skipped: Family<Labels, Counter>,
     pub owned: Family<Labels, Gauge>,
@@ -32,6 +33,7 @@ impl Metrics {
             lag: Family::default(),
             records: Family::default(),
             retries: Family::default(),
+            fetches: Family::default(),
             fetch_errors: Family::default(),
             skipped: Family::default(),
             owned: Family::default(),
@@ -53,6 +55,11 @@ impl Metrics {
             "consumer_retries",
             "Fetches rolled back after a transient error and retried",
             metrics.retries.clone(),
+        );
+        registry.register(
+            "consumer_fetches",
+            "Fetch requests sent to the broker",
+            metrics.fetches.clone(),
         );
         registry.register(
             "consumer_fetch_errors",

@@ -72,10 +72,12 @@ impl Worker {
         let mut stored = next;
         let mut stored_at = Instant::now();
         let mut client: Option<PartitionClient> = None;
-        // Whether the last fetch brought records: then more are likely on
-        // their way and the next fetch asks for what is there at once (see
-        // `ConsumerConfig::busy_fetch_interval`).
-        let mut busy = false;
+        // When the last fetch brought records, more are likely on their way:
+        // the next fetch asks for what is there at once, no sooner than this
+        // after the last one started (`ConsumerConfig::busy_fetch_interval`,
+        // or `skipped_fetch_interval` when the service wanted none of them).
+        // `None`: the partition was quiet, the next fetch waits at the broker.
+        let mut spacing: Option<Duration> = None;
         let mut fetch_started = Instant::now();
         while !self.cancel.is_cancelled() {
             if client.is_none() {
@@ -99,19 +101,18 @@ impl Worker {
                     }
                 }
             }
-            let max_wait = if busy {
-                let since = fetch_started.elapsed();
-                if since < self.config.busy_fetch_interval
-                    && !self.pause(self.config.busy_fetch_interval - since).await
-                {
-                    return;
+            let max_wait = match spacing.take() {
+                Some(spacing) => {
+                    let since = fetch_started.elapsed();
+                    if since < spacing && !self.pause(spacing - since).await {
+                        return;
+                    }
+                    Duration::ZERO
                 }
-                Duration::ZERO
-            } else {
-                self.config.fetch_max_wait
+                None => self.config.fetch_max_wait,
             };
             fetch_started = Instant::now();
-            busy = false;
+            self.metrics.fetches.get_or_create(&labels).inc();
             let fetch = client.as_ref().expect("set above").fetch_records(
                 next,
                 1..self.config.fetch_max_bytes,
@@ -203,7 +204,12 @@ impl Worker {
             let wanted: Vec<&Decoded> = decoded.iter().filter(|d| self.wanted(d)).collect();
             let ignored = (records.len() - wanted.len()) as u64;
             let new_next = records.last().map_or(next, |last| last.offset + 1);
-            busy = !records.is_empty();
+            let busy = !records.is_empty();
+            spacing = match (busy, wanted.is_empty()) {
+                (false, _) => None,
+                (true, true) => Some(self.config.skipped_fetch_interval),
+                (true, false) => Some(self.config.busy_fetch_interval),
+            };
             if wanted.is_empty() {
                 // Nothing new (the high watermark may be below `next` for a
                 // moment, a new leader that has not caught up yet; a

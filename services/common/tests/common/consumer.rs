@@ -167,13 +167,24 @@ fn start_observed(
     concurrency: Concurrency,
     registry: &mut Registry,
 ) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+    start_configured(setup, config(instance), concurrency, registry)
+}
+
+/// Starts an instance with `config`, its metrics in `registry`.
+fn start_configured(
+    setup: &Setup,
+    config: ConsumerConfig,
+    concurrency: Concurrency,
+    registry: &mut Registry,
+) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+    let instance = config.instance_id.clone();
     let shutdown = CancellationToken::new();
     let handle = consumer::spawn(
         setup.pool.clone(),
         identity(&setup.topic),
-        config(instance),
+        config,
         Arc::new(Recorder {
-            instance: instance.into(),
+            instance,
             concurrency,
             cured: false,
         }),
@@ -743,6 +754,45 @@ async fn unwanted_events_leave_no_inbox_rows_and_their_offsets_are_stored_anyway
         query_i64(database, "SELECT count(*) FROM dead_letters").await,
         0
     );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_partition_of_unwanted_events_is_fetched_every_skipped_fetch_interval() {
+    let setup = setup(1).await;
+    let brokers = kafka_brokers();
+    let mut registry = Registry::default();
+    let config = ConsumerConfig {
+        skipped_fetch_interval: Duration::from_secs(1),
+        ..config("only")
+    };
+    let (_handle, shutdown) =
+        start_configured(&setup, config, Concurrency::Serialized, &mut registry);
+    let database = &setup.database;
+    let key = Uuid::new_v4().to_string();
+    produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("SKIP")).await;
+    wait_for_stored_offset(database, 1, "the first skipped offset to be stored").await;
+    let fetches = || metric(&registry, "consumer_fetches_total{").unwrap_or_default();
+    let before = fetches();
+    // Unwanted events for 1.5 s, one every 30 ms: fetched every 20 ms
+    // (`busy_fetch_interval`) that would be about 75 fetches.
+    let started = tokio::time::Instant::now();
+    let mut produced = 1;
+    while started.elapsed() < Duration::from_millis(1500) {
+        produce_envelope(&brokers, &setup.topic, 0, &key, &envelope("SKIP")).await;
+        produced += 1;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let during = fetches() - before;
+    assert!(
+        during <= 4.0,
+        "{during} fetches of a partition of unwanted events in 1.5 s, with a 1 s interval"
+    );
+    // A wanted event there is still applied, within the interval.
+    let wanted = envelope("OK");
+    produce_envelope(&brokers, &setup.topic, 0, &key, &wanted).await;
+    wait_for_stored_offset(database, produced + 1, "the wanted event to be applied").await;
+    assert_eq!(query_i64(database, "SELECT count(*) FROM effects").await, 1);
     shutdown.cancel();
 }
 
