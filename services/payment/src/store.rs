@@ -228,12 +228,7 @@ async fn insert_payments(
     .bind::<sql_types::Array<sql_types::Uuid>, _>(payments.iter().map(|p| p.id).collect::<Vec<_>>())
     .bind::<sql_types::Array<sql_types::Uuid>, _>(column(|r| r.order.order_id))
     .bind::<sql_types::Array<sql_types::Uuid>, _>(column(|r| r.order.customer_id))
-    .bind::<sql_types::Array<sql_types::BigInt>, _>(
-        requests
-            .iter()
-            .map(|r| r.amount.cents())
-            .collect::<Vec<_>>(),
-    )
+    .bind::<sql_types::Array<sql_types::BigInt>, _>(amounts(requests.iter()))
     .bind::<sql_types::Text, _>(PaymentStatus::Confirmed.as_str())
     .bind::<sql_types::Array<sql_types::Uuid>, _>(
         payments.iter().map(|p| p.confirmed.id).collect::<Vec<_>>(),
@@ -242,6 +237,11 @@ async fn insert_payments(
     .load(conn)
     .await?;
     Ok(inserted.into_iter().map(|row| row.order_id).collect())
+}
+
+/// The charges' amounts, in cents.
+fn amounts<'a, 'r: 'a>(requests: impl Iterator<Item = &'a ChargeRequest<'r>>) -> Vec<i64> {
+    requests.map(|r| r.amount.cents()).collect()
 }
 
 /// A charge that was not debited with its batch: debited alone (a
@@ -322,7 +322,7 @@ async fn debit_all<'a, 'r: 'a>(
         #[diesel(sql_type = sql_types::Array<sql_types::Uuid>)]
         debited: Vec<Uuid>,
     }
-    let (requests, payments): (Vec<_>, Vec<_>) = charges.unzip();
+    let (requests, payments): (Vec<&ChargeRequest>, Vec<&NewPayment>) = charges.unzip();
     if requests.is_empty() {
         return Ok(Vec::new());
     }
@@ -331,12 +331,7 @@ async fn debit_all<'a, 'r: 'a>(
     let query = diesel::sql_query(DEBIT_ALL.as_str())
         .into_boxed()
         .bind::<sql_types::Array<sql_types::Uuid>, _>(column(|r| r.order.customer_id))
-        .bind::<sql_types::Array<sql_types::BigInt>, _>(
-            requests
-                .iter()
-                .map(|r| r.amount.cents())
-                .collect::<Vec<_>>(),
-        )
+        .bind::<sql_types::Array<sql_types::BigInt>, _>(amounts(requests.iter().copied()))
         .bind::<sql_types::Array<sql_types::Uuid>, _>(
             requests.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>(),
         )

@@ -10,7 +10,7 @@ use std::{
 };
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -43,13 +43,30 @@ impl TestDatabase {
     }
 }
 
+/// Rows the current transaction of `conn` inserted into `table` so far
+/// (`pg_stat_xact_user_tables`), deleted since or not: how many outbox rows
+/// a handler wrote, which the outbox's trigger deletes at once.
+pub async fn inserted_in_transaction(conn: &mut AsyncPgConnection, table: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query("SELECT n_tup_ins AS n FROM pg_stat_xact_user_tables WHERE relname = $1")
+        .bind::<diesel::sql_types::Text, _>(table)
+        .get_result::<Inserted>(conn)
+        .await
+        .unwrap_or_else(|e| panic!("reading the inserts into {table}: {e}"))
+        .n
+}
+
 /// The statements a [`TestDatabase::counted_connection`] has sent.
 #[derive(Debug, Clone, Default)]
 pub struct Statements(Arc<AtomicUsize>);
 
 impl Statements {
     pub fn sent(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        AtomicUsize::load(&self.0, Ordering::Relaxed)
     }
 }
 

@@ -27,8 +27,8 @@ pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
 pub use broker::{KafkaNode, StackBroker};
 pub use browser::Browser;
 pub use db::{
-    Statements, TestDatabase, admin_client, database_url, fresh_database, query_i64, try_query_i64,
-    wait_for_value, wait_for_value_at_least,
+    Statements, TestDatabase, admin_client, database_url, fresh_database, inserted_in_transaction,
+    query_i64, try_query_i64, wait_for_value, wait_for_value_at_least,
 };
 pub use env::{
     DEFAULT_DATABASE_URL, DEFAULT_KAFKA_BROKERS, admin_url, bin_dir, bin_path, kafka_brokers,
