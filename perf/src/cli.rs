@@ -36,8 +36,8 @@ pub enum Scenario {
     /// Read-heavy traffic at a fixed --rate: order reads, order lists, wallet
     /// reads and a --write-share of new orders.
     Mixed,
-    /// Issue 22's five targets in one command: a warm-up (100, then 200
-    /// orders/s, 20 s each, not graded), an idle stack (an order every 5 s), 100 orders/s,
+    /// Issue 22's five targets in one command: a warm-up (100 orders/s for
+    /// 20 s, not graded), an idle stack (an order every 5 s), 100 orders/s,
     /// 200 orders/s twice back to back (--duration s each, 30 by default),
     /// then saturation; prints one pass/fail line per target.
     ReportCard,

@@ -1,8 +1,8 @@
 //! `load report-card`: the runs behind issue 22's five targets, one after the
 //! other against the running stack, and one table of pass/fail lines.
 //!
-//! The runs: a warm-up at 100 and then 200 orders/s for [`WARM_UP_S`] s
-//! each (not graded: a broker just started is still compiling), an idle stack with an order
+//! The runs: a warm-up at 100 orders/s for [`WARM_UP_S`] s (not graded: a
+//! broker just started is still compiling), an idle stack with an order
 //! every 5 s (targets 2 and 5's idle CPU), 100 orders/s (target 3),
 //! 200 orders/s twice back to back (target 1, and target 5's "nothing grows
 //! with history"), then saturation (target 4).
@@ -29,8 +29,7 @@ pub const IDLE_CPU_PCT: f64 = 3.0;
 /// Two identical runs back to back: CPU per order within this share.
 pub const HISTORY_DRIFT: f64 = 0.05;
 
-/// Seconds of each ungraded warm-up run (100, then 200 orders/s) before the
-/// others.
+/// Seconds of the ungraded warm-up run at 100 orders/s before the others.
 pub const WARM_UP_S: f64 = 20.0;
 
 /// One target's verdict.
@@ -186,15 +185,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<(Vec<Line>, String, PathBuf)> {
             "warm-up (not graded)",
             variant(cli, Scenario::Saga, 100.0, WARM_UP_S),
         ),
-        // At the graded rate too: after the 100/s warm-up alone, the first
-        // 200/s run still measured 4.59 and 4.77 ms per order where the
-        // second measured 4.29 and 4.55 (the broker 0.51 against 0.45 ms,
-        // PostgreSQL 2.39 against 2.22), which target 5's "two runs within
-        // 5%" read as history when it was warm-up (docs/perf.md).
-        (
-            "warm-up at 200/s (not graded)",
-            variant(cli, Scenario::Saga, 200.0, WARM_UP_S),
-        ),
         (
             "idle (an order every 5 s)",
             variant(cli, Scenario::Saga, 0.2, 60.0),
@@ -231,7 +221,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<(Vec<Line>, String, PathBuf)> {
     }
     let mut reports = reports.into_iter();
     let mut next = || reports.next().expect("one report per run");
-    let _warm_up = [next(), next()];
+    let _warm_up = next();
     let runs = Runs {
         idle: next(),
         at_100: next(),
