@@ -8,6 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use commerce_common::service::ServiceSettings;
 use serde_yaml::Value;
 
 /// The workspace root (where compose.yaml lives).
@@ -177,47 +178,47 @@ impl Compose {
     }
 }
 
-/// What the checks shared by the services behind the gateway read from a
-/// container's loaded settings ([`Compose::assert_service_container`]).
-pub struct ServiceContainer<'a> {
-    pub host: &'a str,
-    pub port: u16,
-    pub database_url: &'a str,
-    pub kafka_brokers: Vec<String>,
-    pub public_key_file: Option<&'a Path>,
-}
-
 impl Compose {
     /// The checks every service behind the gateway shares (`order`,
-    /// `payment`, `delivery`): the container serves HTTP on the port its
-    /// healthcheck probes and the gateway forwards to, uses the
-    /// `commerce_<service>` database and the broker's internal listener, and
-    /// reads the public key the keys job writes. Returns the healthcheck path.
+    /// `payment`, `delivery`) on its container's loaded `settings`: the
+    /// container serves HTTP on the port its healthcheck probes and the
+    /// gateway forwards to, uses the `commerce_<service>` database and the
+    /// broker's internal listener (for its consumer), and reads the public
+    /// key the keys job writes. Returns the healthcheck path.
     pub fn assert_service_container(
         &self,
         service: &str,
-        settings: ServiceContainer<'_>,
+        settings: &impl ServiceSettings,
     ) -> String {
+        let settings = settings.common();
         let health_path = self
             .service(service)
-            .assert_serves_http(settings.host, settings.port);
+            .assert_serves_http(&settings.http.host, settings.http.port);
         assert_eq!(
             self.gateway_upstream(service),
-            format!("http://{service}:{}", settings.port),
+            format!("http://{service}:{}", settings.http.port),
             "the gateway forwards to the {service} container's port"
         );
         assert!(
             settings
-                .database_url
+                .database
+                .url
+                .expose()
                 .ends_with(&format!("@postgres:5432/commerce_{service}")),
             "{service}: the commerce_{service} database on the postgres container"
         );
+        let (kafka, _) = settings
+            .consumer
+            .unwrap_or_else(|| panic!("{service}: the container runs its consumer"));
         assert_eq!(
-            settings.kafka_brokers,
+            kafka.broker_list(),
             [self.kafka_internal_address()],
             "{service}: the broker's internal listener"
         );
-        let key_file = settings.public_key_file.expect("a public key file");
+        let key_file = settings
+            .auth
+            .and_then(|auth| auth.public_key_file.as_deref())
+            .expect("a public key file");
         self.assert_reads_jwt_key(service, key_file, "jwt.pub.pem");
         health_path
     }

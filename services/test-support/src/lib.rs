@@ -1,14 +1,16 @@
 //! Helpers for tests that exercise the real thing (zero2prod / IOx style):
 //! fresh databases on a real PostgreSQL, the real binaries as child
-//! processes, tokens the services accept, a Kafka reader, Kafka nodes of a
-//! test's own, a headless browser, wait-until helpers instead of sleeps, and
-//! [`Stack`]: any subset of the whole system started from one wiring.
+//! processes, a service's app in the test's own process ([`RunningApp`]),
+//! tokens the services accept, a Kafka reader, Kafka nodes of a test's own,
+//! a headless browser, wait-until helpers instead of sleeps, and [`Stack`]:
+//! any subset of the whole system started from one wiring.
 //!
 //! Environment (set by `cargo xtask test`, defaulting to the shared dev
 //! instances): `TEST_DATABASE_URL`, `TEST_KAFKA_BROKERS`, `TEST_KAFKA_LIBS`
 //! (the broker's jars, for nodes of a test's own), `COMMERCE_BIN_DIR`,
 //! `TEST_LOG` (print child logs live).
 
+mod app;
 mod auth;
 mod broker;
 mod browser;
@@ -23,6 +25,7 @@ mod relay;
 mod stack;
 mod wait;
 
+pub use app::{ConsumingApp, RunningApp, fresh_topic};
 pub use auth::{TestKeys, claims_for, jwt_keys, mint_token, mint_token_with};
 pub use broker::{KafkaNode, StackBroker};
 pub use browser::Browser;

@@ -13,6 +13,7 @@ use rskafka::{
     client::partition::{Compression, UnknownTopicHandling},
     record::Record,
 };
+use test_support::RunningApp;
 use uuid::Uuid;
 
 fn paid(customer_id: Uuid) -> PaymentConfirmed {
@@ -270,16 +271,16 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
     let app = spawn_app_with(8, one_window(CAPACITY)).await;
     // A second instance on the same database and topic: two processes'
     // worth of consumers booking at once.
-    let second = Application::build(crate::helpers::settings(
-        &app.database,
-        &app.topic,
-        "second",
-        one_window(CAPACITY),
-    ))
-    .await
-    .unwrap();
-    let stop_second = second.shutdown_token();
-    tokio::spawn(second.run_until_stopped());
+    let second = RunningApp::spawn(
+        Application::build(crate::helpers::settings(
+            &app.database,
+            &app.topic,
+            "second",
+            one_window(CAPACITY),
+        ))
+        .await
+        .unwrap(),
+    );
     test_support::wait_until(
         crate::helpers::WAIT,
         "both instances to own partitions",
@@ -324,7 +325,7 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
         2,
         "both instances took part"
     );
-    stop_second.cancel();
+    drop(second);
 }
 
 #[tokio::test]

@@ -10,21 +10,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use order_service::{config::Settings, startup::Application};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
-use test_support::{TestDatabase, fresh_database, jwt_keys, mint_token};
-use tokio_util::sync::CancellationToken;
+use test_support::{RunningApp, TestDatabase, fresh_database, jwt_keys, mint_token};
 use uuid::Uuid;
 
 pub struct TestApp {
     pub address: String,
     pub db: TestDatabase,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _app: RunningApp,
 }
 
 /// The app without the saga consumer: HTTP only, no broker needed.
@@ -59,18 +52,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.auth.public_key_pem = Some(Secret::new(jwt_keys().public_pem.clone()));
     settings.saga.enabled = false;
     configure(&mut settings);
-    let app = Application::build(settings).await.expect("build the app");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
+    let app = RunningApp::spawn(Application::build(settings).await.expect("build the app"));
     TestApp {
-        address,
+        address: app.address(),
         db,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap(),
-        shutdown,
+        _app: app,
     }
 }
 

@@ -8,7 +8,8 @@
 use commerce_common::config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret};
 use payment_service::{config::Settings, startup::Application};
 use test_support::{
-    compose::{Compose, ServiceContainer, assert_health_answers},
+    RunningApp,
+    compose::{Compose, assert_health_answers},
     config_doc::assert_config_documented,
     fresh_database, jwt_keys, kafka_brokers,
 };
@@ -20,16 +21,7 @@ const SERVICE: &str = "payment";
 async fn the_compose_environment_configures_the_service() {
     let compose = Compose::load();
     let settings = compose.service(SERVICE).load_config(Settings::load);
-    let health_path = compose.assert_service_container(
-        SERVICE,
-        ServiceContainer {
-            host: &settings.http.host,
-            port: settings.http.port,
-            database_url: settings.database.url.expose(),
-            kafka_brokers: settings.kafka.broker_list(),
-            public_key_file: settings.auth.public_key_file.as_deref(),
-        },
-    );
+    let health_path = compose.assert_service_container(SERVICE, &settings);
     assert!(
         settings.consumer.topics.is_empty(),
         "the container consumes the service's own topic list"
@@ -50,12 +42,8 @@ async fn the_compose_environment_configures_the_service() {
     };
     local.consumer.topics = vec![format!("payment-compose-{}", Uuid::new_v4().simple())];
     local.auth.public_key_pem = Some(Secret::new(jwt_keys().public_pem.clone()));
-    let app = Application::build(local).await.expect("the app builds");
-    let port = app.port();
-    let shutdown = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
-    assert_health_answers(port, &health_path).await;
-    shutdown.cancel();
+    let app = RunningApp::spawn(Application::build(local).await.expect("the app builds"));
+    assert_health_answers(app.port(), &health_path).await;
 }
 
 #[test]

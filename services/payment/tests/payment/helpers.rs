@@ -9,36 +9,19 @@ use commerce_common::{
     auth::PublicKeyConfig,
     config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret},
     consumer::ConsumerConfig,
-    events::{Envelope, Event},
 };
 use payment_service::{
     config::{Settings, WalletConfig},
     startup::Application,
 };
 use test_support::{
-    TestDatabase, ensure_topics, envelope, fresh_database, jwt_keys, kafka_brokers, partition_of,
-    produce_envelope,
+    ConsumingApp, RunningApp, TestDatabase, fresh_database, jwt_keys, kafka_brokers,
 };
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 pub const INITIAL_CREDIT: i64 = 1_000;
 
-pub struct TestApp {
-    pub address: String,
-    pub database: TestDatabase,
-    pub topic: String,
-    pub partitions: i32,
-    pub client: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+pub type TestApp = ConsumingApp;
 
 pub fn settings(database: &TestDatabase, topic: &str, instance: &str) -> Settings {
     Settings {
@@ -66,9 +49,7 @@ pub fn settings(database: &TestDatabase, topic: &str, instance: &str) -> Setting
 
 /// A fresh topic with `partitions` partitions.
 pub async fn fresh_topic(partitions: i32) -> String {
-    let topic = format!("payment-test-{}", Uuid::new_v4().simple());
-    ensure_topics(&kafka_brokers(), &[&topic], partitions).await;
-    topic
+    test_support::fresh_topic("payment-test", partitions).await
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -91,58 +72,7 @@ pub async fn spawn_app_configured(
     let app = Application::build(settings)
         .await
         .expect("building the app");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        database,
-        topic,
-        partitions,
-        client: reqwest::Client::new(),
-        shutdown,
-    }
-}
-
-impl TestApp {
-    /// Produces `envelope` to this app's topic, keyed like the relay does.
-    pub async fn send(&self, envelope: &Envelope) {
-        let partition = partition_of(&envelope.aggregate_id, self.partitions);
-        produce_envelope(
-            &kafka_brokers(),
-            &self.topic,
-            partition,
-            &envelope.aggregate_id,
-            envelope,
-        )
-        .await;
-    }
-
-    pub async fn publish(&self, event: &Event) -> Envelope {
-        let envelope = envelope(event);
-        self.send(&envelope).await;
-        envelope
-    }
-
-    pub async fn query_i64(&self, sql: &str) -> i64 {
-        test_support::query_i64(&self.database, sql).await
-    }
-
-    pub fn get(&self, path: &str, user: Option<Uuid>) -> reqwest::RequestBuilder {
-        let request = self.client.get(format!("{}{path}", self.address));
-        match user {
-            Some(user) => request.bearer_auth(test_support::mint_token(user)),
-            None => request,
-        }
-    }
-
-    pub fn post(&self, path: &str, user: Option<Uuid>) -> reqwest::RequestBuilder {
-        let request = self.client.post(format!("{}{path}", self.address));
-        match user {
-            Some(user) => request.bearer_auth(test_support::mint_token(user)),
-            None => request,
-        }
-    }
+    TestApp::new(RunningApp::spawn(app), database, topic, partitions)
 }
 
 /// Waits until `sql` (one bigint) yields `expected`.
