@@ -207,7 +207,6 @@ pub async fn apply_events(
     let mut orders: HashMap<Uuid, LockedOrder> = if ids.is_empty() {
         HashMap::new()
     } else {
-        store::avoid_table_scans(conn).await?;
         store::lock_orders(conn, &ids)
             .await?
             .into_iter()

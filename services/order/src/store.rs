@@ -471,37 +471,38 @@ pub struct LockedOrder {
     read_at: DateTime<Utc>,
 }
 
-/// Plans the rest of the transaction without sequential scans where an
-/// index will do. The saga's statements take a set of orders (`id =
+/// Locks the orders of `ids` (sorted, no repeats) that this database has,
+/// for the rest of the transaction, in id order: the consumer's fetches of
+/// two partitions, each locking the orders of its records in one
+/// statement, take their row locks in the same order and cannot deadlock.
+///
+/// The rest of the transaction is planned without sequential scans where
+/// an index will do. The saga's statements take a set of orders (`id =
 /// ANY($1)`, a join with `unnest`); planned while `orders` is small, a
 /// sequential scan is cheapest, and the connection keeps that plan (a
 /// prepared statement) until the next `ANALYZE` while the table grows: on
 /// a fresh stack at 100-200 orders a second that was 6,200 scans of the
 /// whole table (16 million rows read) in its first 45 s. An index scan
 /// costs the same on a small table and stays cheap after (the outbox
-/// trigger's reason too, see its migration). One statement per fetch.
-pub async fn avoid_table_scans(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
-    diesel::sql_query("SET LOCAL enable_seqscan = off")
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Locks the orders of `ids` (sorted, no repeats) that this database has,
-/// for the rest of the transaction, in id order: the consumer's fetches of
-/// two partitions, each locking the orders of its records in one
-/// statement, take their row locks in the same order and cannot deadlock.
+/// trigger's reason too, see its migration). The setting and the lock go
+/// out together (pipelined; PostgreSQL runs them in order, so the lock is
+/// planned with the setting): one round trip.
 pub async fn lock_orders(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> Result<Vec<LockedOrder>, DieselError> {
-    let rows: Vec<OrderRow> = orders::table
+    let avoid_table_scans = diesel::sql_query("SET LOCAL enable_seqscan = off");
+    let lock = orders::table
         .filter(orders::id.eq_any(ids))
         .order(orders::id)
         .select(OrderRow::as_select())
-        .for_update()
-        .load(conn)
-        .await?;
+        .for_update();
+    let shared: &AsyncPgConnection = conn;
+    let (mut first, mut second) = (shared, shared);
+    let (_, rows): (usize, Vec<OrderRow>) = futures::try_join!(
+        avoid_table_scans.execute(&mut first),
+        lock.load(&mut second)
+    )?;
     Ok(rows
         .into_iter()
         .map(|row| LockedOrder {

@@ -32,7 +32,8 @@ impl TestDatabase {
     }
 
     /// A diesel connection to this database, as the services use, that
-    /// counts the statements it sends (BEGIN and COMMIT included).
+    /// counts the statements it sends (BEGIN and COMMIT included) and its
+    /// round trips.
     pub async fn counted_connection(&self) -> (AsyncPgConnection, Statements) {
         let mut conn = AsyncPgConnection::establish(&self.url)
             .await
@@ -60,20 +61,42 @@ pub async fn inserted_in_transaction(conn: &mut AsyncPgConnection, table: &str) 
         .n
 }
 
-/// The statements a [`TestDatabase::counted_connection`] has sent.
+/// The statements a [`TestDatabase::counted_connection`] has sent, and in
+/// how many round trips: a statement sent while another is still waiting
+/// for its answer (pipelined) shares that one's round trip.
 #[derive(Debug, Clone, Default)]
-pub struct Statements(Arc<AtomicUsize>);
+pub struct Statements(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    sent: AtomicUsize,
+    round_trips: AtomicUsize,
+    in_flight: AtomicUsize,
+}
 
 impl Statements {
     pub fn sent(&self) -> usize {
-        AtomicUsize::load(&self.0, Ordering::Relaxed)
+        AtomicUsize::load(&self.0.sent, Ordering::Relaxed)
+    }
+
+    pub fn round_trips(&self) -> usize {
+        AtomicUsize::load(&self.0.round_trips, Ordering::Relaxed)
     }
 }
 
 impl Instrumentation for Statements {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        if let InstrumentationEvent::StartQuery { .. } = event {
-            self.0.fetch_add(1, Ordering::Relaxed);
+        match event {
+            InstrumentationEvent::StartQuery { .. } => {
+                self.0.sent.fetch_add(1, Ordering::Relaxed);
+                if self.0.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+                    self.0.round_trips.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            InstrumentationEvent::FinishQuery { .. } => {
+                self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 }

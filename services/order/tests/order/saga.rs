@@ -581,6 +581,33 @@ async fn a_fetch_of_events_applies_together_as_one_by_one() {
     );
 }
 
+#[tokio::test]
+async fn a_fetch_locks_its_orders_in_one_round_trip_with_its_plan_setting() {
+    let app = spawn_app().await;
+    let (a, b) = (Order::place(&app).await, Order::place(&app).await);
+    let mut ids = vec![a.id, b.id];
+    ids.sort_unstable();
+    let (mut conn, statements) = app.db.counted_connection().await;
+    let counts = || (statements.sent(), statements.round_trips());
+    let (sent, round_trips) = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            // Once for the statements to be prepared on this connection.
+            store::lock_orders(conn, &ids).await?;
+            let before = counts();
+            let locked = store::lock_orders(conn, &ids).await?;
+            assert_eq!(
+                locked.iter().map(|order| order.row.id).collect::<Vec<_>>(),
+                ids
+            );
+            let after = counts();
+            Ok((after.0 - before.0, after.1 - before.1))
+        })
+        .await
+        .unwrap();
+    // `SET LOCAL enable_seqscan` and the `SELECT ... FOR UPDATE`, pipelined.
+    assert_eq!((sent, round_trips), (2, 1));
+}
+
 #[derive(diesel::QueryableByName)]
 struct TableScans {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
