@@ -105,7 +105,7 @@ pub struct KafkaConfig {
     /// before its next batch, so that under load records travel in fewer,
     /// larger batches (less work per record for the broker and for every
     /// consumer's fetch). A quiet partition produces at once. 0 turns it off.
-    /// 20 ms, with the consumers' `busy_fetch_interval` (docs/perf.md).
+    /// 25 ms, with the consumers' `busy_fetch_interval` (docs/perf.md).
     #[serde(with = "duration")]
     pub busy_produce_interval: Duration,
     /// Produce attempts of a record the broker keeps answering with a
@@ -126,7 +126,7 @@ impl Default for KafkaConfig {
             max_in_flight_records: 5_000,
             max_in_flight_bytes: 64 * 1024 * 1024,
             max_record_bytes: 1_000_000,
-            busy_produce_interval: Duration::from_millis(20),
+            busy_produce_interval: Duration::from_millis(25),
             max_produce_attempts: 10,
             replication_factor: -1,
         }

@@ -71,12 +71,14 @@ pub struct ConsumerConfig {
     /// after the previous one started and asks for what is there now
     /// (`max_wait` 0): the records of a busy partition that arrive in the
     /// meantime are fetched and applied together, in one transaction,
-    /// instead of one fetch and one transaction per record. 20 ms, with the
-    /// relay's `busy_produce_interval` at 20 ms too: 16% less stack CPU per
-    /// order at 200 orders/s than 10 ms (6.2 against 7.3 ms) and 30% less at
-    /// 100/s (7.5 against 10.5), for a saga p50 of 65-75 ms at 200/s
-    /// instead of 45 (alternated runs, docs/perf.md). 40 ms saved little
-    /// more (5.8 ms) and brought the p99 at 100/s to 133 ms.
+    /// instead of one fetch and one transaction per record. 25 ms, with the
+    /// relay's `busy_produce_interval` at 25 ms too. 20 ms against 10 saved
+    /// 16% of the stack CPU per order at 200 orders/s (6.2 against 7.3 ms)
+    /// and 30% at 100/s (7.5 against 10.5), for a saga p50 of 65-75 ms at
+    /// 200/s instead of 45; 25 against 20 ms, 2-11% at 200/s (4.51, 4.44
+    /// against 5.08, 4.55 ms) for a p50 at 100/s of 68-77 ms instead of
+    /// 55-58 and a p99 of 105-110 instead of 85-89 (alternated runs,
+    /// docs/perf.md). 40 ms brought the p99 at 100/s to 133 ms.
     #[serde(with = "duration")]
     pub busy_fetch_interval: Duration,
     /// After a fetch whose records were all events the service does not act
@@ -107,7 +109,7 @@ impl Default for ConsumerConfig {
             instance_id: default_instance_id(),
             lease_ttl: Duration::from_secs(10),
             fetch_max_wait: Duration::from_secs(5),
-            busy_fetch_interval: Duration::from_millis(20),
+            busy_fetch_interval: Duration::from_millis(25),
             skipped_fetch_interval: Duration::from_millis(200),
             fetch_max_bytes: 1024 * 1024,
             broker_timeout: Duration::from_secs(5),

@@ -774,8 +774,8 @@ async fn a_partition_of_unwanted_events_is_fetched_every_skipped_fetch_interval(
     wait_for_stored_offset(database, 1, "the first skipped offset to be stored").await;
     let fetches = || metric(&registry, "consumer_fetches_total{").unwrap_or_default();
     let before = fetches();
-    // Unwanted events for 1.5 s, one every 30 ms: fetched every 20 ms
-    // (`busy_fetch_interval`) that would be about 75 fetches.
+    // Unwanted events for 1.5 s, one every 30 ms: fetched every
+    // `busy_fetch_interval` (25 ms) that would be about 60 fetches.
     let started = tokio::time::Instant::now();
     let mut produced = 1;
     while started.elapsed() < Duration::from_millis(1500) {
