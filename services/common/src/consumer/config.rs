@@ -149,7 +149,7 @@ mod tests {
         let config = ConsumerConfig::default();
         let json = serde_json::to_value(&config).unwrap();
         assert_eq!(json["fetch_max_wait"], "5s");
-        assert_eq!(json["busy_fetch_interval"], "20ms");
+        assert_eq!(json["busy_fetch_interval"], "25ms");
         let back: ConsumerConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, config);
         let partial: ConsumerConfig =
