@@ -37,11 +37,13 @@ pub const WARM_UP_S: f64 = 20.0;
 /// database once a minute. On a fresh stack, whose tables grow by more than
 /// a tenth between visits, each visit analyzes them, and every backend
 /// plans its prepared statements again. A 30-s run took that visit or not
-/// depending on its phase: the first of the two 200/s runs took it in every
-/// card (4.68 against 4.28 ms per order; the servers' logs put the visits
-/// of all three service databases in the first run), which read as history
-/// in target 5b and doubled the visits' share in target 1. A 60-s run takes
-/// one visit, as a minute of a running stack does.
+/// depending on its phase, and the card's steps take the same time on every
+/// card: the first of the two 200/s runs cost 5-7% more than the second in
+/// each of three cards, and with autovacuum logged the visits of all three
+/// service databases fell into the first run (4.68 against 4.28 ms per
+/// order, docs/perf.md). That read as history in target 5b and doubled the
+/// visits' share in target 1. A 60-s run takes one visit, as a minute of a
+/// running stack does.
 pub const LOADED_S: f64 = 60.0;
 
 /// One target's verdict.
