@@ -109,15 +109,6 @@ impl SagaHandler {
 }
 
 impl EventHandler for SagaHandler {
-    fn handle<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        envelope: &'a Envelope,
-        event: Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(async move { self.apply(conn, &[(envelope, event)]).await })
-    }
-
     /// The fetch's new events in two statements whatever their number: the
     /// orders locked at once, then every change and announcement written
     /// at once ([`apply_events`]).

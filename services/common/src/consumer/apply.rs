@@ -135,7 +135,7 @@ impl Worker {
         new_next: i64,
         pass: Pass,
     ) -> Result<Applied, ApplyError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.shared.pool.get().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
         AnsiTransactionManager::begin_transaction(conn).await?;
         let result = self
@@ -163,13 +163,13 @@ impl Worker {
         new_next: i64,
         pass: Pass,
     ) -> Result<Applied, ApplyError> {
-        let group = self.identity.group.as_str();
+        let group = self.shared.identity.group.as_str();
         // Serialized: one fetch of the group at a time applies its effects
         // (the advisory lock, taken in the same statement): two fetches
         // touching the same rows in different orders (one customer's orders
         // on two partitions) would otherwise deadlock, and PostgreSQL only
         // notices after `deadlock_timeout` (1 s), stalling both partitions.
-        let concurrency = self.handler.concurrency();
+        let concurrency = self.shared.handler.concurrency();
         let lock = match concurrency {
             Concurrency::Serialized => {
                 ", (SELECT pg_advisory_xact_lock(hashtext('consumer:' || $1))) AS serialized"
@@ -184,7 +184,7 @@ impl Worker {
             group,
             topic: &self.topic,
             partition: self.partition,
-            owner: &self.config.instance_id,
+            owner: &self.shared.config.instance_id,
             expected,
             new_next,
             lock,
@@ -378,7 +378,7 @@ impl Worker {
                 AnsiTransactionManager::begin_transaction(conn).await?;
                 let remembered = inbox::remember_event(
                     conn,
-                    &self.identity.group,
+                    &self.shared.identity.group,
                     envelope.event_id,
                     &self.topic,
                     self.partition,
@@ -401,7 +401,7 @@ impl Worker {
         }
         let savepoint = mode == RecordMode::Savepoint;
         let outcome = match event {
-            Ok(event) => guarded(self.handler.handle(conn, envelope, event)).await,
+            Ok(event) => guarded(self.shared.handler.handle(conn, envelope, event)).await,
             Err(reason) => Err(HandleError::Permanent(reason)),
         };
         match outcome {
@@ -448,7 +448,7 @@ impl Worker {
             .map(|(envelope, _)| envelope.occurred_at)
             .collect();
         let span = tracing::info_span!("events", count = records.len());
-        match guarded(self.handler.handle_all(conn, records))
+        match guarded(self.shared.handler.handle_all(conn, records))
             .instrument(span)
             .await
         {
@@ -476,7 +476,7 @@ impl Worker {
     ) -> Result<RecordResult, ApplyError> {
         let savepoint = mode == RecordMode::Savepoint;
         let repeated = match event {
-            Ok(event) => self.handler.repeated(conn, envelope, event).await,
+            Ok(event) => self.shared.handler.repeated(conn, envelope, event).await,
             Err(_) => Ok(()),
         };
         match repeated {
@@ -516,7 +516,7 @@ impl Worker {
     ) -> Result<(), ApplyError> {
         dead_letter::write(
             conn,
-            &self.identity.group,
+            &self.shared.identity.group,
             &self.topic,
             self.partition,
             record,

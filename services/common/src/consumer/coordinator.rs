@@ -7,7 +7,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,9 +19,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    Shared,
     broker::discover,
     config::{ConsumerConfig, Identity},
-    handler::EventHandler,
     inbox,
     metrics::Metrics,
     worker::Worker,
@@ -37,11 +36,7 @@ pub(super) struct WorkerHandle {
 }
 
 pub(super) struct Coordinator {
-    pub pool: DbPool,
-    pub identity: Arc<Identity>,
-    pub config: Arc<ConsumerConfig>,
-    pub handler: Arc<dyn EventHandler>,
-    pub metrics: Metrics,
+    pub shared: Shared,
     pub shutdown: CancellationToken,
     pub workers: HashMap<PartitionKey, WorkerHandle>,
     /// Owns the worker tasks: dropping the coordinator aborts them all.
@@ -50,8 +45,8 @@ pub(super) struct Coordinator {
 
 impl Coordinator {
     pub async fn run(mut self) {
-        let config = self.config.clone();
-        let identity = self.identity.clone();
+        let config = self.shared.config.clone();
+        let identity = self.shared.identity.clone();
         tracing::info!(
             group = %identity.group, instance = %config.instance_id, topics = ?identity.topics,
             "consumer starting"
@@ -100,7 +95,8 @@ impl Coordinator {
                 }
             }
             let owned = self.workers.len() as i64;
-            self.metrics
+            self.shared
+                .metrics
                 .owned
                 .get_or_create(&vec![("group".to_string(), identity.group.clone())])
                 .set(owned);
@@ -108,7 +104,7 @@ impl Coordinator {
             if last_purge.elapsed() > Duration::from_secs(600) {
                 last_purge = Instant::now();
                 if let Err(error) =
-                    inbox::purge(&self.pool, &identity.group, config.inbox_retention).await
+                    inbox::purge(&self.shared.pool, &identity.group, config.inbox_retention).await
                 {
                     tracing::warn!(error = %error, "inbox purge failed");
                 }
@@ -121,7 +117,7 @@ impl Coordinator {
         }
         let keys: Vec<_> = self.workers.keys().cloned().collect();
         self.stop_workers(&keys).await;
-        if let Err(error) = leave(&self.pool, &identity, &config).await {
+        if let Err(error) = leave(&self.shared.pool, &identity, &config).await {
             tracing::warn!(error = %error, "releasing leases failed");
         }
         tracing::info!(group = %identity.group, instance = %config.instance_id, "consumer stopped");
@@ -133,8 +129,8 @@ impl Coordinator {
         &mut self,
         partitions: &BTreeSet<PartitionKey>,
     ) -> anyhow::Result<BTreeSet<PartitionKey>> {
-        let (config, identity) = (self.config.clone(), self.identity.clone());
-        let mut conn = self.pool.get().await?;
+        let (config, identity) = (self.shared.config.clone(), self.shared.identity.clone());
+        let mut conn = self.shared.pool.get().await?;
         let ttl_ms = config.lease_ttl.as_millis() as i64;
         let group = identity.group.as_str();
         let me = config.instance_id.as_str();
@@ -279,11 +275,7 @@ impl Coordinator {
     fn start_worker(&mut self, key: PartitionKey) {
         let cancel = self.shutdown.child_token();
         let worker = Worker {
-            pool: self.pool.clone(),
-            identity: self.identity.clone(),
-            config: self.config.clone(),
-            handler: self.handler.clone(),
-            metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
             topic: key.0.clone(),
             partition: key.1,
             cancel: cancel.clone(),
@@ -299,7 +291,7 @@ impl Coordinator {
         for handle in &handles {
             handle.cancel.cancel();
         }
-        let deadline = Instant::now() + self.config.broker_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + self.shared.config.broker_timeout + Duration::from_secs(5);
         while handles.iter().any(|h| !h.abort.is_finished()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -307,9 +299,11 @@ impl Coordinator {
             handle.abort.abort();
         }
         for key in keys {
-            self.metrics
-                .lag
-                .remove(&Metrics::partition(&self.identity.group, &key.0, key.1));
+            self.shared.metrics.lag.remove(&Metrics::partition(
+                &self.shared.identity.group,
+                &key.0,
+                key.1,
+            ));
         }
     }
 }

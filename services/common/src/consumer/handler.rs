@@ -94,33 +94,33 @@ pub(super) fn permanent_cause(error: &anyhow::Error) -> Option<String> {
 
 /// What a service does with the events of its topics.
 pub trait EventHandler: Send + Sync + 'static {
-    /// Runs inside the diesel transaction that also advances the partition
-    /// offset and records `envelope.event_id` in the inbox (each record in
-    /// its own savepoint when one of the fetch must be dead-lettered); write
-    /// effects and outbox rows on `conn`. Events the service does not care
-    /// about: return `Ok(())`. It may run more than once for one record
-    /// (rolled back each time but the last).
+    /// Applies records that are new to the inbox, in their order, in one
+    /// go, inside the diesel transaction that also advances the partition
+    /// offset and records each `envelope.event_id` in the inbox; write
+    /// effects and outbox rows on `conn`. What a handler can do set-based
+    /// (one statement for all of them instead of a few per record, e.g. lock
+    /// every order of the fetch at once) it does here. Events the service
+    /// does not care about: nothing to do. The runtime hands it the
+    /// consecutive new records of a fetch in the optimistic pass (no
+    /// savepoints); on a `Permanent` error the fetch is applied again with a
+    /// savepoint per record, where [`handle`](Self::handle) takes each alone
+    /// and only the failing one is dead-lettered. It may run more than once
+    /// for one record (rolled back each time but the last).
+    fn handle_all<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        records: Vec<(&'a Envelope, Event)>,
+    ) -> BoxFuture<'a, Result<(), HandleError>>;
+
+    /// Applies one record alone (the savepoint pass, a dead letter
+    /// replayed). Default: [`handle_all`](Self::handle_all) with that record.
     fn handle<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
         envelope: &'a Envelope,
         event: Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>>;
-
-    /// Applies records that are new to the inbox, in their order, in one
-    /// go: what a handler can do set-based (one statement for all of them
-    /// instead of a few per record, e.g. lock every order of the fetch at
-    /// once) it does here. The runtime hands it the consecutive new records
-    /// of a fetch in the optimistic pass (no savepoints); on a `Permanent`
-    /// error the fetch is applied again with a savepoint per record, where
-    /// [`handle`](Self::handle) takes each alone and only the failing one is
-    /// dead-lettered. Default: [`handle`](Self::handle) for each in turn.
-    fn handle_all<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        records: Vec<(&'a Envelope, Event)>,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
-        handle_each(self, conn, records)
+        self.handle_all(conn, vec![(envelope, event)])
     }
 
     /// Whether [`handle`](Self::handle) acts on `event` at all. Events it
@@ -154,21 +154,6 @@ pub trait EventHandler: Send + Sync + 'static {
     fn concurrency(&self) -> Concurrency {
         Concurrency::Serialized
     }
-}
-
-/// [`EventHandler::handle_all`]'s default: `handler.handle` for each record
-/// in turn (for a handler whose own `handle_all` adds to it).
-pub fn handle_each<'a, H: EventHandler + ?Sized>(
-    handler: &'a H,
-    conn: &'a mut AsyncPgConnection,
-    records: Vec<(&'a Envelope, Event)>,
-) -> BoxFuture<'a, Result<(), HandleError>> {
-    Box::pin(async move {
-        for (envelope, event) in records {
-            handler.handle(conn, envelope, event).await?;
-        }
-        Ok(())
-    })
 }
 
 /// How the runtime keeps a group's fetches (one transaction each, one per

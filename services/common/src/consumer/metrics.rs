@@ -27,6 +27,14 @@ pub(super) struct Metrics {
     age: Family<Labels, Histogram>,
 }
 
+/// The series of one partition's fetch loop.
+pub(super) struct PartitionMetrics {
+    pub lag: Gauge,
+    pub retries: Counter,
+    pub fetches: Counter,
+    pub fetch_errors: Counter,
+}
+
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
@@ -84,6 +92,17 @@ impl Metrics {
             metrics.age.clone(),
         );
         metrics
+    }
+
+    /// One partition's series of every fetch, looked up once by its worker
+    /// (`skipped` is not: it appears only once offsets are lost).
+    pub fn of_partition(&self, labels: &Labels) -> PartitionMetrics {
+        PartitionMetrics {
+            lag: self.lag.get_or_create(labels).clone(),
+            retries: self.retries.get_or_create(labels).clone(),
+            fetches: self.fetches.get_or_create(labels).clone(),
+            fetch_errors: self.fetch_errors.get_or_create(labels).clone(),
+        }
     }
 
     pub fn partition(group: &str, topic: &str, partition: i32) -> Labels {

@@ -82,12 +82,23 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::{
     config::{ConsumerConfig, Identity},
-    handler::{BoxFuture, Concurrency, EventHandler, HandleError, handle_each},
+    handler::{BoxFuture, Concurrency, EventHandler, HandleError},
     participant::{Participant, ParticipantAnswer, ParticipantMetrics},
 };
 use self::{coordinator::Coordinator, metrics::Metrics};
 pub(crate) use self::{decode::decode_value, inbox::remember_event};
 use crate::db::DbPool;
+
+/// What the coordinator and each of its workers share: the database, who
+/// the consumer is, its tuning, the handler and the metrics.
+#[derive(Clone)]
+struct Shared {
+    pool: DbPool,
+    identity: Arc<Identity>,
+    config: Arc<ConsumerConfig>,
+    handler: Arc<dyn EventHandler>,
+    metrics: Metrics,
+}
 
 /// Starts the consumer `identity` (its topics replaced by
 /// `config.topics` when that names any): a coordinator task that holds
@@ -104,11 +115,13 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let metrics = Metrics::register(metrics);
     let coordinator = Coordinator {
-        pool,
-        identity: Arc::new(identity.configured(&config)),
-        config: Arc::new(config),
-        handler,
-        metrics,
+        shared: Shared {
+            pool,
+            identity: Arc::new(identity.configured(&config)),
+            config: Arc::new(config),
+            handler,
+            metrics,
+        },
         shutdown,
         workers: HashMap::new(),
         tasks: JoinSet::new(),

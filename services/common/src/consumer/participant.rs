@@ -83,8 +83,7 @@ pub trait Participant: Send + Sync + 'static {
     /// Acts on an event new to the inbox: decides a request (charge,
     /// booking, refund, release) and writes its answer to the outbox, or
     /// keeps what else the service learns from the event (payment: a new
-    /// user's wallet). The participant's
-    /// [`EventHandler::handle`].
+    /// user's wallet).
     fn decide(
         &self,
         conn: &mut AsyncPgConnection,
@@ -141,15 +140,6 @@ pub trait Participant: Send + Sync + 'static {
 }
 
 impl<P: Participant> EventHandler for P {
-    fn handle<'a>(
-        &'a self,
-        conn: &'a mut AsyncPgConnection,
-        envelope: &'a Envelope,
-        event: Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
-        Box::pin(self.decide(conn, event, &envelope.trace_id))
-    }
-
     fn handle_all<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,

@@ -3,10 +3,7 @@
 //! `apply`), and go on from after the last record. Failures back off; an
 //! offset the broker no longer has is resolved by `out_of_range`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use commerce_base::backoff::{Backoff, Jitter};
 use diesel::{
@@ -18,15 +15,13 @@ use rskafka::client::partition::PartitionClient;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    Shared,
     apply::{ApplyError, Outcomes},
     broker,
-    config::{ConsumerConfig, Identity},
     decode::Decoded,
-    handler::EventHandler,
     metrics::Metrics,
     out_of_range::Jump,
 };
-use crate::db::DbPool;
 
 /// How long a position reached through unwanted events only may stay in
 /// memory before it is stored.
@@ -34,11 +29,7 @@ const LAZY_STORE: Duration = Duration::from_secs(1);
 
 /// Consumes one partition while this instance holds its lease.
 pub(super) struct Worker {
-    pub pool: DbPool,
-    pub identity: Arc<Identity>,
-    pub config: Arc<ConsumerConfig>,
-    pub handler: Arc<dyn EventHandler>,
-    pub metrics: Metrics,
+    pub shared: Shared,
     pub topic: String,
     pub partition: i32,
     pub cancel: CancellationToken,
@@ -46,11 +37,12 @@ pub(super) struct Worker {
 
 impl Worker {
     pub async fn run(self) {
-        let labels = Metrics::partition(&self.identity.group, &self.topic, self.partition);
+        let labels = Metrics::partition(&self.shared.identity.group, &self.topic, self.partition);
+        let metrics = self.shared.metrics.of_partition(&labels);
         tracing::info!(topic = %self.topic, partition = self.partition, "partition worker started");
         let mut backoff = Backoff::new(
             Duration::from_millis(50),
-            self.config.max_backoff,
+            self.shared.config.max_backoff,
             Jitter::Added,
         );
         let mut next = loop {
@@ -82,8 +74,8 @@ impl Worker {
         while !self.cancel.is_cancelled() {
             if client.is_none() {
                 match broker::partition_client(
-                    &self.identity,
-                    &self.config,
+                    &self.shared.identity,
+                    &self.shared.config,
                     &self.topic,
                     self.partition,
                 )
@@ -91,7 +83,7 @@ impl Worker {
                 {
                     Ok(c) => client = Some(c),
                     Err(error) => {
-                        self.metrics.fetch_errors.get_or_create(&labels).inc();
+                        metrics.fetch_errors.inc();
                         tracing::warn!(topic = %self.topic, partition = self.partition,
                             error = %error, "connecting the partition client failed");
                         if !self.pause(backoff.next_delay()).await {
@@ -109,16 +101,16 @@ impl Worker {
                     }
                     Duration::ZERO
                 }
-                None => self.config.fetch_max_wait,
+                None => self.shared.config.fetch_max_wait,
             };
             fetch_started = Instant::now();
-            self.metrics.fetches.get_or_create(&labels).inc();
+            metrics.fetches.inc();
             let fetch = client.as_ref().expect("set above").fetch_records(
                 next,
-                1..self.config.fetch_max_bytes,
+                1..self.shared.config.fetch_max_bytes,
                 max_wait.as_millis() as i32,
             );
-            let deadline = self.config.broker_timeout + max_wait;
+            let deadline = self.shared.config.broker_timeout + max_wait;
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 r = tokio::time::timeout(deadline, fetch) => r,
@@ -131,12 +123,15 @@ impl Worker {
                     // a pause or from a new position, never at once from
                     // the same one.
                     let client_ref = client.as_ref().expect("set above");
-                    let range = match broker::log_range(client_ref, self.config.broker_timeout)
-                        .await
+                    let range = match broker::log_range(
+                        client_ref,
+                        self.shared.config.broker_timeout,
+                    )
+                    .await
                     {
                         Ok(range) => range,
                         Err(error) => {
-                            self.metrics.fetch_errors.get_or_create(&labels).inc();
+                            metrics.fetch_errors.inc();
                             tracing::warn!(topic = %self.topic, partition = self.partition,
                                 error = %format!("{error:#}"), "listing the partition's offsets failed");
                             client = None;
@@ -164,12 +159,13 @@ impl Worker {
                             jump.log(&self.topic, self.partition, next, range);
                             (next, stored, stored_at) = (jump.to(), jump.to(), Instant::now());
                             if let Jump::Deleted { skipped, .. } = jump {
-                                self.metrics.skipped.get_or_create(&labels).inc_by(skipped);
+                                self.shared
+                                    .metrics
+                                    .skipped
+                                    .get_or_create(&labels)
+                                    .inc_by(skipped);
                             }
-                            self.metrics
-                                .lag
-                                .get_or_create(&labels)
-                                .set((range.1 - next).max(0));
+                            metrics.lag.set((range.1 - next).max(0));
                         }
                         Err(ApplyError::Fenced) => return,
                         Err(ApplyError::Transient(error)) => {
@@ -183,7 +179,7 @@ impl Worker {
                     continue;
                 }
                 Ok(Err(error)) => {
-                    self.metrics.fetch_errors.get_or_create(&labels).inc();
+                    metrics.fetch_errors.inc();
                     tracing::warn!(topic = %self.topic, partition = self.partition, offset = next,
                         error = %error, "fetch failed");
                     client = None;
@@ -193,7 +189,7 @@ impl Worker {
                     continue;
                 }
                 Err(_) => {
-                    self.metrics.fetch_errors.get_or_create(&labels).inc();
+                    metrics.fetch_errors.inc();
                     tracing::warn!(topic = %self.topic, partition = self.partition, "fetch timed out");
                     client = None;
                     continue;
@@ -207,8 +203,8 @@ impl Worker {
             let busy = !records.is_empty();
             spacing = match (busy, wanted.is_empty()) {
                 (false, _) => None,
-                (true, true) => Some(self.config.skipped_fetch_interval),
-                (true, false) => Some(self.config.busy_fetch_interval),
+                (true, true) => Some(self.shared.config.skipped_fetch_interval),
+                (true, false) => Some(self.shared.config.busy_fetch_interval),
             };
             if wanted.is_empty() {
                 // Nothing new (the high watermark may be below `next` for a
@@ -223,10 +219,7 @@ impl Worker {
                     });
                 }
                 next = new_next;
-                self.metrics
-                    .lag
-                    .get_or_create(&labels)
-                    .set((high_watermark - next).max(0));
+                metrics.lag.set((high_watermark - next).max(0));
                 if !self.store_lazily(next, &mut stored, &mut stored_at).await {
                     return;
                 }
@@ -238,10 +231,7 @@ impl Worker {
                         outcomes.ignored = ignored;
                         self.count(&outcomes);
                         (next, stored, stored_at) = (new_next, new_next, Instant::now());
-                        self.metrics
-                            .lag
-                            .get_or_create(&labels)
-                            .set((high_watermark - next).max(0));
+                        metrics.lag.set((high_watermark - next).max(0));
                         backoff.reset();
                         break;
                     }
@@ -251,7 +241,7 @@ impl Worker {
                         return;
                     }
                     Err(ApplyError::Transient(error)) => {
-                        self.metrics.retries.get_or_create(&labels).inc();
+                        metrics.retries.inc();
                         tracing::warn!(topic = %self.topic, partition = self.partition,
                             offset = next, error = %format!("{error:#}"),
                             "handling failed, retrying");
@@ -290,17 +280,21 @@ impl Worker {
     }
 
     fn count(&self, outcomes: &Outcomes) {
-        self.metrics
-            .count(&self.identity.group, &self.topic, self.partition, outcomes);
+        self.shared.metrics.count(
+            &self.shared.identity.group,
+            &self.topic,
+            self.partition,
+            outcomes,
+        );
     }
 
     async fn stored_offset(&self) -> anyhow::Result<i64> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.shared.pool.get().await?;
         let rows: Vec<OffsetRow> = diesel::sql_query(
             "SELECT next_offset FROM consumer_offsets \
              WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
         )
-        .bind::<Text, _>(&self.identity.group)
+        .bind::<Text, _>(&self.shared.identity.group)
         .bind::<Text, _>(&self.topic)
         .bind::<Integer, _>(self.partition)
         .load(&mut conn)
@@ -312,7 +306,7 @@ impl Worker {
     /// decode are wanted: the transaction dead-letters them.
     fn wanted(&self, decoded: &Decoded) -> bool {
         match &decoded.envelope {
-            Ok((_, Ok(event))) => self.handler.wants(event),
+            Ok((_, Ok(event))) => self.shared.handler.wants(event),
             _ => true,
         }
     }

@@ -90,7 +90,10 @@ impl EventHandler for Recorder {
                 .bind::<Integer, _>(records.len() as i32)
                 .execute(conn)
                 .await?;
-            consumer::handle_each(self, conn, records).await
+            for (envelope, event) in records {
+                self.handle(conn, envelope, event).await?;
+            }
+            Ok(())
         })
     }
 
