@@ -3,6 +3,7 @@
 //! docs/events.md; a change here is a change of the public contract.
 
 use chrono::{DateTime, Utc};
+use paperclip::actix::Apiv2Schema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -63,7 +64,8 @@ pub fn made_recently(order_id: Uuid) -> bool {
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an order goes: in `OrderCreated`, and as the orders API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Apiv2Schema)]
 pub struct Address {
     pub name: String,
     pub street: String,

@@ -287,3 +287,53 @@ impl Page {
         (total_items + self.page_size - 1) / self.page_size
     }
 }
+
+/// The query of every list endpoint, checked by [`PageQuery::page`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, Apiv2Schema)]
+pub struct PageQuery {
+    /// 1-based page number (default 1).
+    pub page: Option<i64>,
+    /// Items per page, 1 to 100 (default 20).
+    pub page_size: Option<i64>,
+}
+
+impl PageQuery {
+    /// The page asked for, or a 422 naming each out-of-range field.
+    pub fn page(&self) -> Result<Page, ApiError> {
+        Page::parse(self.page, self.page_size)
+    }
+}
+
+/// Defines `$page`, a list endpoint's page of `$item`s (its own named
+/// schema in the OpenAPI document, e.g. `OrderPage`), and `$page::new`
+/// filling it from the page asked for.
+#[macro_export]
+macro_rules! page_schema {
+    ($(#[$doc:meta])* $page:ident of $item:ty) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize,
+            paperclip::actix::Apiv2Schema,
+        )]
+        pub struct $page {
+            pub items: Vec<$item>,
+            pub page: i64,
+            pub page_size: i64,
+            pub total_items: i64,
+            pub total_pages: i64,
+        }
+
+        impl $page {
+            /// Page `requested` of `total_items`, holding `items`.
+            pub fn new(requested: $crate::http::Page, items: Vec<$item>, total_items: i64) -> Self {
+                Self {
+                    items,
+                    page: requested.page,
+                    page_size: requested.page_size,
+                    total_items,
+                    total_pages: requested.total_pages(total_items),
+                }
+            }
+        }
+    };
+}

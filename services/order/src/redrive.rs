@@ -186,12 +186,6 @@ fn order_created(order: &InFlight, lines: &[ItemRow]) -> Event {
             })
             .collect(),
         total_cents: row.total_cents,
-        shipping_address: events::Address {
-            name: row.shipping_name.clone(),
-            street: row.shipping_street.clone(),
-            city: row.shipping_city.clone(),
-            postal_code: row.shipping_postal_code.clone(),
-            country: row.shipping_country.clone(),
-        },
+        shipping_address: row.shipping_address(),
     })
 }

@@ -74,6 +74,17 @@ impl OrderRow {
                 source,
             })
     }
+
+    /// Where the order goes, as `OrderCreated` and the API carry it.
+    pub fn shipping_address(&self) -> events::Address {
+        events::Address {
+            name: self.shipping_name.clone(),
+            street: self.shipping_street.clone(),
+            city: self.shipping_city.clone(),
+            postal_code: self.shipping_postal_code.clone(),
+            country: self.shipping_country.clone(),
+        }
+    }
 }
 
 /// What payment and delivery said about an order, written back as a whole

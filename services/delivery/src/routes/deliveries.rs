@@ -3,12 +3,12 @@
 use commerce_common::{
     auth::AuthUser,
     db::DbPool,
-    http::{ApiError, Page},
+    http::{ApiError, PageQuery},
 };
 use paperclip::actix::{api_v2_operation, web};
 use uuid::Uuid;
 
-use super::schemas::{Delivery, DeliveryPage, ListQuery};
+use super::schemas::{Delivery, DeliveryPage};
 use crate::store;
 
 /// The delivery of one of your orders
@@ -29,19 +29,14 @@ pub async fn get_delivery(
 #[api_v2_operation(tags(Deliveries))]
 pub async fn list_deliveries(
     user: AuthUser,
-    query: web::Query<ListQuery>,
+    query: web::Query<PageQuery>,
     pool: web::Data<DbPool>,
 ) -> Result<web::Json<DeliveryPage>, ApiError> {
-    let requested = Page::parse(query.page, query.page_size)?;
+    let requested = query.page()?;
     let mut conn = pool.get().await?;
-    let (items, total_items) =
+    let (rows, total) =
         store::list_deliveries(&mut conn, user.user_id, requested.page, requested.page_size)
             .await?;
-    Ok(web::Json(DeliveryPage {
-        items: items.into_iter().map(Delivery::from).collect(),
-        page: requested.page,
-        page_size: requested.page_size,
-        total_items,
-        total_pages: requested.total_pages(total_items),
-    }))
+    let items = rows.into_iter().map(Delivery::from).collect();
+    Ok(web::Json(DeliveryPage::new(requested, items, total)))
 }

@@ -41,21 +41,7 @@ impl From<store::Delivery> for Delivery {
     }
 }
 
-/// `GET /api/deliveries` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, Apiv2Schema)]
-pub struct ListQuery {
-    /// 1-based page number (default 1).
-    pub page: Option<i64>,
-    /// Deliveries per page, 1 to 100 (default 20).
-    pub page_size: Option<i64>,
-}
-
-/// A page of the caller's deliveries, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
-pub struct DeliveryPage {
-    pub items: Vec<Delivery>,
-    pub page: i64,
-    pub page_size: i64,
-    pub total_items: i64,
-    pub total_pages: i64,
+commerce_common::page_schema! {
+    /// A page of the caller's deliveries, newest first.
+    DeliveryPage of Delivery
 }

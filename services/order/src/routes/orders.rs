@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, http::StatusCode};
 use commerce_common::{
     auth::AuthUser,
     db::DbPool,
-    http::{ApiError, FieldError, Page},
+    http::{ApiError, FieldError, PageQuery},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use paperclip::actix::{AcceptedJson, api_v2_operation, web};
@@ -17,9 +17,7 @@ use uuid::Uuid;
 use super::{
     extract::{FetchedOrder, IdempotencyKeyHeader, OptionalJson, PlacedOrder, PreferWait},
     request_trace::RequestId,
-    schemas::{
-        CancelRequest, GetOrderQuery, ListQuery, Order, OrderPage, PlaceOrderRequest, WaitUntil,
-    },
+    schemas::{CancelRequest, GetOrderQuery, Order, OrderPage, PlaceOrderRequest, WaitUntil},
 };
 use crate::{
     catalog::{Catalog, Fresh, Placement},
@@ -482,20 +480,15 @@ async fn reread_order(
 #[api_v2_operation(tags(Orders))]
 pub async fn list_orders(
     user: AuthUser,
-    query: web::Query<ListQuery>,
+    query: web::Query<PageQuery>,
     pool: web::Data<DbPool>,
 ) -> Result<web::Json<OrderPage>, ApiError> {
-    let requested = Page::parse(query.page, query.page_size)?;
+    let requested = query.page()?;
     let mut conn = pool.get().await?;
-    let (views, total_items) =
+    let (views, total) =
         store::list_orders(&mut conn, user.user_id, requested.page, requested.page_size).await?;
-    Ok(web::Json(OrderPage {
-        items: views.into_iter().map(Order::from).collect(),
-        page: requested.page,
-        page_size: requested.page_size,
-        total_items,
-        total_pages: requested.total_pages(total_items),
-    }))
+    let items = views.into_iter().map(Order::from).collect();
+    Ok(web::Json(OrderPage::new(requested, items, total)))
 }
 
 /// Cancel one of your orders

@@ -3,11 +3,11 @@
 
 use commerce_common::{
     db::DbPool,
-    http::{ApiError, Page},
+    http::{ApiError, PageQuery},
 };
 use paperclip::actix::{api_v2_operation, web};
 
-use super::schemas::{Product, ProductListQuery, ProductPage};
+use super::schemas::{Product, ProductPage};
 use crate::{domain::Sku, store};
 
 /// List the products
@@ -17,20 +17,15 @@ use crate::{domain::Sku, store};
 /// `price_cents` at placement time.
 #[api_v2_operation(tags(Products))]
 pub async fn list_products(
-    query: web::Query<ProductListQuery>,
+    query: web::Query<PageQuery>,
     pool: web::Data<DbPool>,
 ) -> Result<web::Json<ProductPage>, ApiError> {
-    let requested = Page::parse(query.page, query.page_size)?;
+    let requested = query.page()?;
     let mut conn = pool.get().await?;
-    let (rows, total_items) =
+    let (rows, total) =
         store::list_products(&mut conn, requested.page, requested.page_size).await?;
-    Ok(web::Json(ProductPage {
-        items: rows.into_iter().map(Product::from).collect(),
-        page: requested.page,
-        page_size: requested.page_size,
-        total_items,
-        total_pages: requested.total_pages(total_items),
-    }))
+    let items = rows.into_iter().map(Product::from).collect();
+    Ok(web::Json(ProductPage::new(requested, items, total)))
 }
 
 /// Get one product

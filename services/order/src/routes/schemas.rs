@@ -1,6 +1,7 @@
 //! Request and response bodies of the orders API (JSON, snake_case).
 
 use chrono::{DateTime, Utc};
+use commerce_common::events::Address;
 use paperclip::{
     actix::Apiv2Schema,
     v2::{models::DefaultSchemaRaw, schema::Apiv2Schema as Schema},
@@ -109,24 +110,6 @@ pub enum WaitUntil {
     Settled,
 }
 
-/// `GET /api/orders` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, Apiv2Schema)]
-pub struct ListQuery {
-    /// 1-based page number (default 1).
-    pub page: Option<i64>,
-    /// Orders per page, 1 to 100 (default 20).
-    pub page_size: Option<i64>,
-}
-
-/// `GET /api/products` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, Apiv2Schema)]
-pub struct ProductListQuery {
-    /// 1-based page number (default 1).
-    pub page: Option<i64>,
-    /// Products per page, 1 to 100 (default 20).
-    pub page_size: Option<i64>,
-}
-
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
 #[openapi(
@@ -145,14 +128,9 @@ pub struct Product {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A page of the catalog's active products, by SKU.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
-pub struct ProductPage {
-    pub items: Vec<Product>,
-    pub page: i64,
-    pub page_size: i64,
-    pub total_items: i64,
-    pub total_pages: i64,
+commerce_common::page_schema! {
+    /// A page of the catalog's active products, by SKU.
+    ProductPage of Product
 }
 
 impl From<ProductRow> for Product {
@@ -200,15 +178,6 @@ pub struct OrderItem {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
-pub struct Address {
-    pub name: String,
-    pub street: String,
-    pub city: String,
-    pub postal_code: String,
-    pub country: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
 pub struct PaymentInfo {
     /// `CONFIRMED`, `FAILED` or `REFUNDED`.
     pub status: String,
@@ -235,14 +204,9 @@ pub struct CancellationInfo {
     pub note: Option<String>,
 }
 
-/// A page of the caller's orders, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
-pub struct OrderPage {
-    pub items: Vec<Order>,
-    pub page: i64,
-    pub page_size: i64,
-    pub total_items: i64,
-    pub total_pages: i64,
+commerce_common::page_schema! {
+    /// A page of the caller's orders, newest first.
+    OrderPage of Order
 }
 
 impl From<ItemRow> for OrderItem {
@@ -261,6 +225,7 @@ impl From<ItemRow> for OrderItem {
 impl From<OrderView> for Order {
     fn from(view: OrderView) -> Self {
         let o = view.order;
+        let shipping_address = o.shipping_address();
         let payment = o.facts.payment_status.map(|status| PaymentInfo {
             status,
             payment_id: o.facts.payment_id,
@@ -287,13 +252,7 @@ impl From<OrderView> for Order {
             reason: o.status_reason,
             items: view.items.into_iter().map(OrderItem::from).collect(),
             total_cents: o.total_cents,
-            shipping_address: Address {
-                name: o.shipping_name,
-                street: o.shipping_street,
-                city: o.shipping_city,
-                postal_code: o.shipping_postal_code,
-                country: o.shipping_country,
-            },
+            shipping_address,
             payment,
             delivery,
             cancellation,

@@ -3,12 +3,12 @@
 use commerce_common::{
     auth::AuthUser,
     db::DbPool,
-    http::{ApiError, Page},
+    http::{ApiError, PageQuery},
 };
 use paperclip::actix::{api_v2_operation, web};
 use uuid::Uuid;
 
-use super::schemas::{ListQuery, Payment, PaymentPage};
+use super::schemas::{Payment, PaymentPage};
 use crate::store;
 
 /// The payment of one of your orders
@@ -29,18 +29,13 @@ pub async fn get_payment(
 #[api_v2_operation(tags(Payments))]
 pub async fn list_payments(
     user: AuthUser,
-    query: web::Query<ListQuery>,
+    query: web::Query<PageQuery>,
     pool: web::Data<DbPool>,
 ) -> Result<web::Json<PaymentPage>, ApiError> {
-    let requested = Page::parse(query.page, query.page_size)?;
+    let requested = query.page()?;
     let mut conn = pool.get().await?;
-    let (items, total_items) =
+    let (rows, total) =
         store::list_payments(&mut conn, user.user_id, requested.page, requested.page_size).await?;
-    Ok(web::Json(PaymentPage {
-        items: items.into_iter().map(Payment::from).collect(),
-        page: requested.page,
-        page_size: requested.page_size,
-        total_items,
-        total_pages: requested.total_pages(total_items),
-    }))
+    let items = rows.into_iter().map(Payment::from).collect();
+    Ok(web::Json(PaymentPage::new(requested, items, total)))
 }

@@ -68,21 +68,7 @@ impl From<store::Payment> for Payment {
     }
 }
 
-/// `GET /api/payments` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, Apiv2Schema)]
-pub struct ListQuery {
-    /// 1-based page number (default 1).
-    pub page: Option<i64>,
-    /// Payments per page, 1 to 100 (default 20).
-    pub page_size: Option<i64>,
-}
-
-/// A page of the caller's payments, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
-pub struct PaymentPage {
-    pub items: Vec<Payment>,
-    pub page: i64,
-    pub page_size: i64,
-    pub total_items: i64,
-    pub total_pages: i64,
+commerce_common::page_schema! {
+    /// A page of the caller's payments, newest first.
+    PaymentPage of Payment
 }
