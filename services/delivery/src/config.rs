@@ -5,7 +5,6 @@ use commerce_common::service::{CommonSettings, ServiceSettings};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-pub const SERVICE: &str = "delivery-service";
 /// The consumer group: offsets, leases and the inbox are kept under it.
 pub const CONSUMER_GROUP: &str = "delivery";
 

@@ -11,22 +11,14 @@ use commerce_common::{
     service::{self, Consumer, Context, Service},
 };
 use diesel_migrations::embed_migrations;
-use paperclip::{
-    actix::web::{self, ServiceConfig},
-    v2::models::DefaultApiRaw,
-};
+use paperclip::actix::web::{self, ServiceConfig};
 
 use crate::{
-    config::{CONSUMER_GROUP, QuotasConfig, SERVICE, Settings, WindowsConfig},
+    config::{CONSUMER_GROUP, QuotasConfig, Settings, WindowsConfig},
     metrics,
     routes::deliveries,
     saga::DeliverySaga,
 };
-
-pub const MIGRATIONS: db::Migrations = db::Migrations::new(
-    db::Runtime::OutboxAndConsumer,
-    embed_migrations!("../../db/migrations/delivery"),
-);
 
 pub type Application = service::Application<DeliveryService>;
 
@@ -38,8 +30,13 @@ pub struct DeliveryService {
 
 impl Service for DeliveryService {
     type Settings = Settings;
-    const NAME: &'static str = SERVICE;
-    const MIGRATIONS: db::Migrations = MIGRATIONS;
+    const NAME: &'static str = "delivery-service";
+    const API_DESCRIPTION: Option<&'static str> =
+        Some("Deliveries of your orders: window and tracking number.");
+    const MIGRATIONS: db::Migrations = db::Migrations::new(
+        db::Runtime::OutboxAndConsumer,
+        embed_migrations!("../../db/migrations/delivery"),
+    );
 
     async fn new(settings: &Settings, context: Context<'_>) -> anyhow::Result<Self> {
         Ok(Self {
@@ -56,13 +53,6 @@ impl Service for DeliveryService {
             topics: &[topics::PAYMENTS, topics::ORDERS],
             handler: Arc::new(handler),
         })
-    }
-
-    fn api_spec() -> DefaultApiRaw {
-        service::api_spec(
-            SERVICE,
-            Some("Deliveries of your orders: window and tracking number."),
-        )
     }
 
     fn api(&self, cfg: &mut ServiceConfig<'_>) {

@@ -24,10 +24,7 @@ use commerce_common::{
     service::{self, AppFactory, Context, Service},
 };
 use diesel_migrations::embed_migrations;
-use paperclip::{
-    actix::web::{self, ServiceConfig},
-    v2::models::DefaultApiRaw,
-};
+use paperclip::actix::web::{self, ServiceConfig};
 use tracing::Instrument;
 
 use crate::{
@@ -46,11 +43,6 @@ use crate::{
     },
 };
 
-pub const MIGRATIONS: db::Migrations = db::Migrations::new(
-    db::Runtime::Outbox,
-    embed_migrations!("../../db/migrations/gateway"),
-);
-
 pub type Application = service::Application<Gateway>;
 
 pub struct Gateway {
@@ -64,7 +56,11 @@ pub struct Gateway {
 impl Service for Gateway {
     type Settings = Config;
     const NAME: &'static str = "gateway";
-    const MIGRATIONS: db::Migrations = MIGRATIONS;
+    const API_TITLE: &'static str = "Commerce API";
+    const MIGRATIONS: db::Migrations = db::Migrations::new(
+        db::Runtime::Outbox,
+        embed_migrations!("../../db/migrations/gateway"),
+    );
 
     async fn new(config: &Config, context: Context<'_>) -> anyhow::Result<Self> {
         let (issuer, verifier) = TokenIssuer::from_config(&config.auth)?;
@@ -135,10 +131,6 @@ impl Service for Gateway {
         )
         .route("/openapi.json", aweb::get().to(docs::openapi))
         .route("/swagger-ui.html", aweb::get().to(docs::swagger_ui));
-    }
-
-    fn api_spec() -> DefaultApiRaw {
-        service::api_spec("Commerce API", None)
     }
 
     fn api(&self, cfg: &mut ServiceConfig<'_>) {

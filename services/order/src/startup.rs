@@ -17,18 +17,13 @@ use commerce_common::{
     service::{self, AppFactory, Consumer, Context, Service},
 };
 use diesel_migrations::embed_migrations;
-use paperclip::{
-    actix::web::{self, ServiceConfig},
-    v2::models::DefaultApiRaw,
-};
+use paperclip::actix::web::{self, ServiceConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     catalog::Placement,
-    config::{
-        CONSUMER_GROUP, CancellationConfig, IdempotencyConfig, RedriveConfig, SERVICE, Settings,
-    },
+    config::{CONSUMER_GROUP, CancellationConfig, IdempotencyConfig, RedriveConfig, Settings},
     metrics::OrderMetrics,
     order_changes::OrderChanges,
     redrive,
@@ -36,11 +31,6 @@ use crate::{
     saga::SagaHandler,
     store,
 };
-
-pub const MIGRATIONS: db::Migrations = db::Migrations::new(
-    db::Runtime::OutboxAndConsumer,
-    embed_migrations!("../../db/migrations/order"),
-);
 
 pub type Application = service::Application<OrderService>;
 
@@ -55,8 +45,13 @@ pub struct OrderService {
 
 impl Service for OrderService {
     type Settings = Settings;
-    const NAME: &'static str = SERVICE;
-    const MIGRATIONS: db::Migrations = MIGRATIONS;
+    const NAME: &'static str = "order-service";
+    const API_DESCRIPTION: Option<&'static str> =
+        Some("Orders: place, read, list, cancel; the product catalog they are priced from.");
+    const MIGRATIONS: db::Migrations = db::Migrations::new(
+        db::Runtime::OutboxAndConsumer,
+        embed_migrations!("../../db/migrations/order"),
+    );
     /// 100 lines fit many times over.
     const JSON_LIMIT: usize = 64 * 1024;
 
@@ -121,13 +116,6 @@ impl Service for OrderService {
                 "/admin/sagas/{id}/redrive",
                 actix::post().to(admin::redrive_now),
             );
-    }
-
-    fn api_spec() -> DefaultApiRaw {
-        service::api_spec(
-            SERVICE,
-            Some("Orders: place, read, list, cancel; the product catalog they are priced from."),
-        )
     }
 
     fn api(&self, cfg: &mut ServiceConfig<'_>) {

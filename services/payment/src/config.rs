@@ -4,7 +4,6 @@
 use commerce_common::service::{CommonSettings, ServiceSettings};
 use serde::{Deserialize, Serialize};
 
-pub const SERVICE: &str = "payment-service";
 /// The consumer group: offsets, leases and the inbox are kept under it.
 pub const CONSUMER_GROUP: &str = "payment";
 

@@ -10,22 +10,14 @@ use commerce_common::{
     service::{self, Consumer, Context, Service},
 };
 use diesel_migrations::embed_migrations;
-use paperclip::{
-    actix::web::{self, ServiceConfig},
-    v2::models::DefaultApiRaw,
-};
+use paperclip::actix::web::{self, ServiceConfig};
 
 use crate::{
-    config::{CONSUMER_GROUP, SERVICE, Settings, WalletConfig},
+    config::{CONSUMER_GROUP, Settings, WalletConfig},
     metrics::PaymentMetrics,
     routes::{payments, wallet},
     saga::PaymentSaga,
 };
-
-pub const MIGRATIONS: db::Migrations = db::Migrations::new(
-    db::Runtime::OutboxAndConsumer,
-    embed_migrations!("../../db/migrations/payment"),
-);
 
 pub type Application = service::Application<PaymentService>;
 
@@ -36,8 +28,13 @@ pub struct PaymentService {
 
 impl Service for PaymentService {
     type Settings = Settings;
-    const NAME: &'static str = SERVICE;
-    const MIGRATIONS: db::Migrations = MIGRATIONS;
+    const NAME: &'static str = "payment-service";
+    const API_DESCRIPTION: Option<&'static str> =
+        Some("Wallets and payments: balance, top-up, payments of your orders.");
+    const MIGRATIONS: db::Migrations = db::Migrations::new(
+        db::Runtime::OutboxAndConsumer,
+        embed_migrations!("../../db/migrations/payment"),
+    );
 
     async fn new(settings: &Settings, context: Context<'_>) -> anyhow::Result<Self> {
         Ok(Self {
@@ -53,13 +50,6 @@ impl Service for PaymentService {
             topics: &[topics::USERS, topics::ORDERS, topics::DELIVERIES],
             handler: Arc::new(handler),
         })
-    }
-
-    fn api_spec() -> DefaultApiRaw {
-        service::api_spec(
-            SERVICE,
-            Some("Wallets and payments: balance, top-up, payments of your orders."),
-        )
     }
 
     fn api(&self, cfg: &mut ServiceConfig<'_>) {

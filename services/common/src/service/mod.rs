@@ -24,7 +24,6 @@ use actix_web::{
     web,
 };
 use anyhow::Context as _;
-use paperclip::v2::models::DefaultApiRaw;
 use prometheus_client::registry::Registry;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::task::JoinHandle;
@@ -253,6 +252,10 @@ pub trait Service: Sized + Send + Sync + 'static {
     const MIGRATIONS: db::Migrations;
     /// Largest accepted JSON body.
     const JSON_LIMIT: usize = 16 * 1024;
+    /// Its OpenAPI document's title: its name unless it says otherwise.
+    const API_TITLE: &'static str = Self::NAME;
+    /// Its OpenAPI document's description.
+    const API_DESCRIPTION: Option<&'static str> = None;
 
     /// Its own parts (metrics, app data): no I/O, and nothing started, since
     /// `replay-dead-letters` builds them too.
@@ -280,9 +283,6 @@ pub trait Service: Sized + Send + Sync + 'static {
     /// App data and routes outside the OpenAPI document (called once per
     /// HTTP worker).
     fn configure(&self, _cfg: &mut web::ServiceConfig) {}
-
-    /// The header of its OpenAPI document.
-    fn api_spec() -> DefaultApiRaw;
 
     /// Its documented API (called once per HTTP worker).
     fn api(&self, cfg: &mut paperclip::actix::web::ServiceConfig<'_>);

@@ -49,7 +49,7 @@ pub(super) fn public<S: Service>(
         }
         let app = app
             .configure(|cfg| service.configure(cfg))
-            .wrap_api_with_spec(S::api_spec())
+            .wrap_api_with_spec(operational::api_spec(S::API_TITLE, S::API_DESCRIPTION))
             .configure(|cfg| service.api(cfg));
         service
             .document(app)
