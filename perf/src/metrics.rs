@@ -227,6 +227,19 @@ impl Recorder {
     }
 
     /// Records one request of type `kind` that started at `started`.
+    /// A request of `kind` (no step) started now that took `ms`: the tests'
+    /// sample data.
+    #[cfg(test)]
+    pub(crate) fn record_ms(&self, kind: &'static str, ms: u64, outcome: &Outcome) {
+        self.record(
+            kind,
+            None,
+            Instant::now(),
+            Duration::from_millis(ms),
+            outcome,
+        );
+    }
+
     pub fn record(
         &self,
         kind: &'static str,
@@ -456,23 +469,12 @@ mod tests {
     #[test]
     fn counts_latencies_and_errors_per_kind() {
         let rec = Recorder::new();
-        let now = Instant::now();
         for ms in 1..=100 {
-            rec.record(
-                "place_order",
-                None,
-                now,
-                Duration::from_millis(ms),
-                &Outcome::Ok,
-            );
+            rec.record_ms("place_order", ms, &Outcome::Ok);
         }
-        rec.record(
-            "place_order",
-            None,
-            now,
-            Duration::from_millis(5),
-            &Outcome::Status(503, Some("UPSTREAM_UNAVAILABLE".into())),
-        );
+        let unavailable = Outcome::Status(503, Some("UPSTREAM_UNAVAILABLE".into()));
+        rec.record_ms("place_order", 5, &unavailable);
+        let now = Instant::now();
         rec.record(
             "get_order",
             Some(2),

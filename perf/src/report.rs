@@ -742,7 +742,7 @@ impl Report {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
     use crate::metrics::{Outcome, Recorder};
@@ -750,30 +750,11 @@ pub(crate) mod tests {
 
     pub(crate) fn sample_report() -> Report {
         let rec = Recorder::new();
-        let now = Instant::now();
         for ms in 1..=50 {
-            rec.record(
-                "place_order",
-                None,
-                now,
-                Duration::from_millis(ms),
-                &Outcome::Ok,
-            );
-            rec.record(
-                "get_order",
-                None,
-                now,
-                Duration::from_millis(ms / 2 + 1),
-                &Outcome::Ok,
-            );
+            rec.record_ms("place_order", ms, &Outcome::Ok);
+            rec.record_ms("get_order", ms / 2 + 1, &Outcome::Ok);
         }
-        rec.record(
-            "place_order",
-            None,
-            now,
-            Duration::from_millis(3),
-            &Outcome::Status(503, None),
-        );
+        rec.record_ms("place_order", 3, &Outcome::Status(503, None));
         rec.record_saga("DELIVERY_SCHEDULED", Duration::from_millis(140), None);
         rec.record_saga("REJECTED", Duration::from_millis(90), None);
         let series = GroupSeries {
