@@ -175,13 +175,15 @@ async fn spawn_fake_gateway() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-async fn run(args: &[&str]) -> (perf::report::Report, std::path::PathBuf) {
+/// Runs `perf load` with `command` (a scenario and its flags, separated by
+/// spaces) against a fake gateway of its own; the report and its HTML file.
+async fn run(command: &str) -> (perf::report::Report, std::path::PathBuf) {
     let gateway = spawn_fake_gateway().await;
     let dir =
         std::env::temp_dir().join(format!("perf-scenarios-{}", uuid::Uuid::new_v4().simple()));
     let port = gateway.rsplit(':').next().unwrap().to_string();
     let mut argv = vec!["load".to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
+    argv.extend(command.split_whitespace().map(String::from));
     argv.extend([
         "--gateway".into(),
         gateway,
@@ -205,20 +207,10 @@ fn kind<'a>(report: &'a perf::report::Report, name: &str) -> &'a perf::metrics::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_follows_every_order_to_its_end() {
-    let (report, html) = run(&[
-        "saga",
-        "--rate",
-        "100",
-        "--duration",
-        "2",
-        "--users",
-        "3",
-        "--poll-interval-ms",
-        "10",
-        "--wait-s",
-        "0",
-        "--cancel-scheduled",
-    ])
+    let (report, html) = run(concat!(
+        "saga --rate 100 --duration 2 --users 3",
+        " --poll-interval-ms 10 --wait-s 0 --cancel-scheduled"
+    ))
     .await;
     assert_eq!(kind(&report, "cancel_order").ok, 200);
     assert!(kind(&report, "get_order").ok >= 200);
@@ -266,18 +258,7 @@ async fn saga_follows_every_order_to_its_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_with_prefer_wait_reads_each_order_once_when_it_ends() {
-    let (report, _) = run(&[
-        "saga",
-        "--rate",
-        "100",
-        "--duration",
-        "2",
-        "--users",
-        "3",
-        "--wait-s",
-        "2",
-    ])
-    .await;
+    let (report, _) = run("saga --rate 100 --duration 2 --users 3 --wait-s 2").await;
     assert_eq!(report.measured.saga.finished, 200);
     // The fake answers a waiting read when the order is final: one read each.
     assert_eq!(kind(&report, "wait_order").ok, 200);
@@ -291,18 +272,7 @@ async fn saga_with_prefer_wait_reads_each_order_once_when_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn light_runs_the_seed_scenario_without_errors() {
-    let (report, _) = run(&[
-        "light",
-        "--users",
-        "3",
-        "--iterations",
-        "4",
-        "--ramp",
-        "0.3",
-        "--pause-ms",
-        "5",
-    ])
-    .await;
+    let (report, _) = run("light --users 3 --iterations 4 --ramp 0.3 --pause-ms 5").await;
     assert_eq!(kind(&report, "register").count, 3);
     assert_eq!(kind(&report, "place_order").count, 12);
     assert_eq!(kind(&report, "list_orders").count, 12);
@@ -312,20 +282,8 @@ async fn light_runs_the_seed_scenario_without_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturation_steps_up_and_checks_final_statuses() {
-    let (report, _) = run(&[
-        "saturation",
-        "--rate",
-        "50",
-        "--step",
-        "50",
-        "--max-rate",
-        "150",
-        "--duration",
-        "1",
-        "--users",
-        "4",
-    ])
-    .await;
+    let (report, _) =
+        run("saturation --rate 50 --step 50 --max-rate 150 --duration 1 --users 4").await;
     let rates: Vec<f64> = report.steps.iter().map(|s| s.target_rate).collect();
     assert_eq!(rates, vec![50.0, 100.0, 150.0]);
     assert_eq!(report.max_rate_held, Some(150.0));
@@ -347,18 +305,7 @@ async fn saturation_steps_up_and_checks_final_statuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_is_mostly_reads() {
-    let (report, _) = run(&[
-        "mixed",
-        "--rate",
-        "200",
-        "--duration",
-        "2",
-        "--users",
-        "5",
-        "--write-share",
-        "0.1",
-    ])
-    .await;
+    let (report, _) = run("mixed --rate 200 --duration 2 --users 5 --write-share 0.1").await;
     assert_eq!(report.measured.total.count, 400);
     assert_eq!(report.measured.total.errors, 0);
     let writes = kind(&report, "place_order").count as f64 / 400.0;

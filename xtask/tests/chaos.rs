@@ -260,16 +260,8 @@ async fn try_orders_of(
 ) -> Option<Vec<Value>> {
     let mut orders = Vec::new();
     for page in 1.. {
-        let response = http
-            .get(format!("{base}/api/orders?page={page}&page_size=100"))
-            .bearer_auth(&customer.token)
-            .send()
-            .await
-            .ok()?;
-        if response.status() != 200 {
-            return None;
-        }
-        let body: Value = response.json().await.ok()?;
+        let url = format!("{base}/api/orders?page={page}&page_size=100");
+        let body = try_get_json(http, &url, customer).await?;
         orders.extend(body["items"].as_array()?.iter().cloned());
         if page >= body["total_pages"].as_i64()? {
             break;
@@ -281,8 +273,15 @@ async fn try_orders_of(
 /// The customer's balance, or `None` while the payment service does not
 /// answer.
 async fn try_balance(http: &reqwest::Client, base: &str, customer: &Customer) -> Option<i64> {
+    let body = try_get_json(http, &format!("{base}/api/wallet"), customer).await?;
+    body["balance_cents"].as_i64()
+}
+
+/// The JSON body of a GET of `url` with the customer's token, or `None`
+/// unless it answers 200.
+async fn try_get_json(http: &reqwest::Client, url: &str, customer: &Customer) -> Option<Value> {
     let response = http
-        .get(format!("{base}/api/wallet"))
+        .get(url)
         .bearer_auth(&customer.token)
         .send()
         .await
@@ -290,8 +289,7 @@ async fn try_balance(http: &reqwest::Client, base: &str, customer: &Customer) ->
     if response.status() != 200 {
         return None;
     }
-    let body: Value = response.json().await.ok()?;
-    body["balance_cents"].as_i64()
+    response.json().await.ok()
 }
 
 /// Orders of one scenario's burst, customers and concurrency.

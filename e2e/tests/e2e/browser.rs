@@ -14,7 +14,7 @@ use std::{
 
 use fantoccini::{Client, Locator, elements::Element, key::Key};
 use serde_json::{Value, json};
-use test_support::{Browser, Service, Stack};
+use test_support::{Browser, SendExt, Service, Stack};
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -32,12 +32,8 @@ async fn swagger_ui_lists_every_operation_and_drives_the_order_flow() {
     let doc: Value = stack
         .http()
         .get(stack.url(Service::Gateway, "/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let mut expected: Vec<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()
@@ -102,27 +98,16 @@ async fn drive(client: &Client, address: &str, expected: &[(String, String)]) ->
         .set_window_size(1400, 2400)
         .await
         .map_err(|e| e.to_string())?;
-    client
-        .goto(&format!("{address}/swagger-ui.html"))
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(".opblock"))
-        .await
-        .map_err(|e| format!("no operation rendered: {e}"))?;
+    open_swagger_ui(client, &format!("{address}/swagger-ui.html")).await?;
 
     // Every operation of the document is on the page.
-    let listed = client
-        .execute(
-            "return Array.from(document.querySelectorAll('.opblock')).map(o => [
+    let listed = run_script(
+        client,
+        "return Array.from(document.querySelectorAll('.opblock')).map(o => [
                 o.querySelector('.opblock-summary-method').textContent.trim(),
                 o.querySelector('.opblock-summary-path').getAttribute('data-path')]);",
-            vec![],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    )
+    .await?;
     let mut listed: Vec<(String, String)> =
         serde_json::from_value(listed).map_err(|e| e.to_string())?;
     listed.sort();
@@ -130,13 +115,11 @@ async fn drive(client: &Client, address: &str, expected: &[(String, String)]) ->
         return Err(format!("listed {listed:?}, document has {expected:?}"));
     }
     // Nothing was fetched from anywhere but the gateway.
-    let resources = client
-        .execute(
-            "return performance.getEntriesByType('resource').map(e => e.name);",
-            vec![],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let resources = run_script(
+        client,
+        "return performance.getEntriesByType('resource').map(e => e.name);",
+    )
+    .await?;
     let foreign: Vec<&Value> = resources
         .as_array()
         .unwrap()
@@ -290,6 +273,26 @@ async fn try_it_out(
     Ok((status, body))
 }
 
+/// Opens `url` and waits until Swagger UI rendered an operation.
+async fn open_swagger_ui(client: &Client, url: &str) -> Outcome {
+    client.goto(url).await.map_err(|e| e.to_string())?;
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(".opblock"))
+        .await
+        .map_err(|e| format!("no operation rendered: {e}"))?;
+    Ok(())
+}
+
+/// What `script` returns in the page, or the error as text.
+async fn run_script(client: &Client, script: &str) -> Result<Value, String> {
+    client
+        .execute(script, vec![])
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Enters the token in the Authorize dialog (http bearer scheme).
 async fn authorize(client: &Client, token: &str) -> Outcome {
     let open = client
@@ -369,27 +372,17 @@ async fn swagger_ui_ignores_a_foreign_url_and_keeps_no_token() {
     let gateway = stack.address(Service::Gateway);
     let (_browser, client) = Browser::start().await;
     let result = async {
-        client
-            .goto(&format!(
-                "{}/swagger-ui.html?url={}/openapi.json&configUrl={}/config.json",
-                gateway, evil.base, evil.base
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(".opblock"))
-            .await
-            .map_err(|e| format!("no operation rendered: {e}"))?;
-        let fetched = client
-            .execute(
-                "return performance.getEntriesByType('resource').map(e => e.name)
+        let url = format!(
+            "{}/swagger-ui.html?url={}/openapi.json&configUrl={}/config.json",
+            gateway, evil.base, evil.base
+        );
+        open_swagger_ui(&client, &url).await?;
+        let fetched = run_script(
+            &client,
+            "return performance.getEntriesByType('resource').map(e => e.name)
                     .concat([location.href]);",
-                vec![],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        )
+        .await?;
         let foreign: Vec<&Value> = fetched
             .as_array()
             .unwrap()
@@ -400,14 +393,12 @@ async fn swagger_ui_ignores_a_foreign_url_and_keeps_no_token() {
             return Err(format!("the page used the foreign address: {fetched}"));
         }
         authorize(&client, "a-token-that-must-not-be-stored").await?;
-        let stored = client
-            .execute(
-                "return JSON.stringify(Object.assign({}, window.localStorage)) +
+        let stored = run_script(
+            &client,
+            "return JSON.stringify(Object.assign({}, window.localStorage)) +
                     JSON.stringify(Object.assign({}, window.sessionStorage));",
-                vec![],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        )
+        .await?;
         if stored
             .to_string()
             .contains("a-token-that-must-not-be-stored")

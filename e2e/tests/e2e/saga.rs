@@ -14,8 +14,8 @@ use std::time::Duration;
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use test_support::{
-    KafkaReader, Service, Stack, TestDatabase, delete_all_records, mint_token, query_i64,
-    wait_until,
+    KafkaReader, SendExt, Service, Stack, TestDatabase, assert_error_code, delete_all_records,
+    mint_token, query_i64, shipping_address, wait_until,
 };
 use uuid::Uuid;
 
@@ -82,9 +82,8 @@ impl OrderApi {
             Some(body) => request.json(body),
             None => request,
         }
-        .send()
+        .sent()
         .await
-        .unwrap()
     }
 
     async fn place(&self, customer: &Customer, body: &Value) -> Response {
@@ -110,12 +109,8 @@ impl OrderApi {
     async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.address))
-            .send()
+            .text_body()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
     }
 }
 
@@ -202,9 +197,8 @@ impl SagaStack {
             .http
             .request(Method::GET, self.stack.url(service, path))
             .bearer_auth(&customer.token)
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -313,13 +307,7 @@ impl SagaStack {
 fn order_of(quantity: i64) -> Value {
     json!({
         "items": [{"sku": "E2E-1", "quantity": quantity, "unit_price_cents": 1000}],
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "street": "12 St James's Square",
-            "city": "London",
-            "postal_code": "SW1Y 4JH",
-            "country": "GB"
-        }
+        "shipping_address": shipping_address()
     })
 }
 
@@ -642,12 +630,8 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
         let list: Value = stack
             .http
             .get(format!("{}/admin/sagas/stuck", stack.order.address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .json_body()
+            .await;
         list["items"]
             .as_array()
             .unwrap()
@@ -663,12 +647,8 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
     let page = stack
         .http
         .get(format!("{}/admin/sagas", stack.order.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text_body()
+        .await;
     assert!(page.contains("1 stuck"), "{page}");
     assert!(page.contains(&id), "the page lists the stuck order: {page}");
 
@@ -680,7 +660,7 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
     let redrive = |order_id: &str| {
         let url = format!("{}/admin/sagas/{order_id}/redrive", stack.order.address);
         let http = stack.http.clone();
-        async move { http.post(url).send().await.unwrap() }
+        async move { http.post(url).sent().await }
     };
     assert_eq!(redrive(&id).await.status(), 202);
     stack
@@ -691,9 +671,7 @@ async fn a_saga_that_stays_stuck_is_listed_and_re_driven_when_an_operator_asks()
 
     // An order no saga works on any more cannot be re-driven.
     let response = redrive(&id).await;
-    assert_eq!(response.status(), 404);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "NOT_IN_FLIGHT");
+    assert_error_code(response, 404, "NOT_IN_FLIGHT").await;
 }
 
 #[tokio::test]

@@ -100,9 +100,7 @@ async fn the_bytes_in_flight_stay_within_the_bound_and_a_larger_record_goes_alon
         ],
     )
     .await;
-    relay
-        .wait_for_state("bytes", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("bytes").await;
     let topic = unique("rt_bytes");
 
     // Small records only: several fit under the bound, never more.

@@ -20,6 +20,20 @@ async fn text_of(browser: &Client, css: &str) -> Option<String> {
         .ok()
 }
 
+/// Waits until the text of `css` passes `check`; returns that text.
+async fn wait_for_text(
+    browser: &Client,
+    css: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    wait_until(timeout, what, || async {
+        text_of(browser, css).await.filter(|text| check(text))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn dashboard_shows_live_source_state_in_headless_chromium() {
     let (db, client) = outbox_database("relay_dash").await;
@@ -47,47 +61,39 @@ async fn dashboard_shows_live_source_state_in_headless_chromium() {
 async fn check_dashboard(relay: &Relay, browser: &Client, client: &tokio_postgres::Client) {
     browser.goto(&relay.url("/")).await.expect("open dashboard");
 
-    wait_until(
+    wait_for_text(
+        browser,
+        "#source-dash .state",
         Duration::from_secs(20),
         "the dash source to show streaming",
-        || async {
-            text_of(browser, "#source-dash .state")
-                .await
-                .filter(|s| s == "streaming")
-        },
+        |s| s == "streaming",
     )
     .await;
     let topic = unique("rt_dash");
     insert_events(client, &topic, "k", 0, 250).await;
-    wait_until(
+    wait_for_text(
+        browser,
+        "#source-dash .events",
         Duration::from_secs(30),
         "the event count to reach 250",
-        || async {
-            text_of(browser, "#source-dash .events")
-                .await
-                .filter(|s| s.replace(',', "") == "250")
-        },
+        |s| s.replace(',', "") == "250",
     )
     .await;
     // The lag probe's reading of the slot.
-    wait_until(
+    wait_for_text(
+        browser,
+        "#source-dash .wal-status",
         Duration::from_secs(20),
         "the dash source's WAL status",
-        || async {
-            text_of(browser, "#source-dash .wal-status")
-                .await
-                .filter(|s| s == "reserved")
-        },
+        |s| s == "reserved",
     )
     .await;
-    let error = wait_until(
+    let error = wait_for_text(
+        browser,
+        "#source-broken .error",
         Duration::from_secs(20),
         "the broken source's error",
-        || async {
-            text_of(browser, "#source-broken .error")
-                .await
-                .filter(|s| s.contains("last error"))
-        },
+        |s| s.contains("last error"),
     )
     .await;
     assert!(error.contains("database"), "{error}");
@@ -96,15 +102,12 @@ async fn check_dashboard(relay: &Relay, browser: &Client, client: &tokio_postgre
         Some("reconnecting")
     );
     // Its reconnects of the last minute (flapping shows here).
-    wait_until(
+    wait_for_text(
+        browser,
+        "#source-broken .reconnects-per-minute",
         Duration::from_secs(20),
         "the broken source's reconnects per minute",
-        || async {
-            text_of(browser, "#source-broken .reconnects-per-minute")
-                .await
-                .and_then(|s| s.parse::<u64>().ok())
-                .filter(|n| *n >= 2)
-        },
+        |s| s.parse::<u64>().is_ok_and(|n| n >= 2),
     )
     .await;
 

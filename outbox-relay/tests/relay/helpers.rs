@@ -175,6 +175,12 @@ impl Relay {
             .cloned()
     }
 
+    /// Waits until `source` streams (20 s at most); returns its status.
+    pub async fn wait_until_streaming(&self, source: &str) -> Value {
+        self.wait_for_state(source, "streaming", Duration::from_secs(20))
+            .await
+    }
+
     /// Waits until `source` reports `state`; returns its status.
     pub async fn wait_for_state(&self, source: &str, state: &str, timeout: Duration) -> Value {
         wait_until(
@@ -201,6 +207,30 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.process.kill_hard();
     }
+}
+
+/// Inserts one event for `key` whose payload is `{"blob": ..}` of `md5s`
+/// md5 texts (32 bytes each, random enough to stay large when TOASTed);
+/// returns its id.
+pub async fn insert_blob(
+    client: &Client,
+    topic: &str,
+    key: &str,
+    event_type: &str,
+    trace_id: &str,
+    md5s: i32,
+) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO outbox VALUES ($1, $2, $3, $4, 1, $5, now(),
+                 jsonb_build_object('blob', (SELECT string_agg(md5(i::text), '')
+                                             FROM generate_series(1, $6::int) i)))",
+            &[&id, &topic, &key, &event_type, &trace_id, &md5s],
+        )
+        .await
+        .expect("insert a blob event");
+    id
 }
 
 /// Inserts `count` events for `key` into the outbox in one transaction;

@@ -11,7 +11,7 @@ use test_support::KafkaReader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    Relay, SourceSpec, insert_events, outbox_database, read_until_distinct, unique,
+    Relay, SourceSpec, insert_blob, insert_events, outbox_database, read_until_distinct, unique,
 };
 use test_support::wait_until;
 
@@ -22,9 +22,7 @@ async fn publishes_outbox_inserts_as_envelope_records() {
     let (db, client) = outbox_database("relay_publish").await;
     let source = SourceSpec::new("publish", &db);
     let mut relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("publish", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("publish").await;
     let topic = unique("rt_publish");
 
     // Unicode everywhere, plus a row of another table in the same transaction.
@@ -48,16 +46,7 @@ async fn publishes_outbox_inserts_as_envelope_records() {
     // Many rows in one transaction.
     insert_events(&client, &topic, "bulk", 1, 5_000).await;
     // A TOASTed payload of about 480 kB (random text, so it stays large).
-    let big_id = uuid::Uuid::new_v4();
-    client
-        .execute(
-            "INSERT INTO outbox VALUES ($1, $2, 'big-1', 'Big', 1, 'trace-big', now(),
-                 jsonb_build_object('blob', (SELECT string_agg(md5(i::text), '')
-                                             FROM generate_series(1, 15000) i)))",
-            &[&big_id, &topic],
-        )
-        .await
-        .expect("big insert");
+    let big_id = insert_blob(&client, &topic, "big-1", "Big", "trace-big", 15_000).await;
 
     let mut reader = KafkaReader::new(&test_support::kafka_brokers(), &topic).await;
     let records = read_until_distinct(&mut reader, 5_002, READ_TIMEOUT).await;
@@ -116,9 +105,7 @@ async fn publishes_outbox_inserts_as_envelope_records() {
     assert!(status.success(), "relay exited with {status}");
     assert!(relay.process.log_contains("stopped streaming"));
     let relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("publish", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("publish").await;
     insert_events(&client, &topic, "after-restart", 1, 1).await;
     let mut after = read_until_distinct(&mut reader, 1, READ_TIMEOUT).await;
     // Confirmation runs in commit order, so once the new transaction is
@@ -152,23 +139,12 @@ async fn rows_that_cannot_be_published_go_to_a_dead_letter_topic() {
     let (db, client) = outbox_database("relay_dlq").await;
     let source = SourceSpec::new("dlq", &db);
     let relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("dlq", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("dlq").await;
     let topic = unique("rt_dlq");
 
     insert_events(&client, &topic, "k", 1, 1).await;
     // 2 MB: larger than the relay's 1 MB record limit.
-    let too_large = uuid::Uuid::new_v4();
-    client
-        .execute(
-            "INSERT INTO outbox VALUES ($1, $2, 'k', 'Huge', 1, 't', now(),
-                 jsonb_build_object('blob', (SELECT string_agg(md5(i::text), '')
-                                             FROM generate_series(1, 65000) i)))",
-            &[&too_large, &topic],
-        )
-        .await
-        .expect("huge insert");
+    let too_large = insert_blob(&client, &topic, "k", "Huge", "t", 65_000).await;
     insert_events(&client, &topic, "k", 2, 1).await;
 
     let brokers = test_support::kafka_brokers();
@@ -303,9 +279,7 @@ async fn records_the_broker_will_not_store_go_to_the_dead_letter_topic() {
         &[("APP__KAFKA__MAX_PRODUCE_ATTEMPTS", "3".into())],
     )
     .await;
-    relay
-        .wait_for_state("refused", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("refused").await;
     let old = insert_day_old_event(&client, &strict).await;
     insert_events(&client, &strict, "k", 1, 1).await;
     insert_events(&client, &colliding, "k", 1, 1).await;
@@ -370,9 +344,7 @@ async fn a_source_whose_dead_letter_fails_too_stops_with_an_error() {
         &[("APP__KAFKA__MAX_PRODUCE_ATTEMPTS", "3".into())],
     )
     .await;
-    relay
-        .wait_for_state("held", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("held").await;
 
     let old = insert_day_old_event(&client, &strict).await;
     let status = relay.wait_for_state("held", "error", READ_TIMEOUT).await;
@@ -412,9 +384,7 @@ async fn events_of_one_key_stay_in_order() {
     let (db, client) = outbox_database("relay_order").await;
     let source = SourceSpec::new("order", &db);
     let relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("order", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("order").await;
     let topic = unique("rt_order");
     drop(client);
 
@@ -475,9 +445,7 @@ async fn topics_the_relay_creates_get_the_configured_replication_factor() {
         &[("APP__KAFKA__REPLICATION_FACTOR", "2".into())],
     )
     .await;
-    relay
-        .wait_for_state("rf", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("rf").await;
 
     let topic = unique("rt_rf");
     insert_events(&client, &topic, "k", 0, 1).await;

@@ -22,9 +22,7 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unconfirmed_tail()
     let source = SourceSpec::new("kill", &db);
     let topic = unique("rt_kill");
     let mut relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("kill", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("kill").await;
 
     // The writer notes the WAL position right after each commit: at or
     // past that transaction's end LSN.
@@ -93,9 +91,7 @@ async fn a_cut_replication_connection_resumes_from_the_slot() {
     let source = SourceSpec::new("cut", &db);
     let topic = unique("rt_cut");
     let relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("cut", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("cut").await;
     for t in 0..10 {
         insert_events(&client, &topic, "k", t * 100, 100).await;
     }
@@ -124,9 +120,7 @@ async fn a_cut_replication_connection_resumes_from_the_slot() {
         (0..2_000).collect::<Vec<_>>(),
         "order survives the reconnect"
     );
-    let status = relay
-        .wait_for_state("cut", "streaming", Duration::from_secs(20))
-        .await;
+    let status = relay.wait_until_streaming("cut").await;
     assert!(status["reconnects"].as_u64() >= Some(1), "{status}");
 }
 
@@ -138,9 +132,7 @@ async fn a_broker_outage_of_10_seconds_loses_nothing() {
     let source = SourceSpec::new("outage", &db);
     let topic = unique("rt_outage");
     let relay = Relay::start_with(&[&source], &[("APP__KAFKA__BROKERS", broker.brokers())]).await;
-    relay
-        .wait_for_state("outage", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("outage").await;
 
     // A steady trickle of events across the outage: 30 transactions of 10.
     let writer = {
@@ -194,9 +186,7 @@ async fn heavy_writes_to_other_tables_do_not_make_an_idle_slot_retain_wal() {
     let (db, client) = outbox_database("relay_idle").await;
     let source = SourceSpec::new("idle", &db);
     let relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("idle", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("idle").await;
 
     // About 100 MB of WAL in rows the publication does not cover.
     let start = current_wal_lsn(&client).await;
@@ -273,9 +263,7 @@ async fn one_source_down_does_not_stall_the_others() {
     };
     let topic = unique("rt_multi");
     let relay = Relay::start(&[&up, &down, &denied]).await;
-    relay
-        .wait_for_state("up", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("up").await;
     insert_events(&client, &topic, "k", 0, 500).await;
 
     let mut reader = KafkaReader::new(&test_support::kafka_brokers(), &topic).await;
@@ -340,9 +328,7 @@ async fn a_graceful_stop_saves_the_slot_position_so_a_server_restart_repeats_not
     let source = SourceSpec::new("save", &db);
     let topic = unique("rt_save");
     let mut relay = Relay::start(&[&source]).await;
-    relay
-        .wait_for_state("save", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("save").await;
     for t in 0..20 {
         insert_events(&client, &topic, "saved", t * 10, 10).await;
     }

@@ -49,9 +49,7 @@ async fn a_failure_that_recurs_after_streaming_starts_backs_off_and_shows_as_fla
         &[("APP__REPLICATION__BACKOFF_MAX", "4s".into())],
     )
     .await;
-    relay
-        .wait_for_state("flap", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("flap").await;
 
     // A transaction the walsender can never finish decoding: its first
     // 1,000 rows are sent, then its publication is gone (pgoutput:
@@ -391,9 +389,7 @@ async fn a_frozen_walsender_is_noticed_within_the_receive_timeout() {
         )],
     )
     .await;
-    relay
-        .wait_for_state("frozen", "streaming", Duration::from_secs(20))
-        .await;
+    relay.wait_until_streaming("frozen").await;
     insert_events(&client, &topic, "k", 0, 10).await;
     wait_until(Duration::from_secs(30), "10 events published", || async {
         (relay.events_published("frozen").await >= 10).then_some(())

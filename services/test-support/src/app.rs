@@ -3,17 +3,23 @@
 //! dropped, and [`ConsumingApp`] is a saga participant's app consuming a
 //! topic of the test's own, fed with events produced straight to Kafka.
 
+use std::time::Duration;
+
 use commerce_common::{
-    events::{Envelope, Event},
+    events::{Envelope, Event, OrderCancellationRequested},
     service::{Application, Service},
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    TestDatabase, ensure_topics, envelope, kafka_brokers, mint_token, partition_of,
-    produce_envelope,
+    SendExt, TestDatabase, assert_error_code, ensure_topics, envelope, kafka_brokers, mint_token,
+    partition_of, produce_envelope, wait_until,
 };
+
+/// How long a participant's consumer may take to own its partitions or to
+/// handle what was produced.
+const CONSUMER_WAIT: Duration = Duration::from_secs(30);
 
 /// A built app running on a task of its own; dropping it stops the app.
 pub struct RunningApp {
@@ -94,6 +100,49 @@ impl ConsumingApp {
         envelope
     }
 
+    /// Publishes the customer's request to cancel `order_id`, for `reason`.
+    pub async fn request_cancellation(
+        &self,
+        order_id: Uuid,
+        customer_id: Uuid,
+        reason: &str,
+    ) -> Envelope {
+        self.publish(&Event::OrderCancellationRequested(
+            OrderCancellationRequested {
+                order_id,
+                customer_id,
+                reason: reason.into(),
+            },
+        ))
+        .await
+    }
+
+    /// Waits until the consumer has handled `records` records in all (the
+    /// sum of its stored offsets).
+    pub async fn drained(&self, records: i64) {
+        crate::wait_for_value(
+            &self.database,
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets",
+            records,
+            CONSUMER_WAIT,
+        )
+        .await;
+    }
+
+    /// The one row `sql` selects with `params` from this app's database.
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> tokio_postgres::Row {
+        self.database
+            .client()
+            .await
+            .query_one(sql, params)
+            .await
+            .unwrap()
+    }
+
     pub async fn query_i64(&self, sql: &str) -> i64 {
         crate::query_i64(&self.database, sql).await
     }
@@ -104,6 +153,43 @@ impl ConsumingApp {
 
     pub fn post(&self, path: &str, user: Option<Uuid>) -> reqwest::RequestBuilder {
         self.authorized(self.client.post(format!("{}{path}", self.address)), user)
+    }
+
+    /// Asserts that a GET of `path` is 401 `UNAUTHORIZED` without a token
+    /// and 401 with one that is not a token.
+    pub async fn assert_needs_token(&self, path: &str) {
+        assert_error_code(self.get(path, None).sent().await, 401, "UNAUTHORIZED").await;
+        let response = self.get(path, None).bearer_auth("not.a.token").sent().await;
+        assert_eq!(response.status(), 401, "{path} with a bad token");
+    }
+
+    /// Asserts that the operational endpoints answer 200, that
+    /// `/openapi.json` documents every one of `api_paths`, and that the
+    /// consumer reports its lag in `/metrics` once it owns the partitions.
+    pub async fn assert_operational_endpoints(&self, api_paths: &[&str]) {
+        for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
+            let response = self.get(path, None).sent().await;
+            assert_eq!(response.status(), 200, "{path}");
+        }
+        let spec = self.get("/openapi.json", None).json_body().await;
+        for path in api_paths {
+            assert!(
+                spec["paths"][path].is_object(),
+                "{path} missing from the spec: {spec}"
+            );
+        }
+        wait_until(CONSUMER_WAIT, "consumer_lag in /metrics", || async {
+            let metrics = self
+                .get("/metrics", None)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics.contains("consumer_lag{").then_some(())
+        })
+        .await;
     }
 
     /// `request` with `user`'s bearer token, or none.

@@ -294,6 +294,18 @@ impl Service<'_> {
         health_path
     }
 
+    /// [`Self::assert_serves_http`], and the host publishes that port as
+    /// itself. Returns the healthcheck's path.
+    pub fn assert_serves_published_http(&self, host: &str, port: u16) -> String {
+        let health_path = self.assert_serves_http(host, port);
+        assert!(
+            self.published_ports().contains(&(port, port)),
+            "{} is published on its own port",
+            self.name
+        );
+        health_path
+    }
+
     /// The container's environment, interpolated with the defaults. Both
     /// compose forms (mapping and `KEY=value` list) are accepted; numbers and
     /// booleans become their text, as compose passes them.

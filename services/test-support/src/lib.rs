@@ -19,6 +19,7 @@ pub mod config_doc;
 mod db;
 mod env;
 mod events;
+mod http;
 mod kafka;
 mod process;
 mod relay;
@@ -38,6 +39,7 @@ pub use env::{
     test_log_enabled,
 };
 pub use events::{envelope, partition_of};
+pub use http::{SendExt, assert_error, assert_error_code, shipping_address};
 pub use kafka::{
     KafkaReader, KafkaRecord, delete_all_records, ensure_topics, kafka_client, produce_envelope,
     produce_envelopes, read_topic,

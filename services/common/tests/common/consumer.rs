@@ -135,6 +135,21 @@ async fn setup(partitions: i32) -> Setup {
     }
 }
 
+impl Setup {
+    /// Produces `event` to `partition` of the test's topic, keyed by its
+    /// aggregate id as the relay does.
+    async fn produce(&self, partition: i32, event: &Envelope) {
+        produce_envelope(
+            &kafka_brokers(),
+            &self.topic,
+            partition,
+            &event.aggregate_id,
+            event,
+        )
+        .await;
+    }
+}
+
 fn identity(topic: &str) -> Identity {
     Identity::new(
         kafka_brokers().split(',').map(String::from).collect(),
@@ -173,6 +188,14 @@ fn start_observed(
     start_configured(setup, config(instance), concurrency, registry)
 }
 
+/// Starts the serialized instance `only`, with a registry of its own for
+/// its metrics.
+fn start_measured(setup: &Setup) -> (tokio::task::JoinHandle<()>, CancellationToken, Registry) {
+    let mut registry = Registry::default();
+    let (handle, shutdown) = start_observed(setup, "only", Concurrency::Serialized, &mut registry);
+    (handle, shutdown, registry)
+}
+
 /// Starts an instance with `config`, its metrics in `registry`.
 fn start_configured(
     setup: &Setup,
@@ -205,6 +228,15 @@ fn metric(registry: &Registry, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(prefix))
         .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// Asserts that no offset was skipped (counted as lost) in `registry`.
+fn assert_nothing_skipped(registry: &Registry) {
+    assert_eq!(
+        metric(registry, "consumer_offsets_skipped_total{"),
+        None,
+        "starting over loses nothing"
+    );
 }
 
 /// The group `test` has handled partition 0 of the topic up to `offset`.
@@ -857,7 +889,6 @@ async fn by_key_concurrency_applies_a_fetch_in_key_order_keeping_each_keys_order
 #[tokio::test]
 async fn two_instances_split_partitions_and_one_takes_over_from_a_dead_one() {
     let setup = setup(4).await;
-    let brokers = kafka_brokers();
     let database = &setup.database;
     let owned_by = |instance: &'static str| async move {
         query_i64(
@@ -881,14 +912,7 @@ async fn two_instances_split_partitions_and_one_takes_over_from_a_dead_one() {
     let mut sent = Vec::new();
     for i in 0..40 {
         let envelope = envelope("OK");
-        produce_envelope(
-            &brokers,
-            &setup.topic,
-            i % 4,
-            &envelope.aggregate_id,
-            &envelope,
-        )
-        .await;
+        setup.produce(i % 4, &envelope).await;
         sent.push(envelope.event_id);
     }
     wait_until(WAIT, "the first 40 events to be handled", || async {
@@ -906,14 +930,7 @@ async fn two_instances_split_partitions_and_one_takes_over_from_a_dead_one() {
     a.abort();
     for i in 0..40 {
         let envelope = envelope("OK");
-        produce_envelope(
-            &brokers,
-            &setup.topic,
-            i % 4,
-            &envelope.aggregate_id,
-            &envelope,
-        )
-        .await;
+        setup.produce(i % 4, &envelope).await;
         sent.push(envelope.event_id);
     }
     wait_until(WAIT, "b to take over and handle all 80 events", || async {
@@ -949,13 +966,10 @@ async fn a_stored_offset_beyond_the_end_of_a_recreated_partition_starts_over() {
     let database = &setup.database;
     // As if the broker had lost its data after 1000 records were handled.
     store_offset(&setup, 1000).await;
-    let brokers = kafka_brokers();
     let (first, second) = (envelope("OK"), envelope("OK"));
-    produce_envelope(&brokers, &setup.topic, 0, &first.aggregate_id, &first).await;
-    produce_envelope(&brokers, &setup.topic, 0, &second.aggregate_id, &second).await;
-    let mut registry = Registry::default();
-    let (_handle, shutdown) =
-        start_observed(&setup, "only", Concurrency::Serialized, &mut registry);
+    setup.produce(0, &first).await;
+    setup.produce(0, &second).await;
+    let (_handle, shutdown, registry) = start_measured(&setup);
 
     wait_until(WAIT, "the partition to be consumed from 0", || async {
         (query_i64(database, "SELECT count(*) FROM effects").await == 2).then_some(())
@@ -965,11 +979,7 @@ async fn a_stored_offset_beyond_the_end_of_a_recreated_partition_starts_over() {
         query_i64(database, "SELECT next_offset FROM consumer_offsets").await,
         2
     );
-    assert_eq!(
-        metric(&registry, "consumer_offsets_skipped_total{"),
-        None,
-        "starting over loses nothing"
-    );
+    assert_nothing_skipped(&registry);
     shutdown.cancel();
 }
 
@@ -980,16 +990,13 @@ async fn a_stored_offset_beyond_the_end_of_a_recreated_partition_starts_over() {
 async fn a_stored_offset_past_the_end_starts_over_from_the_log_start() {
     let setup = setup(1).await;
     let database = &setup.database;
-    let brokers = kafka_brokers();
     let old: Vec<Envelope> = (0..3).map(|_| envelope("OK")).collect();
     for event in &old {
-        produce_envelope(&brokers, &setup.topic, 0, &event.aggregate_id, event).await;
+        setup.produce(0, event).await;
     }
     delete_records_below(&setup.topic, 1).await;
     store_offset(&setup, 1000).await;
-    let mut registry = Registry::default();
-    let (_handle, shutdown) =
-        start_observed(&setup, "only", Concurrency::Serialized, &mut registry);
+    let (_handle, shutdown, registry) = start_measured(&setup);
 
     wait_for_stored_offset(
         database,
@@ -998,17 +1005,13 @@ async fn a_stored_offset_past_the_end_starts_over_from_the_log_start() {
     )
     .await;
     let later = envelope("OK");
-    produce_envelope(&brokers, &setup.topic, 0, &later.aggregate_id, &later).await;
+    setup.produce(0, &later).await;
     wait_for_stored_offset(database, 4, "a new record to be consumed").await;
     assert_eq!(
         effects_in_order(database).await,
         vec![old[1].event_id, old[2].event_id, later.event_id]
     );
-    assert_eq!(
-        metric(&registry, "consumer_offsets_skipped_total{"),
-        None,
-        "starting over loses nothing"
-    );
+    assert_nothing_skipped(&registry);
     shutdown.cancel();
 }
 
@@ -1020,22 +1023,19 @@ async fn a_stored_offset_past_the_end_starts_over_from_the_log_start() {
 async fn records_deleted_before_they_were_handled_are_skipped_and_counted() {
     let setup = setup(1).await;
     let database = &setup.database;
-    let brokers = kafka_brokers();
     let old: Vec<Envelope> = (0..5).map(|_| envelope("OK")).collect();
     for event in &old {
-        produce_envelope(&brokers, &setup.topic, 0, &event.aggregate_id, event).await;
+        setup.produce(0, event).await;
     }
     // The group had handled offsets 0 and 1 when it stopped; meanwhile the
     // broker deleted everything below 4: offsets 2 and 3 are lost.
     store_offset(&setup, 2).await;
     delete_records_below(&setup.topic, 4).await;
-    let mut registry = Registry::default();
-    let (_handle, shutdown) =
-        start_observed(&setup, "only", Concurrency::Serialized, &mut registry);
+    let (_handle, shutdown, registry) = start_measured(&setup);
 
     let new = [envelope("OK"), envelope("OK")];
     for event in &new {
-        produce_envelope(&brokers, &setup.topic, 0, &event.aggregate_id, event).await;
+        setup.produce(0, event).await;
     }
     wait_for_stored_offset(database, 7, "the records from the log start to be consumed").await;
     assert_eq!(

@@ -3,6 +3,7 @@
 use crate::helpers::spawn_app;
 use commerce_common::events::{Event, PaymentConfirmed};
 use serde_json::Value;
+use test_support::{SendExt, assert_error_code};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -10,53 +11,15 @@ async fn every_api_route_needs_a_valid_token() {
     let app = spawn_app().await;
     let order = Uuid::new_v4();
     for path in ["/api/deliveries", &format!("/api/deliveries/{order}")] {
-        let response = app.get(path, None).send().await.unwrap();
-        assert_eq!(response.status(), 401, "{path}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["code"], "UNAUTHORIZED");
-        let response = app
-            .get(path, None)
-            .bearer_auth("not.a.token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 401, "{path} with a bad token");
+        app.assert_needs_token(path).await;
     }
 }
 
 #[tokio::test]
 async fn operational_endpoints_answer() {
     let app = spawn_app().await;
-    for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
-        let response = app.get(path, None).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{path}");
-    }
-    let spec: Value = app
-        .get("/openapi.json", None)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for path in ["/api/deliveries", "/api/deliveries/{order_id}"] {
-        assert!(
-            spec["paths"][path].is_object(),
-            "{path} missing from the spec: {spec}"
-        );
-    }
-    test_support::wait_until(crate::helpers::WAIT, "consumer_lag in /metrics", || async {
-        let metrics = app
-            .get("/metrics", None)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metrics.contains("consumer_lag{").then_some(())
-    })
-    .await;
+    app.assert_operational_endpoints(&["/api/deliveries", "/api/deliveries/{order_id}"])
+        .await;
 }
 
 #[tokio::test]
@@ -74,14 +37,7 @@ async fn deliveries_are_visible_to_their_owner_only() {
     crate::helpers::wait_for_value(&app.database, "SELECT count(*) FROM deliveries", 1).await;
 
     let path = format!("/api/deliveries/{order_id}");
-    let delivery: Value = app
-        .get(&path, Some(owner))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let delivery: Value = app.get(&path, Some(owner)).json_body().await;
     assert_eq!(delivery["status"], "SCHEDULED");
     assert!(
         delivery["tracking_number"]
@@ -89,40 +45,19 @@ async fn deliveries_are_visible_to_their_owner_only() {
             .unwrap()
             .starts_with("TRK-")
     );
-    let page: Value = app
-        .get("/api/deliveries", Some(owner))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get("/api/deliveries", Some(owner)).json_body().await;
     assert_eq!(page["total_items"], 1);
 
     let stranger = Uuid::new_v4();
-    let response = app.get(&path, Some(stranger)).send().await.unwrap();
-    assert_eq!(response.status(), 404);
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["code"], "NOT_FOUND");
-    let page: Value = app
-        .get("/api/deliveries", Some(stranger))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let response = app.get(&path, Some(stranger)).sent().await;
+    assert_error_code(response, 404, "NOT_FOUND").await;
+    let page: Value = app.get("/api/deliveries", Some(stranger)).json_body().await;
     assert_eq!(page["total_items"], 0);
-    let response = app
-        .get("/api/deliveries/42", Some(owner))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/api/deliveries/42", Some(owner)).sent().await;
     assert_eq!(response.status(), 404);
     let response = app
         .get("/api/deliveries?page_size=1000", Some(owner))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), 422);
 }

@@ -3,9 +3,7 @@
 //! over from the event that caused them.
 
 use crate::helpers::{WAIT, one_window, spawn_app_with};
-use commerce_common::events::{
-    Event, OrderCancellationRequested, PaymentConfirmed, headers, topics,
-};
+use commerce_common::events::{Event, PaymentConfirmed, headers, topics};
 use test_support::{KafkaReader, Relay, kafka_brokers};
 use uuid::Uuid;
 
@@ -57,14 +55,8 @@ async fn bookings_failures_and_releases_are_published_with_the_causing_trace_id(
     };
     assert_eq!(failure.reason, "NO_CAPACITY");
 
-    app.publish(&Event::OrderCancellationRequested(
-        OrderCancellationRequested {
-            order_id: first.order_id,
-            customer_id: customer,
-            reason: "changed my mind".into(),
-        },
-    ))
-    .await;
+    app.request_cancellation(first.order_id, customer, "changed my mind")
+        .await;
     let cancelled = deliveries
         .wait_for(crate::helpers::WAIT, "DeliveryCancelled", |r| {
             r.key == key_of(&first)

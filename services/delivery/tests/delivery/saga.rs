@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{TestApp, one_window, spawn_app_configured, spawn_app_with, wait_for_value};
+use crate::helpers::{TestApp, one_window, spawn_app_configured, spawn_app_with};
 use chrono::{DateTime, Days, Utc};
 use commerce_common::events::{Event, OrderCancellationRequested, PaymentConfirmed};
 use delivery_service::{config::WindowsConfig, startup::Application};
@@ -33,30 +33,19 @@ fn cancellation(order: &PaymentConfirmed) -> OrderCancellationRequested {
     }
 }
 
+/// How many places the windows have booked, all of them together.
+async fn booked_places(app: &TestApp) -> i64 {
+    app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
+        .await
+}
+
 async fn delivery_of(
     app: &TestApp,
     order_id: Uuid,
 ) -> (String, Option<String>, Option<DateTime<Utc>>) {
-    let row = app
-        .database
-        .client()
-        .await
-        .query_one(
-            "SELECT status, reason, window_start FROM deliveries WHERE order_id = $1",
-            &[&order_id],
-        )
-        .await
-        .unwrap();
+    let sql = "SELECT status, reason, window_start FROM deliveries WHERE order_id = $1";
+    let row = app.query_one(sql, &[&order_id]).await;
     (row.get(0), row.get(1), row.get(2))
-}
-
-async fn drained(app: &TestApp, records: i64) {
-    wait_for_value(
-        &app.database,
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets",
-        records,
-    )
-    .await;
 }
 
 fn tomorrow_at(hour: u32) -> DateTime<Utc> {
@@ -76,7 +65,7 @@ async fn a_paid_order_gets_the_earliest_window_with_room() {
     for order in &orders {
         app.publish(&Event::PaymentConfirmed(order.clone())).await;
     }
-    drained(&app, 3).await;
+    app.drained(3).await;
     let first = delivery_of(&app, orders[0].order_id).await;
     assert_eq!(first.0, "SCHEDULED");
     assert_eq!(first.2, Some(tomorrow_at(8)));
@@ -103,7 +92,7 @@ async fn no_window_left_fails_with_no_capacity() {
     let (first, second) = (paid(customer), paid(customer));
     app.publish(&Event::PaymentConfirmed(first.clone())).await;
     app.publish(&Event::PaymentConfirmed(second.clone())).await;
-    drained(&app, 2).await;
+    app.drained(2).await;
     assert_eq!(delivery_of(&app, first.order_id).await.0, "SCHEDULED");
     assert_eq!(
         delivery_of(&app, second.order_id).await,
@@ -130,7 +119,7 @@ async fn a_customer_over_the_daily_booking_limit_fails_with_daily_limit() {
     let others = paid(other);
     app.publish(&Event::PaymentConfirmed(over.clone())).await;
     app.publish(&Event::PaymentConfirmed(others.clone())).await;
-    drained(&app, 5).await;
+    app.drained(5).await;
 
     assert_eq!(delivery_of(&app, booked[0].order_id).await.0, "CANCELLED");
     assert_eq!(delivery_of(&app, booked[1].order_id).await.0, "SCHEDULED");
@@ -145,8 +134,7 @@ async fn a_customer_over_the_daily_booking_limit_fails_with_daily_limit() {
         "another customer is not limited"
     );
     assert_eq!(
-        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
-            .await,
+        booked_places(&app).await,
         2,
         "the refused order took no place"
     );
@@ -158,47 +146,35 @@ async fn cancelling_releases_the_window_and_a_cancellation_first_books_nothing()
     let customer = Uuid::new_v4();
     let booked = paid(customer);
     app.publish(&Event::PaymentConfirmed(booked.clone())).await;
-    drained(&app, 1).await;
-    assert_eq!(
-        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
-            .await,
-        1
-    );
+    app.drained(1).await;
+    assert_eq!(booked_places(&app).await, 1);
 
     app.publish(&Event::OrderCancellationRequested(cancellation(&booked)))
         .await;
-    drained(&app, 2).await;
+    app.drained(2).await;
     assert_eq!(
         delivery_of(&app, booked.order_id).await.0,
         "CANCELLED",
         "the booked delivery is cancelled"
     );
-    assert_eq!(
-        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
-            .await,
-        0
-    );
+    assert_eq!(booked_places(&app).await, 0);
 
     // Cancelled before the payment was confirmed: the confirmation books nothing.
     let early = paid(customer);
     app.publish(&Event::OrderCancellationRequested(cancellation(&early)))
         .await;
     app.publish(&Event::PaymentConfirmed(early.clone())).await;
-    drained(&app, 4).await;
+    app.drained(4).await;
     assert_eq!(
         delivery_of(&app, early.order_id).await,
         ("CANCELLED".into(), Some("CUSTOMER_CANCELLED".into()), None)
     );
-    assert_eq!(
-        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
-            .await,
-        0
-    );
+    assert_eq!(booked_places(&app).await, 0);
 
     // The released place is free for the next order.
     let next = paid(customer);
     app.publish(&Event::PaymentConfirmed(next.clone())).await;
-    drained(&app, 5).await;
+    app.drained(5).await;
     assert_eq!(delivery_of(&app, next.order_id).await.0, "SCHEDULED");
 }
 
@@ -218,18 +194,14 @@ async fn every_event_delivered_twice_has_its_effects_once() {
         app.send(envelope).await;
         app.send(envelope).await;
     }
-    drained(&app, 2 * envelopes.len() as i64).await;
+    app.drained(2 * envelopes.len() as i64).await;
     assert_eq!(app.query_i64("SELECT count(*) FROM deliveries").await, 4);
     assert_eq!(
         app.query_i64("SELECT count(*) FROM deliveries WHERE status = 'SCHEDULED'")
             .await,
         3
     );
-    assert_eq!(
-        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
-            .await,
-        3
-    );
+    assert_eq!(booked_places(&app).await, 3);
 }
 
 #[tokio::test]
@@ -255,7 +227,7 @@ async fn a_poison_event_is_dead_lettered_and_the_partition_moves_on() {
     .unwrap();
     let good = paid(Uuid::new_v4());
     app.publish(&Event::PaymentConfirmed(good.clone())).await;
-    drained(&app, 2).await;
+    app.drained(2).await;
     assert_eq!(delivery_of(&app, good.order_id).await.0, "SCHEDULED");
     assert_eq!(app.query_i64("SELECT count(*) FROM dead_letters").await, 1);
     assert_eq!(
@@ -302,7 +274,7 @@ async fn concurrent_bookings_racing_for_the_last_places_book_exactly_the_capacit
     for envelope in &envelopes {
         app.send(envelope).await;
     }
-    drained(&app, ORDERS).await;
+    app.drained(ORDERS).await;
 
     assert_eq!(
         app.query_i64("SELECT count(*) FROM deliveries WHERE status = 'SCHEDULED'")
@@ -390,9 +362,5 @@ async fn a_fetch_of_bookings_takes_one_statement_per_order_and_a_fixed_few() {
         5,
         "the order paid twice is booked once"
     );
-    assert_eq!(
-        app.query_i64("SELECT sum(booked)::bigint FROM delivery_windows")
-            .await,
-        4
-    );
+    assert_eq!(booked_places(&app).await, 4);
 }

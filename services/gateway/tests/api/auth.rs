@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{spawn_app, spawn_app_with};
+use test_support::{SendExt, assert_error_code};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -35,9 +36,12 @@ async fn register_returns_a_token_for_the_new_user() {
 async fn register_reports_every_invalid_field() {
     let app = spawn_app().await;
     let response = app.register("not-an-email", "short", "   ").await;
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "VALIDATION_FAILED");
+    let body = assert_error_code(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_FAILED",
+    )
+    .await;
     let fields: Vec<(&str, &str)> = body["fields"]
         .as_array()
         .unwrap()
@@ -61,17 +65,15 @@ async fn register_reports_every_invalid_field() {
         .post(app.url("/api/register"))
         .header("Content-Type", "application/json")
         .body("{\"email\": ")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     let missing_field = app
         .http
         .post(app.url("/api/register"))
         .json(&serde_json::json!({"email": "a@example.com"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(missing_field.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -87,9 +89,7 @@ async fn a_taken_email_is_409_whatever_its_case() {
     let again = app
         .register("BOB@example.com", "another password", "Bob 2")
         .await;
-    assert_eq!(again.status(), StatusCode::CONFLICT);
-    let body: Value = again.json().await.unwrap();
-    assert_eq!(body["code"], "EMAIL_TAKEN");
+    assert_error_code(again, StatusCode::CONFLICT, "EMAIL_TAKEN").await;
 }
 
 #[tokio::test]

@@ -21,13 +21,7 @@ async fn the_compose_environment_configures_the_gateway() {
     let compose = Compose::load();
     let container = compose.service(SERVICE);
     let config = container.load_config(Config::load);
-    let health_path = container.assert_serves_http(&config.http.host, config.http.port);
-    assert!(
-        container
-            .published_ports()
-            .contains(&(config.http.port, config.http.port)),
-        "the gateway is published on its own port"
-    );
+    let health_path = container.assert_serves_published_http(&config.http.host, config.http.port);
     assert!(
         config
             .database

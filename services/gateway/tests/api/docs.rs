@@ -4,6 +4,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{app_with_upstream, spawn_app};
+use test_support::SendExt;
 
 /// Every public route the gateway serves, by method and path.
 const GATEWAY_ROUTES: [(&str, &str); 4] = [
@@ -31,7 +32,7 @@ const SERVICE_ROUTES: [(&str, &str); 12] = [
 #[tokio::test]
 async fn the_document_lists_every_route_with_bearer_auth_and_error_schemas() {
     let (app, _upstream) = app_with_upstream(|_| {}).await;
-    let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    let response = app.http.get(app.url("/openapi.json")).sent().await;
     assert_eq!(response.status(), StatusCode::OK);
     let doc: Value = response.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -79,7 +80,7 @@ async fn the_document_lists_every_route_with_bearer_auth_and_error_schemas() {
 #[tokio::test]
 async fn an_unreachable_service_does_not_break_the_document() {
     let app = spawn_app().await;
-    let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    let response = app.http.get(app.url("/openapi.json")).sent().await;
     assert_eq!(response.status(), StatusCode::OK);
     let doc: Value = response.json().await.unwrap();
     for (method, path) in GATEWAY_ROUTES {
@@ -97,12 +98,7 @@ async fn an_unreachable_service_does_not_break_the_document() {
 #[tokio::test]
 async fn swagger_ui_is_served_from_bundled_assets() {
     let app = spawn_app().await;
-    let page = app
-        .http
-        .get(app.url("/swagger-ui.html"))
-        .send()
-        .await
-        .unwrap();
+    let page = app.http.get(app.url("/swagger-ui.html")).sent().await;
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains("/openapi.json"));
@@ -118,13 +114,12 @@ async fn swagger_ui_is_served_from_bundled_assets() {
         let response = app
             .http
             .get(app.url(&format!("/swagger-ui/{asset}")))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(response.status(), StatusCode::OK, "{asset}");
         assert!(response.bytes().await.unwrap().len() > 1000);
     }
-    let short = app.http.get(app.url("/swagger-ui")).send().await.unwrap();
+    let short = app.http.get(app.url("/swagger-ui")).sent().await;
     assert_eq!(short.status(), StatusCode::PERMANENT_REDIRECT);
     assert_eq!(short.headers()["location"], "/swagger-ui.html");
     // paperclip's asset handler panics on unknown names; they are 404 here.
@@ -133,7 +128,7 @@ async fn swagger_ui_is_served_from_bundled_assets() {
         "/swagger-ui/../Cargo.toml",
         "/swagger-ui/index.html",
     ] {
-        let response = app.http.get(app.url(missing)).send().await.unwrap();
+        let response = app.http.get(app.url(missing)).sent().await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{missing}");
     }
 }

@@ -30,43 +30,40 @@ impl TestApp {
     }
 
     pub async fn register(&self, email: &str, password: &str, name: &str) -> reqwest::Response {
-        self.http
-            .post(self.url("/api/register"))
-            .json(&json!({"email": email, "password": password, "name": name}))
-            .send()
-            .await
-            .expect("register request")
+        let body = json!({"email": email, "password": password, "name": name});
+        self.post_json("/api/register", None, &body).await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
-        self.http
-            .post(self.url("/api/login"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .expect("login request")
+        let body = json!({"email": email, "password": password});
+        self.post_json("/api/login", None, &body).await
     }
 
     /// A login as if from `client` behind a proxy (`X-Forwarded-For`).
     pub async fn login_from(&self, client: &str, email: &str, password: &str) -> reqwest::Response {
-        self.http
-            .post(self.url("/api/login"))
-            .header("X-Forwarded-For", client)
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .expect("login request")
+        let body = json!({"email": email, "password": password});
+        self.post_json("/api/login", Some(client), &body).await
     }
 
     /// A registration as if from `client` behind a proxy (`X-Forwarded-For`).
     pub async fn register_from(&self, client: &str, email: &str) -> reqwest::Response {
-        self.http
-            .post(self.url("/api/register"))
-            .header("X-Forwarded-For", client)
-            .json(&json!({"email": email, "password": "correct horse battery", "name": "N"}))
-            .send()
-            .await
-            .expect("register request")
+        let body = json!({"email": email, "password": "correct horse battery", "name": "N"});
+        self.post_json("/api/register", Some(client), &body).await
+    }
+
+    /// POSTs `body` to `path`, as if from `forwarded_for` behind a proxy
+    /// when given.
+    async fn post_json(
+        &self,
+        path: &str,
+        forwarded_for: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(client) = forwarded_for {
+            request = request.header("X-Forwarded-For", client);
+        }
+        request.send().await.expect("POST request")
     }
 
     pub async fn me(&self, authorization: Option<&str>) -> reqwest::Response {

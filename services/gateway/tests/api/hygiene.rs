@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{app_with_upstream, spawn_app};
+use test_support::SendExt;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -27,7 +28,7 @@ async fn token_responses_are_not_stored_by_caches() {
 #[tokio::test]
 async fn health_does_not_echo_database_errors() {
     let (app, _upstream) = app_with_upstream(|_| {}).await;
-    let healthy = app.http.get(app.url("/api/health")).send().await.unwrap();
+    let healthy = app.http.get(app.url("/api/health")).sent().await;
     assert_eq!(healthy.status(), StatusCode::OK);
 
     // Cut the gateway off its database: no new connections, existing ones
@@ -50,7 +51,7 @@ async fn health_does_not_echo_database_errors() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let report: Value = loop {
-        let response = app.http.get(app.url("/api/health")).send().await.unwrap();
+        let response = app.http.get(app.url("/api/health")).sent().await;
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             break response.json().await.unwrap();
         }
@@ -85,21 +86,12 @@ async fn swagger_ui_takes_no_configuration_from_its_address_and_keeps_no_token()
         let response = app
             .http
             .get(app.url(&format!("/swagger-ui.html{query}")))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER, "{query}");
         assert_eq!(response.headers()["location"], "/swagger-ui.html");
     }
-    let page = app
-        .http
-        .get(app.url("/swagger-ui.html"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.http.get(app.url("/swagger-ui.html")).text_body().await;
     assert!(page.contains("queryConfigEnabled: false"), "{page}");
     assert!(page.contains("persistAuthorization: false"), "{page}");
     assert!(!page.contains("persistAuthorization: true"), "{page}");
@@ -109,14 +101,13 @@ async fn swagger_ui_takes_no_configuration_from_its_address_and_keeps_no_token()
 async fn metrics_are_served_on_their_own_port_only() {
     let app = spawn_app().await;
     app.login("nobody@example.com", "some password").await;
-    let public = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let public = app.http.get(app.url("/metrics")).sent().await;
     assert_eq!(public.status(), StatusCode::NOT_FOUND);
     let private = app
         .http
         .get(format!("{}/metrics", app.metrics_address))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(private.status(), StatusCode::OK);
     let text = private.text().await.unwrap();
     assert!(
@@ -126,8 +117,7 @@ async fn metrics_are_served_on_their_own_port_only() {
     let other = app
         .http
         .get(format!("{}/api/health", app.metrics_address))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use test_support::mint_token;
+use test_support::{SendExt, assert_error_code, mint_token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -41,7 +41,7 @@ async fn each_prefix_is_forwarded_with_method_path_query_headers_and_body() {
         } else {
             request
         };
-        let response = request.send().await.unwrap();
+        let response = request.sent().await;
         assert_eq!(response.status(), StatusCode::OK, "{method} {path}");
         assert_eq!(response.headers()["x-upstream"], "echo");
         let echo: Value = response.json().await.unwrap();
@@ -69,9 +69,8 @@ async fn a_services_429_reaches_the_client_with_its_retry_after_and_code() {
         .http
         .get(app.url("/api/orders/over-quota"))
         .header("Authorization", bearer())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "42");
     let body: Value = response.json().await.unwrap();
@@ -87,14 +86,11 @@ async fn unknown_paths_are_not_forwarded() {
             .http
             .get(app.url(path))
             .header("Authorization", bearer())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["code"], "NOT_FOUND");
+            .sent()
+            .await;
+        assert_error_code(response, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     }
-    let wrong_method = app.http.get(app.url("/api/register")).send().await.unwrap();
+    let wrong_method = app.http.get(app.url("/api/register")).sent().await;
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.headers()["allow"], "POST");
     let body: Value = wrong_method.json().await.unwrap();
@@ -105,15 +101,14 @@ async fn unknown_paths_are_not_forwarded() {
 #[tokio::test]
 async fn invalid_tokens_are_refused_at_the_edge() {
     let (app, upstream) = app_with_upstream(|_| {}).await;
-    let missing = app.http.get(app.url("/api/orders")).send().await.unwrap();
+    let missing = app.http.get(app.url("/api/orders")).sent().await;
     assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
     let garbage = app
         .http
         .get(app.url("/api/orders"))
         .header("Authorization", "Bearer x.y.z")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(garbage.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(upstream.hits(), 0);
 }
@@ -126,7 +121,7 @@ async fn the_product_catalog_is_public_to_read_and_nothing_else_is() {
         "/api/products?page=2&page_size=5",
         "/api/products/BOOK-1",
     ] {
-        let response = app.http.get(app.url(path)).send().await.unwrap();
+        let response = app.http.get(app.url(path)).sent().await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -148,9 +143,8 @@ async fn the_product_catalog_is_public_to_read_and_nothing_else_is() {
         let response = app
             .http
             .request(method.parse().unwrap(), app.url(path))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(response.status(), status, "{method} {path}");
     }
     assert_eq!(upstream.hits(), 3);
@@ -170,9 +164,8 @@ async fn hop_by_hop_headers_are_dropped_both_ways() {
         .header("TE", "trailers")
         .header("Trailer", "x-checksum")
         .header("X-End-To-End", "kept")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     for name in ["proxy-authenticate", "keep-alive", "trailer"] {
         assert!(!response.headers().contains_key(name), "{name} came back");
@@ -209,9 +202,8 @@ async fn long_poll_preferences_pass_both_ways() {
         .get(app.url("/api/orders/0b6f"))
         .header("Authorization", bearer())
         .header("Prefer", "wait=5")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["preference-applied"], "wait=5");
     let echo: Value = response.json().await.unwrap();
@@ -226,9 +218,8 @@ async fn request_ids_are_propagated_or_generated() {
         .get(app.url("/api/wallet"))
         .header("Authorization", bearer())
         .header("X-Request-Id", "req-12345")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(given.headers()["x-request-id"], "req-12345");
     let echo: Value = given.json().await.unwrap();
     assert_eq!(echo["headers"]["x-request-id"], "req-12345");
@@ -237,9 +228,8 @@ async fn request_ids_are_propagated_or_generated() {
         .http
         .get(app.url("/api/wallet"))
         .header("Authorization", bearer())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     let id = generated.headers()["x-request-id"]
         .to_str()
         .unwrap()
@@ -249,12 +239,7 @@ async fn request_ids_are_propagated_or_generated() {
     assert_eq!(echo["headers"]["x-request-id"], id.as_str());
 
     // The gateway's own answers carry one too, errors included.
-    let own = app
-        .http
-        .get(app.url("/api/nothing-here"))
-        .send()
-        .await
-        .unwrap();
+    let own = app.http.get(app.url("/api/nothing-here")).sent().await;
     assert!(own.headers().contains_key("x-request-id"));
 }
 
@@ -267,9 +252,8 @@ async fn bodies_over_the_limit_get_413_with_or_without_a_length() {
         .post(app.url("/api/orders"))
         .header("Authorization", &token)
         .body(vec![b'a'; 1024])
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(within.status(), StatusCode::OK);
     let echo: Value = within.json().await.unwrap();
     assert_eq!(echo["body_len"], 1024);
@@ -279,12 +263,9 @@ async fn bodies_over_the_limit_get_413_with_or_without_a_length() {
         .post(app.url("/api/orders"))
         .header("Authorization", &token)
         .body(vec![b'a'; 1025])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body: Value = over.json().await.unwrap();
-    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE");
+        .sent()
+        .await;
+    assert_error_code(over, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
     assert_eq!(
         upstream.hits(),
         1,
@@ -317,12 +298,14 @@ async fn a_service_that_is_down_is_503() {
         .http
         .get(app.url("/api/deliveries"))
         .header("Authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "UPSTREAM_UNAVAILABLE");
+        .sent()
+        .await;
+    assert_error_code(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -333,18 +316,15 @@ async fn a_service_that_does_not_answer_in_time_is_504() {
         .http
         .get(app.url("/api/orders/123/slow"))
         .header("Authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "UPSTREAM_TIMEOUT");
+        .sent()
+        .await;
+    assert_error_code(response, StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT").await;
 }
 
 #[tokio::test]
 async fn health_reports_every_service() {
     let (app, _upstream) = app_with_upstream(|_| {}).await;
-    let response = app.http.get(app.url("/api/health")).send().await.unwrap();
+    let response = app.http.get(app.url("/api/health")).sent().await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ok");
@@ -357,7 +337,7 @@ async fn health_reports_every_service() {
     assert_eq!(names, ["gateway", "order", "payment", "delivery"]);
 
     let down = spawn_app_with(|_| {}).await;
-    let response = down.http.get(down.url("/api/health")).send().await.unwrap();
+    let response = down.http.get(down.url("/api/health")).sent().await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
@@ -370,33 +350,19 @@ async fn health_reports_every_service() {
 
     // The gateway's own probes.
     assert_eq!(
-        down.http
-            .get(down.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        down.http.get(down.url("/health")).sent().await.status(),
         StatusCode::OK
     );
     assert_eq!(
-        down.http
-            .get(down.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        down.http.get(down.url("/ready")).sent().await.status(),
         StatusCode::OK
     );
     down.login("nobody@example.com", "some password").await;
     let metrics = down
         .http
         .get(format!("{}/metrics", down.metrics_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text_body()
+        .await;
     assert!(
         metrics.contains(r#"gateway_login_attempts_total{outcome="invalid"} 1"#),
         "{metrics}"

@@ -1,13 +1,11 @@
 //! The orders HTTP API against the real app and a fresh database.
 
-use crate::helpers::{
-    Customer, OutboxTap, VALID_TOTAL, assert_error, spawn_app, spawn_app_with, valid_order,
-};
+use crate::helpers::{Customer, OutboxTap, VALID_TOTAL, spawn_app, spawn_app_with, valid_order};
 use std::time::Duration;
 
 use reqwest::{Method, header};
 use serde_json::{Value, json};
-use test_support::{claims_for, mint_token_with, wait_for_value};
+use test_support::{SendExt, assert_error, claims_for, mint_token_with, wait_for_value};
 use uuid::Uuid;
 
 /// The HTTP workers read the database through their own connections: a
@@ -45,12 +43,7 @@ async fn requests_are_answered_while_the_main_runtime_is_busy() {
 async fn operational_endpoints_answer() {
     let app = spawn_app().await;
     for path in ["/health", "/ready"] {
-        let response = app
-            .http
-            .get(format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = app.http.get(format!("{}{path}", app.address)).sent().await;
         assert_eq!(response.status(), 200, "{path}");
     }
     let customer = Customer::new();
@@ -65,12 +58,8 @@ async fn operational_endpoints_answer() {
     let spec: Value = app
         .http
         .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     for path in ["/api/orders", "/api/orders/{id}", "/api/orders/{id}/cancel"] {
         assert!(
             spec["paths"][path].is_object(),
@@ -113,12 +102,7 @@ async fn operational_endpoints_answer() {
     let required = &spec["definitions"]["PlaceOrderRequest"]["required"];
     assert_eq!(required, &json!(["items", "shipping_address"]), "{spec}");
 
-    let unknown = app
-        .http
-        .get(format!("{}/nope", app.address))
-        .send()
-        .await
-        .unwrap();
+    let unknown = app.http.get(format!("{}/nope", app.address)).sent().await;
     assert_error(unknown, 404, "NOT_FOUND", &[]).await;
 }
 
@@ -126,26 +110,14 @@ async fn operational_endpoints_answer() {
 async fn requests_without_a_valid_token_are_unauthorized() {
     let app = spawn_app().await;
     let url = format!("{}/api/orders", app.address);
-    let no_token = app.http.get(&url).send().await.unwrap();
+    let no_token = app.http.get(&url).sent().await;
     assert_error(no_token, 401, "UNAUTHORIZED", &[]).await;
 
-    let garbage = app
-        .http
-        .get(&url)
-        .bearer_auth("not.a.token")
-        .send()
-        .await
-        .unwrap();
+    let garbage = app.http.get(&url).bearer_auth("not.a.token").sent().await;
     assert_error(garbage, 401, "UNAUTHORIZED", &[]).await;
 
     let expired = mint_token_with(&claims_for(Uuid::new_v4(), chrono::Duration::hours(-2)));
-    let expired = app
-        .http
-        .get(&url)
-        .bearer_auth(expired)
-        .send()
-        .await
-        .unwrap();
+    let expired = app.http.get(&url).bearer_auth(expired).sent().await;
     assert_error(expired, 401, "UNAUTHORIZED", &[]).await;
 
     let mut foreign = claims_for(Uuid::new_v4(), chrono::Duration::hours(1));
@@ -155,9 +127,8 @@ async fn requests_without_a_valid_token_are_unauthorized() {
         .post(&url)
         .bearer_auth(mint_token_with(&foreign))
         .json(&valid_order())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_error(foreign, 401, "UNAUTHORIZED", &[]).await;
 }
 
@@ -173,9 +144,8 @@ async fn placing_an_order_answers_202_with_a_pending_order_and_the_server_total(
         .request(&customer, Method::POST, "/api/orders")
         .header("X-Request-Id", "req-place-1")
         .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["x-request-id"], "req-place-1");
     let order: Value = response.json().await.unwrap();
@@ -268,14 +238,8 @@ async fn a_client_price_other_than_the_catalogs_is_422_price_changed_and_nothing
     }
     // The catalog's price changed under an old client's feet.
     app.set_product("pen_blue.2", 249, true).await;
-    let response = app.place(&customer, &valid_order()).await;
-    assert_error(
-        response,
-        422,
-        "PRICE_CHANGED",
-        &[("items[1].unit_price_cents", "price_changed")],
-    )
-    .await;
+    app.assert_price_changed(&customer, &valid_order(), "items[1].unit_price_cents")
+        .await;
     assert_eq!(app.stored_orders().await, 0);
     assert!(tap.events().await.is_empty());
 }
@@ -287,30 +251,19 @@ async fn unknown_and_inactive_skus_are_422_naming_the_line() {
     let customer = Customer::new();
     let mut body = valid_order();
     body["items"][1]["sku"] = json!("NO-SUCH-THING");
-    assert_error(
-        app.place(&customer, &body).await,
-        422,
-        "VALIDATION_FAILED",
-        &[("items[1].sku", "unknown_product")],
-    )
-    .await;
+    app.assert_invalid(&customer, &body, &[("items[1].sku", "unknown_product")])
+        .await;
 
     app.set_product("OLD-1", 500, false).await;
     let mut body = valid_order();
     body["items"][0] = json!({"sku": "OLD-1", "quantity": 1});
-    assert_error(
-        app.place(&customer, &body).await,
-        422,
-        "VALIDATION_FAILED",
-        &[("items[0].sku", "inactive_product")],
-    )
-    .await;
+    app.assert_invalid(&customer, &body, &[("items[0].sku", "inactive_product")])
+        .await;
     // Deactivating a product stops new orders of it, with or without a price.
     app.set_product("BOOK-1", 1250, false).await;
-    assert_error(
-        app.place(&customer, &valid_order()).await,
-        422,
-        "VALIDATION_FAILED",
+    app.assert_invalid(
+        &customer,
+        &valid_order(),
         &[("items[0].sku", "inactive_product")],
     )
     .await;
@@ -332,22 +285,12 @@ async fn a_catalog_change_is_the_next_placements_whatever_was_read_before() {
     let order: Value = response.json().await.unwrap();
     assert_eq!(order["total_cents"], 2 * 1200 + 3 * 199);
     // The old price is refused.
-    assert_error(
-        app.place(&customer, &valid_order()).await,
-        422,
-        "PRICE_CHANGED",
-        &[("items[0].unit_price_cents", "price_changed")],
-    )
-    .await;
+    app.assert_price_changed(&customer, &valid_order(), "items[0].unit_price_cents")
+        .await;
     // Off the catalog, then back on it.
     app.set_product("BOOK-1", 1200, false).await;
-    assert_error(
-        app.place(&customer, &body).await,
-        422,
-        "VALIDATION_FAILED",
-        &[("items[0].sku", "inactive_product")],
-    )
-    .await;
+    app.assert_invalid(&customer, &body, &[("items[0].sku", "inactive_product")])
+        .await;
     app.set_product("BOOK-1", 1200, true).await;
     assert_eq!(app.place(&customer, &body).await.status(), 202);
     assert_eq!(app.stored_orders().await, 3);
@@ -440,9 +383,8 @@ async fn a_retry_with_its_idempotency_key_gets_its_order_after_the_catalog_chang
         .request(&customer, Method::POST, "/api/orders")
         .header("Idempotency-Key", "catalog-1")
         .json(&other)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_error(reused, 422, "IDEMPOTENCY_KEY_REUSED", &[]).await;
     assert_eq!(app.stored_orders().await, 1);
 }
@@ -690,17 +632,12 @@ async fn every_validation_rule_reports_its_field() {
         ),
     ];
     for (body, fields) in cases {
-        let response = app.place(&customer, &body).await;
-        assert_error(response, 422, "VALIDATION_FAILED", &fields).await;
+        app.assert_invalid(&customer, &body, &fields).await;
     }
     let list: Value = app
         .request(&customer, Method::GET, "/api/orders")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     assert_eq!(list["total_items"], 0, "no invalid order was stored");
 }
 
@@ -713,55 +650,30 @@ async fn malformed_bodies_are_json_4xx_never_500() {
             .header(header::CONTENT_TYPE, "application/json")
             .body(body)
     };
+    assert_error(post("{not json").sent().await, 400, "MALFORMED_JSON", &[]).await;
+    assert_error(post("").sent().await, 400, "MALFORMED_JSON", &[]).await;
     assert_error(
-        post("{not json").send().await.unwrap(),
-        400,
-        "MALFORMED_JSON",
-        &[],
-    )
-    .await;
-    assert_error(post("").send().await.unwrap(), 400, "MALFORMED_JSON", &[]).await;
-    assert_error(
-        post(r#"{"items": "many"}"#).send().await.unwrap(),
+        post(r#"{"items": "many"}"#).sent().await,
         422,
         "INVALID_BODY",
         &[],
     )
     .await;
-    assert_error(
-        post("[1, 2]").send().await.unwrap(),
-        422,
-        "INVALID_BODY",
-        &[],
-    )
-    .await;
+    assert_error(post("[1, 2]").sent().await, 422, "INVALID_BODY", &[]).await;
     let huge = r#"{"items":[{"sku":"A","quantity":1e400,"unit_price_cents":1}]}"#;
-    assert!(post(huge).send().await.unwrap().status().is_client_error());
+    assert!(post(huge).sent().await.status().is_client_error());
     let too_big =
         r#"{"items":[{"sku":"A","quantity":99999999999999999999999,"unit_price_cents":1}]}"#;
-    assert_error(
-        post(too_big).send().await.unwrap(),
-        422,
-        "INVALID_BODY",
-        &[],
-    )
-    .await;
+    assert_error(post(too_big).sent().await, 422, "INVALID_BODY", &[]).await;
     let fraction = r#"{"items":[{"sku":"A","quantity":1.5,"unit_price_cents":1}]}"#;
-    assert_error(
-        post(fraction).send().await.unwrap(),
-        422,
-        "INVALID_BODY",
-        &[],
-    )
-    .await;
+    assert_error(post(fraction).sent().await, 422, "INVALID_BODY", &[]).await;
 
     let text = app
         .request(&customer, Method::POST, "/api/orders")
         .header(header::CONTENT_TYPE, "text/plain")
         .body("hello")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_error(text, 415, "UNSUPPORTED_MEDIA_TYPE", &[]).await;
 
     let mut big = valid_order();
@@ -780,24 +692,22 @@ async fn malformed_bodies_are_json_4xx_never_500() {
         } else {
             Method::GET
         };
-        let response = app.request(&customer, method, path).send().await.unwrap();
+        let response = app.request(&customer, method, path).sent().await;
         assert_error(response, 404, "NOT_FOUND", &[]).await;
     }
     for query in ["page=abc", "page_size=1e99", "page=99999999999999999999999"] {
         let response = app
             .request(&customer, Method::GET, &format!("/api/orders?{query}"))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_error(response, 400, "INVALID_QUERY", &[]).await;
     }
     let bad_key = app
         .request(&customer, Method::POST, "/api/orders")
         .header("Idempotency-Key", "k".repeat(256))
         .json(&valid_order())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_error(bad_key, 400, "INVALID_IDEMPOTENCY_KEY", &[]).await;
 }
 
@@ -1124,9 +1034,8 @@ async fn placing_faster_than_the_rate_limit_is_429_until_the_oldest_order_leaves
             .request(&alice, Method::POST, "/api/orders")
             .header("Idempotency-Key", "same")
             .json(&valid_order())
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert!([200, 202].contains(&response.status().as_u16()));
     }
     app.place_ok(&alice).await;

@@ -10,7 +10,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use order_service::{config::Settings, startup::Application};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
-use test_support::{RunningApp, TestDatabase, fresh_database, jwt_keys, mint_token};
+use test_support::{
+    RunningApp, SendExt, TestDatabase, assert_error, fresh_database, jwt_keys, mint_token,
+    shipping_address,
+};
 use uuid::Uuid;
 
 pub struct TestApp {
@@ -91,9 +94,8 @@ impl TestApp {
     pub async fn place(&self, customer: &Customer, body: &Value) -> Response {
         self.request(customer, Method::POST, "/api/orders")
             .json(body)
-            .send()
+            .sent()
             .await
-            .unwrap()
     }
 
     /// Places a valid order and returns its JSON (asserting 202).
@@ -103,11 +105,24 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Places `body` and asserts it is refused: 422 `VALIDATION_FAILED`
+    /// with exactly these `(field, code)` errors.
+    pub async fn assert_invalid(&self, customer: &Customer, body: &Value, fields: &[(&str, &str)]) {
+        let response = self.place(customer, body).await;
+        assert_error(response, 422, "VALIDATION_FAILED", fields).await;
+    }
+
+    /// Places `body` and asserts it is refused: 422 `PRICE_CHANGED` naming
+    /// the price at `field`.
+    pub async fn assert_price_changed(&self, customer: &Customer, body: &Value, field: &str) {
+        let response = self.place(customer, body).await;
+        assert_error(response, 422, "PRICE_CHANGED", &[(field, "price_changed")]).await;
+    }
+
     pub async fn get_order(&self, customer: &Customer, id: &str) -> Response {
         self.request(customer, Method::GET, &format!("/api/orders/{id}"))
-            .send()
+            .sent()
             .await
-            .unwrap()
     }
 
     pub async fn order_json(&self, customer: &Customer, id: &str) -> Value {
@@ -122,9 +137,8 @@ impl TestApp {
             Some(body) => request.json(&body),
             None => request,
         }
-        .send()
+        .sent()
         .await
-        .unwrap()
     }
 
     /// Puts a product into the catalog (or changes it).
@@ -145,12 +159,8 @@ impl TestApp {
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.address))
-            .send()
+            .text_body()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
     }
 
     /// How many orders are stored, whoever placed them.
@@ -177,46 +187,12 @@ pub fn valid_order() -> Value {
             {"sku": "BOOK-1", "quantity": 2, "unit_price_cents": 1250},
             {"sku": "pen_blue.2", "quantity": 3, "unit_price_cents": 199}
         ],
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "street": "12 St James's Square",
-            "city": "London",
-            "postal_code": "SW1Y 4JH",
-            "country": "GB"
-        }
+        "shipping_address": shipping_address()
     })
 }
 
 /// The total of [`valid_order`].
 pub const VALID_TOTAL: i64 = 2 * 1250 + 3 * 199;
-
-/// Asserts an error response: status, code, and (for validation errors)
-/// exactly these `(field, code)` pairs.
-pub async fn assert_error(response: Response, status: u16, code: &str, fields: &[(&str, &str)]) {
-    assert_eq!(response.status(), status, "status");
-    let body: Value = response.json().await.expect("a JSON error body");
-    assert_eq!(body["code"], code, "code in {body}");
-    assert!(body["message"].is_string(), "message in {body}");
-    let got: Vec<(String, String)> = body["fields"]
-        .as_array()
-        .map(|fields| {
-            fields
-                .iter()
-                .map(|f| {
-                    (
-                        f["field"].as_str().unwrap().to_owned(),
-                        f["code"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let want: Vec<(String, String)> = fields
-        .iter()
-        .map(|(f, c)| ((*f).to_owned(), (*c).to_owned()))
-        .collect();
-    assert_eq!(got, want, "field errors in {body}");
-}
 
 /// A `test_decoding` slot on the test database: every outbox INSERT since
 /// its creation, as `(event_type, payload)`. Dropped with the guard.

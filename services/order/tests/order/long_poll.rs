@@ -9,7 +9,7 @@ use crate::helpers::{Customer, TestApp, spawn_app, spawn_app_with};
 use commerce_common::config::Secret;
 use reqwest::{Method, Response};
 use serde_json::Value;
-use test_support::wait_until;
+use test_support::{SendExt, wait_until};
 
 const PREFER: &str = "Prefer";
 const APPLIED: &str = "Preference-Applied";
@@ -17,9 +17,8 @@ const APPLIED: &str = "Preference-Applied";
 async fn get_with_prefer(app: &TestApp, customer: &Customer, id: &str, prefer: &str) -> Response {
     app.request(customer, Method::GET, &format!("/api/orders/{id}"))
         .header(PREFER, prefer)
-        .send()
+        .sent()
         .await
-        .unwrap()
 }
 
 /// The value of an unlabelled gauge on `/metrics`.
@@ -66,7 +65,7 @@ async fn start_waiting(
         .request(customer, Method::GET, &format!("/api/orders/{id}"))
         .header(PREFER, prefer);
     let task = tokio::spawn(async move {
-        let response = request.send().await.unwrap();
+        let response = request.sent().await;
         (response, Instant::now())
     });
     wait_for_gauge(app, "order_long_polls_waiting", waiting_before + 1).await;

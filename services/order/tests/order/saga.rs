@@ -2,7 +2,7 @@
 //! test database (the consumer runtime around it is tested in the common
 //! crate; the full saga over the broker in the e2e crate).
 
-use crate::helpers::{Customer, OutboxTap, TestApp, VALID_TOTAL, assert_error, spawn_app};
+use crate::helpers::{Customer, OutboxTap, TestApp, VALID_TOTAL, spawn_app};
 use chrono::{Duration, TimeZone, Utc};
 use commerce_common::{
     events::{
@@ -18,6 +18,7 @@ use order_service::{
     store::{self, StoreError},
 };
 use serde_json::{Value, json};
+use test_support::assert_error;
 use uuid::Uuid;
 
 struct Order {

@@ -3,6 +3,7 @@
 use crate::helpers::{INITIAL_CREDIT, spawn_app};
 use commerce_common::events::{Event, OrderCreated};
 use serde_json::{Value, json};
+use test_support::{SendExt, assert_error_code};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -14,67 +15,27 @@ async fn every_api_route_needs_a_valid_token() {
         "/api/payments",
         &format!("/api/payments/{order}"),
     ] {
-        let response = app.get(path, None).send().await.unwrap();
-        assert_eq!(response.status(), 401, "{path}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["code"], "UNAUTHORIZED");
-        let response = app
-            .get(path, None)
-            .bearer_auth("not.a.token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 401, "{path} with a bad token");
+        app.assert_needs_token(path).await;
     }
     let response = app
         .post("/api/wallet/top-up", None)
         .json(&json!({"amount_cents": 100}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), 401);
 }
 
 #[tokio::test]
 async fn operational_endpoints_answer() {
     let app = spawn_app().await;
-    for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
-        let response = app.get(path, None).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{path}");
-    }
-    let spec: Value = app
-        .get("/openapi.json", None)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for path in [
+    app.assert_operational_endpoints(&[
         "/api/wallet",
         "/api/wallet/top-up",
         "/api/payments",
         "/api/payments/{order_id}",
-    ] {
-        assert!(
-            spec["paths"][path].is_object(),
-            "{path} missing from the spec: {spec}"
-        );
-    }
-    // The consumer reports its lag once it owns the partitions.
-    test_support::wait_until(crate::helpers::WAIT, "consumer_lag in /metrics", || async {
-        let metrics = app
-            .get("/metrics", None)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metrics.contains("consumer_lag{").then_some(())
-    })
+    ])
     .await;
-    let response = app.get("/nope", None).send().await.unwrap();
+    let response = app.get("/nope", None).sent().await;
     assert_eq!(response.status(), 404);
 }
 
@@ -82,23 +43,15 @@ async fn operational_endpoints_answer() {
 async fn a_new_wallet_starts_with_the_initial_credit_and_can_be_topped_up() {
     let app = spawn_app().await;
     let user = Uuid::new_v4();
-    let wallet: Value = app
-        .get("/api/wallet", Some(user))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let wallet: Value = app.get("/api/wallet", Some(user)).json_body().await;
     assert_eq!(wallet["balance_cents"], INITIAL_CREDIT);
     assert_eq!(wallet["customer_id"], user.to_string());
 
     let response = app
         .post("/api/wallet/top-up", Some(user))
         .json(&json!({"amount_cents": 2_500}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), 200);
     let wallet: Value = response.json().await.unwrap();
     assert_eq!(wallet["balance_cents"], INITIAL_CREDIT + 2_500);
@@ -106,12 +59,8 @@ async fn a_new_wallet_starts_with_the_initial_credit_and_can_be_topped_up() {
     // Someone else's wallet is untouched.
     let other: Value = app
         .get("/api/wallet", Some(Uuid::new_v4()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     assert_eq!(other["balance_cents"], INITIAL_CREDIT);
 }
 
@@ -153,9 +102,8 @@ async fn top_up_rejects_invalid_amounts_with_field_errors() {
         let response = app
             .post("/api/wallet/top-up", Some(user))
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(response.status(), status, "{body}");
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["code"], code, "{body}: {error}");
@@ -168,22 +116,12 @@ async fn top_up_rejects_invalid_amounts_with_field_errors() {
         .post("/api/wallet/top-up", Some(user))
         .header("content-type", "application/json")
         .body("{\"amount_cents\": ")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["code"], "MALFORMED_JSON");
+        .sent()
+        .await;
+    assert_error_code(response, 400, "MALFORMED_JSON").await;
 
     // Nothing was credited by any of that.
-    let wallet: Value = app
-        .get("/api/wallet", Some(user))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let wallet: Value = app.get("/api/wallet", Some(user)).json_body().await;
     assert_eq!(wallet["balance_cents"], INITIAL_CREDIT);
 }
 
@@ -193,7 +131,7 @@ async fn the_balance_limit_is_a_conflict() {
     let user = Uuid::new_v4();
     // Default limit 10^12 cents, top-ups of at most 10^7: set the balance
     // close to the limit directly.
-    app.get("/api/wallet", Some(user)).send().await.unwrap();
+    app.get("/api/wallet", Some(user)).sent().await;
     app.database
         .client()
         .await
@@ -206,12 +144,9 @@ async fn the_balance_limit_is_a_conflict() {
     let response = app
         .post("/api/wallet/top-up", Some(user))
         .json(&json!({"amount_cents": 6}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 409);
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["code"], "BALANCE_LIMIT");
+        .sent()
+        .await;
+    assert_error_code(response, 409, "BALANCE_LIMIT").await;
 }
 
 #[tokio::test]
@@ -230,58 +165,29 @@ async fn payments_are_visible_to_their_owner_only() {
     crate::helpers::wait_for_value(&app.database, "SELECT count(*) FROM payments", 1).await;
 
     let path = format!("/api/payments/{order_id}");
-    let payment: Value = app
-        .get(&path, Some(owner))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let payment: Value = app.get(&path, Some(owner)).json_body().await;
     assert_eq!(payment["status"], "CONFIRMED");
     assert_eq!(payment["amount_cents"], 300);
-    let page: Value = app
-        .get("/api/payments", Some(owner))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get("/api/payments", Some(owner)).json_body().await;
     assert_eq!(page["total_items"], 1);
     assert_eq!(page["items"][0]["order_id"], order_id.to_string());
 
     let stranger = Uuid::new_v4();
-    let response = app.get(&path, Some(stranger)).send().await.unwrap();
-    assert_eq!(response.status(), 404);
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["code"], "NOT_FOUND");
-    let page: Value = app
-        .get("/api/payments", Some(stranger))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let response = app.get(&path, Some(stranger)).sent().await;
+    assert_error_code(response, 404, "NOT_FOUND").await;
+    let page: Value = app.get("/api/payments", Some(stranger)).json_body().await;
     assert_eq!(page["total_items"], 0);
 
     let response = app
         .get("/api/payments/not-a-uuid", Some(owner))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), 404);
     let response = app
         .get("/api/payments?page_size=0", Some(owner))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), 422);
-    let response = app
-        .get("/api/payments?page=abc", Some(owner))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/api/payments?page=abc", Some(owner)).sent().await;
     assert_eq!(response.status(), 400);
 }

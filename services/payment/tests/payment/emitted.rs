@@ -3,7 +3,7 @@
 //! over from the event that caused them; the outbox table stays empty.
 
 use crate::helpers::{INITIAL_CREDIT, WAIT, spawn_app};
-use commerce_common::events::{Event, OrderCancellationRequested, OrderCreated, headers, topics};
+use commerce_common::events::{Event, OrderCreated, headers, topics};
 use test_support::{KafkaReader, Relay, kafka_brokers};
 use uuid::Uuid;
 
@@ -58,14 +58,8 @@ async fn charges_failures_and_refunds_are_published_with_the_causing_trace_id() 
     };
     assert_eq!(payload.reason, "INSUFFICIENT_FUNDS");
 
-    app.publish(&Event::OrderCancellationRequested(
-        OrderCancellationRequested {
-            order_id: affordable.order_id,
-            customer_id: customer,
-            reason: "changed my mind".into(),
-        },
-    ))
-    .await;
+    app.request_cancellation(affordable.order_id, customer, "changed my mind")
+        .await;
     let refunded = payments
         .wait_for(crate::helpers::WAIT, "PaymentRefunded", |r| {
             r.key.as_deref() == Some(&affordable.order_id.to_string())

@@ -14,7 +14,8 @@ use rskafka::{
 };
 use serde_json::Value;
 use test_support::{
-    ChildProcess, free_port, fresh_database, kafka_brokers, kafka_client, query_i64,
+    ChildProcess, SendExt, assert_error_code, free_port, fresh_database, kafka_brokers,
+    kafka_client, query_i64,
 };
 use uuid::Uuid;
 
@@ -29,16 +30,8 @@ fn order_created(customer_id: Uuid, total_cents: i64) -> OrderCreated {
 }
 
 async fn payment_of(app: &TestApp, order_id: Uuid) -> (String, Option<String>, i64) {
-    let row = app
-        .database
-        .client()
-        .await
-        .query_one(
-            "SELECT status, reason, amount_cents FROM payments WHERE order_id = $1",
-            &[&order_id],
-        )
-        .await
-        .unwrap();
+    let sql = "SELECT status, reason, amount_cents FROM payments WHERE order_id = $1";
+    let row = app.query_one(sql, &[&order_id]).await;
     (row.get(0), row.get(1), row.get(2))
 }
 
@@ -47,16 +40,6 @@ async fn balance(app: &TestApp, customer: Uuid) -> i64 {
         "SELECT balance_cents FROM wallets WHERE customer_id = '{customer}'"
     ))
     .await
-}
-
-/// Waits until the consumer has handled everything produced so far.
-async fn drained(app: &TestApp, records: i64) {
-    wait_for_value(
-        &app.database,
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets",
-        records,
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -72,9 +55,9 @@ async fn orders_are_charged_or_fail_for_insufficient_funds_and_refunds_are_paid_
     let first = order_created(customer, 600);
     let second = order_created(customer, 500);
     app.publish(&Event::OrderCreated(first.clone())).await;
-    drained(&app, 2).await;
+    app.drained(2).await;
     app.publish(&Event::OrderCreated(second.clone())).await;
-    drained(&app, 3).await;
+    app.drained(3).await;
 
     assert_eq!(
         payment_of(&app, first.order_id).await,
@@ -91,14 +74,8 @@ async fn orders_are_charged_or_fail_for_insufficient_funds_and_refunds_are_paid_
     );
 
     // The customer cancels: refund. Delivery failing later refunds nothing more.
-    app.publish(&Event::OrderCancellationRequested(
-        OrderCancellationRequested {
-            order_id: first.order_id,
-            customer_id: customer,
-            reason: "changed my mind".into(),
-        },
-    ))
-    .await;
+    app.request_cancellation(first.order_id, customer, "changed my mind")
+        .await;
     app.publish(&Event::DeliveryFailed(DeliveryFailed {
         order_id: first.order_id,
         customer_id: customer,
@@ -106,15 +83,9 @@ async fn orders_are_charged_or_fail_for_insufficient_funds_and_refunds_are_paid_
     }))
     .await;
     // A failed payment is never refunded.
-    app.publish(&Event::OrderCancellationRequested(
-        OrderCancellationRequested {
-            order_id: second.order_id,
-            customer_id: customer,
-            reason: "x".into(),
-        },
-    ))
-    .await;
-    drained(&app, 6).await;
+    app.request_cancellation(second.order_id, customer, "x")
+        .await;
+    app.drained(6).await;
     assert_eq!(
         payment_of(&app, first.order_id).await,
         ("REFUNDED".into(), Some("CUSTOMER_CANCELLED".into()), 600)
@@ -125,12 +96,8 @@ async fn orders_are_charged_or_fail_for_insufficient_funds_and_refunds_are_paid_
     // The owner sees it over HTTP.
     let payment: Value = app
         .get(&format!("/api/payments/{}", first.order_id), Some(customer))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     assert_eq!(payment["status"], "REFUNDED");
     assert_eq!(payment["reason"], "CUSTOMER_CANCELLED");
     assert!(payment["refunded_at"].is_string());
@@ -153,7 +120,7 @@ async fn a_delivery_failure_refunds_with_the_deliverys_reason() {
         }))
         .await;
     }
-    drained(&app, 4).await;
+    app.drained(4).await;
     for (order, reason) in &orders {
         assert_eq!(
             payment_of(&app, order.order_id).await,
@@ -179,7 +146,7 @@ async fn a_refund_is_credited_in_full_above_the_balance_limit_and_top_ups_stay_c
     };
     let order = order_created(customer, 600);
     app.publish(&Event::OrderCreated(order.clone())).await;
-    drained(&app, 1).await;
+    app.drained(1).await;
     assert_eq!(top_up(600).await.unwrap().status(), 200, "up to the limit");
     assert_eq!(balance(&app, customer).await, INITIAL_CREDIT);
     assert_eq!(top_up(1).await.unwrap().status(), 409);
@@ -190,7 +157,7 @@ async fn a_refund_is_credited_in_full_above_the_balance_limit_and_top_ups_stay_c
         reason: "NO_CAPACITY".into(),
     }))
     .await;
-    drained(&app, 2).await;
+    app.drained(2).await;
     assert_eq!(payment_of(&app, order.order_id).await.0, "REFUNDED");
     assert_eq!(
         balance(&app, customer).await,
@@ -207,16 +174,14 @@ async fn a_refund_is_credited_in_full_above_the_balance_limit_and_top_ups_stay_c
     );
     // Above the limit, no top-up fits until the balance is below it again.
     let refused = top_up(1).await.unwrap();
-    assert_eq!(refused.status(), 409);
-    let error: Value = refused.json().await.unwrap();
-    assert_eq!(error["code"], "BALANCE_LIMIT");
+    let error = assert_error_code(refused, 409, "BALANCE_LIMIT").await;
     assert_eq!(
         error["message"],
         format!("a top-up may not raise the balance above {INITIAL_CREDIT} cents")
     );
     let spend = order_created(customer, 1_500);
     app.publish(&Event::OrderCreated(spend.clone())).await;
-    drained(&app, 3).await;
+    app.drained(3).await;
     assert_eq!(payment_of(&app, spend.order_id).await.0, "CONFIRMED");
     assert_eq!(top_up(900).await.unwrap().status(), 200);
     assert_eq!(balance(&app, customer).await, INITIAL_CREDIT);
@@ -235,10 +200,10 @@ async fn one_order_under_two_event_ids_is_charged_once_even_for_a_new_customer()
     // worker would otherwise be free to charge it first.
     app.publish(&Event::OrderCreated(order.clone())).await;
     app.publish(&Event::OrderCreated(order.clone())).await;
-    drained(&app, 2).await;
+    app.drained(2).await;
     let too_big = order_created(customer, INITIAL_CREDIT);
     app.publish(&Event::OrderCreated(too_big.clone())).await;
-    drained(&app, 3).await;
+    app.drained(3).await;
 
     assert_eq!(
         payment_of(&app, order.order_id).await,
@@ -290,7 +255,7 @@ async fn every_event_delivered_twice_has_its_effects_once() {
     for envelope in &envelopes {
         app.send(envelope).await;
     }
-    drained(&app, 3 * envelopes.len() as i64).await;
+    app.drained(3 * envelopes.len() as i64).await;
 
     assert_eq!(app.query_i64("SELECT count(*) FROM payments").await, 4);
     assert_eq!(
@@ -355,7 +320,7 @@ async fn a_poison_event_is_dead_lettered_and_the_partition_moves_on() {
         .await;
     let good = order_created(customer, 100);
     app.publish(&Event::OrderCreated(good.clone())).await;
-    drained(&app, 3).await;
+    app.drained(3).await;
 
     assert_eq!(payment_of(&app, good.order_id).await.0, "CONFIRMED");
     let dead = app
@@ -527,7 +492,7 @@ async fn a_wallet_opened_by_the_http_path_during_the_first_charge_pays_the_order
     .await;
     opening.commit().await.unwrap();
 
-    drained(&app, 1).await;
+    app.drained(1).await;
     assert_eq!(
         payment_of(&app, order.order_id).await,
         ("CONFIRMED".to_owned(), None, 600)
