@@ -28,7 +28,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The broker jars, when `cargo xtask test` named them.
 fn kafka_libs() -> Option<PathBuf> {
-    std::env::var_os("TEST_KAFKA_LIBS")
+    crate::env::var("TEST_KAFKA_LIBS")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .filter(|d| d.is_dir())

@@ -36,8 +36,9 @@ impl Browser {
     /// opens a session with a fresh profile.
     pub async fn start() -> (Browser, Client) {
         let driver_bin =
-            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let chromium_bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+            crate::env::var("CHROMEDRIVER").unwrap_or_else(|| "/usr/bin/chromedriver".into());
+        let chromium_bin =
+            crate::env::var("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
         for bin in [&driver_bin, &chromium_bin] {
             assert!(
                 Path::new(bin).is_file(),

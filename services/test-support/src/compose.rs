@@ -554,10 +554,12 @@ fn closing_brace(body: &str) -> Option<usize> {
 
 /// Runs `load` (a crate's own config loader) with exactly `environment` as
 /// the process environment, inside a [`figment::Jail`]: everything else is
-/// removed for the duration and restored afterwards. Other tests of the same
-/// binary must not read the environment meanwhile (the jail holds a global
-/// lock only against other jails).
+/// removed for the duration and restored afterwards. The binary's other
+/// tests, which may run meanwhile (the jail holds a global lock only against
+/// other jails), read the environment the binary started with, kept before
+/// the first jail.
 pub fn with_exact_env<T>(environment: &BTreeMap<String, String>, load: impl FnOnce() -> T) -> T {
+    crate::env::keep_starting_env();
     let mut result = None;
     // The closure's error type is figment's (large) `Error`; it never fails.
     #[allow(clippy::result_large_err)]
@@ -575,6 +577,41 @@ pub fn with_exact_env<T>(environment: &BTreeMap<String, String>, load: impl FnOn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary's other tests run on while one loads a config in a jail:
+    /// a process they start then gets the environment the binary started
+    /// with, not the jail's (without its `PATH`, a service would not find
+    /// `TEST_DATABASE_URL` either).
+    #[test]
+    fn a_process_started_during_a_jail_gets_the_starting_environment() {
+        let cluster = crate::admin_url();
+        let (entered, inside) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let environment = BTreeMap::from([("ONLY_IN_THE_JAIL".to_owned(), "1".to_owned())]);
+        let jail = std::thread::spawn(move || {
+            with_exact_env(&environment, || {
+                entered.send(()).unwrap();
+                released.recv().unwrap();
+            })
+        });
+        inside.recv().unwrap();
+        assert_eq!(
+            crate::admin_url(),
+            cluster,
+            "the cluster's URL, read during the jail"
+        );
+        let mut child =
+            crate::ChildProcess::spawn("env", "/usr/bin/env", Vec::<(&str, &str)>::new());
+        child.wait();
+        release.send(()).unwrap();
+        jail.join().unwrap();
+        assert!(child.log_contains("PATH="), "{:?}", child.logs());
+        assert!(
+            !child.log_contains("ONLY_IN_THE_JAIL"),
+            "{:?}",
+            child.logs()
+        );
+    }
 
     #[test]
     fn interpolation_uses_defaults_and_rejects_shell_dependence() {

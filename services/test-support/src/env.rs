@@ -1,13 +1,38 @@
 //! Where the tests find PostgreSQL, the broker and the built binaries.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, ffi::OsString, path::PathBuf, sync::LazyLock};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55999/postgres";
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:19092";
 
+/// The process environment as the test binary started with it. A test that
+/// loads a config with an exact environment ([`crate::compose::with_exact_env`])
+/// empties the real one for a moment while the binary's other tests run on:
+/// they read this copy, and hand it to the processes they start.
+static STARTING_ENV: LazyLock<BTreeMap<OsString, OsString>> =
+    LazyLock::new(|| std::env::vars_os().collect());
+
+/// Takes the copy of the environment if no test has yet: before anything
+/// changes the real one.
+pub(crate) fn keep_starting_env() {
+    LazyLock::force(&STARTING_ENV);
+}
+
+/// The environment the test binary started with (for a child process).
+pub(crate) fn starting_env() -> &'static BTreeMap<OsString, OsString> {
+    &STARTING_ENV
+}
+
+/// `name` in the environment the test binary started with.
+pub(crate) fn var(name: &str) -> Option<String> {
+    STARTING_ENV
+        .get(std::ffi::OsStr::new(name))
+        .and_then(|v| v.to_str())
+        .map(str::to_owned)
+}
+
 fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
+    var(name)
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| default.to_owned())
 }
@@ -26,14 +51,14 @@ pub fn kafka_brokers() -> String {
 
 /// Whether child process logs are printed live (`TEST_LOG` set and not `0`).
 pub fn test_log_enabled() -> bool {
-    std::env::var("TEST_LOG").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+    var("TEST_LOG").is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
 /// Directory of the workspace binaries: `COMMERCE_BIN_DIR`, else the
 /// profile directory the running test binary was built into (`.../debug`),
 /// else `$CARGO_TARGET_DIR/debug`.
 pub fn bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("COMMERCE_BIN_DIR")
+    if let Some(dir) = var("COMMERCE_BIN_DIR")
         && !dir.is_empty()
     {
         return PathBuf::from(dir);
@@ -46,8 +71,8 @@ pub fn bin_dir() -> PathBuf {
     {
         return profile.to_path_buf();
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
-        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+    let target = var("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
         PathBuf::from,
     );
     target.join("debug")

@@ -60,6 +60,8 @@ impl ChildProcess {
         let bin = bin.as_ref();
         let mut command = Command::new(bin);
         command
+            .env_clear()
+            .envs(crate::env::starting_env())
             .args(args)
             .envs(envs)
             .stdin(Stdio::null())
