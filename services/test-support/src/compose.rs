@@ -552,6 +552,63 @@ fn closing_brace(body: &str) -> Option<usize> {
     None
 }
 
+/// The compose tests of a saga participant's crate (payment, delivery),
+/// which differ only by the crate: the `$service` container's environment
+/// loads with the real `Settings::load` (a misspelled key would fail) and
+/// passes the checks every service container shares
+/// ([`Compose::assert_service_container`]), with the service's own topic
+/// list; its healthcheck path answers 200 on the real app built from those
+/// settings (on port 0, a fresh database, and a topic of its own that nobody
+/// writes); and docs/configuration.md documents every key of `Settings`
+/// with its default.
+#[macro_export]
+macro_rules! participant_compose_tests {
+    ($krate:ident, $service:literal) => {
+        #[tokio::test]
+        async fn the_compose_environment_configures_the_service() {
+            use commerce_common::config::{DatabaseConfig, HttpConfig, KafkaConfig, Secret};
+            use $krate::{config::Settings, startup::Application};
+
+            let compose = $crate::compose::Compose::load();
+            let settings = compose.service($service).load_config(Settings::load);
+            let health_path = compose.assert_service_container($service, &settings);
+            assert!(
+                settings.consumer.topics.is_empty(),
+                "the container consumes the service's own topic list"
+            );
+
+            let db = $crate::fresh_database(concat!($service, "_compose")).await;
+            let mut local = settings;
+            local.http = HttpConfig::with_port(0);
+            local.database = DatabaseConfig {
+                max_connections: 2,
+                ..DatabaseConfig::with_url(&db.url)
+            };
+            local.kafka = KafkaConfig {
+                brokers: $crate::kafka_brokers(),
+            };
+            local.consumer.topics = vec![format!(
+                concat!($service, "-compose-{}"),
+                uuid::Uuid::new_v4().simple()
+            )];
+            local.auth.public_key_pem = Some(Secret::new($crate::jwt_keys().public_pem.clone()));
+            let app =
+                $crate::RunningApp::spawn(Application::build(local).await.expect("the app builds"));
+            $crate::compose::assert_health_answers(app.port(), &health_path).await;
+        }
+
+        #[test]
+        fn every_setting_is_documented() {
+            let defaults = serde_json::to_value($krate::config::Settings::default()).unwrap();
+            $crate::config_doc::assert_config_documented(
+                concat!($service, "-service"),
+                &defaults,
+                &["consumer.instance_id"],
+            );
+        }
+    };
+}
+
 /// Runs `load` (a crate's own config loader) with exactly `environment` as
 /// the process environment, inside a [`figment::Jail`]: everything else is
 /// removed for the duration and restored afterwards. The binary's other
