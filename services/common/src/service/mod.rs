@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use command::Command;
-pub use operational::{Readiness, api_spec, unknown_route};
+pub use operational::{Readiness, unknown_route};
 pub use running::RunningService;
 
 use crate::{

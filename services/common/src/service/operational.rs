@@ -121,7 +121,7 @@ pub async fn unknown_route() -> Result<HttpResponse, http::ApiError> {
 }
 
 /// The header of a service's OpenAPI document (the gateway merges them).
-pub fn api_spec(title: &str, description: Option<&str>) -> DefaultApiRaw {
+pub(super) fn api_spec(title: &str, description: Option<&str>) -> DefaultApiRaw {
     DefaultApiRaw {
         info: Info {
             title: title.into(),
